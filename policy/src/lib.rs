@@ -1,0 +1,23 @@
+//! Pure policy engine and x402 payment types for the agent wallet.
+//!
+//! * [`x402`]: decoding `PAYMENT-REQUIRED`, building `PAYMENT-SIGNATURE` exactly as the official
+//!   client does.
+//! * [`eip712`]: EIP-3009 `TransferWithAuthorization` typed-data hashing.
+//! * [`registry`]: which assets may be signed for, with their EIP-712 domains.
+//! * [`rules`]: the decision (default deny, per-payment limit, session cap, KYT, networks and
+//!   assets, session scope), with stable reason codes.
+//! * [`amount`]: money as integers.
+//! * [`auth`]: the canonical bytes a session key signs.
+//!
+//! This crate does no I/O, reads no clock (time is a parameter) and holds no keys.
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod amount;
+pub mod auth;
+pub mod eip712;
+pub mod registry;
+pub mod rules;
+pub mod x402;
+
+pub use alloy_primitives::{Address, B256, U256};
