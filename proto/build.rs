@@ -12,9 +12,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The encoded descriptor set serves gRPC reflection.
     std::fs::write(out.join("wallet_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     let grpc = env::var_os("CARGO_FEATURE_GRPC").is_some();
-    tonic_prost_build::configure()
-        .build_server(grpc)
-        .build_client(grpc)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_server(grpc).build_client(grpc).compile_fds(fds)?;
     Ok(())
 }

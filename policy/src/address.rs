@@ -11,7 +11,10 @@ use alloy_primitives::Address;
 /// # Errors
 /// A sentence naming what is wrong.
 pub fn parse_address(s: &str) -> Result<Address, String> {
-    let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).ok_or_else(|| format!("address {s:?} must start with 0x"))?;
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .ok_or_else(|| format!("address {s:?} must start with 0x"))?;
     if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("address {s:?} is not 40 hex digits"));
     }
@@ -19,7 +22,8 @@ pub fn parse_address(s: &str) -> Result<Address, String> {
     let has_upper = hex.bytes().any(|b| b.is_ascii_uppercase());
     if has_lower && has_upper {
         let with_prefix = format!("0x{hex}");
-        Address::parse_checksummed(&with_prefix, None).map_err(|_| format!("address {s:?} has a wrong EIP-55 checksum"))
+        Address::parse_checksummed(&with_prefix, None)
+            .map_err(|_| format!("address {s:?} has a wrong EIP-55 checksum"))
     } else {
         let mut out = [0u8; 20];
         hex::decode_to_slice(hex, &mut out).map_err(|e| format!("address {s:?}: {e}"))?;

@@ -113,7 +113,11 @@ pub fn format_decimal(value: U256, decimals: u8) -> String {
     if d == 0 {
         return digits;
     }
-    let padded = if digits.len() <= d { format!("{}{digits}", "0".repeat(d + 1 - digits.len())) } else { digits };
+    let padded = if digits.len() <= d {
+        format!("{}{digits}", "0".repeat(d + 1 - digits.len()))
+    } else {
+        digits
+    };
     let (int, frac) = padded.split_at(padded.len() - d);
     let frac = frac.trim_end_matches('0');
     if frac.is_empty() {
@@ -169,7 +173,21 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_money() {
-        for bad in ["", " ", "$", "-1", "1e3", "0x10", "1.2.3", "abc", "1,5", "NaN", "inf", "0.25 US DC", "+1"] {
+        for bad in [
+            "",
+            " ",
+            "$",
+            "-1",
+            "1e3",
+            "0x10",
+            "1.2.3",
+            "abc",
+            "1,5",
+            "NaN",
+            "inf",
+            "0.25 US DC",
+            "+1",
+        ] {
             assert!(parse_human(bad).is_err(), "{bad:?} must be rejected");
         }
         assert!(matches!(parse_human("0.0000000000000000001"), Err(AmountError::TooPrecise(..))));

@@ -56,7 +56,15 @@ mod tests {
 
     #[test]
     fn fields_cannot_be_shifted_between_each_other() {
-        let a = SignPaymentFields { session_id: "s", payment_required: "ab", preferred_network: "", preferred_asset: "", idempotency_key: "k", timestamp_ms: 1, request_nonce: &[1] };
+        let a = SignPaymentFields {
+            session_id: "s",
+            payment_required: "ab",
+            preferred_network: "",
+            preferred_asset: "",
+            idempotency_key: "k",
+            timestamp_ms: 1,
+            request_nonce: &[1],
+        };
         let b = SignPaymentFields { payment_required: "a", preferred_network: "b", ..a };
         assert_ne!(sign_payment_message(&a), sign_payment_message(&b));
         let c = SignPaymentFields { timestamp_ms: 2, ..a };

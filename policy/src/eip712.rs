@@ -65,7 +65,12 @@ impl Authorization {
 
 /// EIP-712 domain separator for `{name, version, chainId, verifyingContract}`.
 #[must_use]
-pub fn domain_separator(name: &str, version: &str, chain_id: u64, verifying_contract: Address) -> B256 {
+pub fn domain_separator(
+    name: &str,
+    version: &str,
+    chain_id: u64,
+    verifying_contract: Address,
+) -> B256 {
     Eip712Domain::new(
         Some(name.to_owned().into()),
         Some(version.to_owned().into()),
@@ -93,15 +98,30 @@ mod tests {
     #[test]
     fn domain_separators_match_viem() {
         assert_eq!(
-            domain_separator("USDC", "2", 84532, addr("0x036CbD53842c5426634e7929541eC2318f3dCF7e")),
+            domain_separator(
+                "USDC",
+                "2",
+                84532,
+                addr("0x036CbD53842c5426634e7929541eC2318f3dCF7e")
+            ),
             b256("0x71f17a3b2ff373b803d70a5a07c046c1a2bc8e89c09ef722fcb047abe94c9818")
         );
         assert_eq!(
-            domain_separator("USD Coin", "2", 8453, addr("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913")),
+            domain_separator(
+                "USD Coin",
+                "2",
+                8453,
+                addr("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913")
+            ),
             b256("0x02fa7265e7c5d81118673727957699e4d68f74cd74b7db77da710fe8a2c7834f")
         );
         assert_eq!(
-            domain_separator("USD Coin", "2", 1, addr("0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48")),
+            domain_separator(
+                "USD Coin",
+                "2",
+                1,
+                addr("0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48")
+            ),
             b256("0x06c37168a7db5138defc7866392bb87a741f9b3d104deb5094588ce041cae335")
         );
     }
@@ -132,7 +152,12 @@ mod tests {
     /// x402-wire.md §8 V-1 and V-2 digests (produced by @x402/evm 2.27.0).
     #[test]
     fn digests_match_official_vectors() {
-        let sep = domain_separator("USDC", "2", 84532, addr("0x036CbD53842c5426634e7929541eC2318f3dCF7e"));
+        let sep = domain_separator(
+            "USDC",
+            "2",
+            84532,
+            addr("0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
+        );
         assert_eq!(
             vector_auth(0).signing_hash(&sep),
             b256("0x588c7006b96b52765bbe3b9603417d1aed5e4655bb7b739231b0feeed261446a")
@@ -156,7 +181,15 @@ mod tests {
             valid_before: 1_900_000_000,
             nonce,
         };
-        let sep = domain_separator("USD Coin", "2", 8453, addr("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"));
-        assert_eq!(auth.signing_hash(&sep), b256("0xc80c1438eac680cf34ee292ae1ce77e2fa25304fb8a92659d1b2a1e97dcccd36"));
+        let sep = domain_separator(
+            "USD Coin",
+            "2",
+            8453,
+            addr("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"),
+        );
+        assert_eq!(
+            auth.signing_hash(&sep),
+            b256("0xc80c1438eac680cf34ee292ae1ce77e2fa25304fb8a92659d1b2a1e97dcccd36")
+        );
     }
 }

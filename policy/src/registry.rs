@@ -31,15 +31,34 @@ impl AssetInfo {
     ///
     /// # Errors
     /// A sentence naming the bad field.
-    pub fn new(network: &str, address: &str, name: &str, version: &str, decimals: u32, symbol: &str) -> Result<Self, String> {
+    pub fn new(
+        network: &str,
+        address: &str,
+        name: &str,
+        version: &str,
+        decimals: u32,
+        symbol: &str,
+    ) -> Result<Self, String> {
         chain_id(network)?;
         let address = parse_address(address)?;
         if name.is_empty() || version.is_empty() {
             return Err("asset EIP-712 name and version must not be empty".to_owned());
         }
-        let decimals = u8::try_from(decimals).ok().filter(|d| *d <= crate::amount::UNIT_DECIMALS).ok_or_else(|| format!("asset decimals {decimals} must be between 0 and 18"))?;
-        let symbol = if symbol.trim().is_empty() { "TOKEN".to_owned() } else { symbol.trim().to_owned() };
-        Ok(Self { network: network.to_owned(), address, name: name.to_owned(), version: version.to_owned(), decimals, symbol })
+        let decimals =
+            u8::try_from(decimals)
+                .ok()
+                .filter(|d| *d <= crate::amount::UNIT_DECIMALS)
+                .ok_or_else(|| format!("asset decimals {decimals} must be between 0 and 18"))?;
+        let symbol =
+            if symbol.trim().is_empty() { "TOKEN".to_owned() } else { symbol.trim().to_owned() };
+        Ok(Self {
+            network: network.to_owned(),
+            address,
+            name: name.to_owned(),
+            version: version.to_owned(),
+            decimals,
+            symbol,
+        })
     }
 
     /// Numeric chain id of [`Self::network`].
@@ -60,11 +79,20 @@ impl AssetInfo {
 /// # Errors
 /// A sentence when the network is not an EVM CAIP-2 id.
 pub fn chain_id(network: &str) -> Result<u64, String> {
-    let id = network.strip_prefix("eip155:").ok_or_else(|| format!("network {network:?} is not an eip155:<chain id> network"))?;
-    if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) || (id.len() > 1 && id.starts_with('0')) {
+    let id = network
+        .strip_prefix("eip155:")
+        .ok_or_else(|| format!("network {network:?} is not an eip155:<chain id> network"))?;
+    if id.is_empty()
+        || id.len() > 19
+        || !id.bytes().all(|b| b.is_ascii_digit())
+        || (id.len() > 1 && id.starts_with('0'))
+    {
         return Err(format!("network {network:?} has no valid decimal chain id"));
     }
-    id.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| format!("network {network:?} has no valid chain id"))
+    id.parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("network {network:?} has no valid chain id"))
 }
 
 /// The official x402 default stablecoins that use EIP-3009 (x402-wire.md §3.4, @x402/evm 2.27.0).
@@ -93,7 +121,10 @@ pub const DEFAULT_ASSETS: &[(&str, &str, &str, &str, u32, &str)] = &[
 pub fn default_assets() -> Vec<AssetInfo> {
     DEFAULT_ASSETS
         .iter()
-        .map(|(n, a, name, v, d, s)| AssetInfo::new(n, a, name, v, *d, s).expect("the built-in table is valid, see test. qed"))
+        .map(|(n, a, name, v, d, s)| {
+            AssetInfo::new(n, a, name, v, *d, s)
+                .expect("the built-in table is valid, see test. qed")
+        })
         .collect()
 }
 
@@ -112,23 +143,65 @@ mod tests {
         let base_sepolia = assets.iter().find(|a| a.network == "eip155:84532").unwrap();
         assert_eq!(
             base_sepolia.domain_separator(),
-            "0x71f17a3b2ff373b803d70a5a07c046c1a2bc8e89c09ef722fcb047abe94c9818".parse::<B256>().unwrap()
+            "0x71f17a3b2ff373b803d70a5a07c046c1a2bc8e89c09ef722fcb047abe94c9818"
+                .parse::<B256>()
+                .unwrap()
         );
     }
 
     #[test]
     fn chain_ids() {
         assert_eq!(chain_id("eip155:8453"), Ok(8453));
-        for bad in ["eip155:", "eip155:0", "eip155:08453", "eip155:-1", "solana:abc", "base", "eip155:99999999999999999999"] {
+        for bad in [
+            "eip155:",
+            "eip155:0",
+            "eip155:08453",
+            "eip155:-1",
+            "solana:abc",
+            "base",
+            "eip155:99999999999999999999",
+        ] {
             assert!(chain_id(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn new_validates() {
-        assert!(AssetInfo::new("eip155:31337", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "USDC", "2", 6, "USDC").is_ok());
-        assert!(AssetInfo::new("eip155:31337", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "USDC", "2", 19, "USDC").is_err());
-        assert!(AssetInfo::new("eip155:31337", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "", "2", 6, "USDC").is_err());
-        assert!(AssetInfo::new("base", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "USDC", "2", 6, "USDC").is_err());
+        assert!(AssetInfo::new(
+            "eip155:31337",
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "USDC",
+            "2",
+            6,
+            "USDC"
+        )
+        .is_ok());
+        assert!(AssetInfo::new(
+            "eip155:31337",
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "USDC",
+            "2",
+            19,
+            "USDC"
+        )
+        .is_err());
+        assert!(AssetInfo::new(
+            "eip155:31337",
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "",
+            "2",
+            6,
+            "USDC"
+        )
+        .is_err());
+        assert!(AssetInfo::new(
+            "base",
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "USDC",
+            "2",
+            6,
+            "USDC"
+        )
+        .is_err());
     }
 }

@@ -182,7 +182,10 @@ pub struct Context<'a> {
 
 impl std::fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("policy", &self.policy).field("now", &self.now).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("policy", &self.policy)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
     }
 }
 
@@ -228,12 +231,24 @@ fn allowed<T: PartialEq>(list: &[T], item: &T) -> bool {
 /// The first rule that denies it.
 pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256, u64), Denial> {
     if req.transfer_method != TransferMethod::Eip3009 {
-        return Err(deny(DenyReason::UnsupportedScheme, "only EIP-3009 transfers are signed (not Permit2)"));
+        return Err(deny(
+            DenyReason::UnsupportedScheme,
+            "only EIP-3009 transfers are signed (not Permit2)",
+        ));
     }
     let asset = ctx.registry.lookup(&req.network, &req.asset).ok_or_else(|| {
-        deny(DenyReason::AssetNotAllowed, format!("asset {} on {} is not in the asset registry", req.asset.to_checksum(None), req.network))
+        deny(
+            DenyReason::AssetNotAllowed,
+            format!(
+                "asset {} on {} is not in the asset registry",
+                req.asset.to_checksum(None),
+                req.network
+            ),
+        )
     })?;
-    if req.extra_name.as_deref() != Some(asset.name.as_str()) || req.extra_version.as_deref() != Some(asset.version.as_str()) {
+    if req.extra_name.as_deref() != Some(asset.name.as_str())
+        || req.extra_version.as_deref() != Some(asset.version.as_str())
+    {
         return Err(deny(
             DenyReason::DomainMismatch,
             format!(
@@ -247,19 +262,36 @@ pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256
         ));
     }
     let Some(policy) = ctx.policy else {
-        return Err(deny(DenyReason::NoPolicy, "the wallet has no policy; nothing is signed until one is set"));
+        return Err(deny(
+            DenyReason::NoPolicy,
+            "the wallet has no policy; nothing is signed until one is set",
+        ));
     };
-    if !allowed(&policy.networks, &req.network) || !allowed(&ctx.session.scope.networks, &req.network) {
-        return Err(deny(DenyReason::NetworkNotAllowed, format!("network {} is not allowed", req.network)));
+    if !allowed(&policy.networks, &req.network)
+        || !allowed(&ctx.session.scope.networks, &req.network)
+    {
+        return Err(deny(
+            DenyReason::NetworkNotAllowed,
+            format!("network {} is not allowed", req.network),
+        ));
     }
     if !allowed(&policy.assets, &req.asset) || !allowed(&ctx.session.scope.assets, &req.asset) {
-        return Err(deny(DenyReason::AssetNotAllowed, format!("asset {} is not allowed", req.asset.to_checksum(None))));
+        return Err(deny(
+            DenyReason::AssetNotAllowed,
+            format!("asset {} is not allowed", req.asset.to_checksum(None)),
+        ));
     }
     if ctx.kyt.is_denied(&req.pay_to) {
-        return Err(deny(DenyReason::KytDenied, format!("payee {} is on the KYT denylist", req.pay_to.to_checksum(None))));
+        return Err(deny(
+            DenyReason::KytDenied,
+            format!("payee {} is on the KYT denylist", req.pay_to.to_checksum(None)),
+        ));
     }
     if !allowed(&ctx.session.scope.payees, &req.pay_to) {
-        return Err(deny(DenyReason::PayeeNotAllowed, format!("payee {} is not allowed for this session", req.pay_to.to_checksum(None))));
+        return Err(deny(
+            DenyReason::PayeeNotAllowed,
+            format!("payee {} is not allowed for this session", req.pay_to.to_checksum(None)),
+        ));
     }
     let charge = atomic_to_units(req.amount, asset.decimals)
         .ok_or_else(|| deny(DenyReason::InvalidRequirement, "amount is too large"))?;
@@ -267,7 +299,11 @@ pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256
     if charge > policy.max_per_payment {
         return Err(deny(
             DenyReason::PerTxLimit,
-            format!("{human} {} is above the per-payment limit of {}", asset.symbol, format_units(policy.max_per_payment)),
+            format!(
+                "{human} {} is above the per-payment limit of {}",
+                asset.symbol,
+                format_units(policy.max_per_payment)
+            ),
         ));
     }
     let after = ctx.session.spent.checked_add(charge);
@@ -275,10 +311,16 @@ pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256
         let left = ctx.session.cap.saturating_sub(ctx.session.spent);
         return Err(deny(
             DenyReason::SessionCap,
-            format!("{human} {} is more than the {} the session has left of its {} cap", asset.symbol, format_units(left), format_units(ctx.session.cap)),
+            format!(
+                "{human} {} is more than the {} the session has left of its {} cap",
+                asset.symbol,
+                format_units(left),
+                format_units(ctx.session.cap)
+            ),
         ));
     }
-    let validity = req.max_timeout_seconds.min(policy.max_validity_seconds).min(MAX_VALIDITY_SECONDS);
+    let validity =
+        req.max_timeout_seconds.min(policy.max_validity_seconds).min(MAX_VALIDITY_SECONDS);
     let valid_before = ctx.now.saturating_add(validity);
     Ok((asset.clone(), charge, valid_before))
 }
@@ -289,15 +331,24 @@ pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256
 /// # Errors
 /// When no option is allowed: the most telling denial (a policy reason over a structural one),
 /// with every option's reason in the message.
-pub fn choose(ctx: &Context<'_>, required: &PaymentRequired, preferred_network: Option<&str>, preferred_asset: Option<&Address>) -> Result<Approval, Denial> {
+pub fn choose(
+    ctx: &Context<'_>,
+    required: &PaymentRequired,
+    preferred_network: Option<&str>,
+    preferred_asset: Option<&Address>,
+) -> Result<Approval, Denial> {
     check_session(ctx)?;
     let parsed: Vec<Result<Requirement, Denial>> = required
         .accepts
         .iter()
         .map(|v| {
             parse_requirement(v).map_err(|e| match e {
-                RequirementError::UnsupportedScheme(_) => deny(DenyReason::UnsupportedScheme, e.to_string()),
-                RequirementError::UnsupportedNetwork(_) => deny(DenyReason::NetworkNotAllowed, e.to_string()),
+                RequirementError::UnsupportedScheme(_) => {
+                    deny(DenyReason::UnsupportedScheme, e.to_string())
+                }
+                RequirementError::UnsupportedNetwork(_) => {
+                    deny(DenyReason::NetworkNotAllowed, e.to_string())
+                }
                 RequirementError::Invalid(_) => deny(DenyReason::InvalidRequirement, e.to_string()),
             })
         })
@@ -319,8 +370,13 @@ pub fn choose(ctx: &Context<'_>, required: &PaymentRequired, preferred_network: 
             Err(d) => denials.push((i, d)),
         }
     }
-    let structural = |r: DenyReason| matches!(r, DenyReason::UnsupportedScheme | DenyReason::InvalidRequirement);
-    let best = denials.iter().find(|(_, d)| !structural(d.reason)).or_else(|| denials.first()).map(|(_, d)| d.clone());
+    let structural =
+        |r: DenyReason| matches!(r, DenyReason::UnsupportedScheme | DenyReason::InvalidRequirement);
+    let best = denials
+        .iter()
+        .find(|(_, d)| !structural(d.reason))
+        .or_else(|| denials.first())
+        .map(|(_, d)| d.clone());
     let best = best.unwrap_or_else(|| deny(DenyReason::InvalidRequirement, "no accepts[] options"));
     if denials.len() == 1 {
         return Err(best);

@@ -49,7 +49,9 @@ impl HeaderError {
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Empty | Self::NotBase64(_) | Self::NotJson(_) | Self::BadField(_) => "MALFORMED_HEADER",
+            Self::Empty | Self::NotBase64(_) | Self::NotJson(_) | Self::BadField(_) => {
+                "MALFORMED_HEADER"
+            }
             Self::TooLarge(_) => "HEADER_TOO_LARGE",
             Self::UnsupportedVersion(_) => "UNSUPPORTED_VERSION",
             Self::NoAccepts => "NO_ACCEPTS",
@@ -82,7 +84,8 @@ pub fn decode_payment_required(header: &str) -> Result<PaymentRequired, HeaderEr
         return Err(HeaderError::TooLarge(header.len()));
     }
     let bytes = STANDARD.decode(header).map_err(|e| HeaderError::NotBase64(e.to_string()))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| HeaderError::NotJson(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| HeaderError::NotJson(e.to_string()))?;
     let Value::Object(mut obj) = value else {
         return Err(HeaderError::NotJson("top level is not an object".to_owned()));
     };
@@ -148,29 +151,46 @@ pub struct Requirement {
 /// # Errors
 /// [`RequirementError`].
 pub fn parse_requirement(v: &Value) -> Result<Requirement, RequirementError> {
-    let obj = v.as_object().ok_or_else(|| RequirementError::Invalid("accepts entry is not an object".to_owned()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| RequirementError::Invalid("accepts entry is not an object".to_owned()))?;
     let s = |k: &str| obj.get(k).and_then(Value::as_str);
-    let scheme = s("scheme").ok_or_else(|| RequirementError::Invalid("scheme missing".to_owned()))?;
+    let scheme =
+        s("scheme").ok_or_else(|| RequirementError::Invalid("scheme missing".to_owned()))?;
     if scheme != "exact" {
         return Err(RequirementError::UnsupportedScheme(scheme.to_owned()));
     }
-    let network = s("network").ok_or_else(|| RequirementError::Invalid("network missing".to_owned()))?;
+    let network =
+        s("network").ok_or_else(|| RequirementError::Invalid("network missing".to_owned()))?;
     let chain_id = chain_id(network).map_err(RequirementError::UnsupportedNetwork)?;
-    let asset = parse_address(s("asset").ok_or_else(|| RequirementError::Invalid("asset missing".to_owned()))?).map_err(RequirementError::Invalid)?;
-    let pay_to = parse_address(s("payTo").ok_or_else(|| RequirementError::Invalid("payTo missing".to_owned()))?).map_err(RequirementError::Invalid)?;
-    let amount_s = s("amount").ok_or_else(|| RequirementError::Invalid("amount missing or not a string".to_owned()))?;
+    let asset = parse_address(
+        s("asset").ok_or_else(|| RequirementError::Invalid("asset missing".to_owned()))?,
+    )
+    .map_err(RequirementError::Invalid)?;
+    let pay_to = parse_address(
+        s("payTo").ok_or_else(|| RequirementError::Invalid("payTo missing".to_owned()))?,
+    )
+    .map_err(RequirementError::Invalid)?;
+    let amount_s = s("amount")
+        .ok_or_else(|| RequirementError::Invalid("amount missing or not a string".to_owned()))?;
     if amount_s.is_empty() || amount_s.len() > 78 || !amount_s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(RequirementError::Invalid(format!("amount {amount_s:?} is not a decimal integer string")));
+        return Err(RequirementError::Invalid(format!(
+            "amount {amount_s:?} is not a decimal integer string"
+        )));
     }
-    let amount = U256::from_str_radix(amount_s, 10).map_err(|_| RequirementError::Invalid(format!("amount {amount_s:?} is too large")))?;
+    let amount = U256::from_str_radix(amount_s, 10)
+        .map_err(|_| RequirementError::Invalid(format!("amount {amount_s:?} is too large")))?;
     if amount.is_zero() {
         return Err(RequirementError::Invalid("amount is zero".to_owned()));
     }
-    let max_timeout_seconds = obj
-        .get("maxTimeoutSeconds")
-        .and_then(Value::as_u64)
-        .filter(|t| *t > 0)
-        .ok_or_else(|| RequirementError::Invalid("maxTimeoutSeconds missing or not a positive integer".to_owned()))?;
+    let max_timeout_seconds =
+        obj.get("maxTimeoutSeconds").and_then(Value::as_u64).filter(|t| *t > 0).ok_or_else(
+            || {
+                RequirementError::Invalid(
+                    "maxTimeoutSeconds missing or not a positive integer".to_owned(),
+                )
+            },
+        )?;
     let extra = obj.get("extra").and_then(Value::as_object);
     let ex = |k: &str| extra.and_then(|e| e.get(k)).and_then(Value::as_str).map(str::to_owned);
     let transfer_method = match ex("assetTransferMethod").as_deref() {
@@ -210,7 +230,12 @@ pub enum RequirementError {
 /// Builds the compact `PaymentPayload` JSON in the key order of the official TypeScript client:
 /// `x402Version, payload{authorization, signature}, extensions?, resource, accepted`.
 #[must_use]
-pub fn payment_payload_json(required: &PaymentRequired, accepted: &Value, auth: &Authorization, signature: &[u8; 65]) -> String {
+pub fn payment_payload_json(
+    required: &PaymentRequired,
+    accepted: &Value,
+    auth: &Authorization,
+    signature: &[u8; 65],
+) -> String {
     let mut authorization = Map::new();
     authorization.insert("from".into(), Value::String(checksummed(&auth.from)));
     authorization.insert("to".into(), Value::String(checksummed(&auth.to)));
@@ -297,8 +322,14 @@ mod tests {
             b[k] = v;
             parse_requirement(&b)
         };
-        assert!(matches!(with("scheme", "upto".into()), Err(RequirementError::UnsupportedScheme(_))));
-        assert!(matches!(with("network", "solana:mainnet".into()), Err(RequirementError::UnsupportedNetwork(_))));
+        assert!(matches!(
+            with("scheme", "upto".into()),
+            Err(RequirementError::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            with("network", "solana:mainnet".into()),
+            Err(RequirementError::UnsupportedNetwork(_))
+        ));
         for (k, v) in [
             ("amount", Value::from(10000)),
             ("amount", "-1".into()),

@@ -33,7 +33,9 @@ fn option(network: &str, asset: &str, amount: &str, name: &str) -> Value {
 }
 
 fn header(accepts: Vec<Value>) -> String {
-    STANDARD.encode(json!({"x402Version":2,"resource":{"url":"https://x"},"accepts":accepts}).to_string())
+    STANDARD.encode(
+        json!({"x402Version":2,"resource":{"url":"https://x"},"accepts":accepts}).to_string(),
+    )
 }
 
 struct Fixture {
@@ -51,7 +53,13 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         Self {
-            policy: Some(Policy { version: 1, max_per_payment: units("0.10"), networks: vec![], assets: vec![], max_validity_seconds: 300 }),
+            policy: Some(Policy {
+                version: 1,
+                max_per_payment: units("0.10"),
+                networks: vec![],
+                assets: vec![],
+                max_validity_seconds: 300,
+            }),
             frozen: false,
             cap: units("1"),
             spent: U256::ZERO,
@@ -63,12 +71,21 @@ impl Fixture {
         }
     }
 
-    fn run(&self, accepts: Vec<Value>) -> Result<wallet_policy::rules::Approval, wallet_policy::rules::Denial> {
+    fn run(
+        &self,
+        accepts: Vec<Value>,
+    ) -> Result<wallet_policy::rules::Approval, wallet_policy::rules::Denial> {
         let required = decode_payment_required(&header(accepts)).unwrap();
         let ctx = Context {
             policy: self.policy.as_ref(),
             wallet_frozen: self.frozen,
-            session: SessionState { cap: self.cap, spent: self.spent, expires_at: self.expires_at, revoked: self.revoked, scope: &self.scope },
+            session: SessionState {
+                cap: self.cap,
+                spent: self.spent,
+                expires_at: self.expires_at,
+                revoked: self.revoked,
+                scope: &self.scope,
+            },
             kyt: &self.kyt,
             registry: &self.registry,
             now: 1_000,
@@ -90,7 +107,10 @@ fn allows_within_every_rule() {
     let a = Fixture::new().run(vec![good()]).unwrap();
     assert_eq!(a.index, 0);
     assert_eq!(a.charge, units("0.01"));
-    assert_eq!(a.valid_before, 1_060, "validBefore = now + maxTimeoutSeconds when under the policy bound");
+    assert_eq!(
+        a.valid_before, 1_060,
+        "validBefore = now + maxTimeoutSeconds when under the policy bound"
+    );
 }
 
 #[test]
@@ -108,23 +128,44 @@ fn every_reason_is_reachable() {
         seen.insert(want);
     };
     check(&Fixture { policy: None, ..Fixture::new() }, vec![good()], DenyReason::NoPolicy);
-    check(&Fixture::new(), vec![option("eip155:84532", BASE_SEPOLIA_USDC, "100001", "USDC")], DenyReason::PerTxLimit);
-    check(&Fixture { spent: units("0.995"), ..Fixture::new() }, vec![good()], DenyReason::SessionCap);
+    check(
+        &Fixture::new(),
+        vec![option("eip155:84532", BASE_SEPOLIA_USDC, "100001", "USDC")],
+        DenyReason::PerTxLimit,
+    );
+    check(
+        &Fixture { spent: units("0.995"), ..Fixture::new() },
+        vec![good()],
+        DenyReason::SessionCap,
+    );
     let mut kyt = Fixture::new();
     kyt.kyt.insert(parse_address(&PAYEE.to_lowercase()).unwrap());
     check(&kyt, vec![good()], DenyReason::KytDenied);
     let mut net = Fixture::new();
     net.policy.as_mut().unwrap().networks = vec!["eip155:8453".into()];
     check(&net, vec![good()], DenyReason::NetworkNotAllowed);
-    check(&Fixture::new(), vec![option("eip155:84532", "0x0000000000000000000000000000000000000001", "1", "USDC")], DenyReason::AssetNotAllowed);
-    check(&Fixture::new(), vec![option("eip155:84532", BASE_SEPOLIA_USDC, "10000", "USD Coin")], DenyReason::DomainMismatch);
+    check(
+        &Fixture::new(),
+        vec![option("eip155:84532", "0x0000000000000000000000000000000000000001", "1", "USDC")],
+        DenyReason::AssetNotAllowed,
+    );
+    check(
+        &Fixture::new(),
+        vec![option("eip155:84532", BASE_SEPOLIA_USDC, "10000", "USD Coin")],
+        DenyReason::DomainMismatch,
+    );
     let mut upto = good();
     upto["scheme"] = "upto".into();
     check(&Fixture::new(), vec![upto], DenyReason::UnsupportedScheme);
     let mut payees = Fixture::new();
-    payees.scope.payees = vec![parse_address("0x0000000000000000000000000000000000000002").unwrap()];
+    payees.scope.payees =
+        vec![parse_address("0x0000000000000000000000000000000000000002").unwrap()];
     check(&payees, vec![good()], DenyReason::PayeeNotAllowed);
-    check(&Fixture { expires_at: 1_000, ..Fixture::new() }, vec![good()], DenyReason::SessionExpired);
+    check(
+        &Fixture { expires_at: 1_000, ..Fixture::new() },
+        vec![good()],
+        DenyReason::SessionExpired,
+    );
     check(&Fixture { revoked: true, ..Fixture::new() }, vec![good()], DenyReason::SessionRevoked);
     check(&Fixture { frozen: true, ..Fixture::new() }, vec![good()], DenyReason::WalletFrozen);
     let mut bad = good();
@@ -166,25 +207,46 @@ fn first_allowed_option_wins_and_reasons_are_reported() {
     let a = f.run(vec![too_big.clone(), base.clone(), good()]).unwrap();
     assert_eq!(a.index, 1, "accepts[0] is over the limit; accepts[1] is the first allowed");
     let err = f.run(vec![json!({"scheme":"upto"}), too_big]).unwrap_err();
-    assert_eq!(err.reason, DenyReason::PerTxLimit, "a policy reason is more telling than an unsupported scheme");
+    assert_eq!(
+        err.reason,
+        DenyReason::PerTxLimit,
+        "a policy reason is more telling than an unsupported scheme"
+    );
     assert!(err.message.contains("accepts[0]") && err.message.contains("accepts[1]"));
 }
 
 #[test]
 fn preference_reorders_options() {
     let f = Fixture::new();
-    let required = decode_payment_required(&header(vec![good(), option("eip155:8453", BASE_USDC, "20000", "USD Coin")])).unwrap();
+    let required = decode_payment_required(&header(vec![
+        good(),
+        option("eip155:8453", BASE_USDC, "20000", "USD Coin"),
+    ]))
+    .unwrap();
     let ctx = Context {
         policy: f.policy.as_ref(),
         wallet_frozen: false,
-        session: SessionState { cap: f.cap, spent: f.spent, expires_at: f.expires_at, revoked: false, scope: &f.scope },
+        session: SessionState {
+            cap: f.cap,
+            spent: f.spent,
+            expires_at: f.expires_at,
+            revoked: false,
+            scope: &f.scope,
+        },
         kyt: &f.kyt,
         registry: &f.registry,
         now: 1_000,
     };
     assert_eq!(choose(&ctx, &required, Some("eip155:8453"), None).unwrap().index, 1);
-    assert_eq!(choose(&ctx, &required, None, Some(&parse_address(BASE_USDC).unwrap())).unwrap().index, 1);
-    assert_eq!(choose(&ctx, &required, Some("eip155:1"), None).unwrap().index, 0, "no match: server order");
+    assert_eq!(
+        choose(&ctx, &required, None, Some(&parse_address(BASE_USDC).unwrap())).unwrap().index,
+        1
+    );
+    assert_eq!(
+        choose(&ctx, &required, Some("eip155:1"), None).unwrap().index,
+        0,
+        "no match: server order"
+    );
 }
 
 #[test]

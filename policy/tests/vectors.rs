@@ -48,7 +48,10 @@ fn v1_payload_and_header_are_byte_identical() {
     let key = SigningKey::from_slice(&hex::decode(HARDHAT0).unwrap()).unwrap();
     let required = decode_payment_required(&STANDARD.encode(REQUIRED_JSON)).unwrap();
     let req = parse_requirement(&required.accepts[0]).unwrap();
-    let asset = default_assets().into_iter().find(|a| a.network == req.network && a.address == req.asset).unwrap();
+    let asset = default_assets()
+        .into_iter()
+        .find(|a| a.network == req.network && a.address == req.asset)
+        .unwrap();
     let auth = vector_auth(0);
     let digest = auth.signing_hash(&asset.domain_separator());
     let sig = sign(&key, &digest.0);
@@ -83,7 +86,10 @@ fn extensions_are_echoed_and_accepted_is_verbatim() {
     assert_eq!(v["accepted"], original["accepts"][0]);
     assert_eq!(v["extensions"], original["extensions"]);
     assert_eq!(v["resource"], original["resource"]);
-    assert!(out.contains(r#""payTo":"0x209693bc6afc0c5328ba36faf03c514ef312287c","scheme""#), "key order and case kept");
+    assert!(
+        out.contains(r#""payTo":"0x209693bc6afc0c5328ba36faf03c514ef312287c","scheme""#),
+        "key order and case kept"
+    );
     assert_eq!(v["payload"]["authorization"]["to"], "0x209693Bc6afc0C5328bA36FaF03C514EF312287C");
     assert!(out.find("\"extensions\"").unwrap() < out.find("\"resource\"").unwrap());
 }

@@ -1,0 +1,76 @@
+//! `wallet-enclave`: the trusted signer process.
+
+use std::{path::PathBuf, process::ExitCode};
+
+const USAGE: &str = "wallet-enclave: the trusted signer of the agent wallet
+
+USAGE:
+    wallet-enclave --simulated [--data-dir DIR] [--socket PATH]
+    wallet-enclave --vsock-port PORT            (inside an AWS Nitro Enclave)
+
+OPTIONS:
+    --simulated         Run as a local process with a simulated NSM. Keys are sealed with a key
+                        file in the data directory: for development and tests, never real funds.
+    --data-dir DIR      State directory [env: WALLET_DATA_DIR]
+                        [default: $XDG_DATA_HOME/agent-wallet or ~/.local/share/agent-wallet]
+    --socket PATH       Unix socket to listen on [default: DIR/enclave.sock]
+    --vsock-port PORT   vsock port to listen on (Nitro)
+    -h, --help          Print this help
+
+Logging: RUST_LOG (default info). Payloads, keys and secrets are never logged.";
+
+fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, String> {
+    let mut c = wallet_enclave::Config {
+        simulated: false,
+        data_dir: wallet_enclave::default_data_dir(),
+        socket: None,
+        vsock_port: None,
+    };
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--simulated" => c.simulated = true,
+            "--data-dir" => c.data_dir = PathBuf::from(value("--data-dir")?),
+            "--socket" => c.socket = Some(PathBuf::from(value("--socket")?)),
+            "--vsock-port" => {
+                c.vsock_port = Some(
+                    value("--vsock-port")?
+                        .parse()
+                        .map_err(|_| "--vsock-port takes a number".to_owned())?,
+                )
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match wallet_enclave::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wallet-enclave: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1099 @@
+//! The enclave's request handler: admin state changes and the payment path.
+//!
+//! Life of one `SignPayment`:
+//! 1. verify the session's Ed25519 signature over the canonical request, its freshness and the
+//!    replay cache (no lock held while verifying);
+//! 2. decode `PAYMENT-REQUIRED` and, under the state lock, check idempotency, evaluate policy on
+//!    the exact requirement and *reserve* the charge against the session — so concurrent
+//!    requests can never jointly exceed a cap;
+//! 3. build and sign the EIP-712 digest (outside the lock);
+//! 4. write the spend record (with the response, for idempotent replays) and wait until it is
+//!    durable (group commit);
+//! 5. re-check revocation and freeze under the lock, then release the signature.
+//!
+//! A crash anywhere before step 5 loses no money: either the spend is durable (counted on
+//! restart; the signature was perhaps never released) or it is not, and then no signature left.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use alloy_primitives::{Address, B256, U256};
+use ed25519_dalek::{Signature, VerifyingKey};
+use prost::Message as _;
+use rand_core::{OsRng, RngCore as _};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+use wallet_policy::{
+    address::parse_address,
+    amount::{format_decimal, format_units, parse_human},
+    auth::{sign_payment_message, SignPaymentFields, FRESHNESS_WINDOW_MS},
+    eip712::Authorization,
+    registry::{chain_id, default_assets, AssetInfo},
+    rules::{
+        self, AssetLookup, Context, Denial, Policy, Scope, SessionState,
+        DEFAULT_MAX_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS,
+    },
+    x402::{decode_payment_required, encode_header, payment_payload_json, PaymentRequired},
+};
+use wallet_proto::{
+    enclave::v1::{
+        self as en, enclave_request::Body as Req, enclave_response::Body as Resp, ErrorCode,
+    },
+    gateway::v1 as gw,
+    ENCLAVE_PROTOCOL_VERSION,
+};
+
+use crate::{
+    keys::WalletKey,
+    nsm::{Nsm, NsmRng},
+    store::{Op, Store, StoreError, Table},
+};
+
+/// Longest session lifetime an admin may grant: one year.
+pub const MAX_SESSION_TTL_SECONDS: u64 = 366 * 24 * 3600;
+
+/// A failed request: gRPC-style code, stable reason, one sentence. Never secret material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Code.
+    pub code: ErrorCode,
+    /// Stable reason code.
+    pub reason: String,
+    /// For people.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, reason: &str, message: impl Into<String>) -> Self {
+        Self { code, reason: reason.to_owned(), message: message.into() }
+    }
+    fn invalid(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, reason, message)
+    }
+    fn unauthenticated(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, reason, message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, "NOT_FOUND", message)
+    }
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, "INTERNAL", message)
+    }
+}
+
+impl From<Denial> for Failure {
+    fn from(d: Denial) -> Self {
+        Self::new(ErrorCode::Denied, d.reason.code(), d.message)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage failure");
+        Self::internal("storage failure; nothing was signed")
+    }
+}
+
+type Result<T, E = Failure> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WalletRecord {
+    id: String,
+    address: Address,
+    label: String,
+    frozen: bool,
+    created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionRecord {
+    id: String,
+    wallet_id: String,
+    public_key: String,
+    cap: U256,
+    expires_at: u64,
+    revoked: bool,
+    scope: Scope,
+    created_at: u64,
+    label: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SpendRecord {
+    seq: u64,
+    session_id: String,
+    wallet_id: String,
+    charge: U256,
+    amount: U256,
+    network: String,
+    asset: Address,
+    pay_to: Address,
+    valid_before: u64,
+    at_ms: u64,
+    idempotency_key: String,
+    request_hash: String,
+    /// The released response (protobuf, hex), returned again on an idempotent retry.
+    response: String,
+}
+
+struct WalletEntry {
+    record: WalletRecord,
+    key: Arc<WalletKey>,
+}
+
+struct SessionEntry {
+    record: SessionRecord,
+    key: VerifyingKey,
+    spent: U256,
+}
+
+struct Reserved {
+    approval: rules::Approval,
+    key: Arc<WalletKey>,
+    domain: B256,
+    wallet_id: String,
+    done_tx: watch::Sender<bool>,
+}
+
+enum Idem {
+    InFlight { hash: [u8; 32], done: watch::Receiver<bool> },
+    Done { hash: [u8; 32], response: gw::SignPaymentResponse },
+}
+
+#[derive(Default)]
+struct Registry {
+    assets: HashMap<(String, Address), AssetInfo>,
+    domains: HashMap<(String, Address), B256>,
+}
+
+impl Registry {
+    fn insert(&mut self, a: AssetInfo) {
+        let k = (a.network.clone(), a.address);
+        self.domains.insert(k.clone(), a.domain_separator());
+        self.assets.insert(k, a);
+    }
+}
+
+impl AssetLookup for Registry {
+    fn lookup(&self, network: &str, asset: &Address) -> Option<&AssetInfo> {
+        self.assets.get(&(network.to_owned(), *asset))
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    wallets: HashMap<String, WalletEntry>,
+    policies: HashMap<String, Policy>,
+    registry: Registry,
+    kyt: HashSet<Address>,
+    sessions: HashMap<String, SessionEntry>,
+    idem: HashMap<(String, String), Idem>,
+    replay: HashMap<(String, Vec<u8>), u64>,
+    replay_inserts: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+#[must_use]
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// The enclave's state and request handler.
+pub struct Enclave {
+    store: Store,
+    nsm: Box<dyn Nsm>,
+    clock: Clock,
+    inner: Mutex<Inner>,
+    admin: tokio::sync::Mutex<()>,
+    spend_seq: AtomicU64,
+    signed: AtomicU64,
+    data_dir: String,
+}
+
+impl std::fmt::Debug for Enclave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enclave")
+            .field("mode", &self.nsm.mode())
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize infallibly. qed")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Engine(format!("corrupt {what} record: {e}")))
+}
+
+fn random_id(prefix: &str) -> String {
+    let mut b = [0u8; 8];
+    OsRng.fill_bytes(&mut b);
+    format!("{prefix}{}", hex::encode(b))
+}
+
+fn parse_list<T>(
+    items: &[String],
+    what: &str,
+    f: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Vec<T>> {
+    items
+        .iter()
+        .map(|s| {
+            f(s.trim()).map_err(|e| Failure::invalid("INVALID_ARGUMENT", format!("{what}: {e}")))
+        })
+        .collect()
+}
+
+fn parse_networks(items: &[String]) -> Result<Vec<String>> {
+    parse_list(items, "network", |s| chain_id(s).map(|_| s.to_owned()))
+}
+
+fn parse_amount(s: &str, what: &str) -> Result<U256> {
+    let a =
+        parse_human(s).map_err(|e| Failure::invalid("INVALID_AMOUNT", format!("{what}: {e}")))?;
+    if a.units.is_zero() {
+        return Err(Failure::invalid(
+            "INVALID_AMOUNT",
+            format!("{what} must be greater than zero"),
+        ));
+    }
+    Ok(a.units)
+}
+
+/// KYT entries are matched case- and checksum-insensitively.
+fn parse_kyt_address(s: &str) -> std::result::Result<Address, String> {
+    parse_address(&s.to_ascii_lowercase())
+}
+
+fn valid_idempotency_key(k: &str) -> bool {
+    (1..=128).contains(&k.len())
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+impl Enclave {
+    /// Opens the state in `store`, loading everything into memory.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a record is corrupt or fails authentication: the enclave refuses to
+    /// run on state it cannot trust.
+    pub async fn open(
+        store: Store,
+        nsm: Box<dyn Nsm>,
+        clock: Clock,
+        data_dir: String,
+    ) -> Result<Self, StoreError> {
+        let mut inner = Inner::default();
+        if store.get(Table::Meta, b"initialized")?.is_none() {
+            let mut ops: Vec<Op> = default_assets()
+                .into_iter()
+                .map(|a| Op::Put(Table::Assets, asset_key(&a.network, &a.address), json(&a)))
+                .collect();
+            ops.push(Op::Put(Table::Meta, b"initialized".to_vec(), b"1".to_vec()));
+            store.apply(ops)?;
+            store.sync().await?;
+        }
+        for (_, v) in store.scan(Table::Assets)? {
+            inner.registry.insert(from_json("asset", &v)?);
+        }
+        for (k, v) in store.scan(Table::Wallets)? {
+            let record: WalletRecord = from_json("wallet", &v)?;
+            let secret = store
+                .get(Table::Keys, &k)?
+                .ok_or_else(|| StoreError::Engine(format!("wallet {} has no key", record.id)))?;
+            let key =
+                WalletKey::from_bytes(&secret).map_err(|e| StoreError::Engine(e.to_string()))?;
+            if key.address() != record.address {
+                return Err(StoreError::Engine(format!(
+                    "wallet {} key does not match its address",
+                    record.id
+                )));
+            }
+            inner.wallets.insert(record.id.clone(), WalletEntry { record, key: Arc::new(key) });
+        }
+        for (k, v) in store.scan(Table::Policies)? {
+            inner
+                .policies
+                .insert(String::from_utf8_lossy(&k).into_owned(), from_json("policy", &v)?);
+        }
+        for (k, _) in store.scan(Table::Kyt)? {
+            if let Ok(a) = <[u8; 20]>::try_from(k.as_slice()) {
+                inner.kyt.insert(Address::from(a));
+            }
+        }
+        for (_, v) in store.scan(Table::Sessions)? {
+            let record: SessionRecord = from_json("session", &v)?;
+            let key = session_key(&record.public_key).map_err(|e| StoreError::Engine(e.message))?;
+            inner
+                .sessions
+                .insert(record.id.clone(), SessionEntry { record, key, spent: U256::ZERO });
+        }
+        let mut max_seq = 0;
+        let mut signed = 0;
+        for (_, v) in store.scan(Table::Spends)? {
+            let s: SpendRecord = from_json("spend", &v)?;
+            max_seq = max_seq.max(s.seq);
+            signed += 1;
+            if let Some(sess) = inner.sessions.get_mut(&s.session_id) {
+                sess.spent = sess
+                    .spent
+                    .checked_add(s.charge)
+                    .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
+            }
+            let response = hex::decode(&s.response)
+                .ok()
+                .and_then(|b| gw::SignPaymentResponse::decode(b.as_slice()).ok());
+            let hash = hex::decode(&s.request_hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok());
+            if let (Some(response), Some(hash)) = (response, hash) {
+                inner.idem.insert(
+                    (s.session_id.clone(), s.idempotency_key.clone()),
+                    Idem::Done { hash, response },
+                );
+            }
+        }
+        tracing::info!(
+            wallets = inner.wallets.len(),
+            sessions = inner.sessions.len(),
+            spends = signed,
+            assets = inner.registry.assets.len(),
+            kyt = inner.kyt.len(),
+            "state loaded"
+        );
+        Ok(Self {
+            store,
+            nsm,
+            clock,
+            inner: Mutex::new(inner),
+            admin: tokio::sync::Mutex::new(()),
+            spend_seq: AtomicU64::new(max_seq + 1),
+            signed: AtomicU64::new(signed),
+            data_dir,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent in-memory state (every mutation is a
+        // single assignment), so recovering from poisoning is sound.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now_s(&self) -> u64 {
+        (self.clock)() / 1000
+    }
+
+    /// Handles one request.
+    pub async fn handle(&self, req: en::EnclaveRequest) -> en::EnclaveResponse {
+        let request_id = req.request_id;
+        let result = if req.protocol_version == ENCLAVE_PROTOCOL_VERSION {
+            self.dispatch(req.body).await
+        } else {
+            Err(Failure::invalid(
+                "PROTOCOL_VERSION",
+                format!(
+                    "protocol version {} is not {ENCLAVE_PROTOCOL_VERSION}",
+                    req.protocol_version
+                ),
+            ))
+        };
+        let body = result.unwrap_or_else(|f| {
+            Resp::Error(en::EnclaveError {
+                code: f.code.into(),
+                reason: f.reason,
+                message: f.message,
+            })
+        });
+        en::EnclaveResponse { request_id, body: Some(body) }
+    }
+
+    async fn dispatch(&self, body: Option<Req>) -> Result<Resp> {
+        let Some(body) = body else {
+            return Err(Failure::invalid("EMPTY_REQUEST", "request has no body"));
+        };
+        Ok(match body {
+            Req::SignPayment(r) => Resp::SignPayment(self.sign_payment(r).await?),
+            Req::CreateWallet(r) => Resp::Wallet(self.create_wallet(r).await?),
+            Req::ListWallets(_) => Resp::Wallets(self.list_wallets()),
+            Req::SetPolicy(r) => Resp::Policy(self.set_policy(r).await?),
+            Req::GetPolicy(r) => Resp::Policy(self.get_policy(&r.wallet_id)?),
+            Req::AddAsset(r) => Resp::Asset(self.add_asset(r).await?),
+            Req::ListAssets(_) => Resp::Assets(self.list_assets()),
+            Req::AddKyt(r) => Resp::Kyt(self.change_kyt(r, true).await?),
+            Req::RemoveKyt(r) => Resp::Kyt(self.change_kyt(r, false).await?),
+            Req::ListKyt(_) => Resp::KytList(self.list_kyt()),
+            Req::IssueSession(r) => Resp::Session(self.issue_session(r).await?),
+            Req::ListSessions(r) => Resp::Sessions(self.list_sessions(&r.wallet_id)),
+            Req::RevokeSession(r) => Resp::Session(self.revoke_session(&r.session_id).await?),
+            Req::GetStatus(_) => Resp::Status(self.status()),
+        })
+    }
+
+    // ---- payments ----------------------------------------------------------------------------
+
+    /// The payment path (module docs).
+    ///
+    /// # Errors
+    /// A [`Failure`]; nothing is charged unless a signature may still be released.
+    pub async fn sign_payment(&self, r: gw::SignPaymentRequest) -> Result<gw::SignPaymentResponse> {
+        if !valid_idempotency_key(&r.idempotency_key) {
+            return Err(Failure::invalid(
+                "INVALID_IDEMPOTENCY_KEY",
+                "idempotency_key must be 1-128 characters of [A-Za-z0-9_.:-]",
+            ));
+        }
+        if !(16..=64).contains(&r.request_nonce.len()) {
+            return Err(Failure::invalid("INVALID_NONCE", "request_nonce must be 16 to 64 bytes"));
+        }
+        let preferred_asset = if r.preferred_asset.is_empty() {
+            None
+        } else {
+            Some(parse_address(&r.preferred_asset).map_err(|e| {
+                Failure::invalid("INVALID_ARGUMENT", format!("preferred_asset: {e}"))
+            })?)
+        };
+        // 1. Authenticate: who signed, untouched, fresh.
+        let session_key = self.lock().sessions.get(&r.session_id).map(|s| s.key);
+        let Some(session_key) = session_key else {
+            return Err(Failure::unauthenticated("UNKNOWN_SESSION", "unknown session"));
+        };
+        let fields = SignPaymentFields {
+            session_id: &r.session_id,
+            payment_required: &r.payment_required,
+            preferred_network: &r.preferred_network,
+            preferred_asset: &r.preferred_asset,
+            idempotency_key: &r.idempotency_key,
+            timestamp_ms: r.timestamp_ms,
+            request_nonce: &r.request_nonce,
+        };
+        let sig = Signature::from_slice(&r.signature).map_err(|_| {
+            Failure::unauthenticated("BAD_SIGNATURE", "request signature is not 64 bytes")
+        })?;
+        session_key.verify_strict(&sign_payment_message(&fields), &sig).map_err(|_| {
+            Failure::unauthenticated(
+                "BAD_SIGNATURE",
+                "request signature does not verify with the session key",
+            )
+        })?;
+        let now_ms = (self.clock)();
+        if now_ms.abs_diff(r.timestamp_ms) > FRESHNESS_WINDOW_MS {
+            return Err(Failure::unauthenticated(
+                "STALE_REQUEST",
+                format!(
+                    "request timestamp is more than {} s from the enclave clock",
+                    FRESHNESS_WINDOW_MS / 1000
+                ),
+            ));
+        }
+        // 2. Parse what the server asked for.
+        let required = decode_payment_required(&r.payment_required)
+            .map_err(|e| Failure::invalid(e.code(), e.to_string()))?;
+        let request_hash: [u8; 32] = Sha256::new()
+            .chain_update(b"idem/v1\0")
+            .chain_update((r.payment_required.len() as u64).to_be_bytes())
+            .chain_update(r.payment_required.as_bytes())
+            .chain_update((r.preferred_network.len() as u64).to_be_bytes())
+            .chain_update(r.preferred_network.as_bytes())
+            .chain_update(r.preferred_asset.as_bytes())
+            .finalize()
+            .into();
+        let idem_key = (r.session_id.clone(), r.idempotency_key.clone());
+
+        // Decide and reserve, atomically.
+        let nonce_key = (r.session_id.clone(), r.request_nonce.clone());
+        let reserved = loop {
+            let waiting = {
+                let mut inner = self.lock();
+                if inner.replay.contains_key(&nonce_key) {
+                    return Err(Failure::unauthenticated(
+                        "REPLAYED_REQUEST",
+                        "this signed request was already used",
+                    ));
+                }
+                let waiting = match inner.idem.get(&idem_key) {
+                    None => None,
+                    Some(Idem::Done { hash, .. } | Idem::InFlight { hash, .. })
+                        if *hash != request_hash =>
+                    {
+                        return Err(Failure::new(
+                            ErrorCode::FailedPrecondition,
+                            "IDEMPOTENCY_CONFLICT",
+                            "idempotency key was already used for a different request",
+                        ));
+                    }
+                    Some(Idem::Done { response, .. }) => {
+                        let mut resp = response.clone();
+                        resp.replayed = true;
+                        Self::remember_nonce(&mut inner, nonce_key, now_ms);
+                        return Ok(resp);
+                    }
+                    Some(Idem::InFlight { done, .. }) => Some(done.clone()),
+                };
+                if waiting.is_none() {
+                    let reserved = Self::reserve(
+                        &mut inner,
+                        &r,
+                        &required,
+                        preferred_asset.as_ref(),
+                        now_ms,
+                        request_hash,
+                    )?;
+                    Self::remember_nonce(&mut inner, nonce_key, now_ms);
+                    break reserved;
+                }
+                waiting
+            };
+            if let Some(mut rx) = waiting {
+                // The same request is in flight under this key: wait for it, then look again.
+                let _ = rx.wait_for(|d| *d).await;
+            }
+        };
+        let Reserved { approval, key, domain, wallet_id, done_tx } = reserved;
+
+        // 3. Sign (outside the lock).
+        let released = self
+            .sign_reserved(
+                &r,
+                &required,
+                &approval,
+                &key,
+                &domain,
+                &wallet_id,
+                request_hash,
+                now_ms,
+            )
+            .await;
+        let mut inner = self.lock();
+        let outcome = match released {
+            Ok(resp) => {
+                // 5. Revocation and freeze are final: re-check before release.
+                let session = inner.sessions.get(&r.session_id);
+                let revoked = session.is_none_or(|s| s.record.revoked);
+                let frozen = inner.wallets.get(&wallet_id).is_none_or(|w| w.record.frozen);
+                if revoked || frozen {
+                    inner.idem.remove(&idem_key);
+                    let reason = if revoked {
+                        rules::DenyReason::SessionRevoked
+                    } else {
+                        rules::DenyReason::WalletFrozen
+                    };
+                    Err(Failure::new(
+                        ErrorCode::Denied,
+                        reason.code(),
+                        "revoked or frozen while the payment was in flight; signature withheld",
+                    ))
+                } else {
+                    inner.idem.insert(
+                        idem_key,
+                        Idem::Done { hash: request_hash, response: resp.clone() },
+                    );
+                    self.signed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(session = %r.session_id, network = %resp.network, amount = %resp.amount, "payment signed");
+                    Ok(resp)
+                }
+            }
+            Err(f) => {
+                // The reservation stays: the spend may be on disk. Fail closed.
+                inner.idem.remove(&idem_key);
+                Err(f)
+            }
+        };
+        drop(inner);
+        let _ = done_tx.send(true);
+        outcome
+    }
+
+    /// Evaluates policy and reserves the charge. Called with the state lock held.
+    fn reserve(
+        inner: &mut Inner,
+        r: &gw::SignPaymentRequest,
+        required: &PaymentRequired,
+        preferred_asset: Option<&Address>,
+        now_ms: u64,
+        request_hash: [u8; 32],
+    ) -> Result<Reserved> {
+        let session = inner
+            .sessions
+            .get(&r.session_id)
+            .ok_or_else(|| Failure::unauthenticated("UNKNOWN_SESSION", "unknown session"))?;
+        let wallet = inner
+            .wallets
+            .get(&session.record.wallet_id)
+            .ok_or_else(|| Failure::internal("session's wallet is missing"))?;
+        let ctx = Context {
+            policy: inner.policies.get(&wallet.record.id),
+            wallet_frozen: wallet.record.frozen,
+            session: SessionState {
+                cap: session.record.cap,
+                spent: session.spent,
+                expires_at: session.record.expires_at,
+                revoked: session.record.revoked,
+                scope: &session.record.scope,
+            },
+            kyt: &inner.kyt,
+            registry: &inner.registry,
+            now: now_ms / 1000,
+        };
+        let preferred_network =
+            (!r.preferred_network.is_empty()).then_some(r.preferred_network.as_str());
+        let approval = rules::choose(&ctx, required, preferred_network, preferred_asset)
+            .inspect_err(|d| {
+                tracing::info!(session = %r.session_id, reason = d.reason.code(), "payment denied");
+            })?;
+        let key = Arc::clone(&wallet.key);
+        let wallet_id = wallet.record.id.clone();
+        let domain = *inner
+            .registry
+            .domains
+            .get(&(approval.asset.network.clone(), approval.asset.address))
+            .ok_or_else(|| Failure::internal("registry domain missing"))?;
+        let session = inner
+            .sessions
+            .get_mut(&r.session_id)
+            .ok_or_else(|| Failure::internal("session vanished"))?;
+        session.spent = session
+            .spent
+            .checked_add(approval.charge)
+            .ok_or_else(|| Failure::internal("spend overflow"))?;
+        let (done_tx, rx) = watch::channel(false);
+        inner.idem.insert(
+            (r.session_id.clone(), r.idempotency_key.clone()),
+            Idem::InFlight { hash: request_hash, done: rx },
+        );
+        Ok(Reserved { approval, key, domain, wallet_id, done_tx })
+    }
+
+    fn remember_nonce(inner: &mut Inner, key: (String, Vec<u8>), now_ms: u64) {
+        inner.replay.insert(key, now_ms.saturating_add(2 * FRESHNESS_WINDOW_MS));
+        inner.replay_inserts += 1;
+        if inner.replay_inserts % 4096 == 0 {
+            inner.replay.retain(|_, exp| *exp > now_ms);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn sign_reserved(
+        &self,
+        r: &gw::SignPaymentRequest,
+        required: &PaymentRequired,
+        approval: &rules::Approval,
+        key: &WalletKey,
+        domain: &B256,
+        wallet_id: &str,
+        request_hash: [u8; 32],
+        now_ms: u64,
+    ) -> Result<gw::SignPaymentResponse> {
+        let mut nonce = [0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        let req = &approval.requirement;
+        let auth = Authorization {
+            from: key.address(),
+            to: req.pay_to,
+            value: req.amount,
+            valid_after: 0,
+            valid_before: approval.valid_before,
+            nonce,
+        };
+        let digest = auth.signing_hash(domain);
+        let signature = key.sign_digest(&digest).map_err(|e| Failure::internal(e.to_string()))?;
+        let accepted = &required.accepts[approval.index];
+        let payload = payment_payload_json(required, accepted, &auth, &signature);
+        let (spent, cap) = {
+            let inner = self.lock();
+            inner
+                .sessions
+                .get(&r.session_id)
+                .map_or((U256::ZERO, U256::ZERO), |s| (s.spent, s.record.cap))
+        };
+        let resp = gw::SignPaymentResponse {
+            payment_signature: encode_header(&payload),
+            payment_payload_json: payload,
+            accepted_json: accepted.to_string(),
+            accepted_index: u32::try_from(approval.index).unwrap_or(u32::MAX),
+            network: req.network.clone(),
+            asset: req.asset.to_checksum(None),
+            pay_to: req.pay_to.to_checksum(None),
+            amount: req.amount.to_string(),
+            charged: format_decimal(req.amount, approval.asset.decimals),
+            asset_symbol: approval.asset.symbol.clone(),
+            session_spent: format_units(spent),
+            session_remaining: format_units(cap.saturating_sub(spent)),
+            payer: key.address().to_checksum(None),
+            valid_before: approval.valid_before,
+            replayed: false,
+        };
+        // 4. Durable before release.
+        let seq = self.spend_seq.fetch_add(1, Ordering::SeqCst);
+        let record = SpendRecord {
+            seq,
+            session_id: r.session_id.clone(),
+            wallet_id: wallet_id.to_owned(),
+            charge: approval.charge,
+            amount: req.amount,
+            network: req.network.clone(),
+            asset: req.asset,
+            pay_to: req.pay_to,
+            valid_before: approval.valid_before,
+            at_ms: now_ms,
+            idempotency_key: r.idempotency_key.clone(),
+            request_hash: hex::encode(request_hash),
+            response: hex::encode(resp.encode_to_vec()),
+        };
+        self.store.apply(vec![Op::Put(
+            Table::Spends,
+            format!("{}/{seq:020}", r.session_id).into_bytes(),
+            json(&record),
+        )])?;
+        self.store.sync().await?;
+        Ok(resp)
+    }
+
+    // ---- admin -------------------------------------------------------------------------------
+
+    async fn create_wallet(&self, r: gw::CreateWalletRequest) -> Result<gw::Wallet> {
+        let _admin = self.admin.lock().await;
+        let key = WalletKey::generate(&mut NsmRng(self.nsm.as_ref()));
+        let record = WalletRecord {
+            id: random_id("w_"),
+            address: key.address(),
+            label: r.label.trim().to_owned(),
+            frozen: false,
+            created_at: self.now_s(),
+        };
+        self.store.apply(vec![
+            Op::Put(Table::Keys, record.id.as_bytes().to_vec(), key.secret_bytes().to_vec()),
+            Op::Put(Table::Wallets, record.id.as_bytes().to_vec(), json(&record)),
+        ])?;
+        self.store.sync().await?;
+        tracing::info!(wallet = %record.id, address = %record.address, "wallet created");
+        let out = wallet_proto(&record);
+        self.lock().wallets.insert(record.id.clone(), WalletEntry { record, key: Arc::new(key) });
+        Ok(out)
+    }
+
+    fn list_wallets(&self) -> gw::ListWalletsResponse {
+        let inner = self.lock();
+        let mut wallets: Vec<_> = inner.wallets.values().map(|w| wallet_proto(&w.record)).collect();
+        wallets.sort_by_key(|w| (w.created_at, w.wallet_id.clone()));
+        gw::ListWalletsResponse { wallets }
+    }
+
+    async fn set_policy(&self, r: gw::SetPolicyRequest) -> Result<gw::Policy> {
+        let p =
+            r.policy.ok_or_else(|| Failure::invalid("INVALID_ARGUMENT", "policy is required"))?;
+        let max_per_payment = parse_amount(&p.max_per_payment, "max_per_payment")?;
+        let networks = parse_networks(&p.networks)?;
+        let assets = parse_list(&p.assets, "asset", parse_address)?;
+        let max_validity_seconds = match p.max_validity_seconds {
+            0 => DEFAULT_MAX_VALIDITY_SECONDS,
+            s if s > MAX_VALIDITY_SECONDS => {
+                return Err(Failure::invalid(
+                    "INVALID_ARGUMENT",
+                    format!("max_validity_seconds {s} is above the {MAX_VALIDITY_SECONDS} s limit"),
+                ));
+            }
+            s => s,
+        };
+        let _admin = self.admin.lock().await;
+        let version = {
+            let inner = self.lock();
+            if !inner.wallets.contains_key(&p.wallet_id) {
+                return Err(Failure::not_found(format!("wallet {:?} does not exist", p.wallet_id)));
+            }
+            inner.policies.get(&p.wallet_id).map_or(1, |old| old.version + 1)
+        };
+        let policy = Policy { version, max_per_payment, networks, assets, max_validity_seconds };
+        self.store.apply(vec![Op::Put(
+            Table::Policies,
+            p.wallet_id.as_bytes().to_vec(),
+            json(&policy),
+        )])?;
+        self.store.sync().await?;
+        tracing::info!(wallet = %p.wallet_id, version, "policy set");
+        let out = policy_proto(&p.wallet_id, &policy);
+        self.lock().policies.insert(p.wallet_id, policy);
+        Ok(out)
+    }
+
+    fn get_policy(&self, wallet_id: &str) -> Result<gw::Policy> {
+        let inner = self.lock();
+        if !inner.wallets.contains_key(wallet_id) {
+            return Err(Failure::not_found(format!("wallet {wallet_id:?} does not exist")));
+        }
+        inner.policies.get(wallet_id).map(|p| policy_proto(wallet_id, p)).ok_or_else(|| {
+            Failure::not_found(format!(
+                "wallet {wallet_id} has no policy yet: every payment is denied (NO_POLICY)"
+            ))
+        })
+    }
+
+    async fn add_asset(&self, r: gw::AddAssetRequest) -> Result<gw::Asset> {
+        let a = r.asset.ok_or_else(|| Failure::invalid("INVALID_ARGUMENT", "asset is required"))?;
+        let info = AssetInfo::new(
+            a.network.trim(),
+            a.address.trim(),
+            &a.name,
+            &a.version,
+            a.decimals,
+            &a.symbol,
+        )
+        .map_err(|e| Failure::invalid("INVALID_ARGUMENT", e))?;
+        let _admin = self.admin.lock().await;
+        self.store.apply(vec![Op::Put(
+            Table::Assets,
+            asset_key(&info.network, &info.address),
+            json(&info),
+        )])?;
+        self.store.sync().await?;
+        tracing::info!(network = %info.network, asset = %info.address, "asset registered");
+        let out = asset_proto(&info);
+        self.lock().registry.insert(info);
+        Ok(out)
+    }
+
+    fn list_assets(&self) -> gw::ListAssetsResponse {
+        let inner = self.lock();
+        let mut assets: Vec<_> = inner.registry.assets.values().map(asset_proto).collect();
+        assets.sort_by(|a, b| {
+            (chain_id(&a.network).unwrap_or(0), &a.address)
+                .cmp(&(chain_id(&b.network).unwrap_or(0), &b.address))
+        });
+        gw::ListAssetsResponse { assets }
+    }
+
+    async fn change_kyt(&self, r: gw::KytRequest, add: bool) -> Result<gw::KytResponse> {
+        if r.addresses.is_empty() {
+            return Err(Failure::invalid("INVALID_ARGUMENT", "no addresses given"));
+        }
+        let addrs: HashSet<Address> =
+            parse_list(&r.addresses, "address", parse_kyt_address)?.into_iter().collect();
+        let _admin = self.admin.lock().await;
+        let changes: Vec<Address> = {
+            let inner = self.lock();
+            addrs.into_iter().filter(|a| inner.kyt.contains(a) != add).collect()
+        };
+        let ops = changes
+            .iter()
+            .map(|a| {
+                if add {
+                    Op::Put(Table::Kyt, a.to_vec(), Vec::new())
+                } else {
+                    Op::Delete(Table::Kyt, a.to_vec())
+                }
+            })
+            .collect::<Vec<_>>();
+        if !ops.is_empty() {
+            self.store.apply(ops)?;
+            self.store.sync().await?;
+        }
+        let mut inner = self.lock();
+        for a in &changes {
+            if add {
+                inner.kyt.insert(*a);
+            } else {
+                inner.kyt.remove(a);
+            }
+        }
+        tracing::info!(
+            added = add,
+            changed = changes.len(),
+            total = inner.kyt.len(),
+            "kyt list changed"
+        );
+        Ok(gw::KytResponse { changed: changes.len() as u64, total: inner.kyt.len() as u64 })
+    }
+
+    fn list_kyt(&self) -> gw::ListKytResponse {
+        let inner = self.lock();
+        let mut addresses: Vec<_> = inner.kyt.iter().map(|a| a.to_checksum(None)).collect();
+        addresses.sort();
+        gw::ListKytResponse { addresses }
+    }
+
+    async fn issue_session(&self, r: gw::IssueSessionRequest) -> Result<gw::Session> {
+        let public_key = hex::encode(&r.public_key);
+        session_key(&public_key)?;
+        let cap = parse_amount(&r.cap, "cap")?;
+        if r.ttl_seconds == 0 || r.ttl_seconds > MAX_SESSION_TTL_SECONDS {
+            return Err(Failure::invalid(
+                "INVALID_ARGUMENT",
+                format!("ttl_seconds must be between 1 and {MAX_SESSION_TTL_SECONDS}"),
+            ));
+        }
+        let scope = Scope {
+            networks: parse_networks(&r.networks)?,
+            assets: parse_list(&r.assets, "asset", parse_address)?,
+            payees: parse_list(&r.payees, "payee", parse_address)?,
+        };
+        let _admin = self.admin.lock().await;
+        if !self.lock().wallets.contains_key(&r.wallet_id) {
+            return Err(Failure::not_found(format!("wallet {:?} does not exist", r.wallet_id)));
+        }
+        let now = self.now_s();
+        let record = SessionRecord {
+            id: random_id("s_"),
+            wallet_id: r.wallet_id,
+            public_key,
+            cap,
+            expires_at: now.saturating_add(r.ttl_seconds),
+            revoked: false,
+            scope,
+            created_at: now,
+            label: r.label.trim().to_owned(),
+        };
+        self.store.apply(vec![Op::Put(
+            Table::Sessions,
+            record.id.as_bytes().to_vec(),
+            json(&record),
+        )])?;
+        self.store.sync().await?;
+        tracing::info!(session = %record.id, wallet = %record.wallet_id, "session issued");
+        let entry =
+            SessionEntry { key: session_key(&record.public_key)?, record, spent: U256::ZERO };
+        let out = session_proto(&entry);
+        self.lock().sessions.insert(entry.record.id.clone(), entry);
+        Ok(out)
+    }
+
+    fn list_sessions(&self, wallet_id: &str) -> gw::ListSessionsResponse {
+        let inner = self.lock();
+        let mut sessions: Vec<_> = inner
+            .sessions
+            .values()
+            .filter(|s| wallet_id.is_empty() || s.record.wallet_id == wallet_id)
+            .map(session_proto)
+            .collect();
+        sessions.sort_by_key(|s| (s.created_at, s.session_id.clone()));
+        gw::ListSessionsResponse { sessions }
+    }
+
+    async fn revoke_session(&self, session_id: &str) -> Result<gw::Session> {
+        let _admin = self.admin.lock().await;
+        // Effective in memory at once (no signature is released after this point), then durable.
+        let record = {
+            let mut inner = self.lock();
+            let s = inner.sessions.get_mut(session_id).ok_or_else(|| {
+                Failure::not_found(format!("session {session_id:?} does not exist"))
+            })?;
+            s.record.revoked = true;
+            s.record.clone()
+        };
+        self.store.apply(vec![Op::Put(
+            Table::Sessions,
+            record.id.as_bytes().to_vec(),
+            json(&record),
+        )])?;
+        self.store.sync().await?;
+        tracing::info!(session = %session_id, "session revoked");
+        let inner = self.lock();
+        inner
+            .sessions
+            .get(session_id)
+            .map(session_proto)
+            .ok_or_else(|| Failure::internal("session vanished"))
+    }
+
+    fn status(&self) -> gw::Status {
+        let inner = self.lock();
+        gw::Status {
+            mode: self.nsm.mode().as_str().to_owned(),
+            enclave_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: ENCLAVE_PROTOCOL_VERSION,
+            wallets: inner.wallets.len() as u64,
+            sessions: inner.sessions.len() as u64,
+            assets: inner.registry.assets.len() as u64,
+            kyt_entries: inner.kyt.len() as u64,
+            payments_signed: self.signed.load(Ordering::Relaxed),
+            data_dir: self.data_dir.clone(),
+            enclave_reachable: true,
+        }
+    }
+}
+
+fn asset_key(network: &str, address: &Address) -> Vec<u8> {
+    format!("{network}/{address:#x}").into_bytes()
+}
+
+fn session_key(public_key_hex: &str) -> Result<VerifyingKey> {
+    let bytes: [u8; 32] =
+        hex::decode(public_key_hex).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
+            Failure::invalid(
+                "INVALID_PUBLIC_KEY",
+                "session public_key must be a 32-byte Ed25519 key",
+            )
+        })?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| {
+        Failure::invalid("INVALID_PUBLIC_KEY", "session public_key is not a valid Ed25519 point")
+    })?;
+    if key.is_weak() {
+        return Err(Failure::invalid(
+            "INVALID_PUBLIC_KEY",
+            "session public_key is a weak (small-order) key",
+        ));
+    }
+    Ok(key)
+}
+
+fn wallet_proto(w: &WalletRecord) -> gw::Wallet {
+    gw::Wallet {
+        wallet_id: w.id.clone(),
+        address: w.address.to_checksum(None),
+        label: w.label.clone(),
+        frozen: w.frozen,
+        created_at: w.created_at,
+    }
+}
+
+fn policy_proto(wallet_id: &str, p: &Policy) -> gw::Policy {
+    gw::Policy {
+        wallet_id: wallet_id.to_owned(),
+        version: p.version,
+        max_per_payment: format_units(p.max_per_payment),
+        networks: p.networks.clone(),
+        assets: p.assets.iter().map(|a| a.to_checksum(None)).collect(),
+        max_validity_seconds: p.max_validity_seconds,
+    }
+}
+
+fn asset_proto(a: &AssetInfo) -> gw::Asset {
+    gw::Asset {
+        network: a.network.clone(),
+        address: a.address.to_checksum(None),
+        name: a.name.clone(),
+        version: a.version.clone(),
+        decimals: u32::from(a.decimals),
+        symbol: a.symbol.clone(),
+    }
+}
+
+fn session_proto(s: &SessionEntry) -> gw::Session {
+    let r = &s.record;
+    gw::Session {
+        session_id: r.id.clone(),
+        wallet_id: r.wallet_id.clone(),
+        public_key: s.key.to_bytes().to_vec(),
+        cap: format_units(r.cap),
+        spent: format_units(s.spent),
+        expires_at: r.expires_at,
+        revoked: r.revoked,
+        networks: r.scope.networks.clone(),
+        assets: r.scope.assets.iter().map(|a| a.to_checksum(None)).collect(),
+        payees: r.scope.payees.iter().map(|a| a.to_checksum(None)).collect(),
+        created_at: r.created_at,
+        label: r.label.clone(),
+    }
+}

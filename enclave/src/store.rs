@@ -1,0 +1,349 @@
+//! The one narrow storage interface of the enclave. Ledger and state logic never see sled types.
+//!
+//! * Every value is sealed ([`crate::seal`]) with its table and key as associated data.
+//! * Writes of one logical change go in one atomic batch.
+//! * [`Store::sync`] makes everything written so far durable *for real*: sled 0.34's `flush()`
+//!   only issues `sync_file_range`, which flushes neither metadata nor the disk cache, so after it
+//!   we `fdatasync` sled's log file ourselves. Concurrent callers share one flush+fsync (group
+//!   commit): a dedicated thread runs rounds, each round covering every write applied before it
+//!   started.
+
+use std::{
+    fs::File,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex,
+    },
+};
+
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::seal::{SealError, Sealer};
+
+/// Logical tables (one sled tree, key prefix per table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Store metadata.
+    Meta,
+    /// Wallet records (public).
+    Wallets,
+    /// Wallet private keys.
+    Keys,
+    /// Policies by wallet id.
+    Policies,
+    /// Asset registry.
+    Assets,
+    /// KYT denylist.
+    Kyt,
+    /// Sessions.
+    Sessions,
+    /// Spend ledger: one record per released (or about to be released) signature.
+    Spends,
+}
+
+impl Table {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            Self::Meta => b"meta/",
+            Self::Wallets => b"wallet/",
+            Self::Keys => b"key/",
+            Self::Policies => b"policy/",
+            Self::Assets => b"asset/",
+            Self::Kyt => b"kyt/",
+            Self::Sessions => b"session/",
+            Self::Spends => b"spend/",
+        }
+    }
+}
+
+/// Storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// sled failed.
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// A record failed authentication.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Durability could not be confirmed.
+    #[error("durable sync failed: {0}")]
+    Sync(String),
+}
+
+/// One write of a batch.
+#[derive(Debug)]
+pub enum Op {
+    /// Insert or replace.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Remove.
+    Delete(Table, Vec<u8>),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Synced {
+    durable: u64,
+    failed: u64,
+}
+
+struct SyncShared {
+    pending: Mutex<bool>,
+    wake: Condvar,
+    shutdown: std::sync::atomic::AtomicBool,
+}
+
+/// The sealed, durable key-value store.
+pub struct Store {
+    db: sled::Db,
+    sealer: Sealer,
+    written: Arc<AtomicU64>,
+    shared: Arc<SyncShared>,
+    synced: watch::Receiver<Synced>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("written", &self.written.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn full_key(table: Table, key: &[u8]) -> Vec<u8> {
+    let mut k = table.prefix().to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] when sled cannot open the directory.
+    pub fn open(dir: &Path, sealer: Sealer) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| StoreError::Engine(e.to_string()))?;
+        let log = File::open(dir.join("db"))
+            .map_err(|e| StoreError::Engine(format!("open sled log for fsync: {e}")))?;
+        let dir_handle = File::open(dir).map_err(|e| StoreError::Engine(e.to_string()))?;
+        let written = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(SyncShared {
+            pending: Mutex::new(false),
+            wake: Condvar::new(),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (tx, rx) = watch::channel(Synced::default());
+        let thread = {
+            let db = db.clone();
+            let written = Arc::clone(&written);
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("store-sync".into())
+                .spawn(move || sync_loop(&db, &log, &dir_handle, &written, &shared, &tx))
+                .map_err(|e| StoreError::Engine(e.to_string()))?
+        };
+        Ok(Self { db, sealer, written, shared, synced: rx, thread: Some(thread) })
+    }
+
+    fn aad(table: Table, key: &[u8]) -> Vec<u8> {
+        full_key(table, key)
+    }
+
+    /// Applies the writes atomically (all or none). Not yet durable: call [`Self::sync`].
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`].
+    pub fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Op::Put(t, k, v) => {
+                    let fk = full_key(t, &k);
+                    let sealed = self.sealer.seal(&fk, &v);
+                    batch.insert(fk, sealed);
+                }
+                Op::Delete(t, k) => batch.remove(full_key(t, &k)),
+            }
+        }
+        self.db.apply_batch(batch).map_err(|e| StoreError::Engine(e.to_string()))?;
+        self.written.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Waits until every write applied before this call is durable (flush + fdatasync). Callers
+    /// arriving together share one round.
+    ///
+    /// # Errors
+    /// [`StoreError::Sync`] if the round covering this call failed.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let target = self.written.load(Ordering::SeqCst);
+        let mut rx = self.synced.clone();
+        if rx.borrow().durable >= target {
+            return Ok(());
+        }
+        {
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .map_err(|_| StoreError::Sync("sync thread poisoned".into()))?;
+            *p = true;
+            self.shared.wake.notify_one();
+        }
+        let s = rx
+            .wait_for(|s| s.durable >= target || s.failed >= target)
+            .await
+            .map_err(|_| StoreError::Sync("sync thread stopped".into()))?;
+        if s.durable >= target {
+            Ok(())
+        } else {
+            Err(StoreError::Sync("flush or fdatasync failed".into()))
+        }
+    }
+
+    /// Reads and opens one record.
+    ///
+    /// # Errors
+    /// [`StoreError`] on engine failure or a tampered record.
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let fk = full_key(table, key);
+        match self.db.get(&fk).map_err(|e| StoreError::Engine(e.to_string()))? {
+            Some(v) => Ok(Some(self.sealer.open(&Self::aad(table, key), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of a table, opened, in key order.
+    ///
+    /// # Errors
+    /// [`StoreError`] on engine failure or the first tampered record.
+    pub fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>, StoreError> {
+        let prefix = table.prefix();
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| StoreError::Engine(e.to_string()))?;
+            let plain = self.sealer.open(&k, &v)?;
+            out.push((k[prefix.len()..].to_vec(), plain));
+        }
+        Ok(out)
+    }
+}
+
+fn sync_loop(
+    db: &sled::Db,
+    log: &File,
+    dir: &File,
+    written: &AtomicU64,
+    shared: &SyncShared,
+    tx: &watch::Sender<Synced>,
+) {
+    loop {
+        {
+            let Ok(mut p) = shared.pending.lock() else { return };
+            while !*p {
+                p = match shared.wake.wait(p) {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+            }
+            *p = false;
+        }
+        let stopping = shared.shutdown.load(Ordering::SeqCst);
+        let target = written.load(Ordering::SeqCst);
+        let result = db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| log.sync_data().map_err(|e| e.to_string()))
+            .and_then(|()| dir.sync_all().map_err(|e| e.to_string()));
+        tx.send_modify(|s| match &result {
+            Ok(()) => s.durable = s.durable.max(target),
+            Err(e) => {
+                tracing::error!(error = %e, "durable sync failed; signatures waiting on it are withheld");
+                s.failed = s.failed.max(target);
+            }
+        });
+        if stopping {
+            return;
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Last round (flushes whatever is pending), then the thread exits and releases the
+        // database, so the same directory can be opened again in this process.
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        if let Ok(mut p) = self.shared.pending.lock() {
+            *p = true;
+            self.shared.wake.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, Sealer::new(&Zeroizing::new([1u8; 32]))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn batch_is_sealed_durable_and_scans_by_table() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            s.apply(vec![
+                Op::Put(Table::Kyt, b"a".to_vec(), b"1".to_vec()),
+                Op::Put(Table::Sessions, b"a".to_vec(), b"2".to_vec()),
+            ])
+            .unwrap();
+            s.sync().await.unwrap();
+            assert_eq!(s.get(Table::Kyt, b"a").unwrap().unwrap().as_slice(), b"1");
+            assert_eq!(s.scan(Table::Sessions).unwrap().len(), 1);
+            s.apply(vec![Op::Delete(Table::Kyt, b"a".to_vec())]).unwrap();
+            s.sync().await.unwrap();
+        }
+        let s = open(dir.path());
+        assert!(s.get(Table::Kyt, b"a").unwrap().is_none());
+        assert_eq!(s.get(Table::Sessions, b"a").unwrap().unwrap().as_slice(), b"2");
+    }
+
+    #[tokio::test]
+    async fn concurrent_syncs_share_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(open(dir.path()));
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let s = Arc::clone(&s);
+            tasks.push(tokio::spawn(async move {
+                s.apply(vec![Op::Put(Table::Spends, i.to_be_bytes().to_vec(), vec![0; 100])])
+                    .unwrap();
+                s.sync().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(s.scan(Table::Spends).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn a_record_moved_to_another_key_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.apply(vec![Op::Put(Table::Keys, b"w1".to_vec(), b"k1".to_vec())]).unwrap();
+        let raw = s.db.get(full_key(Table::Keys, b"w1")).unwrap().unwrap();
+        s.db.insert(full_key(Table::Keys, b"w2"), raw).unwrap();
+        assert!(matches!(s.get(Table::Keys, b"w2"), Err(StoreError::Seal(_))));
+    }
+}

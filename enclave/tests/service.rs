@@ -1,0 +1,513 @@
+//! The enclave's request handler, driven directly: the payment path and its invariants.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use ed25519_dalek::{Signer as _, SigningKey};
+use k256::ecdsa::{RecoveryId, Signature as EcdsaSig, VerifyingKey as EcdsaKey};
+use serde_json::{json, Value};
+use wallet_enclave::{
+    nsm::SimulatedNsm,
+    seal::Sealer,
+    service::{Clock, Enclave, Failure},
+    store::Store,
+};
+use wallet_policy::{
+    address::parse_address,
+    auth::{sign_payment_message, SignPaymentFields},
+    eip712::Authorization,
+    registry::default_assets,
+    U256,
+};
+use wallet_proto::{
+    enclave::v1::{
+        enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveRequest, ErrorCode,
+    },
+    gateway::v1 as gw,
+};
+
+const PAYEE: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+const USDC_BASE_SEPOLIA: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+const T0_MS: u64 = 1_800_000_000_000;
+
+struct Harness {
+    dir: tempfile::TempDir,
+    now: Arc<AtomicU64>,
+    enclave: Arc<Enclave>,
+}
+
+async fn open(dir: &std::path::Path, now: &Arc<AtomicU64>) -> Enclave {
+    let sealer = Sealer::load_or_create(&dir.join("sealing.key")).unwrap();
+    let store = Store::open(&dir.join("state"), sealer).unwrap();
+    let n = Arc::clone(now);
+    let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
+    Enclave::open(store, Box::new(SimulatedNsm), clock, dir.display().to_string()).await.unwrap()
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicU64::new(T0_MS));
+        let enclave = Arc::new(open(dir.path(), &now).await);
+        Self { dir, now, enclave }
+    }
+
+    /// Drops the enclave and opens the same state again: a restart.
+    async fn restart(self) -> Self {
+        let Self { dir, now, enclave } = self;
+        drop(Arc::try_unwrap(enclave).expect("no other users"));
+        let enclave = Arc::new(open(dir.path(), &now).await);
+        Self { dir, now, enclave }
+    }
+
+    async fn call(&self, body: Req) -> Result<Resp, Failure> {
+        let resp = self
+            .enclave
+            .handle(EnclaveRequest { protocol_version: 1, request_id: 1, body: Some(body) })
+            .await;
+        match resp.body.unwrap() {
+            Resp::Error(e) => Err(Failure { code: e.code(), reason: e.reason, message: e.message }),
+            ok => Ok(ok),
+        }
+    }
+
+    async fn wallet(&self, max_per_payment: &str) -> gw::Wallet {
+        let Resp::Wallet(w) = self
+            .call(Req::CreateWallet(gw::CreateWalletRequest { label: "test".into() }))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        self.call(Req::SetPolicy(gw::SetPolicyRequest {
+            policy: Some(gw::Policy {
+                wallet_id: w.wallet_id.clone(),
+                max_per_payment: max_per_payment.into(),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+        w
+    }
+
+    async fn session(&self, wallet: &gw::Wallet, cap: &str) -> Agent {
+        let key = SigningKey::generate(&mut rand_core::OsRng);
+        let Resp::Session(s) = self
+            .call(Req::IssueSession(gw::IssueSessionRequest {
+                wallet_id: wallet.wallet_id.clone(),
+                public_key: key.verifying_key().to_bytes().to_vec(),
+                cap: cap.into(),
+                ttl_seconds: 3600,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        Agent { id: s.session_id, key, now: Arc::clone(&self.now) }
+    }
+
+    async fn pay(&self, req: gw::SignPaymentRequest) -> Result<gw::SignPaymentResponse, Failure> {
+        match self.call(Req::SignPayment(req)).await? {
+            Resp::SignPayment(r) => Ok(r),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn spent(&self, session: &str) -> String {
+        let Resp::Sessions(l) =
+            self.call(Req::ListSessions(gw::ListSessionsRequest::default())).await.unwrap()
+        else {
+            panic!()
+        };
+        l.sessions.into_iter().find(|s| s.session_id == session).unwrap().spent
+    }
+}
+
+struct Agent {
+    id: String,
+    key: SigningKey,
+    now: Arc<AtomicU64>,
+}
+
+impl Agent {
+    fn request(&self, header: &str, idem: &str) -> gw::SignPaymentRequest {
+        let mut nonce = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        let mut r = gw::SignPaymentRequest {
+            session_id: self.id.clone(),
+            payment_required: header.to_owned(),
+            idempotency_key: idem.to_owned(),
+            timestamp_ms: self.now.load(Ordering::SeqCst),
+            request_nonce: nonce.to_vec(),
+            ..Default::default()
+        };
+        self.sign(&mut r);
+        r
+    }
+
+    fn sign(&self, r: &mut gw::SignPaymentRequest) {
+        let msg = sign_payment_message(&SignPaymentFields {
+            session_id: &r.session_id,
+            payment_required: &r.payment_required,
+            preferred_network: &r.preferred_network,
+            preferred_asset: &r.preferred_asset,
+            idempotency_key: &r.idempotency_key,
+            timestamp_ms: r.timestamp_ms,
+            request_nonce: &r.request_nonce,
+        });
+        r.signature = self.key.sign(&msg).to_bytes().to_vec();
+    }
+}
+
+fn header(amount: &str) -> String {
+    STANDARD.encode(
+        json!({"x402Version":2,"resource":{"url":"https://api.example.com/x"},"accepts":[{"scheme":"exact","network":"eip155:84532","amount":amount,"asset":USDC_BASE_SEPOLIA,"payTo":PAYEE,"maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}}]})
+            .to_string(),
+    )
+}
+
+fn recover(resp: &gw::SignPaymentResponse) -> String {
+    let v: Value = serde_json::from_str(&resp.payment_payload_json).unwrap();
+    let a = &v["payload"]["authorization"];
+    let nonce: [u8; 32] =
+        hex::decode(&a["nonce"].as_str().unwrap()[2..]).unwrap().try_into().unwrap();
+    let auth = Authorization {
+        from: parse_address(a["from"].as_str().unwrap()).unwrap(),
+        to: parse_address(a["to"].as_str().unwrap()).unwrap(),
+        value: a["value"].as_str().unwrap().parse::<U256>().unwrap(),
+        valid_after: a["validAfter"].as_str().unwrap().parse().unwrap(),
+        valid_before: a["validBefore"].as_str().unwrap().parse().unwrap(),
+        nonce,
+    };
+    let asset = default_assets().into_iter().find(|x| x.network == "eip155:84532").unwrap();
+    let digest = auth.signing_hash(&asset.domain_separator());
+    let sig = hex::decode(&v["payload"]["signature"].as_str().unwrap()[2..]).unwrap();
+    let vk = EcdsaKey::recover_from_prehash(
+        digest.as_slice(),
+        &EcdsaSig::from_slice(&sig[..64]).unwrap(),
+        RecoveryId::from_byte(sig[64] - 27).unwrap(),
+    )
+    .unwrap();
+    let point = vk.to_encoded_point(false);
+    wallet_policy::Address::from_slice(&alloy_primitives::keccak256(&point.as_bytes()[1..])[12..])
+        .to_checksum(None)
+}
+
+#[tokio::test]
+async fn signs_a_payment_that_recovers_to_the_wallet() {
+    let h = Harness::new().await;
+    let w = h.wallet("0.10").await;
+    let agent = h.session(&w, "1").await;
+    let resp = h.pay(agent.request(&header("10000"), "k1")).await.unwrap();
+    assert_eq!(
+        recover(&resp),
+        w.address,
+        "the signature is the wallet's, over the exact authorization"
+    );
+    assert_eq!(resp.payer, w.address);
+    assert_eq!(
+        (
+            resp.amount.as_str(),
+            resp.charged.as_str(),
+            resp.session_spent.as_str(),
+            resp.session_remaining.as_str()
+        ),
+        ("10000", "0.01", "0.01", "0.99")
+    );
+    assert_eq!(resp.valid_before, T0_MS / 1000 + 60);
+    let v: Value =
+        serde_json::from_slice(&STANDARD.decode(&resp.payment_signature).unwrap()).unwrap();
+    assert_eq!(v["accepted"]["payTo"], PAYEE);
+    assert_eq!(v["payload"]["authorization"]["validAfter"], "0");
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_exceed_the_cap() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    // Cap worth exactly 5 payments of 0.01.
+    let agent = Arc::new(h.session(&w, "0.05").await);
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let enclave = Arc::clone(&h.enclave);
+        let req = agent.request(&header("10000"), &format!("k{i}"));
+        tasks.push(tokio::spawn(async move {
+            enclave
+                .handle(EnclaveRequest {
+                    protocol_version: 1,
+                    request_id: i,
+                    body: Some(Req::SignPayment(req)),
+                })
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap().body.unwrap() {
+            Resp::SignPayment(_) => ok += 1,
+            Resp::Error(e) => assert_eq!(e.reason, "SESSION_CAP"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ok, 5);
+    assert_eq!(h.spent(&agent.id).await, "0.05");
+    let id = agent.id.clone();
+    drop(agent);
+    let h = h.restart().await;
+    assert_eq!(h.spent(&id).await, "0.05", "the ledger survives restart");
+}
+
+#[tokio::test]
+async fn idempotent_retry_returns_the_same_payload_and_charges_once() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    let first = h.pay(agent.request(&header("10000"), "same")).await.unwrap();
+    let again = h.pay(agent.request(&header("10000"), "same")).await.unwrap();
+    assert!(again.replayed && !first.replayed);
+    assert_eq!(again.payment_signature, first.payment_signature);
+    assert_eq!(h.spent(&agent.id).await, "0.01");
+    let conflict = h.pay(agent.request(&header("20000"), "same")).await.unwrap_err();
+    assert_eq!(
+        (conflict.code, conflict.reason.as_str()),
+        (ErrorCode::FailedPrecondition, "IDEMPOTENCY_CONFLICT")
+    );
+    // Also after a restart.
+    let id = agent.id.clone();
+    let h = h.restart().await;
+    let agent = Agent { id, ..agent };
+    let after = h.pay(agent.request(&header("10000"), "same")).await.unwrap();
+    assert_eq!(after.payment_signature, first.payment_signature);
+    assert_eq!(h.spent(&agent.id).await, "0.01");
+}
+
+#[tokio::test]
+async fn a_relaying_host_cannot_alter_or_replay_requests() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    let good = agent.request(&header("10000"), "k");
+    let mut altered = good.clone();
+    altered.payment_required = header("990000");
+    let mut retargeted = good.clone();
+    retargeted.preferred_network = "eip155:8453".into();
+    let mut forged = good.clone();
+    forged.signature[0] ^= 1;
+    let mut other_session = good.clone();
+    let other = h.session(&w, "1").await;
+    other_session.session_id = other.id.clone();
+    for bad in [altered, retargeted, forged, other_session] {
+        let e = h.pay(bad).await.unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (ErrorCode::Unauthenticated, "BAD_SIGNATURE"));
+    }
+    h.pay(good.clone()).await.unwrap();
+    let e = h.pay(good).await.unwrap_err();
+    assert_eq!(e.reason, "REPLAYED_REQUEST");
+    let mut stale = agent.request(&header("10000"), "k2");
+    stale.timestamp_ms -= 121_000;
+    agent.sign(&mut stale);
+    assert_eq!(h.pay(stale).await.unwrap_err().reason, "STALE_REQUEST");
+    assert_eq!(h.spent(&agent.id).await, "0.01");
+    assert_eq!(h.spent(&other.id).await, "0");
+}
+
+#[tokio::test]
+async fn denials_charge_nothing() {
+    let h = Harness::new().await;
+    let w = h.wallet("0.10").await;
+    let agent = h.session(&w, "0.15").await;
+    let e = h.pay(agent.request(&header("100001"), "a")).await.unwrap_err();
+    assert_eq!((e.code, e.reason.as_str()), (ErrorCode::Denied, "PER_TX_LIMIT"));
+    h.pay(agent.request(&header("100000"), "b")).await.unwrap();
+    let e = h.pay(agent.request(&header("60000"), "c")).await.unwrap_err();
+    assert_eq!(e.reason, "SESSION_CAP");
+    let e = h.pay(agent.request("%%%", "d")).await.unwrap_err();
+    assert_eq!((e.code, e.reason.as_str()), (ErrorCode::InvalidArgument, "MALFORMED_HEADER"));
+    assert_eq!(h.spent(&agent.id).await, "0.1");
+}
+
+#[tokio::test]
+async fn revoked_and_expired_sessions_get_nothing() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    h.call(Req::RevokeSession(gw::RevokeSessionRequest { session_id: agent.id.clone() }))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.pay(agent.request(&header("1"), "a")).await.unwrap_err().reason,
+        "SESSION_REVOKED"
+    );
+    let h = h.restart().await;
+    assert_eq!(
+        h.pay(agent.request(&header("1"), "b")).await.unwrap_err().reason,
+        "SESSION_REVOKED",
+        "revocation survives restart"
+    );
+    let agent2 = h.session(&w, "1").await;
+    h.now.fetch_add(3_601_000, Ordering::SeqCst);
+    assert_eq!(
+        h.pay(agent2.request(&header("1"), "c")).await.unwrap_err().reason,
+        "SESSION_EXPIRED"
+    );
+}
+
+#[tokio::test]
+async fn state_and_keys_survive_restart_and_nothing_is_stored_in_clear() {
+    let h = Harness::new().await;
+    let w = h.wallet("0.10").await;
+    let agent = h.session(&w, "1").await;
+    let first = h.pay(agent.request(&header("10000"), "a")).await.unwrap();
+    let h = h.restart().await;
+    let Resp::Wallets(l) = h.call(Req::ListWallets(gw::ListWalletsRequest {})).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(l.wallets[0].address, w.address);
+    let second = h.pay(agent.request(&header("10000"), "b")).await.unwrap();
+    assert_eq!(recover(&second), recover(&first));
+    assert_eq!(h.spent(&agent.id).await, "0.02");
+    // The payee and the wallet address appear in records, but only sealed.
+    let needle = PAYEE.to_lowercase()[2..].to_owned();
+    for entry in walk(&h.dir.path().join("state")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let hexed = hex::encode(&bytes);
+        assert!(!hexed.contains(&needle), "{} holds a payee in clear", entry.display());
+        assert!(
+            !bytes.windows(10).any(|w| w == b"session_id"),
+            "{} holds a record in clear",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn admin_input_is_validated_and_changes_nothing_when_bad() {
+    let h = Harness::new().await;
+    let w = h.wallet("0.10").await;
+    let bad_policies = [
+        gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: "-1".into(),
+            ..Default::default()
+        },
+        gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: "0".into(),
+            ..Default::default()
+        },
+        gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: "1".into(),
+            networks: vec!["base".into()],
+            ..Default::default()
+        },
+        gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: "1".into(),
+            max_validity_seconds: 99_999,
+            ..Default::default()
+        },
+    ];
+    for p in bad_policies {
+        let e = h.call(Req::SetPolicy(gw::SetPolicyRequest { policy: Some(p) })).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument, "{e:?}");
+    }
+    let e = h
+        .call(Req::SetPolicy(gw::SetPolicyRequest {
+            policy: Some(gw::Policy {
+                wallet_id: "w_nope".into(),
+                max_per_payment: "1".into(),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    let Resp::Policy(p) = h
+        .call(Req::GetPolicy(gw::GetPolicyRequest { wallet_id: w.wallet_id.clone() }))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((p.version, p.max_per_payment.as_str()), (1, "0.1"));
+    let e = h
+        .call(Req::AddKyt(gw::KytRequest { addresses: vec![PAYEE.into(), "0xnope".into()] }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    let Resp::KytList(k) = h.call(Req::ListKyt(gw::ListKytRequest {})).await.unwrap() else {
+        panic!()
+    };
+    assert!(k.addresses.is_empty(), "a bad batch adds nothing");
+    let e = h
+        .call(Req::IssueSession(gw::IssueSessionRequest {
+            wallet_id: w.wallet_id.clone(),
+            public_key: vec![0; 32],
+            cap: "1".into(),
+            ttl_seconds: 60,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, "INVALID_PUBLIC_KEY");
+}
+
+#[tokio::test]
+async fn kyt_is_case_insensitive_and_registry_entries_can_be_added() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    h.call(Req::AddKyt(gw::KytRequest {
+        addresses: vec![PAYEE.to_uppercase().replace("0X", "0x")],
+    }))
+    .await
+    .unwrap();
+    assert_eq!(h.pay(agent.request(&header("1"), "a")).await.unwrap_err().reason, "KYT_DENIED");
+    let Resp::Kyt(k) = h
+        .call(Req::RemoveKyt(gw::KytRequest { addresses: vec![PAYEE.to_lowercase()] }))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((k.changed, k.total), (1, 0));
+    h.pay(agent.request(&header("1"), "b")).await.unwrap();
+    // A local chain token, unknown until added.
+    let local = STANDARD.encode(json!({"x402Version":2,"resource":{"url":"http://localhost/"},"accepts":[{"scheme":"exact","network":"eip155:31337","amount":"5","asset":"0x5FbDB2315678afecb367f032d93F642f64180aa3","payTo":PAYEE,"maxTimeoutSeconds":30,"extra":{"name":"Test USD","version":"1"}}]}).to_string());
+    assert_eq!(h.pay(agent.request(&local, "c")).await.unwrap_err().reason, "ASSET_NOT_ALLOWED");
+    h.call(Req::AddAsset(gw::AddAssetRequest {
+        asset: Some(gw::Asset {
+            network: "eip155:31337".into(),
+            address: "0x5FbDB2315678afecb367f032d93F642f64180aa3".into(),
+            name: "Test USD".into(),
+            version: "1".into(),
+            decimals: 6,
+            symbol: "TUSD".into(),
+        }),
+    }))
+    .await
+    .unwrap();
+    let resp = h.pay(agent.request(&local, "d")).await.unwrap();
+    assert_eq!((resp.asset_symbol.as_str(), resp.charged.as_str()), ("TUSD", "0.000005"));
+}
