@@ -1,0 +1,73 @@
+//! `wallet-gateway`: the host's gRPC gateway (`wallet.gateway.v1`), relaying to the enclave.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+
+/// The agent wallet's gRPC gateway. Agents call SignPayment here; admins use walletctl.
+/// It relays every request to the enclave, which checks and signs.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on. Only loopback unless --allow-non-loopback.
+    #[arg(long, env = "WALLET_GATEWAY_LISTEN", default_value = wallet_host::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Unix socket of the (simulated) enclave [default: DATA_DIR/enclave.sock].
+    #[arg(long, env = "WALLET_ENCLAVE_SOCKET")]
+    enclave_socket: Option<PathBuf>,
+    /// Data directory of the local stack [default: $XDG_DATA_HOME/agent-wallet or ~/.local/share/agent-wallet].
+    #[arg(long, env = "WALLET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen on a non-loopback address. Admin calls are not yet authenticated: put the gateway
+    /// behind something that is.
+    #[arg(long)]
+    allow_non_loopback: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("agent-wallet");
+    }
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".agent-wallet"), |h| PathBuf::from(h).join(".local/share/agent-wallet"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if !wallet_host::is_loopback(&args.listen) && !args.allow_non_loopback {
+        eprintln!("wallet-gateway: refusing to listen on {} (not loopback); pass --allow-non-loopback if it is protected", args.listen);
+        return ExitCode::from(2);
+    }
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let socket = args.enclave_socket.unwrap_or_else(|| data_dir.join("enclave.sock"));
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("wallet-gateway: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().map_or_else(|_| args.listen.to_string(), |a| a.to_string());
+    tracing::info!(listen = %addr, enclave = %socket.display(), "gateway listening");
+    // One line on stdout, for scripts and tests that start the gateway on port 0.
+    println!("wallet-gateway listening on http://{addr}");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+    };
+    match wallet_host::serve_gateway(listener, socket, data_dir.display().to_string(), shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wallet-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

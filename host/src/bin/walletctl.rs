@@ -1,0 +1,469 @@
+//! `walletctl`: the one CLI for admins and agents.
+
+use std::{
+    io::Read as _,
+    path::PathBuf,
+    process::ExitCode,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use clap::{Args, Parser, Subcommand};
+use tonic::transport::Channel;
+use wallet_host::cli::{clean_header_input, default_home, new_session_key, parse_duration, random_idempotency_key, Credential};
+use wallet_policy::x402::MAX_HEADER_LEN;
+use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
+
+/// Admin and agent CLI of the agent wallet.
+///
+/// Admins create wallets, set policies and issue session credentials. Agents pay x402
+/// `402 Payment Required` responses with `walletctl pay`. Keys never leave the enclave.
+///
+/// Amounts are written in token units: 0.25, "0.25 USDC" or $0.25.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Gateway URL.
+    #[arg(long, global = true, env = "WALLET_GATEWAY", default_value = "http://127.0.0.1:7402")]
+    gateway: String,
+    /// walletctl's own directory (config and issued credentials).
+    #[arg(long, global = true, env = "WALLETCTL_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set up walletctl's directory and check the gateway and enclave.
+    Init,
+    /// Show the gateway and enclave status (simulated or Nitro).
+    Status,
+    /// Create and list wallets.
+    #[command(subcommand)]
+    Wallet(WalletCmd),
+    /// Set and show a wallet's policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Manage the asset registry (tokens the wallet may sign for).
+    #[command(subcommand)]
+    Asset(AssetCmd),
+    /// Manage the KYT denylist of payees.
+    #[command(subcommand)]
+    Kyt(KytCmd),
+    /// Issue, list and revoke agent sessions.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Agent: read a PAYMENT-REQUIRED value on stdin, print the PAYMENT-SIGNATURE value.
+    ///
+    /// Example: curl -si URL | grep -i '^payment-required:' | walletctl pay --session agent.json
+    ///
+    /// Exit codes: 0 signed; 3 denied by policy (reason code on stderr); 2 bad input;
+    /// 4 session not accepted; 1 anything else.
+    Pay(PayArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum WalletCmd {
+    /// Create a wallet: the enclave generates its key, which never leaves it.
+    Create {
+        /// A name for people.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List wallets.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Replace a wallet's policy. Until one is set, every payment is denied.
+    Set {
+        /// Wallet id (from `wallet create`).
+        #[arg(long)]
+        wallet: String,
+        /// Largest single payment, e.g. 0.25 or "$0.25".
+        #[arg(long)]
+        max_per_payment: String,
+        /// Allowed networks, comma-separated CAIP-2 ids (eip155:8453). Default: every network in the registry.
+        #[arg(long, value_delimiter = ',')]
+        networks: Vec<String>,
+        /// Allowed token addresses, comma-separated. Default: every asset in the registry.
+        #[arg(long, value_delimiter = ',')]
+        assets: Vec<String>,
+        /// Longest validity of a signed authorization (e.g. 60s, 5m). Default 5m, at most 1h.
+        #[arg(long)]
+        max_validity: Option<String>,
+    },
+    /// Show a wallet's policy.
+    Show {
+        /// Wallet id.
+        #[arg(long)]
+        wallet: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AssetCmd {
+    /// Register a token (for another chain, or a local test chain such as eip155:31337).
+    Add {
+        /// CAIP-2 network, e.g. eip155:31337.
+        #[arg(long)]
+        network: String,
+        /// Token contract address.
+        #[arg(long)]
+        address: String,
+        /// EIP-712 domain name of the token (what servers put in extra.name).
+        #[arg(long)]
+        name: String,
+        /// EIP-712 domain version (extra.version).
+        #[arg(long)]
+        version: String,
+        /// Token decimals.
+        #[arg(long, default_value_t = 6)]
+        decimals: u32,
+        /// Display symbol.
+        #[arg(long, default_value = "USDC")]
+        symbol: String,
+    },
+    /// List registered assets.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum KytCmd {
+    /// Deny payments to these addresses (any letter case).
+    Add {
+        /// Addresses.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Allow these addresses again.
+    Remove {
+        /// Addresses.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// List denied addresses.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCmd {
+    /// Issue a session: makes its key pair here, registers the public key and scope with the
+    /// enclave, and writes the agent's credential file (0600).
+    Issue(IssueArgs),
+    /// List sessions with what they have spent.
+    List {
+        /// Only this wallet's sessions.
+        #[arg(long, default_value = "")]
+        wallet: String,
+    },
+    /// Revoke a session: no signature is released for it once this returns.
+    Revoke {
+        /// Session id.
+        session: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct IssueArgs {
+    /// Wallet id.
+    #[arg(long)]
+    wallet: String,
+    /// Most the session may spend in total, e.g. 5 or "$5".
+    #[arg(long)]
+    cap: String,
+    /// Lifetime, e.g. 1h, 24h, 7d.
+    #[arg(long, default_value = "24h")]
+    ttl: String,
+    /// Narrow to these networks (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    networks: Vec<String>,
+    /// Narrow to these token addresses (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    assets: Vec<String>,
+    /// Only pay these addresses (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    payees: Vec<String>,
+    /// A name for people.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Where to write the credential [default: HOME/sessions/SESSION_ID.json].
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PayArgs {
+    /// Session credential file.
+    #[arg(long, env = "WALLET_SESSION")]
+    session: PathBuf,
+    /// Reuse on retries: the same key and header return the same signature, charged once.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Prefer this network among the server's options.
+    #[arg(long, default_value = "")]
+    network: String,
+    /// Prefer this token address among the server's options.
+    #[arg(long, default_value = "")]
+    asset: String,
+    /// Also print what was paid (to stderr).
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+/// A failure with its exit code.
+struct Fail(u8, String);
+
+impl From<tonic::Status> for Fail {
+    fn from(s: tonic::Status) -> Self {
+        let code = match s.code() {
+            tonic::Code::PermissionDenied => 3,
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => 2,
+            tonic::Code::Unauthenticated => 4,
+            _ => 1,
+        };
+        let what = match s.code() {
+            tonic::Code::PermissionDenied => "denied",
+            tonic::Code::Unavailable => "unavailable",
+            tonic::Code::Unauthenticated => "not authenticated",
+            tonic::Code::NotFound => "not found",
+            tonic::Code::InvalidArgument => "invalid",
+            _ => "error",
+        };
+        Fail(code, format!("{what}: {}", s.message()))
+    }
+}
+
+type Out = Result<(), Fail>;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn client(url: &str) -> Result<WalletGatewayClient<Channel>, Fail> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| Fail(2, format!("bad gateway URL {url:?}: {e}")))?;
+    let channel = endpoint.connect().await.map_err(|e| Fail(1, format!("unavailable: cannot reach the gateway at {url} ({e}); is the stack running? (scripts/dev-up.sh)")))?;
+    Ok(WalletGatewayClient::new(channel).max_decoding_message_size(4 << 20))
+}
+
+fn when(unix: u64) -> String {
+    let now = now_ms() / 1000;
+    if unix <= now {
+        format!("{unix} (past)")
+    } else {
+        let d = unix - now;
+        format!("{unix} (in {}h{:02}m)", d / 3600, (d % 3600) / 60)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            eprintln!("walletctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Out {
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    match cli.command {
+        Command::Init => init(&cli.gateway, &home).await,
+        Command::Status => status(&cli.gateway).await,
+        Command::Wallet(c) => wallet(&cli.gateway, c).await,
+        Command::Policy(c) => policy(&cli.gateway, c).await,
+        Command::Asset(c) => asset(&cli.gateway, c).await,
+        Command::Kyt(c) => kyt(&cli.gateway, c).await,
+        Command::Session(c) => session(&cli.gateway, &home, c).await,
+        Command::Pay(a) => pay(&cli.gateway, a).await,
+    }
+}
+
+async fn init(url: &str, home: &std::path::Path) -> Out {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home.join("sessions")).map_err(|e| Fail(1, format!("cannot create {}: {e}", home.display())))?;
+    println!("walletctl home: {}", home.display());
+    status(url).await?;
+    println!("\nNext: walletctl wallet create --label my-agent");
+    Ok(())
+}
+
+async fn status(url: &str) -> Out {
+    let s = client(url).await?.get_status(gw::GetStatusRequest {}).await?.into_inner();
+    println!("gateway:  {url} (up)");
+    if !s.enclave_reachable {
+        return Err(Fail(1, format!("unavailable: the gateway is up but cannot reach the enclave (data dir {})", s.data_dir)));
+    }
+    let mode = if s.mode == "simulated" { "SIMULATED (development only: keys sealed with a local key file, not for real funds)".to_owned() } else { s.mode.clone() };
+    println!("enclave:  {mode}");
+    println!("version:  {} (protocol {})", s.enclave_version, s.protocol_version);
+    println!("data dir: {}", s.data_dir);
+    println!("wallets {} · sessions {} · assets {} · kyt entries {} · payments signed {}", s.wallets, s.sessions, s.assets, s.kyt_entries, s.payments_signed);
+    Ok(())
+}
+
+async fn wallet(url: &str, c: WalletCmd) -> Out {
+    let mut cl = client(url).await?;
+    match c {
+        WalletCmd::Create { label } => {
+            let w = cl.create_wallet(gw::CreateWalletRequest { label }).await?.into_inner();
+            println!("wallet {}  address {}", w.wallet_id, w.address);
+            println!("Next: walletctl policy set --wallet {} --max-per-payment 0.10", w.wallet_id);
+        }
+        WalletCmd::List => {
+            let l = cl.list_wallets(gw::ListWalletsRequest {}).await?.into_inner();
+            if l.wallets.is_empty() {
+                println!("no wallets yet: walletctl wallet create");
+            }
+            for w in l.wallets {
+                println!("{}  {}  {}{}", w.wallet_id, w.address, w.label, if w.frozen { "  FROZEN" } else { "" });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_policy(p: &gw::Policy) {
+    println!("wallet:           {}", p.wallet_id);
+    println!("version:          {}", p.version);
+    println!("max per payment:  {}", p.max_per_payment);
+    println!("networks:         {}", if p.networks.is_empty() { "any in the registry".to_owned() } else { p.networks.join(", ") });
+    println!("assets:           {}", if p.assets.is_empty() { "any in the registry".to_owned() } else { p.assets.join(", ") });
+    println!("max validity:     {} s", p.max_validity_seconds);
+}
+
+async fn policy(url: &str, c: PolicyCmd) -> Out {
+    let mut cl = client(url).await?;
+    match c {
+        PolicyCmd::Set { wallet, max_per_payment, networks, assets, max_validity } => {
+            let max_validity_seconds = max_validity.as_deref().map(parse_duration).transpose().map_err(|e| Fail(2, e))?.unwrap_or(0);
+            let p = gw::Policy { wallet_id: wallet, version: 0, max_per_payment, networks, assets, max_validity_seconds };
+            let p = cl.set_policy(gw::SetPolicyRequest { policy: Some(p) }).await?.into_inner();
+            print_policy(&p);
+        }
+        PolicyCmd::Show { wallet } => print_policy(&cl.get_policy(gw::GetPolicyRequest { wallet_id: wallet }).await?.into_inner()),
+    }
+    Ok(())
+}
+
+async fn asset(url: &str, c: AssetCmd) -> Out {
+    let mut cl = client(url).await?;
+    match c {
+        AssetCmd::Add { network, address, name, version, decimals, symbol } => {
+            let a = cl.add_asset(gw::AddAssetRequest { asset: Some(gw::Asset { network, address, name, version, decimals, symbol }) }).await?.into_inner();
+            println!("registered {} {} on {} (EIP-712 {:?} v{}, {} decimals)", a.symbol, a.address, a.network, a.name, a.version, a.decimals);
+        }
+        AssetCmd::List => {
+            for a in cl.list_assets(gw::ListAssetsRequest {}).await?.into_inner().assets {
+                println!("{:<18} {}  {:<6} {:?} v{}  {} decimals", a.network, a.address, a.symbol, a.name, a.version, a.decimals);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn kyt(url: &str, c: KytCmd) -> Out {
+    let mut cl = client(url).await?;
+    match c {
+        KytCmd::Add { addresses } => {
+            let r = cl.add_kyt(gw::KytRequest { addresses }).await?.into_inner();
+            println!("added {} (denylist now {})", r.changed, r.total);
+        }
+        KytCmd::Remove { addresses } => {
+            let r = cl.remove_kyt(gw::KytRequest { addresses }).await?.into_inner();
+            println!("removed {} (denylist now {})", r.changed, r.total);
+        }
+        KytCmd::List => {
+            for a in cl.list_kyt(gw::ListKytRequest {}).await?.into_inner().addresses {
+                println!("{a}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn session(url: &str, home: &std::path::Path, c: SessionCmd) -> Out {
+    let mut cl = client(url).await?;
+    match c {
+        SessionCmd::Issue(a) => {
+            let ttl_seconds = parse_duration(&a.ttl).map_err(|e| Fail(2, e))?;
+            if let Some(out) = a.out.as_ref().filter(|p| p.exists()) {
+                return Err(Fail(2, format!("{} already exists; credentials are never overwritten", out.display())));
+            }
+            let wallets = cl.list_wallets(gw::ListWalletsRequest {}).await?.into_inner().wallets;
+            let address = wallets.iter().find(|w| w.wallet_id == a.wallet).map(|w| w.address.clone()).unwrap_or_default();
+            let key = new_session_key();
+            let s = cl
+                .issue_session(gw::IssueSessionRequest {
+                    wallet_id: a.wallet,
+                    public_key: key.verifying_key().to_bytes().to_vec(),
+                    cap: a.cap,
+                    ttl_seconds,
+                    networks: a.networks,
+                    assets: a.assets,
+                    payees: a.payees,
+                    label: a.label,
+                })
+                .await?
+                .into_inner();
+            let path = a.out.unwrap_or_else(|| home.join("sessions").join(format!("{}.json", s.session_id)));
+            let cred = Credential::new(s.session_id.clone(), s.wallet_id.clone(), address, url.to_owned(), s.expires_at, key);
+            cred.write(&path).map_err(|e| Fail(1, format!("session {} was issued but its credential could not be written to {}: {e}; revoke it with: walletctl session revoke {}", s.session_id, path.display(), s.session_id)))?;
+            println!("session {}  wallet {}  cap {}  expires {}", s.session_id, s.wallet_id, s.cap, when(s.expires_at));
+            println!("credential written to {} (0600). Give it to the agent:", path.display());
+            println!("  export WALLET_SESSION={}", path.display());
+        }
+        SessionCmd::List { wallet } => {
+            let l = cl.list_sessions(gw::ListSessionsRequest { wallet_id: wallet }).await?.into_inner();
+            if l.sessions.is_empty() {
+                println!("no sessions");
+            }
+            for s in l.sessions {
+                let state = if s.revoked { "REVOKED".to_owned() } else { format!("expires {}", when(s.expires_at)) };
+                println!("{}  wallet {}  spent {} of {}  {}  {}", s.session_id, s.wallet_id, s.spent, s.cap, state, s.label);
+            }
+        }
+        SessionCmd::Revoke { session } => {
+            let s = cl.revoke_session(gw::RevokeSessionRequest { session_id: session }).await?.into_inner();
+            println!("session {} revoked (spent {} of {})", s.session_id, s.spent, s.cap);
+        }
+    }
+    Ok(())
+}
+
+async fn pay(default_url: &str, a: PayArgs) -> Out {
+    let cred = Credential::read(&a.session).map_err(|e| Fail(2, e))?;
+    let mut input = String::new();
+    std::io::stdin().take((MAX_HEADER_LEN as u64) * 2 + 1).read_to_string(&mut input).map_err(|e| Fail(2, format!("invalid: cannot read stdin: {e}")))?;
+    let header = clean_header_input(&input);
+    if header.is_empty() {
+        return Err(Fail(2, "invalid: no PAYMENT-REQUIRED value on stdin".into()));
+    }
+    if header.len() > MAX_HEADER_LEN {
+        return Err(Fail(2, format!("invalid: HEADER_TOO_LARGE: the PAYMENT-REQUIRED value is larger than {MAX_HEADER_LEN} bytes")));
+    }
+    let idem = a.idempotency_key.unwrap_or_else(random_idempotency_key);
+    // The gateway flag/env wins over the one recorded in the credential only when set explicitly.
+    let url = if std::env::var_os("WALLET_GATEWAY").is_some() || default_url != "http://127.0.0.1:7402" { default_url.to_owned() } else { cred.gateway.clone() };
+    let req = cred.sign_request(header, &a.network, &a.asset, &idem, now_ms());
+    let resp = client(&url).await?.sign_payment(req).await?.into_inner();
+    println!("{}", resp.payment_signature);
+    if a.verbose {
+        eprintln!(
+            "paid {} {} to {} on {} from {} (session spent {}, {} left){}",
+            resp.charged,
+            resp.asset_symbol,
+            resp.pay_to,
+            resp.network,
+            resp.payer,
+            resp.session_spent,
+            resp.session_remaining,
+            if resp.replayed { " [idempotent replay, not charged again]" } else { "" }
+        );
+    }
+    Ok(())
+}

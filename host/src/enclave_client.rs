@@ -1,0 +1,136 @@
+//! The gateway's link to the enclave: one multiplexed connection (Unix socket in simulated mode),
+//! reconnected on demand. Requests are tagged with ids; responses may come back in any order.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use prost::Message as _;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::UnixStream,
+    sync::{mpsc, oneshot, Mutex},
+};
+use tonic::Status;
+use wallet_proto::{
+    enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveRequest, EnclaveResponse},
+    encode_frame, frame_len, ENCLAVE_PROTOCOL_VERSION,
+};
+
+type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<EnclaveResponse>>>>;
+
+struct Conn {
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+}
+
+impl Conn {
+    fn alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
+/// Client for the enclave.
+pub struct EnclaveClient {
+    socket: PathBuf,
+    conn: Mutex<Option<Arc<Conn>>>,
+    next_id: AtomicU64,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for EnclaveClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnclaveClient").field("socket", &self.socket).finish_non_exhaustive()
+    }
+}
+
+impl EnclaveClient {
+    /// A client for the enclave listening on `socket`. Connects on first use.
+    #[must_use]
+    pub fn new(socket: PathBuf) -> Self {
+        Self { socket, conn: Mutex::new(None), next_id: AtomicU64::new(1), timeout: Duration::from_secs(30) }
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, Status> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| c.alive()) {
+            return Ok(Arc::clone(c));
+        }
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| Status::unavailable(format!("ENCLAVE_UNAVAILABLE: cannot reach the enclave at {}: {e}", self.socket.display())))?;
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let pending: Pending = Arc::default();
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader_pending = Arc::clone(&pending);
+        let reader_tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut header = [0u8; 4];
+                if rd.read_exact(&mut header).await.is_err() {
+                    break;
+                }
+                let Ok(len) = frame_len(header) else { break };
+                let mut buf = vec![0u8; len];
+                if rd.read_exact(&mut buf).await.is_err() {
+                    break;
+                }
+                let Ok(resp) = EnclaveResponse::decode(buf.as_slice()) else { break };
+                let waiter = reader_pending.lock().ok().and_then(|mut p| p.remove(&resp.request_id));
+                if let Some(w) = waiter {
+                    let _ = w.send(resp);
+                }
+            }
+            // Connection lost: fail every waiter (their senders drop) and mark the link dead.
+            if let Ok(mut p) = reader_pending.lock() {
+                p.clear();
+            }
+            drop(reader_tx);
+        });
+        let conn = Arc::new(Conn { tx, pending });
+        *guard = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Sends one request and waits for its response.
+    ///
+    /// # Errors
+    /// `Unavailable` when the enclave cannot be reached or drops the connection; `InvalidArgument`
+    /// when the request is too large for a frame; `DeadlineExceeded` after the timeout.
+    pub async fn call(&self, body: Req) -> Result<Resp, Status> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(&EnclaveRequest { protocol_version: ENCLAVE_PROTOCOL_VERSION, request_id: id, body: Some(body) })
+            .map_err(|e| Status::invalid_argument(format!("REQUEST_TOO_LARGE: {e}")))?;
+        let conn = self.connection().await?;
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().map_err(|_| Status::internal("enclave client poisoned"))?.insert(id, tx);
+        if conn.tx.send(frame).await.is_err() {
+            conn.pending.lock().map_err(|_| Status::internal("enclave client poisoned"))?.remove(&id);
+            return Err(Status::unavailable("ENCLAVE_UNAVAILABLE: the enclave connection closed"));
+        }
+        let resp = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(_)) => return Err(Status::unavailable("ENCLAVE_UNAVAILABLE: the enclave connection closed before it answered")),
+            Err(_) => {
+                if let Ok(mut p) = conn.pending.lock() {
+                    p.remove(&id);
+                }
+                return Err(Status::deadline_exceeded("the enclave did not answer in time"));
+            }
+        };
+        resp.body.ok_or_else(|| Status::internal("enclave sent an empty response"))
+    }
+}
