@@ -34,7 +34,10 @@ pub struct Credential {
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential").field("session_id", &self.session_id).field("wallet_id", &self.wallet_id).finish_non_exhaustive()
+        f.debug_struct("Credential")
+            .field("session_id", &self.session_id)
+            .field("wallet_id", &self.wallet_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -65,7 +68,14 @@ pub fn new_session_key() -> SigningKey {
 impl Credential {
     /// Assembles a credential.
     #[must_use]
-    pub fn new(session_id: String, wallet_id: String, wallet_address: String, gateway: String, expires_at: u64, key: SigningKey) -> Self {
+    pub fn new(
+        session_id: String,
+        wallet_id: String,
+        wallet_address: String,
+        gateway: String,
+        expires_at: u64,
+        key: SigningKey,
+    ) -> Self {
         Self { session_id, wallet_id, wallet_address, gateway, expires_at, key }
     }
 
@@ -100,17 +110,31 @@ impl Credential {
     /// A sentence saying what is wrong (never the secret).
     pub fn read(path: &Path) -> Result<Self, String> {
         use std::os::unix::fs::PermissionsExt as _;
-        let meta = fs::metadata(path).map_err(|e| format!("cannot read session credential {}: {e}", path.display()))?;
+        let meta = fs::metadata(path)
+            .map_err(|e| format!("cannot read session credential {}: {e}", path.display()))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(format!("session credential {} is readable by others; run: chmod 600 {}", path.display(), path.display()));
+            return Err(format!(
+                "session credential {} is readable by others; run: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
         }
-        let bytes = Zeroizing::new(fs::read(path).map_err(|e| format!("cannot read session credential {}: {e}", path.display()))?);
-        let file: CredentialFile = serde_json::from_slice(&bytes).map_err(|_| format!("{} is not a walletctl session credential", path.display()))?;
+        let bytes = Zeroizing::new(
+            fs::read(path)
+                .map_err(|e| format!("cannot read session credential {}: {e}", path.display()))?,
+        );
+        let file: CredentialFile = serde_json::from_slice(&bytes)
+            .map_err(|_| format!("{} is not a walletctl session credential", path.display()))?;
         if file.version != CREDENTIAL_VERSION {
-            return Err(format!("{} has credential version {}, this walletctl reads {CREDENTIAL_VERSION}", path.display(), file.version));
+            return Err(format!(
+                "{} has credential version {}, this walletctl reads {CREDENTIAL_VERSION}",
+                path.display(),
+                file.version
+            ));
         }
         let mut secret = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(&file.session_secret, secret.as_mut()).map_err(|_| format!("{} has a malformed session secret", path.display()))?;
+        hex::decode_to_slice(&file.session_secret, secret.as_mut())
+            .map_err(|_| format!("{} has a malformed session secret", path.display()))?;
         let key = SigningKey::from_bytes(&secret);
         Ok(Self {
             session_id: file.session_id.clone(),
@@ -124,7 +148,14 @@ impl Credential {
 
     /// Builds a `SignPaymentRequest` signed by the session key, fresh (timestamp, random nonce).
     #[must_use]
-    pub fn sign_request(&self, payment_required: &str, preferred_network: &str, preferred_asset: &str, idempotency_key: &str, now_ms: u64) -> SignPaymentRequest {
+    pub fn sign_request(
+        &self,
+        payment_required: &str,
+        preferred_network: &str,
+        preferred_asset: &str,
+        idempotency_key: &str,
+        now_ms: u64,
+    ) -> SignPaymentRequest {
         let mut nonce = [0u8; 16];
         OsRng.fill_bytes(&mut nonce);
         let mut r = SignPaymentRequest {
@@ -164,8 +195,11 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         Some((i, 'd')) => (&s[..i], 86_400),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (write 90s, 15m, 24h or 7d)"))?;
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("duration {s:?} must be positive and reasonable"))
+    let n: u64 =
+        num.parse().map_err(|_| format!("{s:?} is not a duration (write 90s, 15m, 24h or 7d)"))?;
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("duration {s:?} must be positive and reasonable"))
 }
 
 /// A random idempotency key (`pay_` + 32 hex).
@@ -196,7 +230,10 @@ pub fn default_home() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
         return PathBuf::from(d).join("agent-wallet");
     }
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".agent-wallet"), |h| PathBuf::from(h).join(".config/agent-wallet"))
+    std::env::var_os("HOME").map_or_else(
+        || PathBuf::from(".agent-wallet"),
+        |h| PathBuf::from(h).join(".config/agent-wallet"),
+    )
 }
 
 #[cfg(test)]
@@ -228,7 +265,14 @@ mod tests {
         let p = dir.path().join("sub/agent.json");
         let key = new_session_key();
         let secret_hex = hex::encode(key.to_bytes());
-        let c = Credential::new("s_1".into(), "w_1".into(), "0xabc".into(), "http://127.0.0.1:7402".into(), 5, key);
+        let c = Credential::new(
+            "s_1".into(),
+            "w_1".into(),
+            "0xabc".into(),
+            "http://127.0.0.1:7402".into(),
+            5,
+            key,
+        );
         c.write(&p).unwrap();
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(c.write(&p).is_err(), "never overwrites a credential");

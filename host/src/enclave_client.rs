@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -19,7 +19,10 @@ use tokio::{
 };
 use tonic::Status;
 use wallet_proto::{
-    enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveRequest, EnclaveResponse},
+    enclave::v1::{
+        enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveRequest,
+        EnclaveResponse,
+    },
     encode_frame, frame_len, ENCLAVE_PROTOCOL_VERSION,
 };
 
@@ -28,11 +31,21 @@ type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<EnclaveResponse
 struct Conn {
     tx: mpsc::Sender<Vec<u8>>,
     pending: Pending,
+    dead: Arc<AtomicBool>,
 }
 
 impl Conn {
     fn alive(&self) -> bool {
-        !self.tx.is_closed()
+        !self.dead.load(Ordering::SeqCst) && !self.tx.is_closed()
+    }
+}
+
+/// Marks a connection dead, then fails every waiter (their senders drop). The order matters:
+/// a caller that registers after the clear sees `dead` and fails at once.
+fn kill(dead: &AtomicBool, pending: &Pending) {
+    dead.store(true, Ordering::SeqCst);
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
     }
 }
 
@@ -54,7 +67,12 @@ impl EnclaveClient {
     /// A client for the enclave listening on `socket`. Connects on first use.
     #[must_use]
     pub fn new(socket: PathBuf) -> Self {
-        Self { socket, conn: Mutex::new(None), next_id: AtomicU64::new(1), timeout: Duration::from_secs(30) }
+        Self {
+            socket,
+            conn: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            timeout: Duration::from_secs(30),
+        }
     }
 
     async fn connection(&self) -> Result<Arc<Conn>, Status> {
@@ -62,21 +80,26 @@ impl EnclaveClient {
         if let Some(c) = guard.as_ref().filter(|c| c.alive()) {
             return Ok(Arc::clone(c));
         }
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| Status::unavailable(format!("ENCLAVE_UNAVAILABLE: cannot reach the enclave at {}: {e}", self.socket.display())))?;
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            Status::unavailable(format!(
+                "ENCLAVE_UNAVAILABLE: cannot reach the enclave at {}: {e}",
+                self.socket.display()
+            ))
+        })?;
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
         let pending: Pending = Arc::default();
+        let dead = Arc::new(AtomicBool::new(false));
+        let (writer_dead, writer_pending) = (Arc::clone(&dead), Arc::clone(&pending));
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
                 if wr.write_all(&frame).await.is_err() {
                     break;
                 }
             }
+            kill(&writer_dead, &writer_pending);
         });
-        let reader_pending = Arc::clone(&pending);
-        let reader_tx = tx.clone();
+        let (reader_dead, reader_pending) = (Arc::clone(&dead), Arc::clone(&pending));
         tokio::spawn(async move {
             loop {
                 let mut header = [0u8; 4];
@@ -89,18 +112,15 @@ impl EnclaveClient {
                     break;
                 }
                 let Ok(resp) = EnclaveResponse::decode(buf.as_slice()) else { break };
-                let waiter = reader_pending.lock().ok().and_then(|mut p| p.remove(&resp.request_id));
+                let waiter =
+                    reader_pending.lock().ok().and_then(|mut p| p.remove(&resp.request_id));
                 if let Some(w) = waiter {
                     let _ = w.send(resp);
                 }
             }
-            // Connection lost: fail every waiter (their senders drop) and mark the link dead.
-            if let Ok(mut p) = reader_pending.lock() {
-                p.clear();
-            }
-            drop(reader_tx);
+            kill(&reader_dead, &reader_pending);
         });
-        let conn = Arc::new(Conn { tx, pending });
+        let conn = Arc::new(Conn { tx, pending, dead });
         *guard = Some(Arc::clone(&conn));
         Ok(conn)
     }
@@ -112,18 +132,32 @@ impl EnclaveClient {
     /// when the request is too large for a frame; `DeadlineExceeded` after the timeout.
     pub async fn call(&self, body: Req) -> Result<Resp, Status> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_frame(&EnclaveRequest { protocol_version: ENCLAVE_PROTOCOL_VERSION, request_id: id, body: Some(body) })
-            .map_err(|e| Status::invalid_argument(format!("REQUEST_TOO_LARGE: {e}")))?;
+        let frame = encode_frame(&EnclaveRequest {
+            protocol_version: ENCLAVE_PROTOCOL_VERSION,
+            request_id: id,
+            body: Some(body),
+        })
+        .map_err(|e| Status::invalid_argument(format!("REQUEST_TOO_LARGE: {e}")))?;
         let conn = self.connection().await?;
         let (tx, rx) = oneshot::channel();
-        conn.pending.lock().map_err(|_| Status::internal("enclave client poisoned"))?.insert(id, tx);
-        if conn.tx.send(frame).await.is_err() {
-            conn.pending.lock().map_err(|_| Status::internal("enclave client poisoned"))?.remove(&id);
+        conn.pending
+            .lock()
+            .map_err(|_| Status::internal("enclave client poisoned"))?
+            .insert(id, tx);
+        if conn.dead.load(Ordering::SeqCst) || conn.tx.send(frame).await.is_err() {
+            conn.pending
+                .lock()
+                .map_err(|_| Status::internal("enclave client poisoned"))?
+                .remove(&id);
             return Err(Status::unavailable("ENCLAVE_UNAVAILABLE: the enclave connection closed"));
         }
         let resp = match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => resp,
-            Ok(Err(_)) => return Err(Status::unavailable("ENCLAVE_UNAVAILABLE: the enclave connection closed before it answered")),
+            Ok(Err(_)) => {
+                return Err(Status::unavailable(
+                    "ENCLAVE_UNAVAILABLE: the enclave connection closed before it answered",
+                ))
+            }
             Err(_) => {
                 if let Ok(mut p) = conn.pending.lock() {
                     p.remove(&id);

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tonic::{metadata::MetadataValue, Request, Response, Status};
 use wallet_policy::x402::MAX_HEADER_LEN;
 use wallet_proto::{
-    enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveError, ErrorCode},
+    enclave::v1::{
+        enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveError, ErrorCode,
+    },
     gateway::v1::{self as gw, wallet_gateway_server::WalletGateway},
 };
 
@@ -71,59 +73,104 @@ macro_rules! relay {
 
 #[tonic::async_trait]
 impl WalletGateway for Gateway {
-    async fn sign_payment(&self, request: Request<gw::SignPaymentRequest>) -> Result<Response<gw::SignPaymentResponse>, Status> {
+    async fn sign_payment(
+        &self,
+        request: Request<gw::SignPaymentRequest>,
+    ) -> Result<Response<gw::SignPaymentResponse>, Status> {
         let len = request.get_ref().payment_required.len();
         if len > MAX_HEADER_LEN {
             let mut s = Status::invalid_argument(format!("HEADER_TOO_LARGE: PAYMENT-REQUIRED value is {len} bytes, more than the {MAX_HEADER_LEN}-byte limit"));
-            s.metadata_mut().insert(REASON_METADATA, MetadataValue::from_static("HEADER_TOO_LARGE"));
+            s.metadata_mut()
+                .insert(REASON_METADATA, MetadataValue::from_static("HEADER_TOO_LARGE"));
             return Err(s);
         }
         relay!(self, request, SignPayment => SignPayment)
     }
-    async fn create_wallet(&self, request: Request<gw::CreateWalletRequest>) -> Result<Response<gw::Wallet>, Status> {
+    async fn create_wallet(
+        &self,
+        request: Request<gw::CreateWalletRequest>,
+    ) -> Result<Response<gw::Wallet>, Status> {
         relay!(self, request, CreateWallet => Wallet)
     }
-    async fn list_wallets(&self, request: Request<gw::ListWalletsRequest>) -> Result<Response<gw::ListWalletsResponse>, Status> {
+    async fn list_wallets(
+        &self,
+        request: Request<gw::ListWalletsRequest>,
+    ) -> Result<Response<gw::ListWalletsResponse>, Status> {
         relay!(self, request, ListWallets => Wallets)
     }
-    async fn set_policy(&self, request: Request<gw::SetPolicyRequest>) -> Result<Response<gw::Policy>, Status> {
+    async fn set_policy(
+        &self,
+        request: Request<gw::SetPolicyRequest>,
+    ) -> Result<Response<gw::Policy>, Status> {
         relay!(self, request, SetPolicy => Policy)
     }
-    async fn get_policy(&self, request: Request<gw::GetPolicyRequest>) -> Result<Response<gw::Policy>, Status> {
+    async fn get_policy(
+        &self,
+        request: Request<gw::GetPolicyRequest>,
+    ) -> Result<Response<gw::Policy>, Status> {
         relay!(self, request, GetPolicy => Policy)
     }
-    async fn add_asset(&self, request: Request<gw::AddAssetRequest>) -> Result<Response<gw::Asset>, Status> {
+    async fn add_asset(
+        &self,
+        request: Request<gw::AddAssetRequest>,
+    ) -> Result<Response<gw::Asset>, Status> {
         relay!(self, request, AddAsset => Asset)
     }
-    async fn list_assets(&self, request: Request<gw::ListAssetsRequest>) -> Result<Response<gw::ListAssetsResponse>, Status> {
+    async fn list_assets(
+        &self,
+        request: Request<gw::ListAssetsRequest>,
+    ) -> Result<Response<gw::ListAssetsResponse>, Status> {
         relay!(self, request, ListAssets => Assets)
     }
-    async fn add_kyt(&self, request: Request<gw::KytRequest>) -> Result<Response<gw::KytResponse>, Status> {
+    async fn add_kyt(
+        &self,
+        request: Request<gw::KytRequest>,
+    ) -> Result<Response<gw::KytResponse>, Status> {
         relay!(self, request, AddKyt => Kyt)
     }
-    async fn remove_kyt(&self, request: Request<gw::KytRequest>) -> Result<Response<gw::KytResponse>, Status> {
+    async fn remove_kyt(
+        &self,
+        request: Request<gw::KytRequest>,
+    ) -> Result<Response<gw::KytResponse>, Status> {
         relay!(self, request, RemoveKyt => Kyt)
     }
-    async fn list_kyt(&self, request: Request<gw::ListKytRequest>) -> Result<Response<gw::ListKytResponse>, Status> {
+    async fn list_kyt(
+        &self,
+        request: Request<gw::ListKytRequest>,
+    ) -> Result<Response<gw::ListKytResponse>, Status> {
         relay!(self, request, ListKyt => KytList)
     }
-    async fn issue_session(&self, request: Request<gw::IssueSessionRequest>) -> Result<Response<gw::Session>, Status> {
+    async fn issue_session(
+        &self,
+        request: Request<gw::IssueSessionRequest>,
+    ) -> Result<Response<gw::Session>, Status> {
         relay!(self, request, IssueSession => Session)
     }
-    async fn list_sessions(&self, request: Request<gw::ListSessionsRequest>) -> Result<Response<gw::ListSessionsResponse>, Status> {
+    async fn list_sessions(
+        &self,
+        request: Request<gw::ListSessionsRequest>,
+    ) -> Result<Response<gw::ListSessionsResponse>, Status> {
         relay!(self, request, ListSessions => Sessions)
     }
-    async fn revoke_session(&self, request: Request<gw::RevokeSessionRequest>) -> Result<Response<gw::Session>, Status> {
+    async fn revoke_session(
+        &self,
+        request: Request<gw::RevokeSessionRequest>,
+    ) -> Result<Response<gw::Session>, Status> {
         relay!(self, request, RevokeSession => Session)
     }
-    async fn get_status(&self, request: Request<gw::GetStatusRequest>) -> Result<Response<gw::Status>, Status> {
+    async fn get_status(
+        &self,
+        request: Request<gw::GetStatusRequest>,
+    ) -> Result<Response<gw::Status>, Status> {
         match self.relay(Req::GetStatus(request.into_inner())).await {
             Ok(Resp::Status(s)) => Ok(Response::new(s)),
             Ok(_) => Err(Status::internal("enclave answered with the wrong message")),
             // The gateway is up; say plainly that the enclave is not.
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                Ok(Response::new(gw::Status { enclave_reachable: false, data_dir: self.data_dir.clone(), ..Default::default() }))
-            }
+            Err(s) if s.code() == tonic::Code::Unavailable => Ok(Response::new(gw::Status {
+                enclave_reachable: false,
+                data_dir: self.data_dir.clone(),
+                ..Default::default()
+            })),
             Err(s) => Err(s),
         }
     }

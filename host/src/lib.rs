@@ -28,10 +28,13 @@ pub async fn serve_gateway(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use wallet_proto::gateway::v1::wallet_gateway_server::WalletGatewayServer;
     let client = Arc::new(enclave_client::EnclaveClient::new(enclave_socket));
-    let service = WalletGatewayServer::new(gateway::Gateway::new(client, data_dir)).max_decoding_message_size(2 << 20);
+    let service = WalletGatewayServer::new(gateway::Gateway::new(client, data_dir))
+        .max_decoding_message_size(2 << 20);
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<WalletGatewayServer<gateway::Gateway>>().await;
-    let reflection = tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(wallet_proto::FILE_DESCRIPTOR_SET).build_v1()?;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(wallet_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
     let incoming = tokio_stream_from(listener);
     tonic::transport::Server::builder()
         .add_service(health)
@@ -42,7 +45,9 @@ pub async fn serve_gateway(
     Ok(())
 }
 
-fn tokio_stream_from(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     tokio_stream::wrappers::TcpListenerStream::new(listener)
 }
 

@@ -28,14 +28,19 @@ fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(d).join("agent-wallet");
     }
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".agent-wallet"), |h| PathBuf::from(h).join(".local/share/agent-wallet"))
+    std::env::var_os("HOME").map_or_else(
+        || PathBuf::from(".agent-wallet"),
+        |h| PathBuf::from(h).join(".local/share/agent-wallet"),
+    )
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if !wallet_host::is_loopback(&args.listen) && !args.allow_non_loopback {
@@ -56,14 +61,17 @@ async fn main() -> ExitCode {
     // One line on stdout, for scripts and tests that start the gateway on port 0.
     println!("wallet-gateway listening on http://{addr}");
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
         tracing::info!("shutting down");
     };
-    match wallet_host::serve_gateway(listener, socket, data_dir.display().to_string(), shutdown).await {
+    match wallet_host::serve_gateway(listener, socket, data_dir.display().to_string(), shutdown)
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wallet-gateway: {e}");

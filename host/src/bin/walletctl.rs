@@ -9,7 +9,10 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use tonic::transport::Channel;
-use wallet_host::cli::{clean_header_input, default_home, new_session_key, parse_duration, random_idempotency_key, Credential};
+use wallet_host::cli::{
+    clean_header_input, default_home, new_session_key, parse_duration, random_idempotency_key,
+    Credential,
+};
 use wallet_policy::x402::MAX_HEADER_LEN;
 use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
 
@@ -105,6 +108,7 @@ enum PolicyCmd {
 #[derive(Debug, Subcommand)]
 enum AssetCmd {
     /// Register a token (for another chain, or a local test chain such as eip155:31337).
+    #[command(disable_version_flag = true)]
     Add {
         /// CAIP-2 network, e.g. eip155:31337.
         #[arg(long)]
@@ -238,11 +242,14 @@ impl From<tonic::Status> for Fail {
 type Out = Result<(), Fail>;
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn client(url: &str) -> Result<WalletGatewayClient<Channel>, Fail> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| Fail(2, format!("bad gateway URL {url:?}: {e}")))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Fail(2, format!("bad gateway URL {url:?}: {e}")))?;
     let channel = endpoint.connect().await.map_err(|e| Fail(1, format!("unavailable: cannot reach the gateway at {url} ({e}); is the stack running? (scripts/dev-up.sh)")))?;
     Ok(WalletGatewayClient::new(channel).max_decoding_message_size(4 << 20))
 }
@@ -285,7 +292,11 @@ async fn run(cli: Cli) -> Out {
 
 async fn init(url: &str, home: &std::path::Path) -> Out {
     use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home.join("sessions")).map_err(|e| Fail(1, format!("cannot create {}: {e}", home.display())))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home.join("sessions"))
+        .map_err(|e| Fail(1, format!("cannot create {}: {e}", home.display())))?;
     println!("walletctl home: {}", home.display());
     status(url).await?;
     println!("\nNext: walletctl wallet create --label my-agent");
@@ -296,13 +307,27 @@ async fn status(url: &str) -> Out {
     let s = client(url).await?.get_status(gw::GetStatusRequest {}).await?.into_inner();
     println!("gateway:  {url} (up)");
     if !s.enclave_reachable {
-        return Err(Fail(1, format!("unavailable: the gateway is up but cannot reach the enclave (data dir {})", s.data_dir)));
+        return Err(Fail(
+            1,
+            format!(
+                "unavailable: the gateway is up but cannot reach the enclave (data dir {})",
+                s.data_dir
+            ),
+        ));
     }
-    let mode = if s.mode == "simulated" { "SIMULATED (development only: keys sealed with a local key file, not for real funds)".to_owned() } else { s.mode.clone() };
+    let mode = if s.mode == "simulated" {
+        "SIMULATED (development only: keys sealed with a local key file, not for real funds)"
+            .to_owned()
+    } else {
+        s.mode.clone()
+    };
     println!("enclave:  {mode}");
     println!("version:  {} (protocol {})", s.enclave_version, s.protocol_version);
     println!("data dir: {}", s.data_dir);
-    println!("wallets {} · sessions {} · assets {} · kyt entries {} · payments signed {}", s.wallets, s.sessions, s.assets, s.kyt_entries, s.payments_signed);
+    println!(
+        "wallets {} · sessions {} · assets {} · kyt entries {} · payments signed {}",
+        s.wallets, s.sessions, s.assets, s.kyt_entries, s.payments_signed
+    );
     Ok(())
 }
 
@@ -320,7 +345,13 @@ async fn wallet(url: &str, c: WalletCmd) -> Out {
                 println!("no wallets yet: walletctl wallet create");
             }
             for w in l.wallets {
-                println!("{}  {}  {}{}", w.wallet_id, w.address, w.label, if w.frozen { "  FROZEN" } else { "" });
+                println!(
+                    "{}  {}  {}{}",
+                    w.wallet_id,
+                    w.address,
+                    w.label,
+                    if w.frozen { "  FROZEN" } else { "" }
+                );
             }
         }
     }
@@ -331,8 +362,18 @@ fn print_policy(p: &gw::Policy) {
     println!("wallet:           {}", p.wallet_id);
     println!("version:          {}", p.version);
     println!("max per payment:  {}", p.max_per_payment);
-    println!("networks:         {}", if p.networks.is_empty() { "any in the registry".to_owned() } else { p.networks.join(", ") });
-    println!("assets:           {}", if p.assets.is_empty() { "any in the registry".to_owned() } else { p.assets.join(", ") });
+    println!(
+        "networks:         {}",
+        if p.networks.is_empty() {
+            "any in the registry".to_owned()
+        } else {
+            p.networks.join(", ")
+        }
+    );
+    println!(
+        "assets:           {}",
+        if p.assets.is_empty() { "any in the registry".to_owned() } else { p.assets.join(", ") }
+    );
     println!("max validity:     {} s", p.max_validity_seconds);
 }
 
@@ -340,12 +381,26 @@ async fn policy(url: &str, c: PolicyCmd) -> Out {
     let mut cl = client(url).await?;
     match c {
         PolicyCmd::Set { wallet, max_per_payment, networks, assets, max_validity } => {
-            let max_validity_seconds = max_validity.as_deref().map(parse_duration).transpose().map_err(|e| Fail(2, e))?.unwrap_or(0);
-            let p = gw::Policy { wallet_id: wallet, version: 0, max_per_payment, networks, assets, max_validity_seconds };
+            let max_validity_seconds = max_validity
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| Fail(2, e))?
+                .unwrap_or(0);
+            let p = gw::Policy {
+                wallet_id: wallet,
+                version: 0,
+                max_per_payment,
+                networks,
+                assets,
+                max_validity_seconds,
+            };
             let p = cl.set_policy(gw::SetPolicyRequest { policy: Some(p) }).await?.into_inner();
             print_policy(&p);
         }
-        PolicyCmd::Show { wallet } => print_policy(&cl.get_policy(gw::GetPolicyRequest { wallet_id: wallet }).await?.into_inner()),
+        PolicyCmd::Show { wallet } => print_policy(
+            &cl.get_policy(gw::GetPolicyRequest { wallet_id: wallet }).await?.into_inner(),
+        ),
     }
     Ok(())
 }
@@ -354,12 +409,23 @@ async fn asset(url: &str, c: AssetCmd) -> Out {
     let mut cl = client(url).await?;
     match c {
         AssetCmd::Add { network, address, name, version, decimals, symbol } => {
-            let a = cl.add_asset(gw::AddAssetRequest { asset: Some(gw::Asset { network, address, name, version, decimals, symbol }) }).await?.into_inner();
-            println!("registered {} {} on {} (EIP-712 {:?} v{}, {} decimals)", a.symbol, a.address, a.network, a.name, a.version, a.decimals);
+            let a = cl
+                .add_asset(gw::AddAssetRequest {
+                    asset: Some(gw::Asset { network, address, name, version, decimals, symbol }),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "registered {} {} on {} (EIP-712 {:?} v{}, {} decimals)",
+                a.symbol, a.address, a.network, a.name, a.version, a.decimals
+            );
         }
         AssetCmd::List => {
             for a in cl.list_assets(gw::ListAssetsRequest {}).await?.into_inner().assets {
-                println!("{:<18} {}  {:<6} {:?} v{}  {} decimals", a.network, a.address, a.symbol, a.name, a.version, a.decimals);
+                println!(
+                    "{:<18} {}  {:<6} {:?} v{}  {} decimals",
+                    a.network, a.address, a.symbol, a.name, a.version, a.decimals
+                );
             }
         }
     }
@@ -392,10 +458,17 @@ async fn session(url: &str, home: &std::path::Path, c: SessionCmd) -> Out {
         SessionCmd::Issue(a) => {
             let ttl_seconds = parse_duration(&a.ttl).map_err(|e| Fail(2, e))?;
             if let Some(out) = a.out.as_ref().filter(|p| p.exists()) {
-                return Err(Fail(2, format!("{} already exists; credentials are never overwritten", out.display())));
+                return Err(Fail(
+                    2,
+                    format!("{} already exists; credentials are never overwritten", out.display()),
+                ));
             }
             let wallets = cl.list_wallets(gw::ListWalletsRequest {}).await?.into_inner().wallets;
-            let address = wallets.iter().find(|w| w.wallet_id == a.wallet).map(|w| w.address.clone()).unwrap_or_default();
+            let address = wallets
+                .iter()
+                .find(|w| w.wallet_id == a.wallet)
+                .map(|w| w.address.clone())
+                .unwrap_or_default();
             let key = new_session_key();
             let s = cl
                 .issue_session(gw::IssueSessionRequest {
@@ -410,25 +483,51 @@ async fn session(url: &str, home: &std::path::Path, c: SessionCmd) -> Out {
                 })
                 .await?
                 .into_inner();
-            let path = a.out.unwrap_or_else(|| home.join("sessions").join(format!("{}.json", s.session_id)));
-            let cred = Credential::new(s.session_id.clone(), s.wallet_id.clone(), address, url.to_owned(), s.expires_at, key);
+            let path = a
+                .out
+                .unwrap_or_else(|| home.join("sessions").join(format!("{}.json", s.session_id)));
+            let cred = Credential::new(
+                s.session_id.clone(),
+                s.wallet_id.clone(),
+                address,
+                url.to_owned(),
+                s.expires_at,
+                key,
+            );
             cred.write(&path).map_err(|e| Fail(1, format!("session {} was issued but its credential could not be written to {}: {e}; revoke it with: walletctl session revoke {}", s.session_id, path.display(), s.session_id)))?;
-            println!("session {}  wallet {}  cap {}  expires {}", s.session_id, s.wallet_id, s.cap, when(s.expires_at));
+            println!(
+                "session {}  wallet {}  cap {}  expires {}",
+                s.session_id,
+                s.wallet_id,
+                s.cap,
+                when(s.expires_at)
+            );
             println!("credential written to {} (0600). Give it to the agent:", path.display());
             println!("  export WALLET_SESSION={}", path.display());
         }
         SessionCmd::List { wallet } => {
-            let l = cl.list_sessions(gw::ListSessionsRequest { wallet_id: wallet }).await?.into_inner();
+            let l =
+                cl.list_sessions(gw::ListSessionsRequest { wallet_id: wallet }).await?.into_inner();
             if l.sessions.is_empty() {
                 println!("no sessions");
             }
             for s in l.sessions {
-                let state = if s.revoked { "REVOKED".to_owned() } else { format!("expires {}", when(s.expires_at)) };
-                println!("{}  wallet {}  spent {} of {}  {}  {}", s.session_id, s.wallet_id, s.spent, s.cap, state, s.label);
+                let state = if s.revoked {
+                    "REVOKED".to_owned()
+                } else {
+                    format!("expires {}", when(s.expires_at))
+                };
+                println!(
+                    "{}  wallet {}  spent {} of {}  {}  {}",
+                    s.session_id, s.wallet_id, s.spent, s.cap, state, s.label
+                );
             }
         }
         SessionCmd::Revoke { session } => {
-            let s = cl.revoke_session(gw::RevokeSessionRequest { session_id: session }).await?.into_inner();
+            let s = cl
+                .revoke_session(gw::RevokeSessionRequest { session_id: session })
+                .await?
+                .into_inner();
             println!("session {} revoked (spent {} of {})", s.session_id, s.spent, s.cap);
         }
     }
@@ -438,7 +537,10 @@ async fn session(url: &str, home: &std::path::Path, c: SessionCmd) -> Out {
 async fn pay(default_url: &str, a: PayArgs) -> Out {
     let cred = Credential::read(&a.session).map_err(|e| Fail(2, e))?;
     let mut input = String::new();
-    std::io::stdin().take((MAX_HEADER_LEN as u64) * 2 + 1).read_to_string(&mut input).map_err(|e| Fail(2, format!("invalid: cannot read stdin: {e}")))?;
+    std::io::stdin()
+        .take((MAX_HEADER_LEN as u64) * 2 + 1)
+        .read_to_string(&mut input)
+        .map_err(|e| Fail(2, format!("invalid: cannot read stdin: {e}")))?;
     let header = clean_header_input(&input);
     if header.is_empty() {
         return Err(Fail(2, "invalid: no PAYMENT-REQUIRED value on stdin".into()));
@@ -448,7 +550,12 @@ async fn pay(default_url: &str, a: PayArgs) -> Out {
     }
     let idem = a.idempotency_key.unwrap_or_else(random_idempotency_key);
     // The gateway flag/env wins over the one recorded in the credential only when set explicitly.
-    let url = if std::env::var_os("WALLET_GATEWAY").is_some() || default_url != "http://127.0.0.1:7402" { default_url.to_owned() } else { cred.gateway.clone() };
+    let url =
+        if std::env::var_os("WALLET_GATEWAY").is_some() || default_url != "http://127.0.0.1:7402" {
+            default_url.to_owned()
+        } else {
+            cred.gateway.clone()
+        };
     let req = cred.sign_request(header, &a.network, &a.asset, &idem, now_ms());
     let resp = client(&url).await?.sign_payment(req).await?.into_inner();
     println!("{}", resp.payment_signature);
@@ -466,4 +573,14 @@ async fn pay(default_url: &str, a: PayArgs) -> Out {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }
