@@ -164,7 +164,7 @@ struct Reserved {
 
 enum Idem {
     InFlight { hash: [u8; 32], done: watch::Receiver<bool> },
-    Done { hash: [u8; 32], response: gw::SignPaymentResponse },
+    Done { hash: [u8; 32], response: Box<gw::SignPaymentResponse> },
 }
 
 #[derive(Default)]
@@ -363,7 +363,7 @@ impl Enclave {
             if let (Some(response), Some(hash)) = (response, hash) {
                 inner.idem.insert(
                     (s.session_id.clone(), s.idempotency_key.clone()),
-                    Idem::Done { hash, response },
+                    Idem::Done { hash, response: Box::new(response) },
                 );
             }
         }
@@ -536,7 +536,7 @@ impl Enclave {
                         ));
                     }
                     Some(Idem::Done { response, .. }) => {
-                        let mut resp = response.clone();
+                        let mut resp = (**response).clone();
                         resp.replayed = true;
                         Self::remember_nonce(&mut inner, nonce_key, now_ms);
                         return Ok(resp);
@@ -599,7 +599,7 @@ impl Enclave {
                 } else {
                     inner.idem.insert(
                         idem_key,
-                        Idem::Done { hash: request_hash, response: resp.clone() },
+                        Idem::Done { hash: request_hash, response: Box::new(resp.clone()) },
                     );
                     self.signed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(session = %r.session_id, network = %resp.network, amount = %resp.amount, "payment signed");
@@ -680,7 +680,7 @@ impl Enclave {
     fn remember_nonce(inner: &mut Inner, key: (String, Vec<u8>), now_ms: u64) {
         inner.replay.insert(key, now_ms.saturating_add(2 * FRESHNESS_WINDOW_MS));
         inner.replay_inserts += 1;
-        if inner.replay_inserts % 4096 == 0 {
+        if inner.replay_inserts.is_multiple_of(4096) {
             inner.replay.retain(|_, exp| *exp > now_ms);
         }
     }

@@ -73,6 +73,9 @@ pub enum StoreError {
     Sync(String),
 }
 
+/// A record as read back: its key within the table and its opened value.
+pub type Record = (Vec<u8>, Zeroizing<Vec<u8>>);
+
 /// One write of a batch.
 #[derive(Debug)]
 pub enum Op {
@@ -223,7 +226,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] on engine failure or the first tampered record.
-    pub fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>, StoreError> {
+    pub fn scan(&self, table: Table) -> Result<Vec<Record>, StoreError> {
         let prefix = table.prefix();
         let mut out = Vec::new();
         for item in self.db.scan_prefix(prefix) {

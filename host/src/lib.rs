@@ -45,10 +45,19 @@ pub async fn serve_gateway(
     Ok(())
 }
 
+/// Accepted connections with `TCP_NODELAY`: without it, the small trailers frame of each gRPC
+/// response waits for the client's delayed ACK (~40 ms a call). `serve_with_incoming` ignores
+/// the builder's own nodelay setting.
 fn tokio_stream_from(
     listener: tokio::net::TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    })
 }
 
 /// Whether an address is loopback: admin RPCs are not authenticated yet, so the gateway only

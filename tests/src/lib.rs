@@ -25,7 +25,10 @@ pub const PAYEE: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 #[must_use]
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let mut dir = exe.parent().expect("target/<profile>/...").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     let p = dir.join(name);
     assert!(
         p.exists(),

@@ -1,1 +1,132 @@
-fn main() {}
+//! `wallet-bench`: measures, in one run on this machine,
+//!
+//! 1. raw k256 signing (RFC 6979, recoverable, prehash) on one core: the ceiling of one signer;
+//! 2. end-to-end `SignPayment` through the real gateway and simulated enclave (release binaries,
+//!    durable spend record with fsync before release) at 1 and 64 concurrent clients:
+//!    throughput, p50, p99.
+//!
+//! Agents' requests are signed by their session keys before the timed phase (the agent's own
+//! CPU is not the wallet's). Usage: `scripts/bench.sh` (builds release first).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use k256::ecdsa::SigningKey;
+use rand_core::{OsRng, RngCore as _};
+use tokio::sync::Mutex;
+use wallet_e2e::{header, now_ms, Stack};
+use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn raw_k256(n: usize) -> (f64, Duration) {
+    let key = SigningKey::random(&mut OsRng);
+    let mut digests = vec![[0u8; 32]; n];
+    for d in &mut digests {
+        OsRng.fill_bytes(d);
+    }
+    // Warm up.
+    for d in digests.iter().take(200) {
+        let _ = key.sign_prehash_recoverable(d).expect("sign");
+    }
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for d in &digests {
+        let t = Instant::now();
+        let _ = std::hint::black_box(key.sign_prehash_recoverable(d).expect("sign"));
+        lat.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    lat.sort();
+    (n as f64 / total.as_secs_f64(), percentile(&lat, 0.5))
+}
+
+struct Run {
+    ok: usize,
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+#[allow(clippy::cast_precision_loss)]
+async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: usize) -> Run {
+    let w = stack.wallet("1").await;
+    let cred = stack.session(&w, "1000000000", gw::IssueSessionRequest { ttl_seconds: 3600, ..Default::default() }).await;
+    let hdr = header("1000");
+    let mut conns = Vec::new();
+    for _ in 0..channels {
+        let ch = tonic::transport::Endpoint::from_shared(stack.url.clone()).expect("url").connect().await.expect("connect");
+        conns.push(WalletGatewayClient::new(ch));
+    }
+    // Pre-signed requests, per client (fresh: well inside the 120 s window).
+    let mut batches = Vec::new();
+    for c in 0..clients {
+        let reqs: Vec<_> = (0..per_client).map(|i| cred.sign_request(&hdr, "", "", &format!("b{clients}-{c}-{i}"), now_ms())).collect();
+        batches.push(reqs);
+    }
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(clients * per_client)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, reqs) in batches.into_iter().enumerate() {
+        let mut client = conns[c % channels].clone();
+        let lat = Arc::clone(&lat);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(reqs.len());
+            let mut ok = 0;
+            for r in reqs {
+                let t = Instant::now();
+                if client.sign_payment(r).await.is_ok() {
+                    ok += 1;
+                }
+                mine.push(t.elapsed());
+            }
+            lat.lock().await.extend(mine);
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.expect("client task");
+    }
+    let total = start.elapsed();
+    let mut lat = Arc::try_unwrap(lat).expect("all tasks done").into_inner();
+    lat.sort();
+    Run { ok, throughput: ok as f64 / total.as_secs_f64(), p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99) }
+}
+
+#[tokio::main]
+async fn main() {
+    let raw_n = 20_000;
+    let (raw_tps, raw_p50) = raw_k256(raw_n);
+    let stack = Stack::start();
+    let _warm = end_to_end(&stack, 8, 50, 2).await;
+    let one = end_to_end(&stack, 1, 2_000, 1).await;
+    let many = end_to_end(&stack, 64, 150, 4).await;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())).unwrap_or_default();
+    println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map_or(0, std::num::NonZero::get));
+    println!();
+    println!("| measurement | requests | throughput | p50 | p99 |");
+    println!("|---|---|---|---|---|");
+    println!("| raw k256 sign_prehash_recoverable, 1 core | {raw_n} | {raw_tps:.0} /s | {} | |", us(raw_p50));
+    println!("| SignPayment end to end, 1 client | {} | {:.0} /s | {} | {} |", one.ok, one.throughput, us(one.p50), us(one.p99));
+    println!("| SignPayment end to end, 64 clients | {} | {:.0} /s | {} | {} |", many.ok, many.throughput, us(many.p50), us(many.p99));
+    println!();
+    let ratio = many.throughput / raw_tps;
+    println!("64-client throughput / raw k256 throughput = {ratio:.2} (target >= 0.25); p99 at 64 clients = {} (target < 10 ms)", us(many.p99));
+    assert_eq!(one.ok, 2_000, "every request of the 1-client run must be signed");
+    assert_eq!(many.ok, 64 * 150, "every request of the 64-client run must be signed");
+}

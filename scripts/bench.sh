@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds release binaries and runs the benchmark (raw k256 vs end-to-end SignPayment at 1 and 64
+# clients). Record its output in BENCHMARKS.md with the date and machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked --workspace --bins
+exec target/release/wallet-bench "$@"
