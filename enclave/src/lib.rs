@@ -8,6 +8,8 @@
 //! group-committed fsync), [`keys`] (the only code touching key bytes), [`nsm`] (Nitro NSM or
 //! simulation), [`service`] (state and the payment path), [`transport`] (Unix socket / vsock).
 
+pub mod commit;
+pub mod journal;
 pub mod keys;
 pub mod nsm;
 pub mod seal;
@@ -55,10 +57,17 @@ pub async fn open_simulated(
 ) -> Result<service::Enclave, Box<dyn std::error::Error + Send + Sync>> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)?;
-    let sealer = seal::Sealer::load_or_create(&data_dir.join("sealing.key"))?;
-    let store = store::Store::open(&data_dir.join("state"), sealer)?;
+    let key_file = data_dir.join("sealing.key");
+    let store =
+        store::Store::open(&data_dir.join("state"), seal::Sealer::load_or_create(&key_file)?)?;
+    let (journal, spends) = journal::Journal::open(
+        &data_dir.join("spends.journal"),
+        seal::Sealer::load_or_create(&key_file)?,
+    )?;
     let enclave = service::Enclave::open(
         store,
+        journal,
+        spends,
         Box::new(nsm::SimulatedNsm),
         service::system_clock(),
         data_dir.display().to_string(),

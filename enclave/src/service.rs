@@ -7,7 +7,7 @@
 //!    the exact requirement and *reserve* the charge against the session — so concurrent
 //!    requests can never jointly exceed a cap;
 //! 3. build and sign the EIP-712 digest (outside the lock);
-//! 4. write the spend record (with the response, for idempotent replays) and wait until it is
+//! 4. write the spend record (with the signed payload, for idempotent replays) and wait until it is
 //!    durable (group commit);
 //! 5. re-check revocation and freeze under the lock, then release the signature.
 //!
@@ -25,7 +25,6 @@ use std::{
 
 use alloy_primitives::{Address, B256, U256};
 use ed25519_dalek::{Signature, VerifyingKey};
-use prost::Message as _;
 use rand_core::{OsRng, RngCore as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -49,8 +48,10 @@ use wallet_proto::{
     gateway::v1 as gw,
     ENCLAVE_PROTOCOL_VERSION,
 };
+use zeroize::Zeroizing;
 
 use crate::{
+    journal::{Journal, JournalError},
     keys::WalletKey,
     nsm::{Nsm, NsmRng},
     store::{Op, Store, StoreError, Table},
@@ -91,6 +92,13 @@ impl Failure {
 impl From<Denial> for Failure {
     fn from(d: Denial) -> Self {
         Self::new(ErrorCode::Denied, d.reason.code(), d.message)
+    }
+}
+
+impl From<JournalError> for Failure {
+    fn from(e: JournalError) -> Self {
+        tracing::error!(error = %e, "spend journal failure");
+        Self::internal("the spend could not be made durable; the signature was withheld")
     }
 }
 
@@ -139,8 +147,40 @@ struct SpendRecord {
     at_ms: u64,
     idempotency_key: String,
     request_hash: String,
-    /// The released response (protobuf, hex), returned again on an idempotent retry.
-    response: String,
+    /// What is needed to answer an idempotent retry with the same response.
+    payload_json: String,
+    accepted_index: u32,
+    charged: String,
+    asset_symbol: String,
+    session_spent: String,
+    session_remaining: String,
+    payer: String,
+}
+
+impl SpendRecord {
+    /// The response this spend was released with.
+    fn response(&self) -> gw::SignPaymentResponse {
+        let accepted_json = serde_json::from_str::<serde_json::Value>(&self.payload_json)
+            .map(|v| v["accepted"].to_string())
+            .unwrap_or_default();
+        gw::SignPaymentResponse {
+            payment_signature: encode_header(&self.payload_json),
+            payment_payload_json: self.payload_json.clone(),
+            accepted_json,
+            accepted_index: self.accepted_index,
+            network: self.network.clone(),
+            asset: self.asset.to_checksum(None),
+            pay_to: self.pay_to.to_checksum(None),
+            amount: self.amount.to_string(),
+            charged: self.charged.clone(),
+            asset_symbol: self.asset_symbol.clone(),
+            session_spent: self.session_spent.clone(),
+            session_remaining: self.session_remaining.clone(),
+            payer: self.payer.clone(),
+            valid_before: self.valid_before,
+            replayed: false,
+        }
+    }
 }
 
 struct WalletEntry {
@@ -215,6 +255,7 @@ pub fn system_clock() -> Clock {
 /// The enclave's state and request handler.
 pub struct Enclave {
     store: Store,
+    journal: Journal,
     nsm: Box<dyn Nsm>,
     clock: Clock,
     inner: Mutex<Inner>,
@@ -295,6 +336,8 @@ impl Enclave {
     /// run on state it cannot trust.
     pub async fn open(
         store: Store,
+        journal: Journal,
+        spends: Vec<Zeroizing<Vec<u8>>>,
         nsm: Box<dyn Nsm>,
         clock: Clock,
         data_dir: String,
@@ -346,8 +389,8 @@ impl Enclave {
         }
         let mut max_seq = 0;
         let mut signed = 0;
-        for (_, v) in store.scan(Table::Spends)? {
-            let s: SpendRecord = from_json("spend", &v)?;
+        for v in &spends {
+            let s: SpendRecord = from_json("spend", v)?;
             max_seq = max_seq.max(s.seq);
             signed += 1;
             if let Some(sess) = inner.sessions.get_mut(&s.session_id) {
@@ -356,14 +399,11 @@ impl Enclave {
                     .checked_add(s.charge)
                     .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
             }
-            let response = hex::decode(&s.response)
-                .ok()
-                .and_then(|b| gw::SignPaymentResponse::decode(b.as_slice()).ok());
             let hash = hex::decode(&s.request_hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok());
-            if let (Some(response), Some(hash)) = (response, hash) {
+            if let Some(hash) = hash {
                 inner.idem.insert(
                     (s.session_id.clone(), s.idempotency_key.clone()),
-                    Idem::Done { hash, response: Box::new(response) },
+                    Idem::Done { hash, response: Box::new(s.response()) },
                 );
             }
         }
@@ -377,6 +417,7 @@ impl Enclave {
         );
         Ok(Self {
             store,
+            journal,
             nsm,
             clock,
             inner: Mutex::new(inner),
@@ -751,14 +792,16 @@ impl Enclave {
             at_ms: now_ms,
             idempotency_key: r.idempotency_key.clone(),
             request_hash: hex::encode(request_hash),
-            response: hex::encode(resp.encode_to_vec()),
+            payload_json: resp.payment_payload_json.clone(),
+            accepted_index: resp.accepted_index,
+            charged: resp.charged.clone(),
+            asset_symbol: resp.asset_symbol.clone(),
+            session_spent: resp.session_spent.clone(),
+            session_remaining: resp.session_remaining.clone(),
+            payer: resp.payer.clone(),
         };
-        self.store.apply(vec![Op::Put(
-            Table::Spends,
-            format!("{}/{seq:020}", r.session_id).into_bytes(),
-            json(&record),
-        )])?;
-        self.store.sync().await?;
+        self.journal.append(&json(&record))?;
+        self.journal.durable().await?;
         Ok(resp)
     }
 

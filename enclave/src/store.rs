@@ -8,19 +8,14 @@
 //!   commit): a dedicated thread runs rounds, each round covering every write applied before it
 //!   started.
 
-use std::{
-    fs::File,
-    path::Path,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Condvar, Mutex,
-    },
-};
+use std::{fs::File, path::Path};
 
-use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use crate::seal::{SealError, Sealer};
+use crate::{
+    commit::GroupCommit,
+    seal::{SealError, Sealer},
+};
 
 /// Logical tables (one sled tree, key prefix per table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +34,6 @@ pub enum Table {
     Kyt,
     /// Sessions.
     Sessions,
-    /// Spend ledger: one record per released (or about to be released) signature.
-    Spends,
 }
 
 impl Table {
@@ -53,7 +46,6 @@ impl Table {
             Self::Assets => b"asset/",
             Self::Kyt => b"kyt/",
             Self::Sessions => b"session/",
-            Self::Spends => b"spend/",
         }
     }
 }
@@ -85,33 +77,18 @@ pub enum Op {
     Delete(Table, Vec<u8>),
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Synced {
-    durable: u64,
-    failed: u64,
-}
-
-struct SyncShared {
-    pending: Mutex<bool>,
-    wake: Condvar,
-    shutdown: std::sync::atomic::AtomicBool,
-}
-
 /// The sealed, durable key-value store.
 pub struct Store {
+    // Declared before `db`: dropped first, so its last round runs and its thread (which holds a
+    // handle on the database) exits before the database closes.
+    commit: GroupCommit,
     db: sled::Db,
     sealer: Sealer,
-    written: Arc<AtomicU64>,
-    shared: Arc<SyncShared>,
-    synced: watch::Receiver<Synced>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("written", &self.written.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("commit", &self.commit).finish_non_exhaustive()
     }
 }
 
@@ -130,28 +107,21 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // We flush (and fsync) ourselves, in group-commit rounds; no competing flusher thread.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| StoreError::Engine(e.to_string()))?;
         let log = File::open(dir.join("db"))
             .map_err(|e| StoreError::Engine(format!("open sled log for fsync: {e}")))?;
         let dir_handle = File::open(dir).map_err(|e| StoreError::Engine(e.to_string()))?;
-        let written = Arc::new(AtomicU64::new(0));
-        let shared = Arc::new(SyncShared {
-            pending: Mutex::new(false),
-            wake: Condvar::new(),
-            shutdown: std::sync::atomic::AtomicBool::new(false),
-        });
-        let (tx, rx) = watch::channel(Synced::default());
-        let thread = {
-            let db = db.clone();
-            let written = Arc::clone(&written);
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("store-sync".into())
-                .spawn(move || sync_loop(&db, &log, &dir_handle, &written, &shared, &tx))
-                .map_err(|e| StoreError::Engine(e.to_string()))?
-        };
-        Ok(Self { db, sealer, written, shared, synced: rx, thread: Some(thread) })
+        let flush_db = db.clone();
+        let commit = GroupCommit::spawn("store-sync", move || {
+            flush_db.flush().map_err(std::io::Error::other)?;
+            log.sync_data()?;
+            dir_handle.sync_all()
+        })
+        .map_err(|e| StoreError::Engine(e.to_string()))?;
+        Ok(Self { commit, db, sealer })
     }
 
     fn aad(table: Table, key: &[u8]) -> Vec<u8> {
@@ -175,7 +145,7 @@ impl Store {
             }
         }
         self.db.apply_batch(batch).map_err(|e| StoreError::Engine(e.to_string()))?;
-        self.written.fetch_add(1, Ordering::SeqCst);
+        self.commit.wrote();
         Ok(())
     }
 
@@ -185,29 +155,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sync`] if the round covering this call failed.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        let target = self.written.load(Ordering::SeqCst);
-        let mut rx = self.synced.clone();
-        if rx.borrow().durable >= target {
-            return Ok(());
-        }
-        {
-            let mut p = self
-                .shared
-                .pending
-                .lock()
-                .map_err(|_| StoreError::Sync("sync thread poisoned".into()))?;
-            *p = true;
-            self.shared.wake.notify_one();
-        }
-        let s = rx
-            .wait_for(|s| s.durable >= target || s.failed >= target)
-            .await
-            .map_err(|_| StoreError::Sync("sync thread stopped".into()))?;
-        if s.durable >= target {
-            Ok(())
-        } else {
-            Err(StoreError::Sync("flush or fdatasync failed".into()))
-        }
+        self.commit.durable().await.map_err(StoreError::Sync)
     }
 
     /// Reads and opens one record.
@@ -238,63 +186,10 @@ impl Store {
     }
 }
 
-fn sync_loop(
-    db: &sled::Db,
-    log: &File,
-    dir: &File,
-    written: &AtomicU64,
-    shared: &SyncShared,
-    tx: &watch::Sender<Synced>,
-) {
-    loop {
-        {
-            let Ok(mut p) = shared.pending.lock() else { return };
-            while !*p {
-                p = match shared.wake.wait(p) {
-                    Ok(p) => p,
-                    Err(_) => return,
-                };
-            }
-            *p = false;
-        }
-        let stopping = shared.shutdown.load(Ordering::SeqCst);
-        let target = written.load(Ordering::SeqCst);
-        let result = db
-            .flush()
-            .map_err(|e| e.to_string())
-            .and_then(|_| log.sync_data().map_err(|e| e.to_string()))
-            .and_then(|()| dir.sync_all().map_err(|e| e.to_string()));
-        tx.send_modify(|s| match &result {
-            Ok(()) => s.durable = s.durable.max(target),
-            Err(e) => {
-                tracing::error!(error = %e, "durable sync failed; signatures waiting on it are withheld");
-                s.failed = s.failed.max(target);
-            }
-        });
-        if stopping {
-            return;
-        }
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        // Last round (flushes whatever is pending), then the thread exits and releases the
-        // database, so the same directory can be opened again in this process.
-        self.shared.shutdown.store(true, Ordering::SeqCst);
-        if let Ok(mut p) = self.shared.pending.lock() {
-            *p = true;
-            self.shared.wake.notify_one();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn open(dir: &Path) -> Store {
         Store::open(dir, Sealer::new(&Zeroizing::new([1u8; 32]))).unwrap()
@@ -329,7 +224,7 @@ mod tests {
         for i in 0..64u32 {
             let s = Arc::clone(&s);
             tasks.push(tokio::spawn(async move {
-                s.apply(vec![Op::Put(Table::Spends, i.to_be_bytes().to_vec(), vec![0; 100])])
+                s.apply(vec![Op::Put(Table::Sessions, i.to_be_bytes().to_vec(), vec![0; 100])])
                     .unwrap();
                 s.sync().await.unwrap();
             }));
@@ -337,7 +232,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(s.scan(Table::Spends).unwrap().len(), 64);
+        assert_eq!(s.scan(Table::Sessions).unwrap().len(), 64);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use k256::ecdsa::{RecoveryId, Signature as EcdsaSig, VerifyingKey as EcdsaKey};
 use serde_json::{json, Value};
 use wallet_enclave::{
+    journal::Journal,
     nsm::SimulatedNsm,
     seal::Sealer,
     service::{Clock, Enclave, Failure},
@@ -40,11 +41,15 @@ struct Harness {
 }
 
 async fn open(dir: &std::path::Path, now: &Arc<AtomicU64>) -> Enclave {
-    let sealer = Sealer::load_or_create(&dir.join("sealing.key")).unwrap();
-    let store = Store::open(&dir.join("state"), sealer).unwrap();
+    let key = dir.join("sealing.key");
+    let store = Store::open(&dir.join("state"), Sealer::load_or_create(&key).unwrap()).unwrap();
+    let (journal, spends) =
+        Journal::open(&dir.join("spends.journal"), Sealer::load_or_create(&key).unwrap()).unwrap();
     let n = Arc::clone(now);
     let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
-    Enclave::open(store, Box::new(SimulatedNsm), clock, dir.display().to_string()).await.unwrap()
+    Enclave::open(store, journal, spends, Box::new(SimulatedNsm), clock, dir.display().to_string())
+        .await
+        .unwrap()
 }
 
 impl Harness {
@@ -375,7 +380,7 @@ async fn state_and_keys_survive_restart_and_nothing_is_stored_in_clear() {
     assert_eq!(h.spent(&agent.id).await, "0.02");
     // The payee and the wallet address appear in records, but only sealed.
     let needle = PAYEE.to_lowercase()[2..].to_owned();
-    for entry in walk(&h.dir.path().join("state")) {
+    for entry in walk(h.dir.path()).into_iter().filter(|p| !p.ends_with("sealing.key")) {
         let bytes = std::fs::read(&entry).unwrap();
         let hexed = hex::encode(&bytes);
         assert!(!hexed.contains(&needle), "{} holds a payee in clear", entry.display());

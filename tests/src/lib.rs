@@ -240,7 +240,7 @@ pub fn start_enclave(dir: &Path, log_level: &str) -> ChildGuard {
         .arg(&data)
         .arg("--socket")
         .arg(&sock)
-        .env("RUST_LOG", log_level)
+        .env("RUST_LOG", std::env::var("WALLET_TEST_LOG").unwrap_or_else(|_| log_level.to_owned()))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

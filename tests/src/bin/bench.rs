@@ -65,17 +65,29 @@ struct Run {
 #[allow(clippy::cast_precision_loss)]
 async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: usize) -> Run {
     let w = stack.wallet("1").await;
-    let cred = stack.session(&w, "1000000000", gw::IssueSessionRequest { ttl_seconds: 3600, ..Default::default() }).await;
+    let cred = stack
+        .session(
+            &w,
+            "1000000000",
+            gw::IssueSessionRequest { ttl_seconds: 3600, ..Default::default() },
+        )
+        .await;
     let hdr = header("1000");
     let mut conns = Vec::new();
     for _ in 0..channels {
-        let ch = tonic::transport::Endpoint::from_shared(stack.url.clone()).expect("url").connect().await.expect("connect");
+        let ch = tonic::transport::Endpoint::from_shared(stack.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
         conns.push(WalletGatewayClient::new(ch));
     }
     // Pre-signed requests, per client (fresh: well inside the 120 s window).
     let mut batches = Vec::new();
     for c in 0..clients {
-        let reqs: Vec<_> = (0..per_client).map(|i| cred.sign_request(&hdr, "", "", &format!("b{clients}-{c}-{i}"), now_ms())).collect();
+        let reqs: Vec<_> = (0..per_client)
+            .map(|i| cred.sign_request(&hdr, "", "", &format!("b{clients}-{c}-{i}"), now_ms()))
+            .collect();
         batches.push(reqs);
     }
     let lat = Arc::new(Mutex::new(Vec::with_capacity(clients * per_client)));
@@ -105,7 +117,72 @@ async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: 
     let total = start.elapsed();
     let mut lat = Arc::try_unwrap(lat).expect("all tasks done").into_inner();
     lat.sort();
-    Run { ok, throughput: ok as f64 / total.as_secs_f64(), p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99) }
+    Run {
+        ok,
+        throughput: ok as f64 / total.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+/// The same payments sent straight to the enclave's socket (no gRPC, no gateway): the enclave's
+/// own ceiling.
+#[allow(clippy::cast_precision_loss)]
+async fn enclave_only(stack: &Stack, clients: usize, per_client: usize) -> Run {
+    use wallet_proto::enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp};
+    let w = stack.wallet("1").await;
+    let cred = stack
+        .session(
+            &w,
+            "1000000000",
+            gw::IssueSessionRequest { ttl_seconds: 3600, ..Default::default() },
+        )
+        .await;
+    let hdr = header("1000");
+    let client = Arc::new(wallet_host::enclave_client::EnclaveClient::new(
+        stack.dir.path().join("enclave.sock"),
+    ));
+    let mut batches = Vec::new();
+    for c in 0..clients {
+        batches.push(
+            (0..per_client)
+                .map(|i| cred.sign_request(&hdr, "", "", &format!("e{clients}-{c}-{i}"), now_ms()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for reqs in batches {
+        let client = Arc::clone(&client);
+        let lat = Arc::clone(&lat);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(reqs.len());
+            let mut ok = 0;
+            for r in reqs {
+                let t = Instant::now();
+                if matches!(client.call(Req::SignPayment(r)).await, Ok(Resp::SignPayment(_))) {
+                    ok += 1;
+                }
+                mine.push(t.elapsed());
+            }
+            lat.lock().await.extend(mine);
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.expect("client task");
+    }
+    let total = start.elapsed();
+    let mut lat = Arc::try_unwrap(lat).expect("all tasks done").into_inner();
+    lat.sort();
+    Run {
+        ok,
+        throughput: ok as f64 / total.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
 }
 
 #[tokio::main]
@@ -116,14 +193,41 @@ async fn main() {
     let _warm = end_to_end(&stack, 8, 50, 2).await;
     let one = end_to_end(&stack, 1, 2_000, 1).await;
     let many = end_to_end(&stack, 64, 150, 4).await;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())).unwrap_or_default();
-    println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map_or(0, std::num::NonZero::get));
+    let direct = enclave_only(&stack, 64, 150).await;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {cpu}",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+    );
     println!();
     println!("| measurement | requests | throughput | p50 | p99 |");
     println!("|---|---|---|---|---|");
-    println!("| raw k256 sign_prehash_recoverable, 1 core | {raw_n} | {raw_tps:.0} /s | {} | |", us(raw_p50));
-    println!("| SignPayment end to end, 1 client | {} | {:.0} /s | {} | {} |", one.ok, one.throughput, us(one.p50), us(one.p99));
-    println!("| SignPayment end to end, 64 clients | {} | {:.0} /s | {} | {} |", many.ok, many.throughput, us(many.p50), us(many.p99));
+    println!(
+        "| raw k256 sign_prehash_recoverable, 1 core | {raw_n} | {raw_tps:.0} /s | {} | |",
+        us(raw_p50)
+    );
+    println!(
+        "| SignPayment end to end, 1 client | {} | {:.0} /s | {} | {} |",
+        one.ok,
+        one.throughput,
+        us(one.p50),
+        us(one.p99)
+    );
+    println!(
+        "| SignPayment end to end, 64 clients | {} | {:.0} /s | {} | {} |",
+        many.ok,
+        many.throughput,
+        us(many.p50),
+        us(many.p99)
+    );
+    println!("| SignPayment enclave only (Unix socket frames, no gateway), 64 clients | {} | {:.0} /s | {} | {} |", direct.ok, direct.throughput, us(direct.p50), us(direct.p99));
     println!();
     let ratio = many.throughput / raw_tps;
     println!("64-client throughput / raw k256 throughput = {ratio:.2} (target >= 0.25); p99 at 64 clients = {} (target < 10 ms)", us(many.p99));
