@@ -194,6 +194,9 @@ async fn main() {
     let one = end_to_end(&stack, 1, 2_000, 1).await;
     let many = end_to_end(&stack, 64, 150, 4).await;
     let direct = enclave_only(&stack, 64, 150).await;
+    if let Some(keep) = std::env::var_os("WALLET_BENCH_KEEP_LOG") {
+        let _ = std::fs::copy(stack.enclave_log(), keep);
+    }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
