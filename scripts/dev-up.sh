@@ -14,10 +14,12 @@ PROFILE="${PROFILE:-release}"
 BIN="target/$PROFILE"
 
 echo "building ($PROFILE)..." >&2
+# The same build as scripts/bench.sh and the tests (whole workspace), so switching between them
+# does not rebuild with other features.
 if [ "$PROFILE" = release ]; then
-  cargo build --release --locked -p wallet-enclave -p wallet-host
+  cargo build --release --locked --workspace --bins
 else
-  cargo build --locked -p wallet-enclave -p wallet-host
+  cargo build --locked --workspace --bins
 fi
 
 mkdir -p "$DATA_DIR"
