@@ -26,6 +26,9 @@ struct State {
     durable: u64,
     /// Writers waiting, with the ticket they need.
     waiters: Vec<Waiter>,
+    /// Set by the first failed flush, for good: after a failed fsync the kernel may have dropped
+    /// the dirty pages and marked them clean, so a later "successful" fsync proves nothing.
+    failed: Option<String>,
 }
 
 struct Shared {
@@ -92,8 +95,19 @@ impl GroupCommit {
                 // Every write recorded before this load is covered by the flush below.
                 let target = shared.written.load(Ordering::SeqCst);
                 let started = std::time::Instant::now();
-                let result = flush().map_err(|e| e.to_string());
                 let mut st = shared.state();
+                let result = match st.failed.clone() {
+                    Some(e) => Err(e),
+                    None => {
+                        drop(st);
+                        let r = flush().map_err(|e| e.to_string());
+                        st = shared.state();
+                        if let Err(e) = &r {
+                            st.failed = Some(e.clone());
+                        }
+                        r
+                    }
+                };
                 let (done, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut st.waiters).into_iter().partition(|(t, _)| *t <= target);
                 st.waiters = waiting;
                 match &result {
@@ -114,6 +128,11 @@ impl GroupCommit {
         Ok(Self { shared, thread: Some(thread) })
     }
 
+    /// How many writes are known durable.
+    pub fn durable_count(&self) -> u64 {
+        self.shared.state().durable
+    }
+
     /// Records that one more write has been applied; returns its ticket.
     pub fn wrote(&self) -> u64 {
         self.shared.written.fetch_add(1, Ordering::SeqCst) + 1
@@ -128,6 +147,9 @@ impl GroupCommit {
         let target = self.shared.written.load(Ordering::SeqCst);
         let rx = {
             let mut st = self.shared.state();
+            if let Some(e) = &st.failed {
+                return Err(format!("an earlier flush failed ({e}); restart to recover"));
+            }
             if st.durable >= target {
                 return Ok(());
             }

@@ -8,12 +8,15 @@
 //!
 //! Format: frames of `u32` big-endian length + sealed blob. Record `n` (from 0) is sealed with
 //! associated data `spend-journal/v1/<n>`, so records cannot be reordered, swapped or spliced in
-//! from another journal without failing authentication.
+//! from another journal without failing authentication. Inside the seal, each record starts with
+//! a *watermark*: how many records were known durable when it was appended.
 //!
-//! Recovery: records are read in order. A *torn tail* (a final frame cut short by a crash) was
-//! never acknowledged as durable, so no signature was released for it: it is truncated away. Any
-//! other failure (a complete frame that does not authenticate, a gap) is tampering or corruption:
-//! the enclave refuses to start rather than forget spends.
+//! Recovery: records are read in order until the first frame that is missing, cut off or fails
+//! authentication. If that frame's index is below the highest watermark seen, it had been
+//! acknowledged durable: that is tampering or corruption, and the enclave refuses to start rather
+//! than forget spends. Otherwise it is a *torn tail* left by a crash — never acknowledged, so no
+//! signature was released for it or anything after it — and it is cleared (and synced) before new
+//! records are written. The file is preallocated with zeros; a zero length header ends the data.
 
 use std::{
     fs::{File, OpenOptions},
@@ -30,8 +33,9 @@ use crate::{commit::GroupCommit, seal::Sealer};
 /// One record as read back on open.
 pub type Record = Zeroizing<Vec<u8>>;
 
-/// Largest record accepted on recovery.
-const MAX_RECORD: usize = 64 * 1024;
+/// Largest sealed record, written or read. A spend record echoes at most a 64 KiB header's JSON
+/// (about 48 KiB), which JSON escaping can at most double; this leaves a wide margin.
+pub const MAX_RECORD: usize = 1 << 20;
 
 /// Journal failure.
 #[derive(Debug, thiserror::Error)]
@@ -76,52 +80,81 @@ fn preallocate(file: &File, allocated: u64, needed: u64) -> std::io::Result<u64>
     Ok(at)
 }
 
-/// Reads records until the end of the data. Returns them and where the data ends.
-///
-/// The data ends at a zero length header (preallocated zeros), or at a *torn* final frame: one cut
-/// off by the end of the file, or failing authentication while containing a run of zero bytes (the
-/// part a crash left unwritten) with nothing but zeros after it. A frame that fails otherwise is
-/// tampering or corruption.
+/// Reads records until the end of the data (see the module docs). Returns them and where the
+/// valid data ends.
 fn recover(bytes: &[u8], sealer: &Sealer) -> Result<(Vec<Record>, usize), JournalError> {
     let mut records = Vec::new();
     let mut offset = 0usize;
+    let mut watermark = 0u64;
     loop {
-        let rest = &bytes[offset..];
-        if rest.len() < 4 {
-            return Ok((records, offset));
-        }
         let index = records.len() as u64;
-        let corrupt =
-            |reason: String| JournalError::Corrupt { index, offset: offset as u64, reason };
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len == 0 {
-            if rest.iter().all(|b| *b == 0) {
+        let rest = &bytes[offset..];
+        let failure = if rest.len() < 4 {
+            None
+        } else {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len == 0 && rest.iter().all(|b| *b == 0) {
+                None
+            } else if len == 0 || len > MAX_RECORD {
+                Some(format!("impossible record length {len}"))
+            } else if rest.len() < 4 + len {
+                Some("record cut off by the end of the file".to_owned())
+            } else {
+                match sealer.open(&aad(index), &rest[4..4 + len]) {
+                    Ok(plain) if plain.len() >= 8 => {
+                        let mark = u64::from_be_bytes(plain[..8].try_into().unwrap_or_default());
+                        watermark = watermark.max(mark);
+                        records.push(Zeroizing::new(plain[8..].to_vec()));
+                        offset += 4 + len;
+                        continue;
+                    }
+                    Ok(_) => Some("record too short".to_owned()),
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+        };
+        match failure {
+            Some(reason)
+                if index < watermark || acknowledged_later(&bytes[offset..], index, sealer) =>
+            {
+                return Err(JournalError::Corrupt { index, offset: offset as u64, reason });
+            }
+            Some(reason) => {
+                tracing::warn!(index, offset, %reason, "clearing a torn journal tail (never acknowledged as durable)");
                 return Ok((records, offset));
             }
-            return Err(corrupt("data after an empty record header".into()));
-        }
-        if len > MAX_RECORD {
-            return Err(corrupt(format!("impossible record length {len}")));
-        }
-        if rest.len() < 4 + len {
-            return Ok((records, offset)); // cut off by the end of the file
-        }
-        let frame = &rest[4..4 + len];
-        match sealer.open(&aad(index), frame) {
-            Ok(plain) => {
-                records.push(plain);
-                offset += 4 + len;
-            }
-            Err(e) => {
-                let zero_run = frame.windows(16).any(|w| w.iter().all(|b| *b == 0));
-                let nothing_after = rest[4 + len..].iter().all(|b| *b == 0);
-                if zero_run && nothing_after {
-                    return Ok((records, offset));
-                }
-                return Err(corrupt(e.to_string()));
-            }
+            // A zero length header (preallocated space) or the end of the file: no more records.
+            None => return Ok((records, offset)),
         }
     }
+}
+
+/// How far ahead [`acknowledged_later`] looks for the true index of a displaced record.
+const LOOKAHEAD: u64 = 64;
+
+/// Whether any complete frame at or after a failed record `index` shows that `index` had been
+/// acknowledged durable: a frame that authenticates (at any index up to [`LOOKAHEAD`] past it,
+/// to see through deletions and swaps) and carries a watermark above `index`. A crash leaves no
+/// such frame: everything after an unacknowledged record was appended before it became durable.
+fn acknowledged_later(mut rest: &[u8], index: u64, sealer: &Sealer) -> bool {
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len == 0 || len > MAX_RECORD || rest.len() < 4 + len {
+            return false;
+        }
+        let frame = &rest[4..4 + len];
+        for k in index..index.saturating_add(LOOKAHEAD) {
+            if let Ok(plain) = sealer.open(&aad(k), frame) {
+                if plain.len() >= 8
+                    && u64::from_be_bytes(plain[..8].try_into().unwrap_or_default()) > index
+                {
+                    return true;
+                }
+            }
+        }
+        rest = &rest[4 + len..];
+    }
+    false
 }
 
 fn aad(index: u64) -> Vec<u8> {
@@ -204,7 +237,16 @@ impl Journal {
                 "an earlier write failed; restart the enclave to recover the journal".into(),
             ));
         }
-        let sealed = self.sealer.seal(&aad(w.next), plaintext);
+        let mut body = Zeroizing::new(Vec::with_capacity(8 + plaintext.len()));
+        body.extend_from_slice(&self.commit.durable_count().to_be_bytes());
+        body.extend_from_slice(plaintext);
+        let sealed = self.sealer.seal(&aad(w.next), &body);
+        if sealed.len() > MAX_RECORD {
+            return Err(JournalError::Io(format!(
+                "record of {} bytes exceeds the {MAX_RECORD}-byte limit",
+                sealed.len()
+            )));
+        }
         let mut frame = Vec::with_capacity(4 + sealed.len());
         frame.extend_from_slice(
             &u32::try_from(sealed.len())
@@ -276,63 +318,91 @@ mod tests {
         assert_eq!(Journal::open(&p, sealer()).unwrap().1.len(), 11);
     }
 
-    #[tokio::test]
-    async fn a_torn_tail_is_cleared_but_tampering_refuses_to_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("spends.journal");
-        {
-            let (j, _) = Journal::open(&p, sealer()).unwrap();
-            for i in 0..3u8 {
-                j.append(&[i; 50]).unwrap();
-            }
+    /// Five records, each made durable before the next, as under real load.
+    async fn five(p: &Path) -> Vec<u8> {
+        let (j, _) = Journal::open(p, sealer()).unwrap();
+        for i in 0..5u8 {
+            j.append(&[i + 1; 50]).unwrap();
             j.durable().await.unwrap();
         }
-        let full = std::fs::read(&p).unwrap();
+        drop(j);
+        let full = std::fs::read(p).unwrap();
         let frame = 4 + u32::from_be_bytes(full[..4].try_into().unwrap()) as usize;
-        assert!(full[3 * frame..].iter().all(|b| *b == 0), "preallocated with zeros");
-        let full = full[..3 * frame].to_vec();
+        assert!(full[5 * frame..].iter().all(|b| *b == 0), "preallocated with zeros");
+        full[..5 * frame].to_vec()
+    }
 
-        // Crash in the middle of writing the fourth record: at the end of the file...
-        let mut torn = full[..3 * frame].to_vec();
-        torn.extend_from_slice(&full[..frame / 2]);
-        std::fs::write(&p, &torn).unwrap();
-        assert_eq!(Journal::open(&p, sealer()).unwrap().1.len(), 3);
-        // ...and inside the preallocated zeros (its second half never reached the disk).
-        let mut torn = full[..3 * frame].to_vec();
-        torn.extend_from_slice(&full[frame..frame + frame / 2]);
-        torn.extend_from_slice(&vec![0u8; 4096]);
-        std::fs::write(&p, &torn).unwrap();
+    fn reopen(p: &Path, bytes: &[u8]) -> Result<usize, JournalError> {
+        let mut b = bytes.to_vec();
+        b.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(p, &b).unwrap();
+        Journal::open(p, sealer()).map(|(_, r)| r.len())
+    }
+
+    #[tokio::test]
+    async fn torn_tails_are_cleared_whatever_their_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("spends.journal");
+        let full = five(&p).await;
+        let frame = full.len() / 5;
+        // A crash while writing record 5: its first half, its last few bytes missing, or only a
+        // length header.
+        for torn_len in [frame / 2, frame - 3, 4, 2] {
+            let mut torn = full.clone();
+            torn.extend_from_slice(&full[..torn_len]);
+            assert_eq!(reopen(&p, &torn).unwrap(), 5, "torn frame of {torn_len} bytes");
+        }
+        // The last acknowledged record's successor lost a middle page while a later,
+        // unacknowledged one reached the disk.
+        let mut two = full.clone();
+        let mut broken = full[..frame].to_vec();
+        broken[frame / 2] ^= 0xff;
+        two.extend_from_slice(&broken);
+        two.extend_from_slice(&full[frame..2 * frame]);
+        assert_eq!(reopen(&p, &two).unwrap(), 5);
+        // After clearing, appends continue the sequence.
         {
             let (j, recs) = Journal::open(&p, sealer()).unwrap();
-            assert_eq!(recs.len(), 3);
+            assert_eq!(recs.len(), 5);
             j.append(b"after the crash").unwrap();
             j.durable().await.unwrap();
         }
         let recs = Journal::open(&p, sealer()).unwrap().1;
-        assert_eq!(
-            recs.len(),
-            4,
-            "the torn tail was cleared and the next record follows the third"
-        );
-        assert_eq!(recs[3].as_slice(), b"after the crash");
+        assert_eq!(recs.len(), 6);
+        assert_eq!(recs[5].as_slice(), b"after the crash");
+    }
 
-        // An edited byte inside a complete record.
+    #[tokio::test]
+    async fn tampering_with_acknowledged_records_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("spends.journal");
+        let full = five(&p).await;
+        let frame = full.len() / 5;
+        let corrupt_at = |r: Result<usize, JournalError>| match r {
+            Err(JournalError::Corrupt { index, .. }) => index,
+            other => panic!("expected Corrupt, got {other:?}"),
+        };
         let mut edited = full.clone();
         edited[frame + 10] ^= 1;
-        std::fs::write(&p, &edited).unwrap();
-        assert!(matches!(Journal::open(&p, sealer()), Err(JournalError::Corrupt { index: 1, .. })));
-
-        // A deleted record: the next one sits at the wrong index.
+        assert_eq!(corrupt_at(reopen(&p, &edited)), 1, "an edited byte");
         let mut deleted = full[..frame].to_vec();
         deleted.extend_from_slice(&full[2 * frame..]);
-        std::fs::write(&p, &deleted).unwrap();
-        assert!(matches!(Journal::open(&p, sealer()), Err(JournalError::Corrupt { index: 1, .. })));
-
-        // Two records swapped.
+        assert_eq!(corrupt_at(reopen(&p, &deleted)), 1, "a deleted record");
         let mut swapped = full[frame..2 * frame].to_vec();
         swapped.extend_from_slice(&full[..frame]);
         swapped.extend_from_slice(&full[2 * frame..]);
-        std::fs::write(&p, &swapped).unwrap();
-        assert!(matches!(Journal::open(&p, sealer()), Err(JournalError::Corrupt { index: 0, .. })));
+        assert_eq!(corrupt_at(reopen(&p, &swapped)), 0, "two records swapped");
+        let mut edited_last_but_one = full.clone();
+        edited_last_but_one[3 * frame + 20] ^= 1;
+        assert_eq!(corrupt_at(reopen(&p, &edited_last_but_one)), 3);
+    }
+
+    #[tokio::test]
+    async fn oversized_records_are_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(&dir.path().join("j"), sealer()).unwrap();
+        assert!(j.append(&vec![7u8; MAX_RECORD]).is_err());
+        j.append(b"still fine").unwrap();
+        j.durable().await.unwrap();
     }
 }
