@@ -172,11 +172,21 @@ struct Writer {
     poisoned: bool,
 }
 
+/// Faults a test can inject into the journal's durability rounds.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Milliseconds each round waits before its `fdatasync`.
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Make the next round's `fdatasync` fail.
+    pub fail: std::sync::atomic::AtomicBool,
+}
+
 /// The append-only spend journal.
 pub struct Journal {
     writer: Mutex<Writer>,
     sealer: Sealer,
     commit: GroupCommit,
+    faults: std::sync::Arc<Faults>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -204,26 +214,31 @@ impl Journal {
         file.read_to_end(&mut bytes).map_err(io)?;
         let (records, end) = recover(&bytes, &sealer)?;
         if bytes[end..].iter().any(|b| *b != 0) {
-            tracing::warn!(
-                offset = end,
-                "clearing a torn journal tail (a record never acknowledged as durable)"
-            );
+            // Synced before anything new is written, so a second crash cannot leave a new frame
+            // on top of old bytes.
             file.write_all_at(&vec![0u8; bytes.len() - end], end as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
         }
         let end = end as u64;
         let allocated = preallocate(&file, bytes.len() as u64, end).map_err(io)?;
         let sync_file = file.try_clone().map_err(io)?;
-        let commit =
-            GroupCommit::spawn("journal-sync", move || sync_file.sync_data()).map_err(io)?;
+        let faults = std::sync::Arc::new(Faults::default());
+        let round_faults = std::sync::Arc::clone(&faults);
+        let commit = GroupCommit::spawn("journal-sync", move || {
+            use std::sync::atomic::Ordering;
+            let delay = round_faults.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(delay));
+            }
+            if round_faults.fail.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected fdatasync failure"));
+            }
+            sync_file.sync_data()
+        })
+        .map_err(io)?;
         let next = records.len() as u64;
-        Ok((
-            Self {
-                writer: Mutex::new(Writer { file, next, pos: end, allocated, poisoned: false }),
-                sealer,
-                commit,
-            },
-            records,
-        ))
+        let writer = Mutex::new(Writer { file, next, pos: end, allocated, poisoned: false });
+        Ok((Self { writer, sealer, commit, faults }, records))
     }
 
     /// Appends one record (not yet durable: await [`Self::durable`]).
@@ -275,6 +290,13 @@ impl Journal {
         self.commit.wrote();
         drop(w);
         Ok(())
+    }
+
+    /// Fault injection for tests (delays and failures of the durability rounds).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Waits until every record appended before this call is on disk (`fdatasync`).

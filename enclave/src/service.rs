@@ -37,7 +37,7 @@ use wallet_policy::{
     registry::{chain_id, default_assets, AssetInfo},
     rules::{
         self, AssetLookup, Context, Denial, Policy, Scope, SessionState,
-        DEFAULT_MAX_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS,
+        DEFAULT_MAX_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS, MIN_VALIDITY_SECONDS,
     },
     x402::{decode_payment_required, encode_header, payment_payload_json, PaymentRequired},
 };
@@ -203,8 +203,24 @@ struct Reserved {
 }
 
 enum Idem {
+    /// Being decided, signed or made durable.
     InFlight { hash: [u8; 32], done: watch::Receiver<bool> },
-    Done { hash: [u8; 32], response: Box<gw::SignPaymentResponse> },
+    /// Released; a retry gets the same payload.
+    Done { hash: [u8; 32], record: Arc<SpendRecord> },
+    /// Charged, but revoked or frozen before release: never released.
+    Withheld { hash: [u8; 32], reason: String },
+    /// Failed after the spend may have been recorded: the key cannot be reused.
+    Failed { hash: [u8; 32] },
+}
+
+/// A journal record.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Entry {
+    /// An authorization the enclave signed and decided to release.
+    Spend(Box<SpendRecord>),
+    /// A spend whose signature was withheld (revoked or frozen in flight).
+    Withheld { session_id: String, idempotency_key: String, request_hash: String, reason: String },
 }
 
 #[derive(Default)]
@@ -274,8 +290,8 @@ impl std::fmt::Debug for Enclave {
     }
 }
 
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records serialize infallibly. qed")
+fn json<T: Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(serde_json::to_vec(v).expect("records serialize infallibly. qed"))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -348,7 +364,7 @@ impl Enclave {
                 .into_iter()
                 .map(|a| Op::Put(Table::Assets, asset_key(&a.network, &a.address), json(&a)))
                 .collect();
-            ops.push(Op::Put(Table::Meta, b"initialized".to_vec(), b"1".to_vec()));
+            ops.push(Op::Put(Table::Meta, b"initialized".to_vec(), b"1".to_vec().into()));
             store.apply(ops)?;
             store.sync().await?;
         }
@@ -388,23 +404,34 @@ impl Enclave {
                 .insert(record.id.clone(), SessionEntry { record, key, spent: U256::ZERO });
         }
         let mut max_seq = 0;
-        let mut signed = 0;
+        let mut signed: u64 = 0;
         for v in &spends {
-            let s: SpendRecord = from_json("spend", v)?;
-            max_seq = max_seq.max(s.seq);
-            signed += 1;
-            if let Some(sess) = inner.sessions.get_mut(&s.session_id) {
-                sess.spent = sess
-                    .spent
-                    .checked_add(s.charge)
-                    .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
-            }
-            let hash = hex::decode(&s.request_hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok());
-            if let Some(hash) = hash {
-                inner.idem.insert(
-                    (s.session_id.clone(), s.idempotency_key.clone()),
-                    Idem::Done { hash, response: Box::new(s.response()) },
-                );
+            let hash_of = |h: &str| {
+                hex::decode(h).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()).unwrap_or_default()
+            };
+            match from_json::<Entry>("journal", v)? {
+                Entry::Spend(s) => {
+                    max_seq = max_seq.max(s.seq);
+                    signed += 1;
+                    if let Some(sess) = inner.sessions.get_mut(&s.session_id) {
+                        sess.spent = sess
+                            .spent
+                            .checked_add(s.charge)
+                            .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
+                    }
+                    let key = (s.session_id.clone(), s.idempotency_key.clone());
+                    inner.idem.insert(
+                        key,
+                        Idem::Done { hash: hash_of(&s.request_hash), record: Arc::from(s) },
+                    );
+                }
+                Entry::Withheld { session_id, idempotency_key, request_hash, reason } => {
+                    signed = signed.saturating_sub(1);
+                    inner.idem.insert(
+                        (session_id, idempotency_key),
+                        Idem::Withheld { hash: hash_of(&request_hash), reason },
+                    );
+                }
             }
         }
         tracing::info!(
@@ -426,6 +453,13 @@ impl Enclave {
             signed: AtomicU64::new(signed),
             data_dir,
         })
+    }
+
+    /// Fault injection into the spend journal, for tests.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn journal_faults(&self) -> &crate::journal::Faults {
+        self.journal.faults()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -540,6 +574,19 @@ impl Enclave {
                 ),
             ));
         }
+        // A signed request is used once, whatever its outcome: a denied request replayed after
+        // a policy change must not be signed.
+        {
+            let mut inner = self.lock();
+            let nonce_key = (r.session_id.clone(), r.request_nonce.clone());
+            if inner.replay.contains_key(&nonce_key) {
+                return Err(Failure::unauthenticated(
+                    "REPLAYED_REQUEST",
+                    "this signed request was already used",
+                ));
+            }
+            Self::remember_nonce(&mut inner, nonce_key, now_ms);
+        }
         // 2. Parse what the server asked for.
         let required = decode_payment_required(&r.payment_required)
             .map_err(|e| Failure::invalid(e.code(), e.to_string()))?;
@@ -555,37 +602,45 @@ impl Enclave {
         let idem_key = (r.session_id.clone(), r.idempotency_key.clone());
 
         // Decide and reserve, atomically.
-        let nonce_key = (r.session_id.clone(), r.request_nonce.clone());
         let reserved = loop {
             let waiting = {
                 let mut inner = self.lock();
-                if inner.replay.contains_key(&nonce_key) {
-                    return Err(Failure::unauthenticated(
-                        "REPLAYED_REQUEST",
-                        "this signed request was already used",
-                    ));
-                }
                 let waiting = match inner.idem.get(&idem_key) {
                     None => None,
-                    Some(Idem::Done { hash, .. } | Idem::InFlight { hash, .. })
-                        if *hash != request_hash =>
-                    {
+                    Some(
+                        Idem::Done { hash, .. }
+                        | Idem::InFlight { hash, .. }
+                        | Idem::Failed { hash }
+                        | Idem::Withheld { hash, .. },
+                    ) if *hash != request_hash => {
                         return Err(Failure::new(
                             ErrorCode::FailedPrecondition,
                             "IDEMPOTENCY_CONFLICT",
                             "idempotency key was already used for a different request",
                         ));
                     }
-                    Some(Idem::Done { response, .. }) => {
-                        let mut resp = (**response).clone();
+                    Some(Idem::Done { record, .. }) => {
+                        // A replay is a release too: revocation and freeze apply to it.
+                        let record = Arc::clone(record);
+                        Self::check_release(&inner, &r.session_id, &record.wallet_id)?;
+                        let mut resp = record.response();
                         resp.replayed = true;
-                        Self::remember_nonce(&mut inner, nonce_key, now_ms);
                         return Ok(resp);
+                    }
+                    Some(Idem::Withheld { reason, .. }) => {
+                        return Err(Failure::new(ErrorCode::Denied, reason, "this payment's signature was withheld (revoked or frozen in flight) and is never released"));
+                    }
+                    Some(Idem::Failed { .. }) => {
+                        return Err(Failure::new(
+                            ErrorCode::Aborted,
+                            "IDEMPOTENCY_KEY_FAILED",
+                            "an earlier attempt with this idempotency key failed after its spend may have been recorded; use a new key",
+                        ));
                     }
                     Some(Idem::InFlight { done, .. }) => Some(done.clone()),
                 };
                 if waiting.is_none() {
-                    let reserved = Self::reserve(
+                    break Self::reserve(
                         &mut inner,
                         &r,
                         &required,
@@ -593,14 +648,18 @@ impl Enclave {
                         now_ms,
                         request_hash,
                     )?;
-                    Self::remember_nonce(&mut inner, nonce_key, now_ms);
-                    break reserved;
                 }
                 waiting
             };
             if let Some(mut rx) = waiting {
                 // The same request is in flight under this key: wait for it, then look again.
-                let _ = rx.wait_for(|d| *d).await;
+                if rx.wait_for(|d| *d).await.is_err() {
+                    return Err(Failure::new(
+                        ErrorCode::Aborted,
+                        "IDEMPOTENCY_IN_PROGRESS",
+                        "the earlier attempt with this key did not finish; retry",
+                    ));
+                }
             }
         };
         let Reserved { approval, key, domain, wallet_id, done_tx } = reserved;
@@ -618,44 +677,80 @@ impl Enclave {
                 now_ms,
             )
             .await;
-        let mut inner = self.lock();
         let outcome = match released {
-            Ok(resp) => {
+            Ok(record) => {
                 // 5. Revocation and freeze are final: re-check before release.
-                let session = inner.sessions.get(&r.session_id);
-                let revoked = session.is_none_or(|s| s.record.revoked);
-                let frozen = inner.wallets.get(&wallet_id).is_none_or(|w| w.record.frozen);
-                if revoked || frozen {
-                    inner.idem.remove(&idem_key);
-                    let reason = if revoked {
-                        rules::DenyReason::SessionRevoked
-                    } else {
-                        rules::DenyReason::WalletFrozen
-                    };
-                    Err(Failure::new(
-                        ErrorCode::Denied,
-                        reason.code(),
-                        "revoked or frozen while the payment was in flight; signature withheld",
-                    ))
-                } else {
-                    inner.idem.insert(
-                        idem_key,
-                        Idem::Done { hash: request_hash, response: Box::new(resp.clone()) },
-                    );
-                    self.signed.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(session = %r.session_id, network = %resp.network, amount = %resp.amount, "payment signed");
-                    Ok(resp)
+                let check = Self::check_release(&self.lock(), &r.session_id, &wallet_id);
+                match check {
+                    Err(denial) => {
+                        // Withheld for good, durably: a retry after a restart (or an unfreeze)
+                        // must not release it either.
+                        let entry = Entry::Withheld {
+                            session_id: r.session_id.clone(),
+                            idempotency_key: r.idempotency_key.clone(),
+                            request_hash: hex::encode(request_hash),
+                            reason: denial.reason.clone(),
+                        };
+                        let durable = match self.journal.append(&json(&entry)) {
+                            Ok(()) => self.journal.durable().await.map_err(Failure::from),
+                            Err(e) => Err(Failure::from(e)),
+                        };
+                        let mut inner = self.lock();
+                        inner.idem.insert(
+                            idem_key,
+                            if durable.is_ok() {
+                                Idem::Withheld { hash: request_hash, reason: denial.reason.clone() }
+                            } else {
+                                Idem::Failed { hash: request_hash }
+                            },
+                        );
+                        tracing::info!(session = %r.session_id, reason = %denial.reason, "signature withheld");
+                        Err(Failure { message: "revoked or frozen while the payment was in flight; signature withheld".into(), ..denial })
+                    }
+                    Ok(()) => {
+                        let resp = record.response();
+                        self.lock().idem.insert(
+                            idem_key,
+                            Idem::Done { hash: request_hash, record: Arc::new(record) },
+                        );
+                        self.signed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(session = %r.session_id, network = %resp.network, amount = %resp.amount, "payment signed");
+                        Ok(resp)
+                    }
                 }
             }
             Err(f) => {
-                // The reservation stays: the spend may be on disk. Fail closed.
-                inner.idem.remove(&idem_key);
+                // The reservation stays and the key is spent: the record may be on disk. Fail
+                // closed.
+                self.lock().idem.insert(idem_key, Idem::Failed { hash: request_hash });
                 Err(f)
             }
         };
-        drop(inner);
         let _ = done_tx.send(true);
         outcome
+    }
+
+    /// Whether a signature may leave now: session not revoked or expired, wallet not frozen.
+    fn check_release(inner: &Inner, session_id: &str, wallet_id: &str) -> Result<()> {
+        let session = inner
+            .sessions
+            .get(session_id)
+            .ok_or_else(|| Failure::unauthenticated("UNKNOWN_SESSION", "unknown session"))?;
+        if session.record.revoked {
+            return Err(Failure::new(
+                ErrorCode::Denied,
+                rules::DenyReason::SessionRevoked.code(),
+                "the session was revoked",
+            ));
+        }
+        if inner.wallets.get(wallet_id).is_none_or(|w| w.record.frozen) {
+            return Err(Failure::new(
+                ErrorCode::Denied,
+                rules::DenyReason::WalletFrozen.code(),
+                "the wallet is frozen",
+            ));
+        }
+        Ok(())
     }
 
     /// Evaluates policy and reserves the charge. Called with the state lock held.
@@ -737,7 +832,7 @@ impl Enclave {
         wallet_id: &str,
         request_hash: [u8; 32],
         now_ms: u64,
-    ) -> Result<gw::SignPaymentResponse> {
+    ) -> Result<SpendRecord> {
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);
         let req = &approval.requirement;
@@ -751,8 +846,8 @@ impl Enclave {
         };
         let digest = auth.signing_hash(domain);
         let signature = key.sign_digest(&digest).map_err(|e| Failure::internal(e.to_string()))?;
-        let accepted = &required.accepts[approval.index];
-        let payload = payment_payload_json(required, accepted, &auth, &signature);
+        let payload_json =
+            payment_payload_json(required, &required.accepts[approval.index], &auth, &signature);
         let (spent, cap) = {
             let inner = self.lock();
             inner
@@ -760,27 +855,8 @@ impl Enclave {
                 .get(&r.session_id)
                 .map_or((U256::ZERO, U256::ZERO), |s| (s.spent, s.record.cap))
         };
-        let resp = gw::SignPaymentResponse {
-            payment_signature: encode_header(&payload),
-            payment_payload_json: payload,
-            accepted_json: accepted.to_string(),
-            accepted_index: u32::try_from(approval.index).unwrap_or(u32::MAX),
-            network: req.network.clone(),
-            asset: req.asset.to_checksum(None),
-            pay_to: req.pay_to.to_checksum(None),
-            amount: req.amount.to_string(),
-            charged: format_decimal(req.amount, approval.asset.decimals),
-            asset_symbol: approval.asset.symbol.clone(),
-            session_spent: format_units(spent),
-            session_remaining: format_units(cap.saturating_sub(spent)),
-            payer: key.address().to_checksum(None),
-            valid_before: approval.valid_before,
-            replayed: false,
-        };
-        // 4. Durable before release.
-        let seq = self.spend_seq.fetch_add(1, Ordering::SeqCst);
         let record = SpendRecord {
-            seq,
+            seq: self.spend_seq.fetch_add(1, Ordering::SeqCst),
             session_id: r.session_id.clone(),
             wallet_id: wallet_id.to_owned(),
             charge: approval.charge,
@@ -792,17 +868,20 @@ impl Enclave {
             at_ms: now_ms,
             idempotency_key: r.idempotency_key.clone(),
             request_hash: hex::encode(request_hash),
-            payload_json: resp.payment_payload_json.clone(),
-            accepted_index: resp.accepted_index,
-            charged: resp.charged.clone(),
-            asset_symbol: resp.asset_symbol.clone(),
-            session_spent: resp.session_spent.clone(),
-            session_remaining: resp.session_remaining.clone(),
-            payer: resp.payer.clone(),
+            payload_json,
+            accepted_index: u32::try_from(approval.index).unwrap_or(u32::MAX),
+            charged: format_decimal(req.amount, approval.asset.decimals),
+            asset_symbol: approval.asset.symbol.clone(),
+            session_spent: format_units(spent),
+            session_remaining: format_units(cap.saturating_sub(spent)),
+            payer: key.address().to_checksum(None),
         };
-        self.journal.append(&json(&record))?;
+        // 4. Durable before release.
+        let entry = Entry::Spend(Box::new(record));
+        self.journal.append(&json(&entry))?;
         self.journal.durable().await?;
-        Ok(resp)
+        let Entry::Spend(record) = entry else { unreachable!("constructed as a spend above") };
+        Ok(*record)
     }
 
     // ---- admin -------------------------------------------------------------------------------
@@ -818,7 +897,7 @@ impl Enclave {
             created_at: self.now_s(),
         };
         self.store.apply(vec![
-            Op::Put(Table::Keys, record.id.as_bytes().to_vec(), key.secret_bytes().to_vec()),
+            Op::Put(Table::Keys, record.id.as_bytes().to_vec(), key.secret_bytes()),
             Op::Put(Table::Wallets, record.id.as_bytes().to_vec(), json(&record)),
         ])?;
         self.store.sync().await?;
@@ -843,10 +922,10 @@ impl Enclave {
         let assets = parse_list(&p.assets, "asset", parse_address)?;
         let max_validity_seconds = match p.max_validity_seconds {
             0 => DEFAULT_MAX_VALIDITY_SECONDS,
-            s if s > MAX_VALIDITY_SECONDS => {
+            s if !(MIN_VALIDITY_SECONDS..=MAX_VALIDITY_SECONDS).contains(&s) => {
                 return Err(Failure::invalid(
                     "INVALID_ARGUMENT",
-                    format!("max_validity_seconds {s} is above the {MAX_VALIDITY_SECONDS} s limit"),
+                    format!("max_validity_seconds {s} must be between {MIN_VALIDITY_SECONDS} and {MAX_VALIDITY_SECONDS}"),
                 ));
             }
             s => s,
@@ -933,7 +1012,7 @@ impl Enclave {
             .iter()
             .map(|a| {
                 if add {
-                    Op::Put(Table::Kyt, a.to_vec(), Vec::new())
+                    Op::Put(Table::Kyt, a.to_vec(), Zeroizing::default())
                 } else {
                     Op::Delete(Table::Kyt, a.to_vec())
                 }

@@ -65,14 +65,25 @@ pub enum StoreError {
     Sync(String),
 }
 
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Put(t, k, v) => {
+                write!(f, "Put({t:?}, {}, <{} bytes>)", String::from_utf8_lossy(k), v.len())
+            }
+            Self::Delete(t, k) => write!(f, "Delete({t:?}, {})", String::from_utf8_lossy(k)),
+        }
+    }
+}
+
 /// A record as read back: its key within the table and its opened value.
 pub type Record = (Vec<u8>, Zeroizing<Vec<u8>>);
 
-/// One write of a batch.
-#[derive(Debug)]
+/// One write of a batch. The value is plaintext until sealed (it may be a key), so it lives in
+/// a zeroizing buffer and `Debug` never shows it.
 pub enum Op {
     /// Insert or replace.
-    Put(Table, Vec<u8>, Vec<u8>),
+    Put(Table, Vec<u8>, Zeroizing<Vec<u8>>),
     /// Remove.
     Delete(Table, Vec<u8>),
 }
@@ -201,8 +212,8 @@ mod tests {
         {
             let s = open(dir.path());
             s.apply(vec![
-                Op::Put(Table::Kyt, b"a".to_vec(), b"1".to_vec()),
-                Op::Put(Table::Sessions, b"a".to_vec(), b"2".to_vec()),
+                Op::Put(Table::Kyt, b"a".to_vec(), b"1".to_vec().into()),
+                Op::Put(Table::Sessions, b"a".to_vec(), b"2".to_vec().into()),
             ])
             .unwrap();
             s.sync().await.unwrap();
@@ -224,8 +235,12 @@ mod tests {
         for i in 0..64u32 {
             let s = Arc::clone(&s);
             tasks.push(tokio::spawn(async move {
-                s.apply(vec![Op::Put(Table::Sessions, i.to_be_bytes().to_vec(), vec![0; 100])])
-                    .unwrap();
+                s.apply(vec![Op::Put(
+                    Table::Sessions,
+                    i.to_be_bytes().to_vec(),
+                    vec![0; 100].into(),
+                )])
+                .unwrap();
                 s.sync().await.unwrap();
             }));
         }
@@ -239,7 +254,7 @@ mod tests {
     fn a_record_moved_to_another_key_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
-        s.apply(vec![Op::Put(Table::Keys, b"w1".to_vec(), b"k1".to_vec())]).unwrap();
+        s.apply(vec![Op::Put(Table::Keys, b"w1".to_vec(), b"k1".to_vec().into())]).unwrap();
         let raw = s.db.get(full_key(Table::Keys, b"w1")).unwrap().unwrap();
         s.db.insert(full_key(Table::Keys, b"w2"), raw).unwrap();
         assert!(matches!(s.get(Table::Keys, b"w2"), Err(StoreError::Seal(_))));

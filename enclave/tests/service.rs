@@ -232,7 +232,7 @@ async fn signs_a_payment_that_recovers_to_the_wallet() {
     assert_eq!(v["payload"]["authorization"]["validAfter"], "0");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_never_exceed_the_cap() {
     let h = Harness::new().await;
     let w = h.wallet("1").await;
@@ -515,4 +515,144 @@ async fn kyt_is_case_insensitive_and_registry_entries_can_be_added() {
     .unwrap();
     let resp = h.pay(agent.request(&local, "d")).await.unwrap();
     assert_eq!((resp.asset_symbol.as_str(), resp.charged.as_str()), ("TUSD", "0.000005"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_in_flight_is_withheld_for_good_even_after_restart() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    // Hold the payment at its durability round while the admin revokes the session.
+    h.enclave.journal_faults().delay_ms.store(400, Ordering::SeqCst);
+    let enclave = Arc::clone(&h.enclave);
+    let req = agent.request(&header("10000"), "k");
+    let pending = tokio::spawn(async move {
+        enclave
+            .handle(EnclaveRequest {
+                protocol_version: 1,
+                request_id: 1,
+                body: Some(Req::SignPayment(req)),
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    h.call(Req::RevokeSession(gw::RevokeSessionRequest { session_id: agent.id.clone() }))
+        .await
+        .unwrap();
+    h.enclave.journal_faults().delay_ms.store(0, Ordering::SeqCst);
+    match pending.await.unwrap().body.unwrap() {
+        Resp::Error(e) => assert_eq!(e.reason, "SESSION_REVOKED"),
+        other => panic!("a signature left after revocation: {other:?}"),
+    }
+    assert_eq!(
+        h.spent(&agent.id).await,
+        "0.01",
+        "charged (the record is durable) but never released"
+    );
+    let e = h.pay(agent.request(&header("10000"), "k")).await.unwrap_err();
+    assert_eq!(e.reason, "SESSION_REVOKED");
+    let id = agent.id.clone();
+    let h = h.restart().await;
+    let agent = Agent { id, ..agent };
+    let e = h.pay(agent.request(&header("10000"), "k")).await.unwrap_err();
+    assert_eq!(
+        e.reason, "SESSION_REVOKED",
+        "the withheld signature does not come back after a restart"
+    );
+}
+
+#[tokio::test]
+async fn a_denied_request_cannot_be_replayed_after_the_policy_changes() {
+    let h = Harness::new().await;
+    let w = h.wallet("0.001").await;
+    let agent = h.session(&w, "1").await;
+    let req = agent.request(&header("10000"), "k");
+    assert_eq!(h.pay(req.clone()).await.unwrap_err().reason, "PER_TX_LIMIT");
+    h.call(Req::SetPolicy(gw::SetPolicyRequest {
+        policy: Some(gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: "1".into(),
+            ..Default::default()
+        }),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(h.pay(req).await.unwrap_err().reason, "REPLAYED_REQUEST");
+    assert_eq!(h.spent(&agent.id).await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_with_one_key_share_one_charge() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = Arc::new(h.session(&w, "1").await);
+    h.enclave.journal_faults().delay_ms.store(100, Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let enclave = Arc::clone(&h.enclave);
+        let req = agent.request(&header("10000"), "same-key");
+        tasks.push(tokio::spawn(async move {
+            enclave
+                .handle(EnclaveRequest {
+                    protocol_version: 1,
+                    request_id: i,
+                    body: Some(Req::SignPayment(req)),
+                })
+                .await
+        }));
+    }
+    let mut signatures = Vec::new();
+    for t in tasks {
+        match t.await.unwrap().body.unwrap() {
+            Resp::SignPayment(r) => signatures.push(r.payment_signature),
+            other => panic!("{other:?}"),
+        }
+    }
+    signatures.dedup();
+    assert_eq!(signatures.len(), 1, "every retry got the same payload");
+    assert_eq!(h.spent(&agent.id).await, "0.01", "charged once");
+}
+
+#[tokio::test]
+async fn a_failed_fsync_withholds_the_signature_and_keeps_the_charge() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    h.enclave.journal_faults().fail.store(true, Ordering::SeqCst);
+    let e = h.pay(agent.request(&header("10000"), "k")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal, "no signature without a durable record");
+    assert_eq!(h.spent(&agent.id).await, "0.01", "fail closed: the reservation stays");
+    let e = h.pay(agent.request(&header("10000"), "k")).await.unwrap_err();
+    assert_eq!(e.reason, "IDEMPOTENCY_KEY_FAILED", "the key is not charged a second time");
+    let e = h.pay(agent.request(&header("10000"), "k2")).await.unwrap_err();
+    assert_eq!(
+        e.code,
+        ErrorCode::Internal,
+        "after a failed fsync nothing is reported durable until restart"
+    );
+    let id = agent.id.clone();
+    let h = h.restart().await;
+    let agent = Agent { id, ..agent };
+    h.pay(agent.request(&header("10000"), "k3")).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_largest_header_a_server_can_send_survives_restart() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    // A resource description of backslashes and quotes: every one is escaped again inside the
+    // spend record, the worst case for its size.
+    let filler = "\\\"".repeat(11_800);
+    let json = json!({"x402Version":2,"resource":{"url":"https://x","description":filler},"accepts":[{"scheme":"exact","network":"eip155:84532","amount":"10000","asset":USDC_BASE_SEPOLIA,"payTo":PAYEE,"maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}}]}).to_string();
+    let hdr = STANDARD.encode(&json);
+    assert!(
+        hdr.len() > 60_000 && hdr.len() <= wallet_policy::x402::MAX_HEADER_LEN,
+        "{}",
+        hdr.len()
+    );
+    h.pay(agent.request(&hdr, "big")).await.unwrap();
+    let id = agent.id.clone();
+    let h = h.restart().await;
+    assert_eq!(h.spent(&id).await, "0.01");
 }

@@ -18,6 +18,9 @@ use crate::{
 pub const DEFAULT_MAX_VALIDITY_SECONDS: u64 = 300;
 /// Hard upper bound on an authorization's validity, seconds: one hour.
 pub const MAX_VALIDITY_SECONDS: u64 = 3600;
+/// Lower bound: facilitators require `validBefore >= now + 6` when they verify, after the
+/// round trip to the server; anything shorter is charged but cannot settle.
+pub const MIN_VALIDITY_SECONDS: u64 = 10;
 
 /// A wallet's policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,8 +322,8 @@ pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256
             ),
         ));
     }
-    let validity =
-        req.max_timeout_seconds.min(policy.max_validity_seconds).min(MAX_VALIDITY_SECONDS);
+    let cap = policy.max_validity_seconds.clamp(MIN_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS);
+    let validity = req.max_timeout_seconds.clamp(MIN_VALIDITY_SECONDS, cap);
     let valid_before = ctx.now.saturating_add(validity);
     Ok((asset.clone(), charge, valid_before))
 }
@@ -381,6 +384,10 @@ pub fn choose(
     if denials.len() == 1 {
         return Err(best);
     }
-    let all: Vec<String> = denials.iter().map(|(i, d)| format!("accepts[{i}] {d}")).collect();
+    let mut all: Vec<String> =
+        denials.iter().take(8).map(|(i, d)| format!("accepts[{i}] {d}")).collect();
+    if denials.len() > 8 {
+        all.push(format!("and {} more", denials.len() - 8));
+    }
     Err(deny(best.reason, format!("no accepts[] option is allowed: {}", all.join("; "))))
 }

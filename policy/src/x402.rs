@@ -17,6 +17,9 @@ use crate::{
 /// Largest `PAYMENT-REQUIRED` value accepted (base64 characters). Real ones are ~1 KiB.
 pub const MAX_HEADER_LEN: usize = 64 * 1024;
 
+/// Most `accepts[]` options considered. Real servers offer a handful.
+pub const MAX_ACCEPTS: usize = 32;
+
 /// Why a `PAYMENT-REQUIRED` value could not be read. Each has a stable code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +45,11 @@ pub enum HeaderError {
     /// A field has the wrong JSON type.
     #[error("PAYMENT-REQUIRED field {0} is malformed")]
     BadField(&'static str),
+    /// More options than [`MAX_ACCEPTS`].
+    #[error(
+        "PAYMENT-REQUIRED offers {0} options, more than the {MAX_ACCEPTS} this wallet considers"
+    )]
+    TooManyOptions(usize),
 }
 
 impl HeaderError {
@@ -55,6 +63,7 @@ impl HeaderError {
             Self::TooLarge(_) => "HEADER_TOO_LARGE",
             Self::UnsupportedVersion(_) => "UNSUPPORTED_VERSION",
             Self::NoAccepts => "NO_ACCEPTS",
+            Self::TooManyOptions(_) => "TOO_MANY_OPTIONS",
         }
     }
 }
@@ -94,6 +103,9 @@ pub fn decode_payment_required(header: &str) -> Result<PaymentRequired, HeaderEr
         return Err(HeaderError::UnsupportedVersion(version.to_string()));
     }
     let accepts = match obj.remove("accepts") {
+        Some(Value::Array(a)) if a.len() > MAX_ACCEPTS => {
+            return Err(HeaderError::TooManyOptions(a.len()))
+        }
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(Value::Array(_)) | None => return Err(HeaderError::NoAccepts),
         Some(_) => return Err(HeaderError::BadField("accepts")),
@@ -306,6 +318,13 @@ mod tests {
             (b64(r#"{"x402Version":2,"accepts":{}}"#), "MALFORMED_HEADER"),
             (b64(r#"{"x402Version":2,"accepts":[{}],"resource":"x"}"#), "MALFORMED_HEADER"),
             ("A".repeat(MAX_HEADER_LEN + 4), "HEADER_TOO_LARGE"),
+            (
+                b64(&format!(
+                    r#"{{"x402Version":2,"accepts":[{}]}}"#,
+                    vec!["1"; MAX_ACCEPTS + 1].join(",")
+                )),
+                "TOO_MANY_OPTIONS",
+            ),
         ];
         for (input, code) in cases {
             let err = decode_payment_required(&input).unwrap_err();

@@ -114,6 +114,13 @@ fn allows_within_every_rule() {
 }
 
 #[test]
+fn validity_has_a_floor_a_facilitator_can_settle() {
+    let mut short = good();
+    short["maxTimeoutSeconds"] = 3.into();
+    assert_eq!(Fixture::new().run(vec![short]).unwrap().valid_before, 1_010, "at least 10 s");
+}
+
+#[test]
 fn validity_is_capped_by_policy() {
     let mut f = Fixture::new();
     f.policy.as_mut().unwrap().max_validity_seconds = 30;
