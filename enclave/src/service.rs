@@ -15,7 +15,7 @@
 //! restart; the signature was perhaps never released) or it is not, and then no signature left.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -251,8 +251,10 @@ struct Inner {
     kyt: HashSet<Address>,
     sessions: HashMap<String, SessionEntry>,
     idem: HashMap<(String, String), Idem>,
-    replay: HashMap<(String, Vec<u8>), u64>,
-    replay_inserts: u64,
+    /// Request nonces seen within the freshness window, and the same in expiry order (pruned
+    /// from the front in O(1) per request).
+    replay: HashSet<(String, Vec<u8>)>,
+    replay_order: VecDeque<(u64, (String, Vec<u8>))>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -579,7 +581,7 @@ impl Enclave {
         {
             let mut inner = self.lock();
             let nonce_key = (r.session_id.clone(), r.request_nonce.clone());
-            if inner.replay.contains_key(&nonce_key) {
+            if inner.replay.contains(&nonce_key) {
                 return Err(Failure::unauthenticated(
                     "REPLAYED_REQUEST",
                     "this signed request was already used",
@@ -814,11 +816,14 @@ impl Enclave {
     }
 
     fn remember_nonce(inner: &mut Inner, key: (String, Vec<u8>), now_ms: u64) {
-        inner.replay.insert(key, now_ms.saturating_add(2 * FRESHNESS_WINDOW_MS));
-        inner.replay_inserts += 1;
-        if inner.replay_inserts.is_multiple_of(4096) {
-            inner.replay.retain(|_, exp| *exp > now_ms);
+        // A request is accepted until `timestamp + window`, and `timestamp <= now + window`.
+        while inner.replay_order.front().is_some_and(|(exp, _)| *exp <= now_ms) {
+            if let Some((_, old)) = inner.replay_order.pop_front() {
+                inner.replay.remove(&old);
+            }
         }
+        inner.replay.insert(key.clone());
+        inner.replay_order.push_back((now_ms.saturating_add(2 * FRESHNESS_WINDOW_MS), key));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -846,8 +851,13 @@ impl Enclave {
         };
         let digest = auth.signing_hash(domain);
         let signature = key.sign_digest(&digest).map_err(|e| Failure::internal(e.to_string()))?;
-        let payload_json =
-            payment_payload_json(required, &required.accepts[approval.index], &auth, &signature);
+        let payload_json = payment_payload_json(
+            required,
+            &required.accepts[approval.index],
+            &auth,
+            &signature,
+            &payment_id(&r.session_id, &r.idempotency_key),
+        );
         let (spent, cap) = {
             let inner = self.lock();
             inner
@@ -1144,6 +1154,18 @@ impl Enclave {
             enclave_reachable: true,
         }
     }
+}
+
+/// The x402 `payment-identifier` id for a request: stable across retries with the same
+/// idempotency key, and revealing neither.
+fn payment_id(session_id: &str, idempotency_key: &str) -> String {
+    let h = Sha256::new()
+        .chain_update(b"payment-id/v1\0")
+        .chain_update(session_id)
+        .chain_update([0])
+        .chain_update(idempotency_key)
+        .finalize();
+    format!("pay_{}", hex::encode(&h[..16]))
 }
 
 fn asset_key(network: &str, address: &Address) -> Vec<u8> {

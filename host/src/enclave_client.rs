@@ -49,6 +49,19 @@ fn kill(dead: &AtomicBool, pending: &Pending) {
     }
 }
 
+struct Cleanup<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
 /// Client for the enclave.
 pub struct EnclaveClient {
     socket: PathBuf,
@@ -144,11 +157,10 @@ impl EnclaveClient {
             .lock()
             .map_err(|_| Status::internal("enclave client poisoned"))?
             .insert(id, tx);
+        // Removes the waiter however this call ends (answered, failed, timed out, or cancelled
+        // because the gRPC client went away), so waiters never pile up.
+        let _cleanup = Cleanup { pending: &conn.pending, id };
         if conn.dead.load(Ordering::SeqCst) || conn.tx.send(frame).await.is_err() {
-            conn.pending
-                .lock()
-                .map_err(|_| Status::internal("enclave client poisoned"))?
-                .remove(&id);
             return Err(Status::unavailable("ENCLAVE_UNAVAILABLE: the enclave connection closed"));
         }
         let resp = match tokio::time::timeout(self.timeout, rx).await {
@@ -158,12 +170,7 @@ impl EnclaveClient {
                     "ENCLAVE_UNAVAILABLE: the enclave connection closed before it answered",
                 ))
             }
-            Err(_) => {
-                if let Ok(mut p) = conn.pending.lock() {
-                    p.remove(&id);
-                }
-                return Err(Status::deadline_exceeded("the enclave did not answer in time"));
-            }
+            Err(_) => return Err(Status::deadline_exceeded("the enclave did not answer in time")),
         };
         resp.body.ok_or_else(|| Status::internal("enclave sent an empty response"))
     }

@@ -242,11 +242,15 @@ pub enum RequirementError {
 /// Builds the compact `PaymentPayload` JSON in the key order of the official TypeScript client:
 /// `x402Version, payload{authorization, signature}, extensions?, resource, accepted`.
 #[must_use]
+///
+/// When the server offers the `payment-identifier` extension, `payment_id` is added as its
+/// `info.id` (an id the server already set is kept), as the official client does.
 pub fn payment_payload_json(
     required: &PaymentRequired,
     accepted: &Value,
     auth: &Authorization,
     signature: &[u8; 65],
+    payment_id: &str,
 ) -> String {
     let mut authorization = Map::new();
     authorization.insert("from".into(), Value::String(checksummed(&auth.from)));
@@ -262,7 +266,14 @@ pub fn payment_payload_json(
     root.insert("x402Version".into(), Value::from(2u64));
     root.insert("payload".into(), Value::Object(payload));
     if let Some(ext) = required.extensions.as_ref().filter(|e| !e.is_null()) {
-        root.insert("extensions".into(), ext.clone());
+        let mut ext = ext.clone();
+        if let Some(pid) = ext.get_mut("payment-identifier").and_then(Value::as_object_mut) {
+            let info = pid.entry("info").or_insert_with(|| Value::Object(Map::new()));
+            if let Some(info) = info.as_object_mut() {
+                info.entry("id").or_insert_with(|| Value::String(payment_id.to_owned()));
+            }
+        }
+        root.insert("extensions".into(), ext);
     }
     if let Some(resource) = &required.resource {
         root.insert("resource".into(), resource.clone());

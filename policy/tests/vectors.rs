@@ -59,7 +59,7 @@ fn v1_payload_and_header_are_byte_identical() {
         hex::encode(sig),
         "448d9136f87ee32ff257eff58391cffe5eaa7a46f3b5eb8e61310b9a652e8c79433e63c7e9cd76c8fb0e503f02e76775b5a9955bc27e720fbca5698c3eacdd441c"
     );
-    let json = payment_payload_json(&required, &required.accepts[0], &auth, &sig);
+    let json = payment_payload_json(&required, &required.accepts[0], &auth, &sig, "pay_unused");
     assert_eq!(json, V1_PAYLOAD);
     assert_eq!(encode_header(&json), V1_HEADER);
 }
@@ -80,11 +80,19 @@ fn extensions_are_echoed_and_accepted_is_verbatim() {
     // Unknown extra keys, odd key order and lower-case payTo must survive untouched in `accepted`.
     let json = r#"{"x402Version":2,"resource":{"url":"mcp://tool/x"},"accepts":[{"payTo":"0x209693bc6afc0c5328ba36faf03c514ef312287c","scheme":"exact","network":"eip155:84532","amount":"10000","asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","maxTimeoutSeconds":60,"extra":{"version":"2","name":"USDC","feeHint":{"a":[1,2]}}}],"extensions":{"payment-identifier":{"info":{"required":false}}}}"#;
     let required = decode_payment_required(&STANDARD.encode(json)).unwrap();
-    let out = payment_payload_json(&required, &required.accepts[0], &vector_auth(0), &[0u8; 65]);
+    let out = payment_payload_json(
+        &required,
+        &required.accepts[0],
+        &vector_auth(0),
+        &[0u8; 65],
+        "pay_0123456789abcdef0123",
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let original: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["accepted"], original["accepts"][0]);
-    assert_eq!(v["extensions"], original["extensions"]);
+    let mut expected_ext = original["extensions"].clone();
+    expected_ext["payment-identifier"]["info"]["id"] = "pay_0123456789abcdef0123".into();
+    assert_eq!(v["extensions"], expected_ext, "extensions echoed, with the payment id added");
     assert_eq!(v["resource"], original["resource"]);
     assert!(
         out.contains(r#""payTo":"0x209693bc6afc0c5328ba36faf03c514ef312287c","scheme""#),

@@ -1,0 +1,116 @@
+//! Property tests of the policy engine.
+
+use std::collections::HashSet;
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use wallet_policy::{
+    amount::atomic_to_units,
+    registry::{default_assets, AssetInfo},
+    rules::{choose, AssetLookup, Context, Policy, Scope, SessionState},
+    x402::decode_payment_required,
+    Address, U256,
+};
+
+struct Registry(Vec<AssetInfo>);
+impl AssetLookup for Registry {
+    fn lookup(&self, network: &str, asset: &Address) -> Option<&AssetInfo> {
+        self.0.iter().find(|a| a.network == network && a.address == *asset)
+    }
+}
+
+fn header(amount: u64) -> String {
+    STANDARD.encode(
+        json!({"x402Version":2,"resource":{"url":"https://x"},"accepts":[{"scheme":"exact","network":"eip155:84532","amount":amount.to_string(),"asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","payTo":"0x209693Bc6afc0C5328bA36FaF03C514EF312287C","maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}}]})
+            .to_string(),
+    )
+}
+
+/// `Ok(charge)` or `Err(())` for one payment of `amount` atomic USDC.
+fn decide(amount: u64, limit: u64, cap: u64, spent: u64) -> Result<U256, ()> {
+    let registry = Registry(default_assets());
+    let kyt: HashSet<Address> = HashSet::new();
+    let scope = Scope::default();
+    let policy = Policy {
+        version: 1,
+        max_per_payment: atomic_to_units(U256::from(limit), 6).unwrap(),
+        networks: vec![],
+        assets: vec![],
+        max_validity_seconds: 300,
+    };
+    let ctx = Context {
+        policy: Some(&policy),
+        wallet_frozen: false,
+        session: SessionState {
+            cap: atomic_to_units(U256::from(cap), 6).unwrap(),
+            spent: atomic_to_units(U256::from(spent), 6).unwrap(),
+            expires_at: 2_000,
+            revoked: false,
+            scope: &scope,
+        },
+        kyt: &kyt,
+        registry: &registry,
+        now: 1_000,
+    };
+    let required = decode_payment_required(&header(amount)).unwrap();
+    choose(&ctx, &required, None, None).map(|a| a.charge).map_err(|_| ())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn never_allows_past_the_cap_or_the_limit(amount in 1u64..10_000_000, limit in 0u64..10_000_000, cap in 0u64..10_000_000, spent in 0u64..10_000_000) {
+        if let Ok(charge) = decide(amount, limit, cap, spent) {
+            let units = |v: u64| atomic_to_units(U256::from(v), 6).unwrap();
+            prop_assert_eq!(charge, units(amount));
+            prop_assert!(charge <= units(limit));
+            prop_assert!(units(spent) + charge <= units(cap));
+        }
+    }
+
+    #[test]
+    fn denial_is_monotone_in_amount(a in 1u64..5_000_000, extra in 0u64..5_000_000, limit in 0u64..5_000_000, cap in 0u64..10_000_000, spent in 0u64..5_000_000) {
+        let b = a + extra;
+        if decide(b, limit, cap, spent).is_ok() {
+            prop_assert!(decide(a, limit, cap, spent).is_ok(), "{} allowed but the smaller {} denied", b, a);
+        }
+    }
+
+    #[test]
+    fn no_panic_on_arbitrary_header_text(s in ".{0,400}") {
+        let _ = decode_payment_required(&s);
+    }
+
+    #[test]
+    fn no_panic_on_arbitrary_base64_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = decode_payment_required(&STANDARD.encode(bytes));
+    }
+
+    #[test]
+    fn no_panic_on_arbitrary_requirement_fields(
+        scheme in prop_oneof![Just(json!("exact")), any::<i64>().prop_map(Value::from), ".{0,8}".prop_map(Value::from)],
+        network in prop_oneof![Just(json!("eip155:84532")), ".{0,20}".prop_map(Value::from), Just(Value::Null)],
+        amount in prop_oneof![Just(json!("10000")), "[0-9]{0,90}".prop_map(Value::from), any::<f64>().prop_map(Value::from)],
+        timeout in prop_oneof![any::<u64>().prop_map(Value::from), any::<i64>().prop_map(Value::from), Just(json!("60"))],
+        extra in prop_oneof![Just(json!({"name":"USDC","version":"2"})), Just(json!([])), Just(Value::Null), ".{0,8}".prop_map(Value::from)],
+    ) {
+        let required = json!({"x402Version":2,"accepts":[{"scheme":scheme,"network":network,"amount":amount,"asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","payTo":"0x209693Bc6afc0C5328bA36FaF03C514EF312287C","maxTimeoutSeconds":timeout,"extra":extra}]});
+        if let Ok(required) = decode_payment_required(&STANDARD.encode(required.to_string())) {
+            let registry = Registry(default_assets());
+            let kyt: HashSet<Address> = HashSet::new();
+            let scope = Scope::default();
+            let policy = Policy { version: 1, max_per_payment: U256::MAX, networks: vec![], assets: vec![], max_validity_seconds: 300 };
+            let ctx = Context {
+                policy: Some(&policy),
+                wallet_frozen: false,
+                session: SessionState { cap: U256::MAX, spent: U256::ZERO, expires_at: u64::MAX, revoked: false, scope: &scope },
+                kyt: &kyt,
+                registry: &registry,
+                now: u64::MAX - 1,
+            };
+            let _ = choose(&ctx, &required, None, None);
+        }
+    }
+}
