@@ -517,6 +517,8 @@ impl Enclave {
             Req::ListSessions(r) => Resp::Sessions(self.list_sessions(&r.wallet_id)),
             Req::RevokeSession(r) => Resp::Session(self.revoke_session(&r.session_id).await?),
             Req::GetStatus(_) => Resp::Status(self.status()),
+            Req::FreezeWallet(r) => Resp::Wallet(self.set_frozen(&r.wallet_id, true).await?),
+            Req::UnfreezeWallet(r) => Resp::Wallet(self.set_frozen(&r.wallet_id, false).await?),
         })
     }
 
@@ -1111,6 +1113,28 @@ impl Enclave {
             .collect();
         sessions.sort_by_key(|s| (s.created_at, s.session_id.clone()));
         gw::ListSessionsResponse { sessions }
+    }
+
+    /// The kill switch. Effective in memory before it is made durable and before it returns:
+    /// every payment in flight re-checks it before release.
+    async fn set_frozen(&self, wallet_id: &str, frozen: bool) -> Result<gw::Wallet> {
+        let _admin = self.admin.lock().await;
+        let record = {
+            let mut inner = self.lock();
+            let w = inner.wallets.get_mut(wallet_id).ok_or_else(|| {
+                Failure::not_found(format!("wallet {wallet_id:?} does not exist"))
+            })?;
+            w.record.frozen = frozen;
+            w.record.clone()
+        };
+        self.store.apply(vec![Op::Put(
+            Table::Wallets,
+            record.id.as_bytes().to_vec(),
+            json(&record),
+        )])?;
+        self.store.sync().await?;
+        tracing::info!(wallet = %wallet_id, frozen, "wallet freeze changed");
+        Ok(wallet_proto(&record))
     }
 
     async fn revoke_session(&self, session_id: &str) -> Result<gw::Session> {

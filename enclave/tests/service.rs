@@ -656,3 +656,72 @@ async fn the_largest_header_a_server_can_send_survives_restart() {
     let h = h.restart().await;
     assert_eq!(h.spent(&id).await, "0.01");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeze_is_a_kill_switch_for_new_and_in_flight_payments() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    let freeze = |frozen: bool| {
+        let id = w.wallet_id.clone();
+        let body = if frozen {
+            Req::FreezeWallet(gw::FreezeWalletRequest { wallet_id: id })
+        } else {
+            Req::UnfreezeWallet(gw::FreezeWalletRequest { wallet_id: id })
+        };
+        h.call(body)
+    };
+    // In flight when the freeze lands: withheld.
+    h.enclave.journal_faults().delay_ms.store(400, Ordering::SeqCst);
+    let enclave = Arc::clone(&h.enclave);
+    let req = agent.request(&header("10000"), "in-flight");
+    let pending = tokio::spawn(async move {
+        enclave
+            .handle(EnclaveRequest {
+                protocol_version: 1,
+                request_id: 1,
+                body: Some(Req::SignPayment(req)),
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let Resp::Wallet(frozen) = freeze(true).await.unwrap() else { panic!() };
+    assert!(frozen.frozen);
+    h.enclave.journal_faults().delay_ms.store(0, Ordering::SeqCst);
+    match pending.await.unwrap().body.unwrap() {
+        Resp::Error(e) => assert_eq!(e.reason, "WALLET_FROZEN"),
+        other => panic!("a signature left a frozen wallet: {other:?}"),
+    }
+    // New payments, and idempotent replays of earlier ones, are refused too.
+    assert_eq!(
+        h.pay(agent.request(&header("10000"), "new")).await.unwrap_err().reason,
+        "WALLET_FROZEN"
+    );
+    // The freeze survives a restart.
+    let id = agent.id.clone();
+    let h = h.restart().await;
+    let agent = Agent { id, ..agent };
+    assert_eq!(
+        h.pay(agent.request(&header("10000"), "after-restart")).await.unwrap_err().reason,
+        "WALLET_FROZEN"
+    );
+    let Resp::Wallet(w2) = h
+        .call(Req::UnfreezeWallet(gw::FreezeWalletRequest { wallet_id: w.wallet_id.clone() }))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(!w2.frozen);
+    h.pay(agent.request(&header("10000"), "unfrozen")).await.unwrap();
+    // The payment withheld by the freeze stays withheld after the unfreeze.
+    assert_eq!(
+        h.pay(agent.request(&header("10000"), "in-flight")).await.unwrap_err().reason,
+        "WALLET_FROZEN"
+    );
+    let e = h
+        .call(Req::FreezeWallet(gw::FreezeWalletRequest { wallet_id: "w_nope".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+}

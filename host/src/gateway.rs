@@ -158,6 +158,18 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::Session>, Status> {
         relay!(self, request, RevokeSession => Session)
     }
+    async fn freeze_wallet(
+        &self,
+        request: Request<gw::FreezeWalletRequest>,
+    ) -> Result<Response<gw::Wallet>, Status> {
+        relay!(self, request, FreezeWallet => Wallet)
+    }
+    async fn unfreeze_wallet(
+        &self,
+        request: Request<gw::FreezeWalletRequest>,
+    ) -> Result<Response<gw::Wallet>, Status> {
+        relay!(self, request, UnfreezeWallet => Wallet)
+    }
     async fn get_status(
         &self,
         request: Request<gw::GetStatusRequest>,

@@ -94,9 +94,18 @@ impl Stack {
     /// When either fails to start.
     #[must_use]
     pub fn start() -> Self {
+        Self::start_logging("info")
+    }
+
+    /// Starts the stack with `RUST_LOG=level` for both processes.
+    ///
+    /// # Panics
+    /// When either fails to start.
+    #[must_use]
+    pub fn start_logging(level: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let enclave = start_enclave(dir.path(), "info");
-        let (gateway, url) = start_gateway(dir.path());
+        let enclave = start_enclave(dir.path(), level);
+        let (gateway, url) = start_gateway_logging(dir.path(), level);
         Self { dir, enclave, gateway, url }
     }
 
@@ -263,6 +272,15 @@ pub fn start_enclave(dir: &Path, log_level: &str) -> ChildGuard {
 /// When it does not announce its address.
 #[must_use]
 pub fn start_gateway(dir: &Path) -> (ChildGuard, String) {
+    start_gateway_logging(dir, "info")
+}
+
+/// [`start_gateway`] with `RUST_LOG=level`.
+///
+/// # Panics
+/// When it does not announce its address.
+#[must_use]
+pub fn start_gateway_logging(dir: &Path, level: &str) -> (ChildGuard, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -273,6 +291,7 @@ pub fn start_gateway(dir: &Path) -> (ChildGuard, String) {
         .arg(dir.join("enclave.sock"))
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

@@ -110,6 +110,15 @@ fn operator_walkthrough_pays_a_402_with_walletctl() {
     let sessions = ok(&stack.walletctl(&["session", "list"], ""));
     assert!(sessions.contains("spent 0.01 of 0.05"), "{sessions}");
 
+    // Kill switch: freeze the wallet, nothing is signed; unfreeze, payments resume.
+    let frozen = ok(&stack.walletctl(&["wallet", "freeze", &wallet], ""));
+    assert!(frozen.contains("FROZEN"));
+    let refused = stack.walletctl(&["pay", "--session", cred.to_str().unwrap()], SPEC_HEADER);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("WALLET_FROZEN"));
+    ok(&stack.walletctl(&["wallet", "unfreeze", &wallet], ""));
+    ok(&stack.walletctl(&["pay", "--session", cred.to_str().unwrap()], SPEC_HEADER));
+
     // Revocation: effective once the command returns.
     let session_id = field(&issued, "session").to_owned();
     ok(&stack.walletctl(&["session", "revoke", &session_id], ""));

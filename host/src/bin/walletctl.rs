@@ -75,6 +75,16 @@ enum WalletCmd {
     },
     /// List wallets.
     List,
+    /// Kill switch: no signature is released for the wallet once this returns.
+    Freeze {
+        /// Wallet id.
+        wallet: String,
+    },
+    /// Lift a freeze.
+    Unfreeze {
+        /// Wallet id.
+        wallet: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,6 +348,21 @@ async fn wallet(url: &str, c: WalletCmd) -> Out {
             let w = cl.create_wallet(gw::CreateWalletRequest { label }).await?.into_inner();
             println!("wallet {}  address {}", w.wallet_id, w.address);
             println!("Next: walletctl policy set --wallet {} --max-per-payment 0.10", w.wallet_id);
+        }
+        WalletCmd::Freeze { wallet } => {
+            let w =
+                cl.freeze_wallet(gw::FreezeWalletRequest { wallet_id: wallet }).await?.into_inner();
+            println!(
+                "wallet {} FROZEN: no signature is released until `walletctl wallet unfreeze {}`",
+                w.wallet_id, w.wallet_id
+            );
+        }
+        WalletCmd::Unfreeze { wallet } => {
+            let w = cl
+                .unfreeze_wallet(gw::FreezeWalletRequest { wallet_id: wallet })
+                .await?
+                .into_inner();
+            println!("wallet {} unfrozen", w.wallet_id);
         }
         WalletCmd::List => {
             let l = cl.list_wallets(gw::ListWalletsRequest {}).await?.into_inner();
