@@ -12,5 +12,7 @@ if [ -z "${WALLET_SKIP_X402_COMPAT:-}" ]; then
   npm ci --prefix tests/x402-compat --no-audit --no-fund --loglevel=error
   npm test --prefix tests/x402-compat --silent   # the harness itself: official vectors + tamper cases
 fi
-# Builds every binary too: the end-to-end tests start wallet-enclave, wallet-gateway, walletctl.
+# The end-to-end tests start wallet-enclave, wallet-gateway and walletctl: `cargo test` alone does
+# not build another package's binaries, so build them first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use wallet_policy::{
     address::parse_address,
     amount::{format_decimal, format_units, parse_human},
-    auth::{sign_payment_message, SignPaymentFields, FRESHNESS_WINDOW_MS},
+    auth::{admin_message, sign_payment_message, SignPaymentFields, FRESHNESS_WINDOW_MS},
     eip712::Authorization,
     registry::{chain_id, default_assets, AssetInfo},
     rules::{
@@ -46,7 +46,7 @@ use wallet_proto::{
         self as en, enclave_request::Body as Req, enclave_response::Body as Resp, ErrorCode,
     },
     gateway::v1 as gw,
-    ENCLAVE_PROTOCOL_VERSION,
+    AdminSigned, ENCLAVE_PROTOCOL_VERSION,
 };
 use zeroize::Zeroizing;
 
@@ -118,6 +118,14 @@ struct WalletRecord {
     label: String,
     frozen: bool,
     created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AdminRecord {
+    label: String,
+    added_at: u64,
+    /// Timestamp of the last request accepted from this admin.
+    last_ts: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +253,7 @@ impl AssetLookup for Registry {
 
 #[derive(Default)]
 struct Inner {
+    admins: HashMap<[u8; 32], AdminRecord>,
     wallets: HashMap<String, WalletEntry>,
     policies: HashMap<String, Policy>,
     registry: Registry,
@@ -372,6 +381,11 @@ impl Enclave {
         }
         for (_, v) in store.scan(Table::Assets)? {
             inner.registry.insert(from_json("asset", &v)?);
+        }
+        for (k, v) in store.scan(Table::Admins)? {
+            if let Ok(pk) = <[u8; 32]>::try_from(k.as_slice()) {
+                inner.admins.insert(pk, from_json("admin", &v)?);
+            }
         }
         for (k, v) in store.scan(Table::Wallets)? {
             let record: WalletRecord = from_json("wallet", &v)?;
@@ -502,24 +516,200 @@ impl Enclave {
         let Some(body) = body else {
             return Err(Failure::invalid("EMPTY_REQUEST", "request has no body"));
         };
+        // State changes are signed by an admin and applied one at a time: the admin lock makes
+        // "check the admin's last timestamp, then apply" atomic.
+        macro_rules! admin {
+            ($rpc:literal, $r:ident, $op:expr) => {{
+                let _admin = self.admin.lock().await;
+                self.authorize($rpc, &$r, false).await?;
+                $op
+            }};
+        }
         Ok(match body {
             Req::SignPayment(r) => Resp::SignPayment(self.sign_payment(r).await?),
-            Req::CreateWallet(r) => Resp::Wallet(self.create_wallet(r).await?),
             Req::ListWallets(_) => Resp::Wallets(self.list_wallets()),
-            Req::SetPolicy(r) => Resp::Policy(self.set_policy(r).await?),
             Req::GetPolicy(r) => Resp::Policy(self.get_policy(&r.wallet_id)?),
-            Req::AddAsset(r) => Resp::Asset(self.add_asset(r).await?),
             Req::ListAssets(_) => Resp::Assets(self.list_assets()),
-            Req::AddKyt(r) => Resp::Kyt(self.change_kyt(r, true).await?),
-            Req::RemoveKyt(r) => Resp::Kyt(self.change_kyt(r, false).await?),
             Req::ListKyt(_) => Resp::KytList(self.list_kyt()),
-            Req::IssueSession(r) => Resp::Session(self.issue_session(r).await?),
             Req::ListSessions(r) => Resp::Sessions(self.list_sessions(&r.wallet_id)),
-            Req::RevokeSession(r) => Resp::Session(self.revoke_session(&r.session_id).await?),
             Req::GetStatus(_) => Resp::Status(self.status()),
-            Req::FreezeWallet(r) => Resp::Wallet(self.set_frozen(&r.wallet_id, true).await?),
-            Req::UnfreezeWallet(r) => Resp::Wallet(self.set_frozen(&r.wallet_id, false).await?),
+            Req::ListAdmins(_) => Resp::Admins(self.list_admins()),
+            Req::CreateWallet(r) => {
+                admin!("CreateWallet", r, Resp::Wallet(self.create_wallet(r).await?))
+            }
+            Req::SetPolicy(r) => admin!("SetPolicy", r, Resp::Policy(self.set_policy(r).await?)),
+            Req::AddAsset(r) => admin!("AddAsset", r, Resp::Asset(self.add_asset(r).await?)),
+            Req::AddKyt(r) => admin!("AddKyt", r, Resp::Kyt(self.change_kyt(r, true).await?)),
+            Req::RemoveKyt(r) => {
+                admin!("RemoveKyt", r, Resp::Kyt(self.change_kyt(r, false).await?))
+            }
+            Req::IssueSession(r) => {
+                admin!("IssueSession", r, Resp::Session(self.issue_session(r).await?))
+            }
+            Req::RevokeSession(r) => {
+                admin!("RevokeSession", r, Resp::Session(self.revoke_session(&r.session_id).await?))
+            }
+            Req::FreezeWallet(r) => {
+                admin!("FreezeWallet", r, Resp::Wallet(self.set_frozen(&r.wallet_id, true).await?))
+            }
+            Req::UnfreezeWallet(r) => admin!(
+                "UnfreezeWallet",
+                r,
+                Resp::Wallet(self.set_frozen(&r.wallet_id, false).await?)
+            ),
+            Req::RemoveAdmin(r) => {
+                admin!("RemoveAdmin", r, Resp::Admin(self.remove_admin(&r.public_key).await?))
+            }
+            Req::AddAdmin(r) => {
+                let _admin = self.admin.lock().await;
+                // The first admin registers itself (self-signed); later ones need an admin.
+                let self_signed = r.auth.as_ref().is_some_and(|a| a.public_key == r.public_key);
+                self.authorize("AddAdmin", &r, self_signed).await?;
+                Resp::Admin(self.add_admin(r).await?)
+            }
         })
+    }
+
+    /// Verifies an admin's signature over a state-changing request, its freshness, and that its
+    /// timestamp is newer than the last one accepted from that admin (persisted, so a request
+    /// cannot be replayed after a restart either). `bootstrap` allows a self-signed request from
+    /// an unknown key when the enclave has no admin yet. Called with the admin lock held.
+    async fn authorize<R: AdminSigned>(&self, rpc: &str, req: &R, bootstrap: bool) -> Result<()> {
+        let deny = |reason: &str, message: &str| Failure::unauthenticated(reason, message);
+        let auth = req.auth().ok_or_else(|| {
+            deny(
+                "ADMIN_SIGNATURE_REQUIRED",
+                "state-changing requests must be signed by an admin key (see walletctl init)",
+            )
+        })?;
+        let pk: [u8; 32] = auth
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| deny("BAD_ADMIN_SIGNATURE", "admin public key must be 32 bytes"))?;
+        let key = VerifyingKey::from_bytes(&pk)
+            .map_err(|_| deny("BAD_ADMIN_SIGNATURE", "admin public key is not an Ed25519 point"))?;
+        if !(16..=64).contains(&auth.nonce.len()) {
+            return Err(Failure::invalid("INVALID_NONCE", "admin nonce must be 16 to 64 bytes"));
+        }
+        let last_ts = {
+            let inner = self.lock();
+            match inner.admins.get(&pk) {
+                Some(a) => Some(a.last_ts),
+                None if inner.admins.is_empty() && bootstrap => None,
+                None if inner.admins.is_empty() => {
+                    return Err(deny(
+                        "NO_ADMIN",
+                        "this enclave has no admin yet: register one with walletctl init",
+                    ))
+                }
+                None => {
+                    return Err(deny(
+                        "UNKNOWN_ADMIN",
+                        "the signing key is not an admin of this enclave",
+                    ))
+                }
+            }
+        };
+        let sig = Signature::from_slice(&auth.signature)
+            .map_err(|_| deny("BAD_ADMIN_SIGNATURE", "admin signature is not 64 bytes"))?;
+        let msg = admin_message(rpc, auth.timestamp_ms, &auth.nonce, &req.unsigned_bytes());
+        key.verify_strict(&msg, &sig).map_err(|_| {
+            deny("BAD_ADMIN_SIGNATURE", "admin signature does not verify over this request")
+        })?;
+        let now_ms = (self.clock)();
+        if now_ms.abs_diff(auth.timestamp_ms) > FRESHNESS_WINDOW_MS {
+            return Err(deny(
+                "STALE_ADMIN_REQUEST",
+                "admin request timestamp is more than 120 s from the enclave clock",
+            ));
+        }
+        if let Some(last) = last_ts {
+            if auth.timestamp_ms <= last {
+                return Err(deny(
+                    "REPLAYED_ADMIN_REQUEST",
+                    "admin request is not newer than the last one accepted from this admin",
+                ));
+            }
+            let record = {
+                let mut inner = self.lock();
+                let a =
+                    inner.admins.get_mut(&pk).ok_or_else(|| Failure::internal("admin vanished"))?;
+                a.last_ts = auth.timestamp_ms;
+                a.clone()
+            };
+            self.store.apply(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))])?;
+            self.store.sync().await?;
+        }
+        tracing::info!(rpc, admin = %hex::encode(&pk[..8]), "admin request authorized");
+        Ok(())
+    }
+
+    async fn add_admin(&self, r: gw::AddAdminRequest) -> Result<gw::Admin> {
+        let pk: [u8; 32] = r.public_key.as_slice().try_into().map_err(|_| {
+            Failure::invalid("INVALID_PUBLIC_KEY", "admin public key must be 32 bytes")
+        })?;
+        let key = VerifyingKey::from_bytes(&pk).map_err(|_| {
+            Failure::invalid("INVALID_PUBLIC_KEY", "admin public key is not an Ed25519 point")
+        })?;
+        if key.is_weak() {
+            return Err(Failure::invalid(
+                "INVALID_PUBLIC_KEY",
+                "admin public key is a weak (small-order) key",
+            ));
+        }
+        if self.lock().admins.contains_key(&pk) {
+            return Err(Failure::new(
+                ErrorCode::AlreadyExists,
+                "ALREADY_EXISTS",
+                "that key is already an admin",
+            ));
+        }
+        // A self-registered first admin starts at the timestamp it registered with.
+        let last_ts =
+            r.auth.as_ref().filter(|a| a.public_key == r.public_key).map_or(0, |a| a.timestamp_ms);
+        let record =
+            AdminRecord { label: r.label.trim().to_owned(), added_at: self.now_s(), last_ts };
+        self.store.apply(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))])?;
+        self.store.sync().await?;
+        tracing::info!(admin = %hex::encode(&pk[..8]), "admin added");
+        let out = admin_proto(&pk, &record);
+        self.lock().admins.insert(pk, record);
+        Ok(out)
+    }
+
+    async fn remove_admin(&self, public_key: &[u8]) -> Result<gw::Admin> {
+        let pk: [u8; 32] = public_key.try_into().map_err(|_| {
+            Failure::invalid("INVALID_PUBLIC_KEY", "admin public key must be 32 bytes")
+        })?;
+        let record = {
+            let inner = self.lock();
+            let record = inner
+                .admins
+                .get(&pk)
+                .cloned()
+                .ok_or_else(|| Failure::not_found("that key is not an admin"))?;
+            if inner.admins.len() == 1 {
+                return Err(Failure::new(
+                    ErrorCode::FailedPrecondition,
+                    "LAST_ADMIN",
+                    "cannot remove the last admin: add another one first",
+                ));
+            }
+            record
+        };
+        self.store.apply(vec![Op::Delete(Table::Admins, pk.to_vec())])?;
+        self.store.sync().await?;
+        self.lock().admins.remove(&pk);
+        tracing::info!(admin = %hex::encode(&pk[..8]), "admin removed");
+        Ok(admin_proto(&pk, &record))
+    }
+
+    fn list_admins(&self) -> gw::ListAdminsResponse {
+        let inner = self.lock();
+        let mut admins: Vec<_> = inner.admins.iter().map(|(pk, r)| admin_proto(pk, r)).collect();
+        admins.sort_by_key(|a| (a.added_at, a.public_key.clone()));
+        gw::ListAdminsResponse { admins }
     }
 
     // ---- payments ----------------------------------------------------------------------------
@@ -899,7 +1089,6 @@ impl Enclave {
     // ---- admin -------------------------------------------------------------------------------
 
     async fn create_wallet(&self, r: gw::CreateWalletRequest) -> Result<gw::Wallet> {
-        let _admin = self.admin.lock().await;
         let key = WalletKey::generate(&mut NsmRng(self.nsm.as_ref()));
         let record = WalletRecord {
             id: random_id("w_"),
@@ -942,7 +1131,6 @@ impl Enclave {
             }
             s => s,
         };
-        let _admin = self.admin.lock().await;
         let version = {
             let inner = self.lock();
             if !inner.wallets.contains_key(&p.wallet_id) {
@@ -986,7 +1174,6 @@ impl Enclave {
             &a.symbol,
         )
         .map_err(|e| Failure::invalid("INVALID_ARGUMENT", e))?;
-        let _admin = self.admin.lock().await;
         self.store.apply(vec![Op::Put(
             Table::Assets,
             asset_key(&info.network, &info.address),
@@ -1015,7 +1202,6 @@ impl Enclave {
         }
         let addrs: HashSet<Address> =
             parse_list(&r.addresses, "address", parse_kyt_address)?.into_iter().collect();
-        let _admin = self.admin.lock().await;
         let changes: Vec<Address> = {
             let inner = self.lock();
             addrs.into_iter().filter(|a| inner.kyt.contains(a) != add).collect()
@@ -1073,7 +1259,6 @@ impl Enclave {
             assets: parse_list(&r.assets, "asset", parse_address)?,
             payees: parse_list(&r.payees, "payee", parse_address)?,
         };
-        let _admin = self.admin.lock().await;
         if !self.lock().wallets.contains_key(&r.wallet_id) {
             return Err(Failure::not_found(format!("wallet {:?} does not exist", r.wallet_id)));
         }
@@ -1118,7 +1303,6 @@ impl Enclave {
     /// The kill switch. Effective in memory before it is made durable and before it returns:
     /// every payment in flight re-checks it before release.
     async fn set_frozen(&self, wallet_id: &str, frozen: bool) -> Result<gw::Wallet> {
-        let _admin = self.admin.lock().await;
         let record = {
             let mut inner = self.lock();
             let w = inner.wallets.get_mut(wallet_id).ok_or_else(|| {
@@ -1138,7 +1322,6 @@ impl Enclave {
     }
 
     async fn revoke_session(&self, session_id: &str) -> Result<gw::Session> {
-        let _admin = self.admin.lock().await;
         // Effective in memory at once (no signature is released after this point), then durable.
         let record = {
             let mut inner = self.lock();
@@ -1173,6 +1356,7 @@ impl Enclave {
             sessions: inner.sessions.len() as u64,
             assets: inner.registry.assets.len() as u64,
             kyt_entries: inner.kyt.len() as u64,
+            admins: inner.admins.len() as u64,
             payments_signed: self.signed.load(Ordering::Relaxed),
             data_dir: self.data_dir.clone(),
             enclave_reachable: true,
@@ -1190,6 +1374,10 @@ fn payment_id(session_id: &str, idempotency_key: &str) -> String {
         .chain_update(idempotency_key)
         .finalize();
     format!("pay_{}", hex::encode(&h[..16]))
+}
+
+fn admin_proto(pk: &[u8; 32], r: &AdminRecord) -> gw::Admin {
+    gw::Admin { public_key: pk.to_vec(), label: r.label.clone(), added_at: r.added_at }
 }
 
 fn asset_key(network: &str, address: &Address) -> Vec<u8> {

@@ -34,6 +34,8 @@ pub enum Table {
     Kyt,
     /// Sessions.
     Sessions,
+    /// Admin public keys.
+    Admins,
 }
 
 impl Table {
@@ -46,6 +48,7 @@ impl Table {
             Self::Assets => b"asset/",
             Self::Kyt => b"kyt/",
             Self::Sessions => b"session/",
+            Self::Admins => b"admin/",
         }
     }
 }

@@ -18,7 +18,7 @@ use wallet_enclave::{
 };
 use wallet_policy::{
     address::parse_address,
-    auth::{sign_payment_message, SignPaymentFields},
+    auth::{admin_message, sign_payment_message, SignPaymentFields},
     eip712::Authorization,
     registry::default_assets,
     U256,
@@ -28,6 +28,7 @@ use wallet_proto::{
         enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveRequest, ErrorCode,
     },
     gateway::v1 as gw,
+    AdminSigned,
 };
 
 const PAYEE: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
@@ -38,6 +39,46 @@ struct Harness {
     dir: tempfile::TempDir,
     now: Arc<AtomicU64>,
     enclave: Arc<Enclave>,
+    admin: Arc<Admin>,
+}
+
+/// The admin's key and its last timestamp (admin timestamps must increase).
+struct Admin {
+    key: SigningKey,
+    last: AtomicU64,
+}
+
+impl Admin {
+    fn sign<R: AdminSigned>(&self, rpc: &str, req: &mut R, now_ms: u64) {
+        let ts = now_ms.max(self.last.fetch_add(1, Ordering::SeqCst) + 1);
+        self.last.store(ts, Ordering::SeqCst);
+        let nonce = [7u8; 16];
+        let msg = admin_message(rpc, ts, &nonce, &req.unsigned_bytes());
+        *req.auth_mut() = Some(gw::AdminAuth {
+            public_key: self.key.verifying_key().to_bytes().to_vec(),
+            timestamp_ms: ts,
+            nonce: nonce.to_vec(),
+            signature: self.key.sign(&msg).to_bytes().to_vec(),
+        });
+    }
+
+    /// Signs a state-changing request (others pass through unchanged).
+    fn sign_body(&self, body: &mut Req, now_ms: u64) {
+        match body {
+            Req::CreateWallet(r) => self.sign("CreateWallet", r, now_ms),
+            Req::SetPolicy(r) => self.sign("SetPolicy", r, now_ms),
+            Req::AddAsset(r) => self.sign("AddAsset", r, now_ms),
+            Req::AddKyt(r) => self.sign("AddKyt", r, now_ms),
+            Req::RemoveKyt(r) => self.sign("RemoveKyt", r, now_ms),
+            Req::IssueSession(r) => self.sign("IssueSession", r, now_ms),
+            Req::RevokeSession(r) => self.sign("RevokeSession", r, now_ms),
+            Req::FreezeWallet(r) => self.sign("FreezeWallet", r, now_ms),
+            Req::UnfreezeWallet(r) => self.sign("UnfreezeWallet", r, now_ms),
+            Req::AddAdmin(r) => self.sign("AddAdmin", r, now_ms),
+            Req::RemoveAdmin(r) => self.sign("RemoveAdmin", r, now_ms),
+            _ => {}
+        }
+    }
 }
 
 async fn open(dir: &std::path::Path, now: &Arc<AtomicU64>) -> Enclave {
@@ -57,18 +98,38 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let now = Arc::new(AtomicU64::new(T0_MS));
         let enclave = Arc::new(open(dir.path(), &now).await);
-        Self { dir, now, enclave }
+        let admin = Arc::new(Admin {
+            key: SigningKey::generate(&mut rand_core::OsRng),
+            last: AtomicU64::new(0),
+        });
+        let h = Self { dir, now, enclave, admin };
+        let pk = h.admin.key.verifying_key().to_bytes().to_vec();
+        h.call(Req::AddAdmin(gw::AddAdminRequest {
+            public_key: pk,
+            label: "first".into(),
+            auth: None,
+        }))
+        .await
+        .expect("bootstrap admin");
+        h
     }
 
     /// Drops the enclave and opens the same state again: a restart.
     async fn restart(self) -> Self {
-        let Self { dir, now, enclave } = self;
+        let Self { dir, now, enclave, admin } = self;
         drop(Arc::try_unwrap(enclave).expect("no other users"));
         let enclave = Arc::new(open(dir.path(), &now).await);
-        Self { dir, now, enclave }
+        Self { dir, now, enclave, admin }
     }
 
-    async fn call(&self, body: Req) -> Result<Resp, Failure> {
+    /// Sends a request, signed by the admin when it changes state.
+    async fn call(&self, mut body: Req) -> Result<Resp, Failure> {
+        self.admin.sign_body(&mut body, self.now.load(Ordering::SeqCst));
+        self.raw(body).await
+    }
+
+    /// Sends a request as is (as a compromised host would).
+    async fn raw(&self, body: Req) -> Result<Resp, Failure> {
         let resp = self
             .enclave
             .handle(EnclaveRequest { protocol_version: 1, request_id: 1, body: Some(body) })
@@ -81,13 +142,14 @@ impl Harness {
 
     async fn wallet(&self, max_per_payment: &str) -> gw::Wallet {
         let Resp::Wallet(w) = self
-            .call(Req::CreateWallet(gw::CreateWalletRequest { label: "test".into() }))
+            .call(Req::CreateWallet(gw::CreateWalletRequest { auth: None, label: "test".into() }))
             .await
             .unwrap()
         else {
             panic!()
         };
         self.call(Req::SetPolicy(gw::SetPolicyRequest {
+            auth: None,
             policy: Some(gw::Policy {
                 wallet_id: w.wallet_id.clone(),
                 max_per_payment: max_per_payment.into(),
@@ -342,9 +404,12 @@ async fn revoked_and_expired_sessions_get_nothing() {
     let h = Harness::new().await;
     let w = h.wallet("1").await;
     let agent = h.session(&w, "1").await;
-    h.call(Req::RevokeSession(gw::RevokeSessionRequest { session_id: agent.id.clone() }))
-        .await
-        .unwrap();
+    h.call(Req::RevokeSession(gw::RevokeSessionRequest {
+        auth: None,
+        session_id: agent.id.clone(),
+    }))
+    .await
+    .unwrap();
     assert_eq!(
         h.pay(agent.request(&header("1"), "a")).await.unwrap_err().reason,
         "SESSION_REVOKED"
@@ -434,11 +499,15 @@ async fn admin_input_is_validated_and_changes_nothing_when_bad() {
         },
     ];
     for p in bad_policies {
-        let e = h.call(Req::SetPolicy(gw::SetPolicyRequest { policy: Some(p) })).await.unwrap_err();
+        let e = h
+            .call(Req::SetPolicy(gw::SetPolicyRequest { auth: None, policy: Some(p) }))
+            .await
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgument, "{e:?}");
     }
     let e = h
         .call(Req::SetPolicy(gw::SetPolicyRequest {
+            auth: None,
             policy: Some(gw::Policy {
                 wallet_id: "w_nope".into(),
                 max_per_payment: "1".into(),
@@ -457,7 +526,10 @@ async fn admin_input_is_validated_and_changes_nothing_when_bad() {
     };
     assert_eq!((p.version, p.max_per_payment.as_str()), (1, "0.1"));
     let e = h
-        .call(Req::AddKyt(gw::KytRequest { addresses: vec![PAYEE.into(), "0xnope".into()] }))
+        .call(Req::AddKyt(gw::KytRequest {
+            auth: None,
+            addresses: vec![PAYEE.into(), "0xnope".into()],
+        }))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
@@ -484,13 +556,14 @@ async fn kyt_is_case_insensitive_and_registry_entries_can_be_added() {
     let w = h.wallet("1").await;
     let agent = h.session(&w, "1").await;
     h.call(Req::AddKyt(gw::KytRequest {
+        auth: None,
         addresses: vec![PAYEE.to_uppercase().replace("0X", "0x")],
     }))
     .await
     .unwrap();
     assert_eq!(h.pay(agent.request(&header("1"), "a")).await.unwrap_err().reason, "KYT_DENIED");
     let Resp::Kyt(k) = h
-        .call(Req::RemoveKyt(gw::KytRequest { addresses: vec![PAYEE.to_lowercase()] }))
+        .call(Req::RemoveKyt(gw::KytRequest { auth: None, addresses: vec![PAYEE.to_lowercase()] }))
         .await
         .unwrap()
     else {
@@ -502,6 +575,7 @@ async fn kyt_is_case_insensitive_and_registry_entries_can_be_added() {
     let local = STANDARD.encode(json!({"x402Version":2,"resource":{"url":"http://localhost/"},"accepts":[{"scheme":"exact","network":"eip155:31337","amount":"5","asset":"0x5FbDB2315678afecb367f032d93F642f64180aa3","payTo":PAYEE,"maxTimeoutSeconds":30,"extra":{"name":"Test USD","version":"1"}}]}).to_string());
     assert_eq!(h.pay(agent.request(&local, "c")).await.unwrap_err().reason, "ASSET_NOT_ALLOWED");
     h.call(Req::AddAsset(gw::AddAssetRequest {
+        auth: None,
         asset: Some(gw::Asset {
             network: "eip155:31337".into(),
             address: "0x5FbDB2315678afecb367f032d93F642f64180aa3".into(),
@@ -536,9 +610,12 @@ async fn revoked_in_flight_is_withheld_for_good_even_after_restart() {
             .await
     });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    h.call(Req::RevokeSession(gw::RevokeSessionRequest { session_id: agent.id.clone() }))
-        .await
-        .unwrap();
+    h.call(Req::RevokeSession(gw::RevokeSessionRequest {
+        auth: None,
+        session_id: agent.id.clone(),
+    }))
+    .await
+    .unwrap();
     h.enclave.journal_faults().delay_ms.store(0, Ordering::SeqCst);
     match pending.await.unwrap().body.unwrap() {
         Resp::Error(e) => assert_eq!(e.reason, "SESSION_REVOKED"),
@@ -569,6 +646,7 @@ async fn a_denied_request_cannot_be_replayed_after_the_policy_changes() {
     let req = agent.request(&header("10000"), "k");
     assert_eq!(h.pay(req.clone()).await.unwrap_err().reason, "PER_TX_LIMIT");
     h.call(Req::SetPolicy(gw::SetPolicyRequest {
+        auth: None,
         policy: Some(gw::Policy {
             wallet_id: w.wallet_id.clone(),
             max_per_payment: "1".into(),
@@ -665,9 +743,9 @@ async fn freeze_is_a_kill_switch_for_new_and_in_flight_payments() {
     let freeze = |frozen: bool| {
         let id = w.wallet_id.clone();
         let body = if frozen {
-            Req::FreezeWallet(gw::FreezeWalletRequest { wallet_id: id })
+            Req::FreezeWallet(gw::FreezeWalletRequest { auth: None, wallet_id: id })
         } else {
-            Req::UnfreezeWallet(gw::FreezeWalletRequest { wallet_id: id })
+            Req::UnfreezeWallet(gw::FreezeWalletRequest { auth: None, wallet_id: id })
         };
         h.call(body)
     };
@@ -706,7 +784,10 @@ async fn freeze_is_a_kill_switch_for_new_and_in_flight_payments() {
         "WALLET_FROZEN"
     );
     let Resp::Wallet(w2) = h
-        .call(Req::UnfreezeWallet(gw::FreezeWalletRequest { wallet_id: w.wallet_id.clone() }))
+        .call(Req::UnfreezeWallet(gw::FreezeWalletRequest {
+            auth: None,
+            wallet_id: w.wallet_id.clone(),
+        }))
         .await
         .unwrap()
     else {
@@ -720,8 +801,144 @@ async fn freeze_is_a_kill_switch_for_new_and_in_flight_payments() {
         "WALLET_FROZEN"
     );
     let e = h
-        .call(Req::FreezeWallet(gw::FreezeWalletRequest { wallet_id: "w_nope".into() }))
+        .call(Req::FreezeWallet(gw::FreezeWalletRequest { auth: None, wallet_id: "w_nope".into() }))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
+}
+
+/// A compromised host tries to change state without the admin key.
+#[tokio::test]
+async fn forged_altered_replayed_and_stale_admin_requests_are_rejected() {
+    let h = Harness::new().await;
+    let w = h.wallet("0.10").await;
+    let policy = |max: &str| gw::SetPolicyRequest {
+        auth: None,
+        policy: Some(gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: max.into(),
+            ..Default::default()
+        }),
+    };
+    let now = h.now.load(Ordering::SeqCst);
+    let reason = |r: Result<Resp, Failure>| r.unwrap_err().reason;
+
+    // Unsigned.
+    assert_eq!(reason(h.raw(Req::SetPolicy(policy("1000"))).await), "ADMIN_SIGNATURE_REQUIRED");
+    // Signed by a key that is not an admin.
+    let intruder =
+        Admin { key: SigningKey::generate(&mut rand_core::OsRng), last: AtomicU64::new(0) };
+    let mut forged = policy("1000");
+    intruder.sign("SetPolicy", &mut forged, now);
+    assert_eq!(reason(h.raw(Req::SetPolicy(forged)).await), "UNKNOWN_ADMIN");
+    // The intruder cannot make itself an admin either (the enclave already has one).
+    let mut self_add = gw::AddAdminRequest {
+        public_key: intruder.key.verifying_key().to_bytes().to_vec(),
+        label: "x".into(),
+        auth: None,
+    };
+    intruder.sign("AddAdmin", &mut self_add, now);
+    assert_eq!(reason(h.raw(Req::AddAdmin(self_add)).await), "UNKNOWN_ADMIN");
+    // A genuine request, altered in flight.
+    let mut altered = policy("0.20");
+    h.admin.sign("SetPolicy", &mut altered, now);
+    altered.policy.as_mut().unwrap().max_per_payment = "1000".into();
+    assert_eq!(reason(h.raw(Req::SetPolicy(altered)).await), "BAD_ADMIN_SIGNATURE");
+    // A genuine signature moved to another RPC that shares its message type.
+    let mut add = gw::KytRequest { auth: None, addresses: vec![PAYEE.into()] };
+    h.admin.sign("AddKyt", &mut add, now);
+    assert_eq!(reason(h.raw(Req::RemoveKyt(add.clone())).await), "BAD_ADMIN_SIGNATURE");
+    // Replayed: accepted once, refused after.
+    let mut genuine = policy("0.20");
+    h.admin.sign("SetPolicy", &mut genuine, now);
+    h.raw(Req::SetPolicy(genuine.clone())).await.unwrap();
+    assert_eq!(reason(h.raw(Req::SetPolicy(genuine.clone())).await), "REPLAYED_ADMIN_REQUEST");
+    // ...also after a restart.
+    let h = h.restart().await;
+    assert_eq!(reason(h.raw(Req::SetPolicy(genuine)).await), "REPLAYED_ADMIN_REQUEST");
+    // Stale: signed long ago (or far ahead), even if never used.
+    let mut old = policy("5");
+    h.admin.sign("SetPolicy", &mut old, now);
+    h.now.fetch_add(121_000, Ordering::SeqCst);
+    assert_eq!(reason(h.raw(Req::SetPolicy(old)).await), "STALE_ADMIN_REQUEST");
+    // Nothing moved: the policy is the one genuine change.
+    let Resp::Policy(p) = h
+        .call(Req::GetPolicy(gw::GetPolicyRequest { wallet_id: w.wallet_id.clone() }))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((p.version, p.max_per_payment.as_str()), (2, "0.2"));
+    let Resp::KytList(k) = h.call(Req::ListKyt(gw::ListKytRequest {})).await.unwrap() else {
+        panic!()
+    };
+    assert!(k.addresses.is_empty());
+}
+
+#[tokio::test]
+async fn admins_can_be_added_rotated_and_not_all_removed() {
+    let h = Harness::new().await;
+    let first = h.admin.key.verifying_key().to_bytes().to_vec();
+    let second =
+        Admin { key: SigningKey::generate(&mut rand_core::OsRng), last: AtomicU64::new(0) };
+    let second_pk = second.key.verifying_key().to_bytes().to_vec();
+    h.call(Req::AddAdmin(gw::AddAdminRequest {
+        public_key: second_pk.clone(),
+        label: "new laptop".into(),
+        auth: None,
+    }))
+    .await
+    .unwrap();
+    // Rotation: the new key removes the old one.
+    let mut remove = gw::RemoveAdminRequest { public_key: first.clone(), auth: None };
+    second.sign("RemoveAdmin", &mut remove, h.now.load(Ordering::SeqCst));
+    h.raw(Req::RemoveAdmin(remove)).await.unwrap();
+    // The old key no longer works; the new one does.
+    let e = h
+        .call(Req::CreateWallet(gw::CreateWalletRequest { auth: None, label: "x".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, "UNKNOWN_ADMIN");
+    let mut create = gw::CreateWalletRequest { auth: None, label: "y".into() };
+    second.sign("CreateWallet", &mut create, h.now.load(Ordering::SeqCst));
+    h.raw(Req::CreateWallet(create)).await.unwrap();
+    // The last admin cannot be removed.
+    let mut last = gw::RemoveAdminRequest { public_key: second_pk, auth: None };
+    second.sign("RemoveAdmin", &mut last, h.now.load(Ordering::SeqCst));
+    assert_eq!(h.raw(Req::RemoveAdmin(last)).await.unwrap_err().reason, "LAST_ADMIN");
+    let Resp::Admins(l) = h.call(Req::ListAdmins(gw::ListAdminsRequest {})).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(l.admins.len(), 1);
+}
+
+#[tokio::test]
+async fn an_enclave_without_admin_accepts_only_a_self_signed_first_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(T0_MS));
+    let enclave = open(dir.path(), &now).await;
+    let send = |body| {
+        enclave.handle(EnclaveRequest { protocol_version: 1, request_id: 1, body: Some(body) })
+    };
+    let a = Admin { key: SigningKey::generate(&mut rand_core::OsRng), last: AtomicU64::new(0) };
+    let mut create = gw::CreateWalletRequest { auth: None, label: "x".into() };
+    a.sign("CreateWallet", &mut create, T0_MS);
+    let Resp::Error(e) = send(Req::CreateWallet(create)).await.body.unwrap() else { panic!() };
+    assert_eq!(e.reason, "NO_ADMIN");
+    // Adding someone else's key, even signed, is not a bootstrap.
+    let other = SigningKey::generate(&mut rand_core::OsRng).verifying_key().to_bytes().to_vec();
+    let mut add_other = gw::AddAdminRequest { public_key: other, label: String::new(), auth: None };
+    a.sign("AddAdmin", &mut add_other, T0_MS);
+    let Resp::Error(e) = send(Req::AddAdmin(add_other)).await.body.unwrap() else { panic!() };
+    assert_eq!(e.reason, "NO_ADMIN");
+    let mut add_self = gw::AddAdminRequest {
+        public_key: a.key.verifying_key().to_bytes().to_vec(),
+        label: String::new(),
+        auth: None,
+    };
+    a.sign("AddAdmin", &mut add_self, T0_MS);
+    assert!(matches!(send(Req::AddAdmin(add_self.clone())).await.body.unwrap(), Resp::Admin(_)));
+    let Resp::Error(e) = send(Req::AddAdmin(add_self)).await.body.unwrap() else { panic!() };
+    assert_eq!(e.reason, "REPLAYED_ADMIN_REQUEST", "the bootstrap request cannot be replayed");
 }

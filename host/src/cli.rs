@@ -10,8 +10,11 @@ use std::{
 use ed25519_dalek::{Signer as _, SigningKey};
 use rand_core::{OsRng, RngCore as _};
 use serde::{Deserialize, Serialize};
-use wallet_policy::auth::{sign_payment_message, SignPaymentFields};
-use wallet_proto::gateway::v1::SignPaymentRequest;
+use wallet_policy::auth::{admin_message, sign_payment_message, SignPaymentFields};
+use wallet_proto::{
+    gateway::v1::{AdminAuth, SignPaymentRequest},
+    AdminSigned,
+};
 use zeroize::{Zeroize as _, Zeroizing};
 
 /// Version of the credential file format.
@@ -182,6 +185,101 @@ impl Credential {
     }
 }
 
+/// The admin's signing key: made by `walletctl init` where the admin runs it, kept in a 0600
+/// file (or given in `WALLET_ADMIN_KEY` as hex). Only its public key reaches the enclave.
+pub struct AdminKey {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminKey")
+            .field("public_key", &self.public_key_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminKey {
+    /// A new random key.
+    #[must_use]
+    pub fn generate() -> Self {
+        Self { key: SigningKey::generate(&mut OsRng) }
+    }
+
+    /// From 32 secret bytes (hex).
+    ///
+    /// # Errors
+    /// A sentence (never the secret) when the text is not 64 hex digits.
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), secret.as_mut())
+            .map_err(|_| "admin key must be 64 hex digits".to_owned())?;
+        Ok(Self { key: SigningKey::from_bytes(&secret) })
+    }
+
+    /// Reads the key file (must be 0600).
+    ///
+    /// # Errors
+    /// A sentence naming the file.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = fs::metadata(path)
+            .map_err(|e| format!("no admin key at {} ({e}); run walletctl init", path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "admin key {} is readable by others; run: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
+        }
+        let text = Zeroizing::new(
+            fs::read_to_string(path)
+                .map_err(|e| format!("cannot read admin key {}: {e}", path.display()))?,
+        );
+        Self::from_hex(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Writes the key file (0600), refusing to overwrite.
+    ///
+    /// # Errors
+    /// I/O errors, or the file exists.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt as _;
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        }
+        let text = Zeroizing::new(format!("{}\n", hex::encode(self.key.to_bytes())));
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    }
+
+    /// The public key.
+    #[must_use]
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// The public key, hex.
+    #[must_use]
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.public_key())
+    }
+
+    /// Signs a state-changing request for `rpc`, fresh (timestamp, random nonce).
+    pub fn sign<R: AdminSigned>(&self, rpc: &str, req: &mut R, now_ms: u64) {
+        let mut nonce = [0u8; 16];
+        OsRng.fill_bytes(&mut nonce);
+        let msg = admin_message(rpc, now_ms, &nonce, &req.unsigned_bytes());
+        *req.auth_mut() = Some(AdminAuth {
+            public_key: self.public_key().to_vec(),
+            timestamp_ms: now_ms,
+            nonce: nonce.to_vec(),
+            signature: self.key.sign(&msg).to_bytes().to_vec(),
+        });
+    }
+}
+
 /// Parses `90`, `90s`, `15m`, `24h`, `7d` into seconds.
 ///
 /// # Errors
@@ -239,6 +337,23 @@ pub fn default_home() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_key_file_round_trip_is_0600_and_redacted() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("admin.key");
+        let k = AdminKey::generate();
+        k.write(&p).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(k.write(&p).is_err(), "never overwrites a key");
+        let back = AdminKey::read(&p).unwrap();
+        assert_eq!(back.public_key(), k.public_key());
+        let secret = fs::read_to_string(&p).unwrap();
+        assert!(!format!("{back:?}").contains(secret.trim()));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(AdminKey::read(&p).unwrap_err().contains("chmod 600"));
+    }
 
     #[test]
     fn durations() {

@@ -170,6 +170,24 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::Wallet>, Status> {
         relay!(self, request, UnfreezeWallet => Wallet)
     }
+    async fn add_admin(
+        &self,
+        request: Request<gw::AddAdminRequest>,
+    ) -> Result<Response<gw::Admin>, Status> {
+        relay!(self, request, AddAdmin => Admin)
+    }
+    async fn remove_admin(
+        &self,
+        request: Request<gw::RemoveAdminRequest>,
+    ) -> Result<Response<gw::Admin>, Status> {
+        relay!(self, request, RemoveAdmin => Admin)
+    }
+    async fn list_admins(
+        &self,
+        request: Request<gw::ListAdminsRequest>,
+    ) -> Result<Response<gw::ListAdminsResponse>, Status> {
+        relay!(self, request, ListAdmins => Admins)
+    }
     async fn get_status(
         &self,
         request: Request<gw::GetStatusRequest>,

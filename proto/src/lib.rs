@@ -28,6 +28,46 @@ pub mod enclave {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/wallet_descriptor.bin"));
 
+/// A state-changing admin request with an `auth` field. What is signed also names the RPC
+/// (`AddKyt` and `RemoveKyt` share a message), so a signature for one RPC is useless for another.
+pub trait AdminSigned: prost::Message + Clone {
+    /// The `auth` field.
+    fn auth(&self) -> Option<&gateway::v1::AdminAuth>;
+    /// The `auth` field, to fill in.
+    fn auth_mut(&mut self) -> &mut Option<gateway::v1::AdminAuth>;
+    /// The protobuf encoding of the request with `auth` unset: what the signature covers.
+    fn unsigned_bytes(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        *c.auth_mut() = None;
+        c.encode_to_vec()
+    }
+}
+
+macro_rules! admin_signed {
+    ($($t:ident),* $(,)?) => {$(
+        impl AdminSigned for gateway::v1::$t {
+            fn auth(&self) -> Option<&gateway::v1::AdminAuth> {
+                self.auth.as_ref()
+            }
+            fn auth_mut(&mut self) -> &mut Option<gateway::v1::AdminAuth> {
+                &mut self.auth
+            }
+        }
+    )*};
+}
+
+admin_signed! {
+    CreateWalletRequest,
+    SetPolicyRequest,
+    AddAssetRequest,
+    KytRequest,
+    IssueSessionRequest,
+    RevokeSessionRequest,
+    FreezeWalletRequest,
+    AddAdminRequest,
+    RemoveAdminRequest,
+}
+
 /// Version of the host<->enclave protocol spoken by this build.
 pub const ENCLAVE_PROTOCOL_VERSION: u32 = 1;
 
@@ -101,7 +141,7 @@ mod tests {
         assert_eq!(EnclaveRequest::decode(&f[4..]).unwrap(), req);
         assert!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()).is_err());
         assert!(frame_len(u32::MAX.to_be_bytes()).is_err());
-        let huge = gateway::v1::KytRequest { addresses: vec!["x".repeat(1024); 1100] };
+        let huge = gateway::v1::KytRequest { auth: None, addresses: vec!["x".repeat(1024); 1100] };
         assert!(matches!(encode_frame(&huge), Err(FrameError::TooLarge(_))));
     }
 }

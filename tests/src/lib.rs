@@ -10,8 +10,9 @@ use std::{
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use tonic::transport::Channel;
-use wallet_host::cli::Credential;
+use wallet_host::cli::{AdminKey, Credential};
 use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
+use wallet_proto::AdminSigned;
 
 /// The Base Sepolia USDC of the official vectors.
 pub const USDC_BASE_SEPOLIA: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
@@ -85,6 +86,9 @@ pub struct Stack {
     pub gateway: ChildGuard,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The admin key (`walletctl init` made it in `DIR/home/admin.key` and registered it).
+    pub admin: AdminKey,
+    admin_last: std::sync::atomic::AtomicU64,
 }
 
 impl Stack {
@@ -106,7 +110,38 @@ impl Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let enclave = start_enclave(dir.path(), level);
         let (gateway, url) = start_gateway_logging(dir.path(), level);
-        Self { dir, enclave, gateway, url }
+        let home = dir.path().join("home");
+        let init = Command::new(bin("walletctl"))
+            .arg("init")
+            .env("WALLET_GATEWAY", &url)
+            .env("WALLETCTL_HOME", &home)
+            .env_remove("WALLET_ADMIN_KEY")
+            .output()
+            .expect("walletctl init");
+        assert!(
+            init.status.success(),
+            "walletctl init failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let admin =
+            AdminKey::read(&home.join("admin.key")).expect("admin key written by walletctl init");
+        Self { dir, enclave, gateway, url, admin, admin_last: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Signs a state-changing request with the admin key (timestamps strictly increasing).
+    #[must_use]
+    pub fn signed<R: AdminSigned>(&self, rpc: &str, mut req: R) -> R {
+        use std::sync::atomic::Ordering;
+        let mut last = self.admin_last.load(Ordering::SeqCst);
+        let ts = loop {
+            let ts = now_ms().max(last + 1);
+            match self.admin_last.compare_exchange(last, ts, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break ts,
+                Err(current) => last = current,
+            }
+        };
+        self.admin.sign(rpc, &mut req, ts);
+        req
     }
 
     /// Data directory of the enclave.
@@ -165,17 +200,24 @@ impl Stack {
     pub async fn wallet(&self, max_per_payment: &str) -> gw::Wallet {
         let mut c = self.client().await;
         let w = c
-            .create_wallet(gw::CreateWalletRequest { label: "e2e".into() })
+            .create_wallet(self.signed(
+                "CreateWallet",
+                gw::CreateWalletRequest { auth: None, label: "e2e".into() },
+            ))
             .await
             .expect("create wallet")
             .into_inner();
-        c.set_policy(gw::SetPolicyRequest {
-            policy: Some(gw::Policy {
-                wallet_id: w.wallet_id.clone(),
-                max_per_payment: max_per_payment.into(),
-                ..Default::default()
-            }),
-        })
+        c.set_policy(self.signed(
+            "SetPolicy",
+            gw::SetPolicyRequest {
+                auth: None,
+                policy: Some(gw::Policy {
+                    wallet_id: w.wallet_id.clone(),
+                    max_per_payment: max_per_payment.into(),
+                    ..Default::default()
+                }),
+            },
+        ))
         .await
         .expect("set policy");
         w
@@ -192,13 +234,16 @@ impl Stack {
         let s = self
             .client()
             .await
-            .issue_session(gw::IssueSessionRequest {
-                wallet_id: wallet.wallet_id.clone(),
-                public_key: key.verifying_key().to_bytes().to_vec(),
-                cap: cap.into(),
-                ttl_seconds: if scope.ttl_seconds == 0 { 3600 } else { scope.ttl_seconds },
-                ..scope
-            })
+            .issue_session(self.signed(
+                "IssueSession",
+                gw::IssueSessionRequest {
+                    wallet_id: wallet.wallet_id.clone(),
+                    public_key: key.verifying_key().to_bytes().to_vec(),
+                    cap: cap.into(),
+                    ttl_seconds: if scope.ttl_seconds == 0 { 3600 } else { scope.ttl_seconds },
+                    ..scope
+                },
+            ))
             .await
             .expect("issue session")
             .into_inner();

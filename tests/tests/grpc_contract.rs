@@ -61,34 +61,52 @@ async fn each_denial_has_its_reason_and_charges_nothing() {
         );
         assert!(e.message().starts_with(want));
     }
-    c.set_policy(gw::SetPolicyRequest {
-        policy: Some(gw::Policy {
-            wallet_id: w.wallet_id.clone(),
-            max_per_payment: "1".into(),
-            networks: vec!["eip155:8453".into()],
-            ..Default::default()
-        }),
-    })
+    c.set_policy(stack.signed(
+        "SetPolicy",
+        gw::SetPolicyRequest {
+            auth: None,
+            policy: Some(gw::Policy {
+                wallet_id: w.wallet_id.clone(),
+                max_per_payment: "1".into(),
+                networks: vec!["eip155:8453".into()],
+                ..Default::default()
+            }),
+        },
+    ))
     .await
     .unwrap();
     assert_eq!(
         reason(&pay(&stack, &cred, &header("1000"), "k").await.unwrap_err()),
         "NETWORK_NOT_ALLOWED"
     );
-    c.set_policy(gw::SetPolicyRequest {
-        policy: Some(gw::Policy {
-            wallet_id: w.wallet_id.clone(),
-            max_per_payment: "1".into(),
-            ..Default::default()
-        }),
-    })
+    c.set_policy(stack.signed(
+        "SetPolicy",
+        gw::SetPolicyRequest {
+            auth: None,
+            policy: Some(gw::Policy {
+                wallet_id: w.wallet_id.clone(),
+                max_per_payment: "1".into(),
+                ..Default::default()
+            }),
+        },
+    ))
     .await
     .unwrap();
-    c.add_kyt(gw::KytRequest { addresses: vec![PAYEE.to_uppercase().replacen("0X", "0x", 1)] })
-        .await
-        .unwrap();
+    c.add_kyt(stack.signed(
+        "AddKyt",
+        gw::KytRequest {
+            auth: None,
+            addresses: vec![PAYEE.to_uppercase().replacen("0X", "0x", 1)],
+        },
+    ))
+    .await
+    .unwrap();
     assert_eq!(reason(&pay(&stack, &cred, &header("1000"), "k").await.unwrap_err()), "KYT_DENIED");
-    c.remove_kyt(gw::KytRequest { addresses: vec![PAYEE.into()] }).await.unwrap();
+    c.remove_kyt(
+        stack.signed("RemoveKyt", gw::KytRequest { auth: None, addresses: vec![PAYEE.into()] }),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         reason(&pay(&stack, &cred, &header("160000"), "k").await.unwrap_err()),
         "SESSION_CAP"
@@ -109,8 +127,11 @@ async fn each_denial_has_its_reason_and_charges_nothing() {
     );
     let fresh = stack.wallet("1").await;
     let mut c2 = stack.client().await;
-    let unpolicied =
-        c2.create_wallet(gw::CreateWalletRequest::default()).await.unwrap().into_inner();
+    let unpolicied = c2
+        .create_wallet(stack.signed("CreateWallet", gw::CreateWalletRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
     let no_policy = stack.session(&unpolicied, "1", gw::IssueSessionRequest::default()).await;
     assert_eq!(
         reason(&pay(&stack, &no_policy, &header("1000"), "k").await.unwrap_err()),
@@ -285,4 +306,54 @@ async fn health_and_reflection_are_served() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"wallet.gateway.v1.WalletGateway".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_compromised_host_cannot_change_state_through_the_gateway() {
+    let stack = Stack::start();
+    let w = stack.wallet("0.10").await;
+    let mut c = stack.client().await;
+    let raise = gw::SetPolicyRequest {
+        auth: None,
+        policy: Some(gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: "1000".into(),
+            ..Default::default()
+        }),
+    };
+    // No signature.
+    let e = c.set_policy(raise.clone()).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::Unauthenticated, "ADMIN_SIGNATURE_REQUIRED")
+    );
+    // A genuine signed request for something else, with its body swapped.
+    let mut swapped = stack.signed(
+        "SetPolicy",
+        gw::SetPolicyRequest {
+            auth: None,
+            policy: Some(gw::Policy {
+                wallet_id: w.wallet_id.clone(),
+                max_per_payment: "0.05".into(),
+                ..Default::default()
+            }),
+        },
+    );
+    swapped.policy = raise.policy.clone();
+    let e = c.set_policy(swapped).await.unwrap_err();
+    assert_eq!(reason(&e), "BAD_ADMIN_SIGNATURE");
+    // A genuine request replayed.
+    let genuine =
+        stack.signed("AddKyt", gw::KytRequest { auth: None, addresses: vec![PAYEE.into()] });
+    c.add_kyt(genuine.clone()).await.unwrap();
+    let e = c.add_kyt(genuine).await.unwrap_err();
+    assert_eq!(reason(&e), "REPLAYED_ADMIN_REQUEST");
+    // Still the admin's policy, and reads stay open to the host.
+    let p = c
+        .get_policy(gw::GetPolicyRequest { wallet_id: w.wallet_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.max_per_payment, "0.1");
+    assert_eq!(c.list_admins(gw::ListAdminsRequest {}).await.unwrap().into_inner().admins.len(), 1);
 }

@@ -1,5 +1,6 @@
 //! The whole flow at trace log level, then a search of every log line, every CLI output and every
-//! file in the data directory for the wallet's private key and the agent's session secret.
+//! file in the data directory for the wallet's private key, the agent's session secret and the
+//! admin's key (each allowed only in its own 0600 file).
 
 use std::path::{Path, PathBuf};
 
@@ -81,13 +82,18 @@ fn no_key_or_session_secret_in_logs_outputs_or_files_at_trace_level() {
     let cred_text = std::fs::read_to_string(&cred).unwrap();
     assert!(cred_text.contains(&hex::encode(&session_secret)));
 
-    let secrets: Vec<(&str, Vec<u8>)> =
-        vec![("wallet key", wallet_key), ("session secret", session_secret)];
+    let admin_file = stack.dir.path().join("home/admin.key");
+    let admin_secret = hex::decode(std::fs::read_to_string(&admin_file).unwrap().trim()).unwrap();
+    let secrets: Vec<(&str, Vec<u8>)> = vec![
+        ("wallet key", wallet_key),
+        ("session secret", session_secret),
+        ("admin key", admin_secret),
+    ];
     let mut haystacks: Vec<(String, Vec<u8>)> =
         vec![("walletctl output".into(), transcript.into_bytes())];
     for f in files(stack.dir.path()) {
         // The agent's own credential file is where the session secret is meant to be.
-        if f == cred {
+        if f == cred || f == admin_file {
             continue;
         }
         haystacks.push((f.display().to_string(), std::fs::read(&f).unwrap()));

@@ -11,10 +11,13 @@ use clap::{Args, Parser, Subcommand};
 use tonic::transport::Channel;
 use wallet_host::cli::{
     clean_header_input, default_home, new_session_key, parse_duration, random_idempotency_key,
-    Credential,
+    AdminKey, Credential,
 };
 use wallet_policy::x402::MAX_HEADER_LEN;
-use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
+use wallet_proto::{
+    gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient},
+    AdminSigned,
+};
 
 /// Admin and agent CLI of the agent wallet.
 ///
@@ -37,7 +40,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Set up walletctl's directory and check the gateway and enclave.
+    /// Set up walletctl: create the admin key (HOME/admin.key, 0600), check the gateway and
+    /// enclave, and register the key as the enclave's first admin if it has none.
     Init,
     /// Show the gateway and enclave status (simulated or Nitro).
     Status,
@@ -56,6 +60,9 @@ enum Command {
     /// Issue, list and revoke agent sessions.
     #[command(subcommand)]
     Session(SessionCmd),
+    /// Admin keys: every state change is signed by one, and verified in the enclave.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Agent: read a PAYMENT-REQUIRED value on stdin, print the PAYMENT-SIGNATURE value.
     ///
     /// Example: curl -si URL | grep -i '^payment-required:' | walletctl pay --session agent.json
@@ -159,6 +166,28 @@ enum KytCmd {
     },
     /// List denied addresses.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCmd {
+    /// Print this machine's admin public key (to give to another admin).
+    Key,
+    /// List the enclave's admin keys.
+    List,
+    /// Add an admin key (signed by this admin). To rotate: add the new key, switch to it, then
+    /// remove the old one with the new key.
+    Add {
+        /// Ed25519 public key, 64 hex digits (`walletctl admin key` on the other machine).
+        public_key: String,
+        /// A name for people.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Remove an admin key (the last one cannot be removed).
+    Remove {
+        /// Ed25519 public key, 64 hex digits.
+        public_key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,13 +320,66 @@ async fn run(cli: Cli) -> Out {
     match cli.command {
         Command::Init => init(&cli.gateway, &home).await,
         Command::Status => status(&cli.gateway).await,
-        Command::Wallet(c) => wallet(&cli.gateway, c).await,
-        Command::Policy(c) => policy(&cli.gateway, c).await,
-        Command::Asset(c) => asset(&cli.gateway, c).await,
-        Command::Kyt(c) => kyt(&cli.gateway, c).await,
+        Command::Wallet(c) => wallet(&cli.gateway, &home, c).await,
+        Command::Policy(c) => policy(&cli.gateway, &home, c).await,
+        Command::Asset(c) => asset(&cli.gateway, &home, c).await,
+        Command::Kyt(c) => kyt(&cli.gateway, &home, c).await,
+        Command::Admin(c) => admin(&cli.gateway, &home, c).await,
         Command::Session(c) => session(&cli.gateway, &home, c).await,
         Command::Pay(a) => pay(&cli.gateway, a).await,
     }
+}
+
+/// The admin key: `WALLET_ADMIN_KEY` (hex) or `HOME/admin.key`.
+fn admin_key(home: &std::path::Path) -> Result<AdminKey, Fail> {
+    if let Ok(hex) = std::env::var("WALLET_ADMIN_KEY") {
+        return AdminKey::from_hex(&hex).map_err(|e| Fail(2, format!("WALLET_ADMIN_KEY: {e}")));
+    }
+    AdminKey::read(&home.join("admin.key")).map_err(|e| Fail(2, e))
+}
+
+/// Signs a state-changing request with the admin key.
+fn signed<R: AdminSigned>(home: &std::path::Path, rpc: &str, mut req: R) -> Result<R, Fail> {
+    admin_key(home)?.sign(rpc, &mut req, now_ms());
+    Ok(req)
+}
+
+async fn admin(url: &str, home: &std::path::Path, c: AdminCmd) -> Out {
+    match c {
+        AdminCmd::Key => {
+            println!("{}", admin_key(home)?.public_key_hex());
+            return Ok(());
+        }
+        AdminCmd::List => {
+            let l = client(url).await?.list_admins(gw::ListAdminsRequest {}).await?.into_inner();
+            let mine = admin_key(home).ok().map(|k| k.public_key_hex());
+            for a in l.admins {
+                let pk = hex::encode(&a.public_key);
+                let you = if mine.as_deref() == Some(pk.as_str()) { "  (this key)" } else { "" };
+                println!("{pk}  {}{you}", a.label);
+            }
+        }
+        AdminCmd::Add { public_key, label } => {
+            let pk = hex::decode(public_key.trim())
+                .map_err(|_| Fail(2, "the public key must be 64 hex digits".into()))?;
+            let req = signed(
+                home,
+                "AddAdmin",
+                gw::AddAdminRequest { public_key: pk, label, auth: None },
+            )?;
+            let a = client(url).await?.add_admin(req).await?.into_inner();
+            println!("admin {} added", hex::encode(a.public_key));
+        }
+        AdminCmd::Remove { public_key } => {
+            let pk = hex::decode(public_key.trim())
+                .map_err(|_| Fail(2, "the public key must be 64 hex digits".into()))?;
+            let req =
+                signed(home, "RemoveAdmin", gw::RemoveAdminRequest { public_key: pk, auth: None })?;
+            let a = client(url).await?.remove_admin(req).await?.into_inner();
+            println!("admin {} removed", hex::encode(a.public_key));
+        }
+    }
+    Ok(())
 }
 
 async fn init(url: &str, home: &std::path::Path) -> Out {
@@ -308,8 +390,38 @@ async fn init(url: &str, home: &std::path::Path) -> Out {
         .create(home.join("sessions"))
         .map_err(|e| Fail(1, format!("cannot create {}: {e}", home.display())))?;
     println!("walletctl home: {}", home.display());
+    let key_file = home.join("admin.key");
+    let key = if std::env::var_os("WALLET_ADMIN_KEY").is_some() || key_file.exists() {
+        admin_key(home)?
+    } else {
+        let k = AdminKey::generate();
+        k.write(&key_file)
+            .map_err(|e| Fail(1, format!("cannot write {}: {e}", key_file.display())))?;
+        println!("admin key:      created {} (0600)", key_file.display());
+        k
+    };
+    println!("admin public:   {}", key.public_key_hex());
     status(url).await?;
-    println!("\nNext: walletctl wallet create --label my-agent");
+    let mut cl = client(url).await?;
+    let admins = cl.list_admins(gw::ListAdminsRequest {}).await?.into_inner().admins;
+    if admins.is_empty() {
+        let mut req = gw::AddAdminRequest {
+            public_key: key.public_key().to_vec(),
+            label: "first admin".into(),
+            auth: None,
+        };
+        key.sign("AddAdmin", &mut req, now_ms());
+        cl.add_admin(req).await?;
+        println!("\nRegistered this key as the enclave's first admin: every change is now signed with it.");
+    } else if admins.iter().any(|a| a.public_key == key.public_key()) {
+        println!("\nThis key is an admin of this enclave.");
+    } else {
+        return Err(Fail(
+            4,
+            format!("this enclave already has admins and this key is not one; ask an admin to run: walletctl admin add {}", key.public_key_hex()),
+        ));
+    }
+    println!("Next: walletctl wallet create --label my-agent");
     Ok(())
 }
 
@@ -335,33 +447,46 @@ async fn status(url: &str) -> Out {
     println!("version:  {} (protocol {})", s.enclave_version, s.protocol_version);
     println!("data dir: {}", s.data_dir);
     println!(
-        "wallets {} · sessions {} · assets {} · kyt entries {} · payments signed {}",
-        s.wallets, s.sessions, s.assets, s.kyt_entries, s.payments_signed
+        "admins {} · wallets {} · sessions {} · assets {} · kyt entries {} · payments signed {}",
+        s.admins, s.wallets, s.sessions, s.assets, s.kyt_entries, s.payments_signed
     );
     Ok(())
 }
 
-async fn wallet(url: &str, c: WalletCmd) -> Out {
+async fn wallet(url: &str, home: &std::path::Path, c: WalletCmd) -> Out {
     let mut cl = client(url).await?;
     match c {
         WalletCmd::Create { label } => {
-            let w = cl.create_wallet(gw::CreateWalletRequest { label }).await?.into_inner();
+            let w = cl
+                .create_wallet(signed(
+                    home,
+                    "CreateWallet",
+                    gw::CreateWalletRequest { label, auth: None },
+                )?)
+                .await?
+                .into_inner();
             println!("wallet {}  address {}", w.wallet_id, w.address);
             println!("Next: walletctl policy set --wallet {} --max-per-payment 0.10", w.wallet_id);
         }
         WalletCmd::Freeze { wallet } => {
-            let w =
-                cl.freeze_wallet(gw::FreezeWalletRequest { wallet_id: wallet }).await?.into_inner();
+            let req = signed(
+                home,
+                "FreezeWallet",
+                gw::FreezeWalletRequest { wallet_id: wallet, auth: None },
+            )?;
+            let w = cl.freeze_wallet(req).await?.into_inner();
             println!(
                 "wallet {} FROZEN: no signature is released until `walletctl wallet unfreeze {}`",
                 w.wallet_id, w.wallet_id
             );
         }
         WalletCmd::Unfreeze { wallet } => {
-            let w = cl
-                .unfreeze_wallet(gw::FreezeWalletRequest { wallet_id: wallet })
-                .await?
-                .into_inner();
+            let req = signed(
+                home,
+                "UnfreezeWallet",
+                gw::FreezeWalletRequest { wallet_id: wallet, auth: None },
+            )?;
+            let w = cl.unfreeze_wallet(req).await?.into_inner();
             println!("wallet {} unfrozen", w.wallet_id);
         }
         WalletCmd::List => {
@@ -402,7 +527,7 @@ fn print_policy(p: &gw::Policy) {
     println!("max validity:     {} s", p.max_validity_seconds);
 }
 
-async fn policy(url: &str, c: PolicyCmd) -> Out {
+async fn policy(url: &str, home: &std::path::Path, c: PolicyCmd) -> Out {
     let mut cl = client(url).await?;
     match c {
         PolicyCmd::Set { wallet, max_per_payment, networks, assets, max_validity } => {
@@ -420,7 +545,14 @@ async fn policy(url: &str, c: PolicyCmd) -> Out {
                 assets,
                 max_validity_seconds,
             };
-            let p = cl.set_policy(gw::SetPolicyRequest { policy: Some(p) }).await?.into_inner();
+            let p = cl
+                .set_policy(signed(
+                    home,
+                    "SetPolicy",
+                    gw::SetPolicyRequest { policy: Some(p), auth: None },
+                )?)
+                .await?
+                .into_inner();
             print_policy(&p);
         }
         PolicyCmd::Show { wallet } => print_policy(
@@ -430,14 +562,13 @@ async fn policy(url: &str, c: PolicyCmd) -> Out {
     Ok(())
 }
 
-async fn asset(url: &str, c: AssetCmd) -> Out {
+async fn asset(url: &str, home: &std::path::Path, c: AssetCmd) -> Out {
     let mut cl = client(url).await?;
     match c {
         AssetCmd::Add { network, address, name, version, decimals, symbol } => {
+            let asset = Some(gw::Asset { network, address, name, version, decimals, symbol });
             let a = cl
-                .add_asset(gw::AddAssetRequest {
-                    asset: Some(gw::Asset { network, address, name, version, decimals, symbol }),
-                })
+                .add_asset(signed(home, "AddAsset", gw::AddAssetRequest { asset, auth: None })?)
                 .await?
                 .into_inner();
             println!(
@@ -457,15 +588,21 @@ async fn asset(url: &str, c: AssetCmd) -> Out {
     Ok(())
 }
 
-async fn kyt(url: &str, c: KytCmd) -> Out {
+async fn kyt(url: &str, home: &std::path::Path, c: KytCmd) -> Out {
     let mut cl = client(url).await?;
     match c {
         KytCmd::Add { addresses } => {
-            let r = cl.add_kyt(gw::KytRequest { addresses }).await?.into_inner();
+            let r = cl
+                .add_kyt(signed(home, "AddKyt", gw::KytRequest { addresses, auth: None })?)
+                .await?
+                .into_inner();
             println!("added {} (denylist now {})", r.changed, r.total);
         }
         KytCmd::Remove { addresses } => {
-            let r = cl.remove_kyt(gw::KytRequest { addresses }).await?.into_inner();
+            let r = cl
+                .remove_kyt(signed(home, "RemoveKyt", gw::KytRequest { addresses, auth: None })?)
+                .await?
+                .into_inner();
             println!("removed {} (denylist now {})", r.changed, r.total);
         }
         KytCmd::List => {
@@ -495,8 +632,10 @@ async fn session(url: &str, home: &std::path::Path, c: SessionCmd) -> Out {
                 .map(|w| w.address.clone())
                 .unwrap_or_default();
             let key = new_session_key();
-            let s = cl
-                .issue_session(gw::IssueSessionRequest {
+            let req = signed(
+                home,
+                "IssueSession",
+                gw::IssueSessionRequest {
                     wallet_id: a.wallet,
                     public_key: key.verifying_key().to_bytes().to_vec(),
                     cap: a.cap,
@@ -505,9 +644,10 @@ async fn session(url: &str, home: &std::path::Path, c: SessionCmd) -> Out {
                     assets: a.assets,
                     payees: a.payees,
                     label: a.label,
-                })
-                .await?
-                .into_inner();
+                    auth: None,
+                },
+            )?;
+            let s = cl.issue_session(req).await?.into_inner();
             let path = a
                 .out
                 .unwrap_or_else(|| home.join("sessions").join(format!("{}.json", s.session_id)));
@@ -550,7 +690,11 @@ async fn session(url: &str, home: &std::path::Path, c: SessionCmd) -> Out {
         }
         SessionCmd::Revoke { session } => {
             let s = cl
-                .revoke_session(gw::RevokeSessionRequest { session_id: session })
+                .revoke_session(signed(
+                    home,
+                    "RevokeSession",
+                    gw::RevokeSessionRequest { session_id: session, auth: None },
+                )?)
                 .await?
                 .into_inner();
             println!("session {} revoked (spent {} of {})", s.session_id, s.spent, s.cap);
