@@ -201,6 +201,19 @@ impl Journal {
     /// # Errors
     /// [`JournalError`] on I/O failure or a corrupt record.
     pub fn open(path: &Path, sealer: Sealer) -> Result<(Self, Vec<Record>), JournalError> {
+        Self::open_with(path, sealer, None)
+    }
+
+    /// [`Self::open`], also syncing `also` (the audit log) in every durability round, before the
+    /// journal itself.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_with(
+        path: &Path,
+        sealer: Sealer,
+        also: Option<File>,
+    ) -> Result<(Self, Vec<Record>), JournalError> {
         let io = |e: std::io::Error| JournalError::Io(format!("{}: {e}", path.display()));
         let mut file = OpenOptions::new()
             .read(true)
@@ -232,6 +245,9 @@ impl Journal {
             }
             if round_faults.fail.swap(false, Ordering::SeqCst) {
                 return Err(std::io::Error::other("injected fdatasync failure"));
+            }
+            if let Some(f) = &also {
+                f.sync_data()?;
             }
             sync_file.sync_data()
         })

@@ -8,6 +8,7 @@
 //! group-committed fsync), [`keys`] (the only code touching key bytes), [`nsm`] (Nitro NSM or
 //! simulation), [`service`] (state and the payment path), [`transport`] (Unix socket / vsock).
 
+pub mod audit;
 pub mod commit;
 pub mod journal;
 pub mod keys;
@@ -60,14 +61,17 @@ pub async fn open_simulated(
     let key_file = data_dir.join("sealing.key");
     let store =
         store::Store::open(&data_dir.join("state"), seal::Sealer::load_or_create(&key_file)?)?;
-    let (journal, spends) = journal::Journal::open(
+    let audit = audit::AuditLog::open(&data_dir.join("audit.log"))?;
+    let (journal, spends) = journal::Journal::open_with(
         &data_dir.join("spends.journal"),
         seal::Sealer::load_or_create(&key_file)?,
+        Some(audit.sync_handle()?),
     )?;
     let enclave = service::Enclave::open(
         store,
         journal,
         spends,
+        audit,
         Box::new(nsm::SimulatedNsm),
         service::system_clock(),
         data_dir.display().to_string(),

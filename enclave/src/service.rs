@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use wallet_policy::{
     address::parse_address,
     amount::{format_decimal, format_units, parse_human},
+    audit::{head_message, Record as AuditRecord},
     auth::{admin_message, sign_payment_message, SignPaymentFields, FRESHNESS_WINDOW_MS},
     eip712::Authorization,
     registry::{chain_id, default_assets, AssetInfo},
@@ -51,11 +52,15 @@ use wallet_proto::{
 use zeroize::Zeroizing;
 
 use crate::{
+    audit::AuditLog,
     journal::{Journal, JournalError},
     keys::WalletKey,
     nsm::{Nsm, NsmRng},
     store::{Op, Store, StoreError, Table},
 };
+
+/// Record id of the audit key in the key table (wallet ids start with `w_`).
+const AUDIT_KEY_ID: &[u8] = b"audit-key";
 
 /// Longest session lifetime an admin may grant: one year.
 pub const MAX_SESSION_TTL_SECONDS: u64 = 366 * 24 * 3600;
@@ -283,6 +288,9 @@ pub fn system_clock() -> Clock {
 pub struct Enclave {
     store: Store,
     journal: Journal,
+    audit: AuditLog,
+    /// Signs audit heads. Generated at first start, sealed in the store; zeroized on drop.
+    audit_key: ed25519_dalek::SigningKey,
     nsm: Box<dyn Nsm>,
     clock: Clock,
     inner: Mutex<Inner>,
@@ -365,6 +373,7 @@ impl Enclave {
         store: Store,
         journal: Journal,
         spends: Vec<Zeroizing<Vec<u8>>>,
+        audit: AuditLog,
         nsm: Box<dyn Nsm>,
         clock: Clock,
         data_dir: String,
@@ -458,9 +467,32 @@ impl Enclave {
             kyt = inner.kyt.len(),
             "state loaded"
         );
+        let audit_key = match store.get(Table::Keys, AUDIT_KEY_ID)? {
+            Some(bytes) => {
+                let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Engine("audit key is not 32 bytes".into()))?,
+                );
+                ed25519_dalek::SigningKey::from_bytes(&secret)
+            }
+            None => {
+                let key = ed25519_dalek::SigningKey::generate(&mut NsmRng(nsm.as_ref()));
+                store.apply(vec![Op::Put(
+                    Table::Keys,
+                    AUDIT_KEY_ID.to_vec(),
+                    Zeroizing::new(key.to_bytes().to_vec()),
+                )])?;
+                store.sync().await?;
+                key
+            }
+        };
         Ok(Self {
             store,
             journal,
+            audit,
+            audit_key,
             nsm,
             clock,
             inner: Mutex::new(inner),
@@ -522,7 +554,14 @@ impl Enclave {
             ($rpc:literal, $r:ident, $op:expr) => {{
                 let _admin = self.admin.lock().await;
                 self.authorize($rpc, &$r, false).await?;
-                $op
+                let admin = $r
+                    .auth
+                    .as_ref()
+                    .map(|a| hex::encode(&a.public_key[..a.public_key.len().min(8)]))
+                    .unwrap_or_default();
+                let resp = $op;
+                self.audit_admin($rpc, &admin, &resp);
+                resp
             }};
         }
         Ok(match body {
@@ -534,6 +573,8 @@ impl Enclave {
             Req::ListSessions(r) => Resp::Sessions(self.list_sessions(&r.wallet_id)),
             Req::GetStatus(_) => Resp::Status(self.status()),
             Req::ListAdmins(_) => Resp::Admins(self.list_admins()),
+            Req::GetAuditHead(_) => Resp::AuditHead(self.audit_head()),
+            Req::ListAudit(r) => Resp::Audit(self.list_audit(r.from_seq, r.limit)?),
             Req::CreateWallet(r) => {
                 admin!("CreateWallet", r, Resp::Wallet(self.create_wallet(r).await?))
             }
@@ -565,9 +606,98 @@ impl Enclave {
                 // The first admin registers itself (self-signed); later ones need an admin.
                 let self_signed = r.auth.as_ref().is_some_and(|a| a.public_key == r.public_key);
                 self.authorize("AddAdmin", &r, self_signed).await?;
-                Resp::Admin(self.add_admin(r).await?)
+                let admin = r
+                    .auth
+                    .as_ref()
+                    .map(|a| hex::encode(&a.public_key[..a.public_key.len().min(8)]))
+                    .unwrap_or_default();
+                let resp = Resp::Admin(self.add_admin(r).await?);
+                self.audit_admin("AddAdmin", &admin, &resp);
+                resp
             }
         })
+    }
+
+    /// Audits an admin change (made durable at once: admin changes are rare).
+    fn audit_admin(&self, rpc: &str, admin: &str, resp: &Resp) {
+        let (wallet, session, what) = match resp {
+            Resp::Wallet(w) => (
+                w.wallet_id.clone(),
+                String::new(),
+                format!(
+                    "wallet {} {}{}",
+                    w.wallet_id,
+                    w.address,
+                    if w.frozen { " frozen" } else { "" }
+                ),
+            ),
+            Resp::Policy(p) => (
+                p.wallet_id.clone(),
+                String::new(),
+                format!(
+                    "policy v{}: max per payment {}, networks {:?}, assets {:?}, max validity {} s",
+                    p.version, p.max_per_payment, p.networks, p.assets, p.max_validity_seconds
+                ),
+            ),
+            Resp::Asset(a) => (
+                String::new(),
+                String::new(),
+                format!(
+                    "asset {} {} on {} ({:?} v{})",
+                    a.symbol, a.address, a.network, a.name, a.version
+                ),
+            ),
+            Resp::Kyt(k) => {
+                (String::new(), String::new(), format!("{} changed, {} listed", k.changed, k.total))
+            }
+            Resp::Session(s) => (
+                s.wallet_id.clone(),
+                s.session_id.clone(),
+                format!(
+                    "cap {}, spent {}, expires {}{}",
+                    s.cap,
+                    s.spent,
+                    s.expires_at,
+                    if s.revoked { ", revoked" } else { "" }
+                ),
+            ),
+            Resp::Admin(a) => {
+                (String::new(), String::new(), format!("admin key {}", hex::encode(&a.public_key)))
+            }
+            _ => (String::new(), String::new(), String::new()),
+        };
+        let r = AuditRecord {
+            at_ms: (self.clock)(),
+            kind: "admin".into(),
+            session,
+            wallet,
+            reason: rpc.into(),
+            detail: format!("{what} (by admin {admin})"),
+            ..Default::default()
+        };
+        if let Err(e) = self.audit.append(r).and_then(|()| self.audit.sync()) {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    fn audit_head(&self) -> gw::AuditHead {
+        use ed25519_dalek::Signer as _;
+        let (count, hash) = self.audit.head();
+        gw::AuditHead {
+            count,
+            hash: hash.to_vec(),
+            signature: self.audit_key.sign(&head_message(count, &hash)).to_bytes().to_vec(),
+            public_key: self.audit_key.verifying_key().to_bytes().to_vec(),
+        }
+    }
+
+    fn list_audit(&self, from: u64, limit: u64) -> Result<gw::ListAuditResponse> {
+        let limit = if limit == 0 { 1000 } else { limit.min(1000) };
+        let (records, total) = self.audit.read(from, limit).map_err(|e| {
+            tracing::error!(error = %e, "audit log check failed");
+            Failure::new(ErrorCode::FailedPrecondition, "AUDIT_TAMPERED", e.to_string())
+        })?;
+        Ok(gw::ListAuditResponse { records, total })
     }
 
     /// Verifies an admin's signature over a state-changing request, its freshness, and that its
@@ -834,14 +964,39 @@ impl Enclave {
                     Some(Idem::InFlight { done, .. }) => Some(done.clone()),
                 };
                 if waiting.is_none() {
-                    break Self::reserve(
+                    match Self::reserve(
                         &mut inner,
                         &r,
                         &required,
                         preferred_asset.as_ref(),
                         now_ms,
                         request_hash,
-                    )?;
+                    ) {
+                        Ok(reserved) => break reserved,
+                        Err(f) => {
+                            if f.code == ErrorCode::Denied {
+                                let wallet = inner
+                                    .sessions
+                                    .get(&r.session_id)
+                                    .map(|s| s.record.wallet_id.clone())
+                                    .unwrap_or_default();
+                                drop(inner);
+                                let rec = AuditRecord {
+                                    at_ms: now_ms,
+                                    kind: "deny".into(),
+                                    session: r.session_id.clone(),
+                                    wallet,
+                                    reason: f.reason.clone(),
+                                    detail: f.message.clone(),
+                                    ..Default::default()
+                                };
+                                if let Err(e) = self.audit.append(rec) {
+                                    tracing::error!(error = %e, "audit append failed");
+                                }
+                            }
+                            return Err(f);
+                        }
+                    }
                 }
                 waiting
             };
@@ -899,6 +1054,18 @@ impl Enclave {
                             },
                         );
                         tracing::info!(session = %r.session_id, reason = %denial.reason, "signature withheld");
+                        let rec = AuditRecord {
+                            at_ms: (self.clock)(),
+                            kind: "withheld".into(),
+                            session: r.session_id.clone(),
+                            wallet: wallet_id.clone(),
+                            reason: denial.reason.clone(),
+                            detail: format!("idempotency key {}", r.idempotency_key),
+                            ..Default::default()
+                        };
+                        if let Err(e) = self.audit.append(rec).and_then(|()| self.audit.sync()) {
+                            tracing::error!(error = %e, "audit append failed");
+                        }
                         Err(Failure { message: "revoked or frozen while the payment was in flight; signature withheld".into(), ..denial })
                     }
                     Ok(()) => {
@@ -1078,6 +1245,25 @@ impl Enclave {
             session_remaining: format_units(cap.saturating_sub(spent)),
             payer: key.address().to_checksum(None),
         };
+        // Audited in the same durability round as the spend.
+        self.audit
+            .append(AuditRecord {
+                at_ms: now_ms,
+                kind: "payment".into(),
+                session: record.session_id.clone(),
+                wallet: record.wallet_id.clone(),
+                detail: format!(
+                    "{} {} to {} on {}, valid before {}, nonce 0x{}",
+                    record.charged,
+                    record.asset_symbol,
+                    record.pay_to.to_checksum(None),
+                    record.network,
+                    record.valid_before,
+                    hex::encode(nonce)
+                ),
+                ..Default::default()
+            })
+            .map_err(|e| Failure::internal(format!("audit: {e}")))?;
         // 4. Durable before release.
         let entry = Entry::Spend(Box::new(record));
         self.journal.append(&json(&entry))?;

@@ -84,13 +84,26 @@ impl Admin {
 async fn open(dir: &std::path::Path, now: &Arc<AtomicU64>) -> Enclave {
     let key = dir.join("sealing.key");
     let store = Store::open(&dir.join("state"), Sealer::load_or_create(&key).unwrap()).unwrap();
-    let (journal, spends) =
-        Journal::open(&dir.join("spends.journal"), Sealer::load_or_create(&key).unwrap()).unwrap();
+    let audit = wallet_enclave::audit::AuditLog::open(&dir.join("audit.log")).unwrap();
+    let (journal, spends) = Journal::open_with(
+        &dir.join("spends.journal"),
+        Sealer::load_or_create(&key).unwrap(),
+        Some(audit.sync_handle().unwrap()),
+    )
+    .unwrap();
     let n = Arc::clone(now);
     let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
-    Enclave::open(store, journal, spends, Box::new(SimulatedNsm), clock, dir.display().to_string())
-        .await
-        .unwrap()
+    Enclave::open(
+        store,
+        journal,
+        spends,
+        audit,
+        Box::new(SimulatedNsm),
+        clock,
+        dir.display().to_string(),
+    )
+    .await
+    .unwrap()
 }
 
 impl Harness {

@@ -188,6 +188,18 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::ListAdminsResponse>, Status> {
         relay!(self, request, ListAdmins => Admins)
     }
+    async fn get_audit_head(
+        &self,
+        request: Request<gw::GetAuditHeadRequest>,
+    ) -> Result<Response<gw::AuditHead>, Status> {
+        relay!(self, request, GetAuditHead => AuditHead)
+    }
+    async fn list_audit(
+        &self,
+        request: Request<gw::ListAuditRequest>,
+    ) -> Result<Response<gw::ListAuditResponse>, Status> {
+        relay!(self, request, ListAudit => Audit)
+    }
     async fn get_status(
         &self,
         request: Request<gw::GetStatusRequest>,

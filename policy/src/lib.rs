@@ -14,6 +14,7 @@
 
 pub mod address;
 pub mod amount;
+pub mod audit;
 pub mod auth;
 pub mod eip712;
 pub mod registry;
