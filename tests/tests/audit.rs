@@ -1,0 +1,121 @@
+//! The audit log, end to end: every decision is recorded; `walletctl audit verify` accepts the
+//! genuine log and names what was deleted, edited or truncated, whether the enclave was running
+//! or restarted; the enclave will not start on an edited log.
+
+use std::process::{Command, Stdio};
+
+use wallet_e2e::{bin, header, Stack};
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "walletctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &std::process::Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "expected verification failure, got: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn every_decision_is_audited_and_tampering_is_detected() {
+    let mut stack = Stack::start();
+    let wallet = ok(&stack.walletctl(&["wallet", "create"], ""))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    ok(&stack.walletctl(&["policy", "set", "--wallet", &wallet, "--max-per-payment", "0.05"], ""));
+    let cred = stack.dir.path().join("agent.json");
+    let issued = ok(&stack.walletctl(
+        &["session", "issue", "--wallet", &wallet, "--cap", "1", "--out", cred.to_str().unwrap()],
+        "",
+    ));
+    let session = issued.split_whitespace().nth(1).unwrap().to_owned();
+    ok(&stack.walletctl(&["pay", "--session", cred.to_str().unwrap()], &header("10000")));
+    assert_eq!(
+        stack
+            .walletctl(&["pay", "--session", cred.to_str().unwrap()], &header("990000"))
+            .status
+            .code(),
+        Some(3)
+    );
+    ok(&stack.walletctl(&["session", "revoke", &session], ""));
+
+    let shown = ok(&stack.walletctl(&["audit", "show", "--last", "100"], ""));
+    for needle in [
+        "admin",
+        "AddAdmin",
+        "CreateWallet",
+        "SetPolicy",
+        "IssueSession",
+        "payment",
+        "0.01 USDC",
+        "deny",
+        "PER_TX_LIMIT",
+        "RevokeSession",
+    ] {
+        assert!(shown.contains(needle), "audit show lacks {needle:?}:\n{shown}");
+    }
+    let only_denials = ok(&stack.walletctl(&["audit", "show", "--kind", "deny"], ""));
+    assert_eq!(only_denials.lines().count(), 1, "{only_denials}");
+    assert!(ok(&stack.walletctl(&["audit", "verify"], "")).contains("audit log OK"));
+
+    let log = stack.data_dir().join("audit.log");
+    let genuine = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = genuine.lines().collect();
+    assert_eq!(
+        lines.len(),
+        7,
+        "AddAdmin, CreateWallet, SetPolicy, IssueSession, payment, deny, RevokeSession"
+    );
+
+    // Edited while the enclave runs: the amount of the payment.
+    let edited = genuine.replacen("0.01 USDC", "0.00 USDC", 1);
+    std::fs::write(&log, &edited).unwrap();
+    let err = failed(&stack.walletctl(&["audit", "verify"], ""));
+    assert!(err.contains("record") && err.contains("AUDIT_TAMPERED"), "{err}");
+
+    // Reordered.
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    std::fs::write(&log, swapped.join("\n") + "\n").unwrap();
+    assert!(failed(&stack.walletctl(&["audit", "verify"], "")).contains("record 2"));
+
+    // Truncated while running.
+    std::fs::write(&log, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    assert!(failed(&stack.walletctl(&["audit", "verify"], "")).contains("truncated"));
+
+    // Truncated at rest, then restarted: the enclave's chain is a valid prefix, but walletctl
+    // remembers the head it verified.
+    stack.enclave.kill();
+    std::fs::write(&log, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    stack.crash_and_restart_enclave();
+    let err = failed(&stack.walletctl(&["audit", "verify"], ""));
+    assert!(err.contains("no longer contains"), "{err}");
+
+    // Edited at rest: the enclave refuses to start and names the record.
+    stack.enclave.kill();
+    std::fs::write(&log, &edited).unwrap();
+    let out = Command::new(bin("wallet-enclave"))
+        .args(["--simulated", "--data-dir"])
+        .arg(stack.data_dir())
+        .arg("--socket")
+        .arg(stack.dir.path().join("other.sock"))
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("audit log") && stderr.contains("record"), "{stderr}");
+
+    // Restoring the genuine log restores service; nothing was lost.
+    std::fs::write(&log, &genuine).unwrap();
+    stack.crash_and_restart_enclave();
+    assert!(ok(&stack.walletctl(&["audit", "verify"], "")).contains("audit log OK"));
+}
