@@ -357,3 +357,48 @@ async fn a_compromised_host_cannot_change_state_through_the_gateway() {
     assert_eq!(p.max_per_payment, "0.1");
     assert_eq!(c.list_admins(gw::ListAdminsRequest {}).await.unwrap().into_inner().admins.len(), 1);
 }
+
+#[tokio::test]
+async fn a_compromised_host_cannot_alter_or_replay_an_agents_payment() {
+    let stack = Stack::start();
+    let w = stack.wallet("1").await;
+    let cred = stack.session(&w, "1", gw::IssueSessionRequest::default()).await;
+    let mut c = stack.client().await;
+    let genuine = cred.sign_request(&header("10000"), "", "", "k", now_ms());
+    let payee_swapped = header_json(
+        &String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, header("10000"))
+                .unwrap(),
+        )
+        .unwrap()
+        .replace(PAYEE, "0x000000000000000000000000000000000000dEaD"),
+    );
+    let asset_swapped = header_json(
+        &String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, header("10000"))
+                .unwrap(),
+        )
+        .unwrap()
+        .replace(USDC_BASE_SEPOLIA, "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"),
+    );
+    for (what, hdr, pref_asset) in [
+        ("amount", header("999999"), ""),
+        ("payee", payee_swapped, ""),
+        ("asset", asset_swapped, ""),
+        ("preferred asset", header("10000"), "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"),
+    ] {
+        let mut altered = genuine.clone();
+        altered.payment_required = hdr;
+        altered.preferred_asset = pref_asset.into();
+        let e = c.sign_payment(altered).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::Unauthenticated, "BAD_SIGNATURE"),
+            "altered {what}"
+        );
+    }
+    c.sign_payment(genuine.clone()).await.unwrap();
+    let e = c.sign_payment(genuine).await.unwrap_err();
+    assert_eq!(reason(&e), "REPLAYED_REQUEST");
+    assert_eq!(stack.spent(&cred.session_id).await, "0.01");
+}
