@@ -1075,7 +1075,7 @@ impl Enclave {
                             Idem::Done { hash: request_hash, record: Arc::new(record) },
                         );
                         self.signed.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(session = %r.session_id, network = %resp.network, amount = %resp.amount, "payment signed");
+                        tracing::debug!(session = %r.session_id, network = %resp.network, amount = %resp.amount, "payment signed");
                         Ok(resp)
                     }
                 }
@@ -1149,7 +1149,7 @@ impl Enclave {
             (!r.preferred_network.is_empty()).then_some(r.preferred_network.as_str());
         let approval = rules::choose(&ctx, required, preferred_network, preferred_asset)
             .inspect_err(|d| {
-                tracing::info!(session = %r.session_id, reason = d.reason.code(), "payment denied");
+                tracing::debug!(session = %r.session_id, reason = d.reason.code(), "payment denied");
             })?;
         let key = Arc::clone(&wallet.key);
         let wallet_id = wallet.record.id.clone();

@@ -99,7 +99,9 @@ impl EnclaveClient {
                 self.socket.display()
             ))
         })?;
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
+        // Buffered: several responses arriving together cost one read.
+        let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
