@@ -16,7 +16,21 @@ use std::{
     sync::Mutex,
 };
 
-use wallet_policy::audit::{verify_chain, ChainError, Record};
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+use wallet_policy::audit::{clip, verify_chain, ChainError, Record};
+use zeroize::Zeroizing;
+
+/// Largest page of records returned by one read, in bytes (well under a 1 MiB frame).
+const MAX_PAGE_BYTES: usize = 512 * 1024;
+
+fn mac(key: &[u8; 32], hash_hex: &str) -> String {
+    let mut m =
+        <Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length. qed");
+    m.update(b"x402-wallet/audit-mac/v1\0");
+    m.update(hash_hex.as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
 
 /// Audit log failure.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +65,12 @@ struct Writer {
     file: File,
     count: u64,
     last: [u8; 32],
+    /// Length of the file up to the last complete record.
+    len: u64,
+    /// Set when a write failed and could not be undone: nothing more is appended.
+    poisoned: bool,
+    /// MAC key (derived from the sealed audit key); set by [`AuditLog::attach_key`].
+    key: Option<Zeroizing<[u8; 32]>>,
 }
 
 /// The audit log.
@@ -92,7 +112,21 @@ impl AuditLog {
         let body = String::from_utf8_lossy(&text[..complete]).into_owned();
         let (count, last) = verify_chain(body.lines())
             .map_err(|source| AuditError::Broken { path: path.display().to_string(), source })?;
-        Ok(Self { writer: Mutex::new(Writer { file, count, last }), path: path.to_owned() })
+        let writer = Writer { file, count, last, len: complete as u64, poisoned: false, key: None };
+        Ok(Self { writer: Mutex::new(writer), path: path.to_owned() })
+    }
+
+    /// Sets the MAC key and checks every record's MAC: a log rewritten at rest, even with
+    /// correctly recomputed hashes, is refused.
+    ///
+    /// # Errors
+    /// [`AuditError::Broken`] naming the first record whose MAC fails.
+    pub fn attach_key(&self, key: Zeroizing<[u8; 32]>) -> Result<(), AuditError> {
+        let text =
+            std::fs::read_to_string(&self.path).map_err(|e| AuditError::Io(e.to_string()))?;
+        check_macs(&key, text.lines(), &self.path)?;
+        self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?.key = Some(key);
+        Ok(())
     }
 
     /// Appends a record (its `seq`, `prev` and `hash` are filled in). Made durable with the next
@@ -102,15 +136,30 @@ impl AuditLog {
     /// [`AuditError::Io`].
     pub fn append(&self, mut r: Record) -> Result<(), AuditError> {
         let mut w = self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?;
+        if w.poisoned {
+            return Err(AuditError::Io("an earlier write failed; restart the enclave".into()));
+        }
+        let key = w.key.clone().ok_or_else(|| AuditError::Io("audit key not attached".into()))?;
         r.seq = w.count;
         r.prev = hex::encode(w.last);
+        r.detail = clip(&r.detail);
+        r.reason = clip(&r.reason);
         let h = r.compute_hash();
         r.hash = hex::encode(h);
+        r.mac = mac(&key, &r.hash);
         let mut line = serde_json::to_string(&r).map_err(|e| AuditError::Io(e.to_string()))?;
         line.push('\n');
-        w.file.write_all(line.as_bytes()).map_err(|e| AuditError::Io(e.to_string()))?;
+        if let Err(e) = w.file.write_all(line.as_bytes()) {
+            // Undo a partial line, so the chain on disk stays whole; if even that fails, stop.
+            let len = w.len;
+            if w.file.set_len(len).is_err() {
+                w.poisoned = true;
+            }
+            return Err(AuditError::Io(e.to_string()));
+        }
         w.count += 1;
         w.last = h;
+        w.len += line.len() as u64;
         Ok(())
     }
 
@@ -143,20 +192,63 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError`] when the file was edited or truncated.
     pub fn read(&self, from: u64, limit: u64) -> Result<(Vec<String>, u64), AuditError> {
-        let (written, head) = self.head();
+        let (written, head, key) = {
+            let w = self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?;
+            (w.count, w.last, w.key.clone())
+        };
         let text =
             std::fs::read_to_string(&self.path).map_err(|e| AuditError::Io(e.to_string()))?;
         let lines: Vec<&str> = text.lines().collect();
         let path = self.path.display().to_string();
-        let (count, last) = verify_chain(lines.iter().copied())
+        let (count, _) = verify_chain(lines.iter().copied())
             .map_err(|source| AuditError::Broken { path: path.clone(), source })?;
-        if count < written || (count == written && last != head) {
+        if let Some(key) = &key {
+            check_macs(key, lines.iter().copied(), &self.path)?;
+        }
+        // The file must hold exactly what this enclave wrote, up to its head.
+        let at_head = written == 0
+            || lines
+                .get(usize::try_from(written - 1).unwrap_or(usize::MAX))
+                .and_then(|l| serde_json::from_str::<Record>(l).ok())
+                .is_some_and(|r| r.hash == hex::encode(head));
+        if count < written || !at_head {
             return Err(AuditError::Truncated { path, on_disk: count, written });
         }
         let from = usize::try_from(from).unwrap_or(usize::MAX).min(lines.len());
-        let to = from.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(lines.len());
-        Ok((lines[from..to].iter().map(|l| (*l).to_owned()).collect(), count))
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for l in lines[from..].iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
+            bytes += l.len();
+            if bytes > MAX_PAGE_BYTES && !out.is_empty() {
+                break;
+            }
+            out.push((*l).to_owned());
+        }
+        Ok((out, count))
     }
+}
+
+fn check_macs<'a>(
+    key: &[u8; 32],
+    lines: impl Iterator<Item = &'a str>,
+    path: &Path,
+) -> Result<(), AuditError> {
+    for (i, line) in lines.enumerate() {
+        let r: Record = serde_json::from_str(line).map_err(|e| AuditError::Broken {
+            path: path.display().to_string(),
+            source: ChainError::Malformed { seq: i as u64, why: e.to_string() },
+        })?;
+        if r.mac != mac(key, &r.hash) {
+            return Err(AuditError::Broken {
+                path: path.display().to_string(),
+                source: ChainError::Broken {
+                    seq: i as u64,
+                    why: "MAC does not match: not written by this enclave".into(),
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -173,6 +265,7 @@ mod tests {
         let p = dir.path().join("audit.log");
         {
             let a = AuditLog::open(&p).unwrap();
+            a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
             for k in ["payment", "deny", "admin"] {
                 a.append(rec(k)).unwrap();
             }
@@ -182,6 +275,7 @@ mod tests {
         text.push_str("{\"seq\":3,\"kind\":\"pay"); // torn
         std::fs::write(&p, &text).unwrap();
         let a = AuditLog::open(&p).unwrap();
+        a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
         assert_eq!(a.head().0, 3);
         a.append(rec("payment")).unwrap();
         // Edited while running: reads report it.
@@ -196,5 +290,27 @@ mod tests {
         // Edited at rest: the enclave will not start on it.
         std::fs::write(&p, good.replacen("\"deny\"", "\"admin\"", 1)).unwrap();
         assert!(matches!(AuditLog::open(&p), Err(AuditError::Broken { .. })));
+        // Rewritten at rest with correctly recomputed hashes: the chain verifies, the MACs do not.
+        let mut prev = [0u8; 32];
+        let forged: String = (0..2)
+            .map(|seq| {
+                let mut r = Record {
+                    seq,
+                    kind: "admin".into(),
+                    detail: "forged".into(),
+                    prev: hex::encode(prev),
+                    ..Default::default()
+                };
+                prev = r.compute_hash();
+                r.hash = hex::encode(prev);
+                format!("{}\n", serde_json::to_string(&r).unwrap())
+            })
+            .collect();
+        std::fs::write(&p, &forged).unwrap();
+        let reopened = AuditLog::open(&p).expect("a self-consistent chain parses");
+        assert!(matches!(
+            reopened.attach_key(Zeroizing::new([3u8; 32])),
+            Err(AuditError::Broken { .. })
+        ));
     }
 }

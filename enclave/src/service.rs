@@ -488,6 +488,24 @@ impl Enclave {
                 key
             }
         };
+        let mac_key: Zeroizing<[u8; 32]> = Zeroizing::new(
+            Sha256::new()
+                .chain_update(b"x402-wallet/audit-mac-key/v1\0")
+                .chain_update(audit_key.to_bytes())
+                .finalize()
+                .into(),
+        );
+        audit.attach_key(mac_key).map_err(|e| StoreError::Engine(e.to_string()))?;
+        if inner.admins.is_empty()
+            && (!inner.wallets.is_empty()
+                || !inner.sessions.is_empty()
+                || signed > 0
+                || audit.head().0 > 0)
+        {
+            return Err(StoreError::Engine(
+                "the state has wallets, sessions, spends or audit records but no admin: the admin records were removed. Refusing to start (a new admin could take over).".into(),
+            ));
+        }
         Ok(Self {
             store,
             journal,
@@ -573,7 +591,7 @@ impl Enclave {
             Req::ListSessions(r) => Resp::Sessions(self.list_sessions(&r.wallet_id)),
             Req::GetStatus(_) => Resp::Status(self.status()),
             Req::ListAdmins(_) => Resp::Admins(self.list_admins()),
-            Req::GetAuditHead(_) => Resp::AuditHead(self.audit_head()),
+            Req::GetAuditHead(r) => Resp::AuditHead(self.audit_head(&r.challenge)),
             Req::ListAudit(r) => Resp::Audit(self.list_audit(r.from_seq, r.limit)?),
             Req::CreateWallet(r) => {
                 admin!("CreateWallet", r, Resp::Wallet(self.create_wallet(r).await?))
@@ -680,13 +698,17 @@ impl Enclave {
         }
     }
 
-    fn audit_head(&self) -> gw::AuditHead {
+    fn audit_head(&self, challenge: &[u8]) -> gw::AuditHead {
         use ed25519_dalek::Signer as _;
         let (count, hash) = self.audit.head();
         gw::AuditHead {
             count,
             hash: hash.to_vec(),
-            signature: self.audit_key.sign(&head_message(count, &hash)).to_bytes().to_vec(),
+            signature: self
+                .audit_key
+                .sign(&head_message(count, &hash, challenge))
+                .to_bytes()
+                .to_vec(),
             public_key: self.audit_key.verifying_key().to_bytes().to_vec(),
         }
     }
@@ -722,28 +744,39 @@ impl Enclave {
         if !(16..=64).contains(&auth.nonce.len()) {
             return Err(Failure::invalid("INVALID_NONCE", "admin nonce must be 16 to 64 bytes"));
         }
-        let last_ts = {
-            let inner = self.lock();
-            match inner.admins.get(&pk) {
-                Some(a) => Some(a.last_ts),
-                None if inner.admins.is_empty() && bootstrap => None,
-                None if inner.admins.is_empty() => {
-                    return Err(deny(
+        let last_ts =
+            {
+                let inner = self.lock();
+                // One clock for all admins: requests from different admins cannot be reordered.
+                let newest = inner.admins.values().map(|a| a.last_ts).max();
+                let fresh_enclave =
+                    inner.admins.is_empty() && inner.wallets.is_empty() && self.audit.head().0 == 0;
+                match (inner.admins.contains_key(&pk), newest) {
+                    (true, Some(newest)) => Some(newest),
+                    (false, None) if bootstrap && fresh_enclave => None,
+                    (false, None) if fresh_enclave => {
+                        return Err(deny(
+                            "NO_ADMIN",
+                            "this enclave has no admin yet: register one with walletctl init",
+                        ))
+                    }
+                    (false, None) => return Err(deny(
                         "NO_ADMIN",
-                        "this enclave has no admin yet: register one with walletctl init",
-                    ))
+                        "this enclave has state but no admin; refusing to let a new key take over",
+                    )),
+                    _ => {
+                        return Err(deny(
+                            "UNKNOWN_ADMIN",
+                            "the signing key is not an admin of this enclave",
+                        ))
+                    }
                 }
-                None => {
-                    return Err(deny(
-                        "UNKNOWN_ADMIN",
-                        "the signing key is not an admin of this enclave",
-                    ))
-                }
-            }
-        };
+            };
         let sig = Signature::from_slice(&auth.signature)
             .map_err(|_| deny("BAD_ADMIN_SIGNATURE", "admin signature is not 64 bytes"))?;
-        let msg = admin_message(rpc, auth.timestamp_ms, &auth.nonce, &req.unsigned_bytes());
+        let enclave_id = self.audit_key.verifying_key().to_bytes();
+        let msg =
+            admin_message(&enclave_id, rpc, auth.timestamp_ms, &auth.nonce, &req.unsigned_bytes());
         key.verify_strict(&msg, &sig).map_err(|_| {
             deny("BAD_ADMIN_SIGNATURE", "admin signature does not verify over this request")
         })?;
@@ -758,7 +791,7 @@ impl Enclave {
             if auth.timestamp_ms <= last {
                 return Err(deny(
                     "REPLAYED_ADMIN_REQUEST",
-                    "admin request is not newer than the last one accepted from this admin",
+                    "admin request is not newer than the last admin request this enclave accepted",
                 ));
             }
             let record = {
@@ -1489,20 +1522,29 @@ impl Enclave {
     /// The kill switch. Effective in memory before it is made durable and before it returns:
     /// every payment in flight re-checks it before release.
     async fn set_frozen(&self, wallet_id: &str, frozen: bool) -> Result<gw::Wallet> {
-        let record = {
-            let mut inner = self.lock();
-            let w = inner.wallets.get_mut(wallet_id).ok_or_else(|| {
+        // Freezing takes effect in memory at once (before it is durable: fail safe); unfreezing
+        // only once it is durable.
+        let mut record =
+            self.lock().wallets.get(wallet_id).map(|w| w.record.clone()).ok_or_else(|| {
                 Failure::not_found(format!("wallet {wallet_id:?} does not exist"))
             })?;
-            w.record.frozen = frozen;
-            w.record.clone()
-        };
+        record.frozen = frozen;
+        if frozen {
+            if let Some(w) = self.lock().wallets.get_mut(wallet_id) {
+                w.record.frozen = true;
+            }
+        }
         self.store.apply(vec![Op::Put(
             Table::Wallets,
             record.id.as_bytes().to_vec(),
             json(&record),
         )])?;
         self.store.sync().await?;
+        if !frozen {
+            if let Some(w) = self.lock().wallets.get_mut(wallet_id) {
+                w.record.frozen = false;
+            }
+        }
         tracing::info!(wallet = %wallet_id, frozen, "wallet freeze changed");
         Ok(wallet_proto(&record))
     }

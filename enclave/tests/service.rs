@@ -42,18 +42,41 @@ struct Harness {
     admin: Arc<Admin>,
 }
 
-/// The admin's key and its last timestamp (admin timestamps must increase).
+/// The admin's key, the enclave it signs for, and its last timestamp (admin timestamps must
+/// increase).
 struct Admin {
     key: SigningKey,
+    enclave: Vec<u8>,
     last: AtomicU64,
 }
 
+/// The enclave's identity (audit public key), as walletctl init pins it.
+async fn enclave_id(e: &Enclave) -> Vec<u8> {
+    let r = e
+        .handle(EnclaveRequest {
+            protocol_version: 1,
+            request_id: 1,
+            body: Some(Req::GetAuditHead(gw::GetAuditHeadRequest::default())),
+        })
+        .await;
+    let Some(Resp::AuditHead(h)) = r.body else { panic!("no audit head") };
+    h.public_key
+}
+
 impl Admin {
+    fn new(enclave: &[u8]) -> Self {
+        Self {
+            key: SigningKey::generate(&mut rand_core::OsRng),
+            enclave: enclave.to_vec(),
+            last: AtomicU64::new(0),
+        }
+    }
+
     fn sign<R: AdminSigned>(&self, rpc: &str, req: &mut R, now_ms: u64) {
         let ts = now_ms.max(self.last.fetch_add(1, Ordering::SeqCst) + 1);
         self.last.store(ts, Ordering::SeqCst);
         let nonce = [7u8; 16];
-        let msg = admin_message(rpc, ts, &nonce, &req.unsigned_bytes());
+        let msg = admin_message(&self.enclave, rpc, ts, &nonce, &req.unsigned_bytes());
         *req.auth_mut() = Some(gw::AdminAuth {
             public_key: self.key.verifying_key().to_bytes().to_vec(),
             timestamp_ms: ts,
@@ -111,10 +134,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let now = Arc::new(AtomicU64::new(T0_MS));
         let enclave = Arc::new(open(dir.path(), &now).await);
-        let admin = Arc::new(Admin {
-            key: SigningKey::generate(&mut rand_core::OsRng),
-            last: AtomicU64::new(0),
-        });
+        let admin = Arc::new(Admin::new(&enclave_id(&enclave).await));
         let h = Self { dir, now, enclave, admin };
         let pk = h.admin.key.verifying_key().to_bytes().to_vec();
         h.call(Req::AddAdmin(gw::AddAdminRequest {
@@ -839,8 +859,7 @@ async fn forged_altered_replayed_and_stale_admin_requests_are_rejected() {
     // Unsigned.
     assert_eq!(reason(h.raw(Req::SetPolicy(policy("1000"))).await), "ADMIN_SIGNATURE_REQUIRED");
     // Signed by a key that is not an admin.
-    let intruder =
-        Admin { key: SigningKey::generate(&mut rand_core::OsRng), last: AtomicU64::new(0) };
+    let intruder = Admin::new(&h.admin.enclave);
     let mut forged = policy("1000");
     intruder.sign("SetPolicy", &mut forged, now);
     assert_eq!(reason(h.raw(Req::SetPolicy(forged)).await), "UNKNOWN_ADMIN");
@@ -893,8 +912,9 @@ async fn forged_altered_replayed_and_stale_admin_requests_are_rejected() {
 async fn admins_can_be_added_rotated_and_not_all_removed() {
     let h = Harness::new().await;
     let first = h.admin.key.verifying_key().to_bytes().to_vec();
-    let second =
-        Admin { key: SigningKey::generate(&mut rand_core::OsRng), last: AtomicU64::new(0) };
+    let second = Admin::new(&h.admin.enclave);
+    // Admin timestamps are one clock across admins: the new admin signs after the first.
+    second.last.store(h.admin.last.load(Ordering::SeqCst) + 100, Ordering::SeqCst);
     let second_pk = second.key.verifying_key().to_bytes().to_vec();
     h.call(Req::AddAdmin(gw::AddAdminRequest {
         public_key: second_pk.clone(),
@@ -934,7 +954,7 @@ async fn an_enclave_without_admin_accepts_only_a_self_signed_first_admin() {
     let send = |body| {
         enclave.handle(EnclaveRequest { protocol_version: 1, request_id: 1, body: Some(body) })
     };
-    let a = Admin { key: SigningKey::generate(&mut rand_core::OsRng), last: AtomicU64::new(0) };
+    let a = Admin::new(&enclave_id(&enclave).await);
     let mut create = gw::CreateWalletRequest { auth: None, label: "x".into() };
     a.sign("CreateWallet", &mut create, T0_MS);
     let Resp::Error(e) = send(Req::CreateWallet(create)).await.body.unwrap() else { panic!() };
@@ -954,4 +974,96 @@ async fn an_enclave_without_admin_accepts_only_a_self_signed_first_admin() {
     assert!(matches!(send(Req::AddAdmin(add_self.clone())).await.body.unwrap(), Resp::Admin(_)));
     let Resp::Error(e) = send(Req::AddAdmin(add_self)).await.body.unwrap() else { panic!() };
     assert_eq!(e.reason, "REPLAYED_ADMIN_REQUEST", "the bootstrap request cannot be replayed");
+}
+
+#[tokio::test]
+async fn admin_requests_are_bound_to_one_enclave_and_one_clock() {
+    let h = Harness::new().await;
+    let w = h.wallet("0.10").await;
+    let policy = |max: &str| gw::SetPolicyRequest {
+        auth: None,
+        policy: Some(gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: max.into(),
+            ..Default::default()
+        }),
+    };
+    let now = h.now.load(Ordering::SeqCst);
+    // Signed by our admin, but for another enclave.
+    let elsewhere = Admin {
+        key: h.admin.key.clone(),
+        enclave: vec![9u8; 32],
+        last: AtomicU64::new(h.admin.last.load(Ordering::SeqCst)),
+    };
+    let mut other = policy("1000");
+    elsewhere.sign("SetPolicy", &mut other, now);
+    assert_eq!(h.raw(Req::SetPolicy(other)).await.unwrap_err().reason, "BAD_ADMIN_SIGNATURE");
+    // Two admins: B's later request delivered before A's earlier one; A's is refused.
+    let b = Admin::new(&h.admin.enclave);
+    h.call(Req::AddAdmin(gw::AddAdminRequest {
+        public_key: b.key.verifying_key().to_bytes().to_vec(),
+        label: "b".into(),
+        auth: None,
+    }))
+    .await
+    .unwrap();
+    let mut from_a = policy("0.30");
+    h.admin.sign("SetPolicy", &mut from_a, now + 10);
+    let mut from_b = policy("0.05");
+    b.sign("SetPolicy", &mut from_b, now + 20);
+    h.raw(Req::SetPolicy(from_b)).await.unwrap();
+    assert_eq!(h.raw(Req::SetPolicy(from_a)).await.unwrap_err().reason, "REPLAYED_ADMIN_REQUEST");
+    // An older timestamp from the same admin is refused too (not only the identical request).
+    let mut newer = policy("0.06");
+    h.admin.sign("SetPolicy", &mut newer, now + 40);
+    let mut older = policy("0.07");
+    h.admin.sign("SetPolicy", &mut older, now + 30);
+    let older_ts = older.auth.as_ref().unwrap().timestamp_ms;
+    let newer_ts = newer.auth.as_ref().unwrap().timestamp_ms;
+    assert!(older_ts > 0 && newer_ts > 0);
+    let (first, second) = if newer_ts > older_ts { (newer, older) } else { (older, newer) };
+    h.raw(Req::SetPolicy(first)).await.unwrap();
+    assert_eq!(h.raw(Req::SetPolicy(second)).await.unwrap_err().reason, "REPLAYED_ADMIN_REQUEST");
+}
+
+#[tokio::test]
+async fn deleting_the_admin_records_at_rest_does_not_reopen_bootstrap() {
+    let h = Harness::new().await;
+    h.wallet("1").await;
+    let pk = h.admin.key.verifying_key().to_bytes().to_vec();
+    let Harness { dir, enclave, .. } = h;
+    drop(Arc::try_unwrap(enclave).expect("no other users"));
+    // The host deletes the admin record from the store (no sealing key needed to delete).
+    {
+        let store = Store::open(
+            &dir.path().join("state"),
+            Sealer::load_or_create(&dir.path().join("sealing.key")).unwrap(),
+        )
+        .unwrap();
+        store
+            .apply(vec![wallet_enclave::store::Op::Delete(
+                wallet_enclave::store::Table::Admins,
+                pk,
+            )])
+            .unwrap();
+        store.sync().await.unwrap();
+    }
+    let key = dir.path().join("sealing.key");
+    let store =
+        Store::open(&dir.path().join("state"), Sealer::load_or_create(&key).unwrap()).unwrap();
+    let audit = wallet_enclave::audit::AuditLog::open(&dir.path().join("audit.log")).unwrap();
+    let (journal, spends) = Journal::open_with(
+        &dir.path().join("spends.journal"),
+        Sealer::load_or_create(&key).unwrap(),
+        Some(audit.sync_handle().unwrap()),
+    )
+    .unwrap();
+    let now = Arc::new(AtomicU64::new(T0_MS));
+    let n = Arc::clone(&now);
+    let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
+    let err =
+        Enclave::open(store, journal, spends, audit, Box::new(SimulatedNsm), clock, String::new())
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("no admin"), "{err}");
 }

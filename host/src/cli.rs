@@ -266,11 +266,12 @@ impl AdminKey {
         hex::encode(self.public_key())
     }
 
-    /// Signs a state-changing request for `rpc`, fresh (timestamp, random nonce).
-    pub fn sign<R: AdminSigned>(&self, rpc: &str, req: &mut R, now_ms: u64) {
+    /// Signs a state-changing request for `rpc` at the enclave identified by `enclave_id` (its
+    /// audit public key), fresh (timestamp, random nonce).
+    pub fn sign<R: AdminSigned>(&self, enclave_id: &[u8], rpc: &str, req: &mut R, now_ms: u64) {
         let mut nonce = [0u8; 16];
         OsRng.fill_bytes(&mut nonce);
-        let msg = admin_message(rpc, now_ms, &nonce, &req.unsigned_bytes());
+        let msg = admin_message(enclave_id, rpc, now_ms, &nonce, &req.unsigned_bytes());
         *req.auth_mut() = Some(AdminAuth {
             public_key: self.public_key().to_vec(),
             timestamp_ms: now_ms,

@@ -14,6 +14,22 @@ pub const RECORD_TAG: &[u8] = b"x402-wallet/audit/v1\0";
 /// Domain tag of head signatures.
 pub const HEAD_TAG: &[u8] = b"x402-wallet/audit-head/v1\0";
 
+/// Longest `detail` kept in a record: untrusted text (a server's scheme or token name) is cut.
+pub const MAX_DETAIL: usize = 512;
+
+/// Cuts `s` to at most [`MAX_DETAIL`] bytes on a character boundary.
+#[must_use]
+pub fn clip(s: &str) -> String {
+    if s.len() <= MAX_DETAIL {
+        return s.to_owned();
+    }
+    let mut end = MAX_DETAIL;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// One audited decision. Field order is the serialization order, part of the hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -40,13 +56,17 @@ pub struct Record {
     /// This record's hash, hex.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
+    /// The enclave's MAC over `hash` (HMAC-SHA-256 under a sealed key), hex. Only the enclave
+    /// can check it; it stops a host from rewriting the log at rest with recomputed hashes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
 }
 
 impl Record {
     /// The chain hash of this record (its `hash` field is ignored).
     #[must_use]
     pub fn compute_hash(&self) -> [u8; 32] {
-        let body = Self { hash: String::new(), ..self.clone() };
+        let body = Self { hash: String::new(), mac: String::new(), ..self.clone() };
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let prev = hex::decode(&self.prev).unwrap_or_default();
         Sha256::new()
@@ -58,12 +78,15 @@ impl Record {
     }
 }
 
-/// The bytes the enclave's audit key signs for a head.
+/// The bytes the enclave's audit key signs for a head, with the verifier's fresh `challenge`
+/// (so an old signed head cannot be replayed).
 #[must_use]
-pub fn head_message(count: u64, hash: &[u8; 32]) -> Vec<u8> {
+pub fn head_message(count: u64, hash: &[u8; 32], challenge: &[u8]) -> Vec<u8> {
     let mut m = HEAD_TAG.to_vec();
     m.extend_from_slice(&count.to_be_bytes());
     m.extend_from_slice(hash);
+    m.extend_from_slice(&u32::try_from(challenge.len()).unwrap_or(u32::MAX).to_be_bytes());
+    m.extend_from_slice(challenge);
     m
 }
 
@@ -101,6 +124,12 @@ pub fn verify_chain<'a>(
     for line in lines {
         let r: Record = serde_json::from_str(line)
             .map_err(|e| ChainError::Malformed { seq: count, why: e.to_string() })?;
+        if serde_json::to_string(&r).ok().as_deref() != Some(line) {
+            return Err(ChainError::Malformed {
+                seq: count,
+                why: "not in canonical form (extra fields, spacing or escapes)".into(),
+            });
+        }
         if r.seq != count {
             return Err(ChainError::Broken {
                 seq: count,
@@ -172,5 +201,11 @@ mod tests {
             Err(ChainError::Broken { seq: 3, .. })
         ));
         assert!(matches!(verify_chain(["{not json"]), Err(ChainError::Malformed { seq: 0, .. })));
+        let spaced = lines[0].replacen(':', ": ", 1);
+        assert!(
+            matches!(verify_chain([spaced.as_str()]), Err(ChainError::Malformed { seq: 0, .. })),
+            "only the canonical form verifies"
+        );
+        assert!(clip(&"é".repeat(400)).len() <= MAX_DETAIL + 3);
     }
 }

@@ -53,10 +53,12 @@ pub fn sign_payment_message(f: &SignPaymentFields<'_>) -> Vec<u8> {
 /// Domain tag of admin signatures.
 pub const ADMIN_TAG: &[u8] = b"x402-wallet/admin/v1\0";
 
-/// The bytes an admin key signs for a state-changing request: the tag, the RPC name, the
-/// timestamp, the nonce and the request's protobuf encoding with its `auth` field unset.
+/// The bytes an admin key signs for a state-changing request: the tag, the enclave's identity
+/// (its audit public key), the RPC name, the timestamp, the nonce and the request's protobuf
+/// encoding with its `auth` field unset.
 #[must_use]
 pub fn admin_message(
+    enclave_id: &[u8],
     rpc: &str,
     timestamp_ms: u64,
     nonce: &[u8],
@@ -64,6 +66,7 @@ pub fn admin_message(
 ) -> Vec<u8> {
     let mut buf = Vec::with_capacity(ADMIN_TAG.len() + rpc.len() + 32 + unsigned_request.len());
     buf.extend_from_slice(ADMIN_TAG);
+    push(&mut buf, enclave_id);
     buf.extend_from_slice(rpc.as_bytes());
     buf.push(0);
     buf.extend_from_slice(&timestamp_ms.to_be_bytes());

@@ -88,6 +88,8 @@ pub struct Stack {
     pub url: String,
     /// The admin key (`walletctl init` made it in `DIR/home/admin.key` and registered it).
     pub admin: AdminKey,
+    /// The enclave's identity (audit public key) pinned by `walletctl init`.
+    pub enclave_id: Vec<u8>,
     admin_last: std::sync::atomic::AtomicU64,
 }
 
@@ -125,7 +127,21 @@ impl Stack {
         );
         let admin =
             AdminKey::read(&home.join("admin.key")).expect("admin key written by walletctl init");
-        Self { dir, enclave, gateway, url, admin, admin_last: std::sync::atomic::AtomicU64::new(0) }
+        let enclave_id = hex::decode(
+            std::fs::read_to_string(home.join("audit.pub"))
+                .expect("audit key pinned by walletctl init")
+                .trim(),
+        )
+        .expect("hex");
+        Self {
+            dir,
+            enclave,
+            gateway,
+            url,
+            admin,
+            enclave_id,
+            admin_last: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// Signs a state-changing request with the admin key (timestamps strictly increasing).
@@ -140,7 +156,7 @@ impl Stack {
                 Err(current) => last = current,
             }
         };
-        self.admin.sign(rpc, &mut req, ts);
+        self.admin.sign(&self.enclave_id, rpc, &mut req, ts);
         req
     }
 

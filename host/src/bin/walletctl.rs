@@ -370,6 +370,9 @@ async fn audit_records(cl: &mut WalletGatewayClient<Channel>) -> Result<Vec<Stri
         if n == 0 || all.len() as u64 >= page.total {
             return Ok(all);
         }
+        if all.len() > 50_000_000 {
+            return Err(Fail(5, "the audit log is larger than walletctl will read".into()));
+        }
     }
 }
 
@@ -379,6 +382,7 @@ fn pin_audit_key(home: &std::path::Path, key: &[u8]) -> Result<(), Fail> {
     match std::fs::read_to_string(&path) {
         Ok(pinned) if pinned.trim() == hex::encode(key) => Ok(()),
         Ok(pinned) => Err(Fail(5, format!("the enclave's audit key changed (pinned {} in {}, now {}): a different enclave or its state was replaced", pinned.trim(), path.display(), hex::encode(key)))),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Fail(1, format!("cannot read {}: {e}", path.display()))),
         Err(_) => {
             std::fs::write(&path, format!("{}\n", hex::encode(key))).map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))?;
             println!("pinned the enclave's audit key {} in {} (trust on first use)", hex::encode(key), path.display());
@@ -414,7 +418,12 @@ async fn audit(url: &str, home: &std::path::Path, c: AuditCmd) -> Out {
         }
         AuditCmd::Verify => {
             use ed25519_dalek::Verifier as _;
-            let head = cl.get_audit_head(gw::GetAuditHeadRequest {}).await?.into_inner();
+            let mut challenge = [0u8; 16];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut challenge);
+            let head = cl
+                .get_audit_head(gw::GetAuditHeadRequest { challenge: challenge.to_vec() })
+                .await?
+                .into_inner();
             pin_audit_key(home, &head.public_key)?;
             let hash: [u8; 32] = head
                 .hash
@@ -431,16 +440,21 @@ async fn audit(url: &str, home: &std::path::Path, c: AuditCmd) -> Out {
             .map_err(|_| Fail(5, "malformed audit key".into()))?;
             let sig = ed25519_dalek::Signature::from_slice(&head.signature)
                 .map_err(|_| Fail(5, "malformed head signature".into()))?;
-            key.verify(&wallet_policy::audit::head_message(head.count, &hash), &sig).map_err(
-                |_| {
-                    Fail(
-                        5,
-                        "the audit head's signature does not verify with the pinned enclave key"
-                            .into(),
-                    )
-                },
-            )?;
-            let records = audit_records(&mut cl).await.map_err(|Fail(_, m)| Fail(5, m))?;
+            key.verify(&wallet_policy::audit::head_message(head.count, &hash, &challenge), &sig).map_err(|_| Fail(5, "the audit head's signature does not verify with the pinned enclave key and this challenge".into()))?;
+            let mut records = audit_records(&mut cl).await.map_err(|Fail(_, m)| Fail(5, m))?;
+            // Payments may have been audited since the head was read: check up to the head.
+            let n = usize::try_from(head.count).unwrap_or(usize::MAX);
+            if records.len() < n {
+                return Err(Fail(
+                    5,
+                    format!(
+                        "the log holds {} records, fewer than the signed head's {}",
+                        records.len(),
+                        head.count
+                    ),
+                ));
+            }
+            records.truncate(n);
             let (count, last) =
                 wallet_policy::audit::verify_chain(records.iter().map(String::as_str))
                     .map_err(|e| Fail(5, format!("audit log broken: {e}")))?;
@@ -488,9 +502,18 @@ fn admin_key(home: &std::path::Path) -> Result<AdminKey, Fail> {
     AdminKey::read(&home.join("admin.key")).map_err(|e| Fail(2, e))
 }
 
-/// Signs a state-changing request with the admin key.
+/// The enclave this admin talks to: its audit public key, pinned by `walletctl init`.
+fn enclave_id(home: &std::path::Path) -> Result<Vec<u8>, Fail> {
+    let path = home.join("audit.pub");
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        Fail(2, format!("no pinned enclave identity in {}: run walletctl init", path.display()))
+    })?;
+    hex::decode(text.trim()).map_err(|_| Fail(2, format!("{} is not a hex key", path.display())))
+}
+
+/// Signs a state-changing request with the admin key, for the pinned enclave.
 fn signed<R: AdminSigned>(home: &std::path::Path, rpc: &str, mut req: R) -> Result<R, Fail> {
-    admin_key(home)?.sign(rpc, &mut req, now_ms());
+    admin_key(home)?.sign(&enclave_id(home)?, rpc, &mut req, now_ms());
     Ok(req)
 }
 
@@ -553,7 +576,7 @@ async fn init(url: &str, home: &std::path::Path) -> Out {
     println!("admin public:   {}", key.public_key_hex());
     status(url).await?;
     let mut cl = client(url).await?;
-    let head = cl.get_audit_head(gw::GetAuditHeadRequest {}).await?.into_inner();
+    let head = cl.get_audit_head(gw::GetAuditHeadRequest::default()).await?.into_inner();
     pin_audit_key(home, &head.public_key)?;
     let admins = cl.list_admins(gw::ListAdminsRequest {}).await?.into_inner().admins;
     if admins.is_empty() {
@@ -562,7 +585,7 @@ async fn init(url: &str, home: &std::path::Path) -> Out {
             label: "first admin".into(),
             auth: None,
         };
-        key.sign("AddAdmin", &mut req, now_ms());
+        key.sign(&head.public_key, "AddAdmin", &mut req, now_ms());
         cl.add_admin(req).await?;
         println!("\nRegistered this key as the enclave's first admin: every change is now signed with it.");
     } else if admins.iter().any(|a| a.public_key == key.public_key()) {
