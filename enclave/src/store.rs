@@ -98,7 +98,62 @@ pub struct Store {
     commit: GroupCommit,
     db: sled::Db,
     sealer: Sealer,
+    /// Digest of the whole state (see [`Digest`]), kept sealed under `meta/state-digest` and
+    /// updated in the same batch as every change. Also serialises writers.
+    digest: std::sync::Mutex<Digest>,
 }
+
+/// An order-independent digest of every record (table, key, plaintext): the sum modulo 2^256 of
+/// their SHA-256 hashes. Updating it costs two hashes per changed record. A sealed record can
+/// only be opened under its own table and key, but without this an old copy of it (a session
+/// before its revocation, a wallet before its freeze, a removed admin) could be put back, or a
+/// record deleted, unnoticed; with it, the enclave refuses to start on such a state. (Replacing
+/// the *whole* state by an older copy, digest included, is not detected: that needs a monotonic
+/// counter from the platform.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Digest([u8; 32]);
+
+impl Digest {
+    fn term(table: Table, key: &[u8], plain: &[u8]) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::new()
+            .chain_update(full_key(table, key))
+            .chain_update((plain.len() as u64).to_be_bytes())
+            .chain_update(plain)
+            .finalize()
+            .into()
+    }
+
+    fn add(&mut self, t: &[u8; 32]) {
+        let mut carry = 0u16;
+        for i in (0..32).rev() {
+            let v = u16::from(self.0[i]) + u16::from(t[i]) + carry;
+            self.0[i] = (v & 0xff) as u8;
+            carry = v >> 8;
+        }
+    }
+
+    fn sub(&mut self, t: &[u8; 32]) {
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let v = i16::from(self.0[i]) - i16::from(t[i]) - borrow;
+            borrow = i16::from(v < 0);
+            self.0[i] = v.rem_euclid(256) as u8;
+        }
+    }
+}
+
+/// Tables covered by the state digest (everything but `Meta`).
+const DIGESTED: [Table; 7] = [
+    Table::Wallets,
+    Table::Keys,
+    Table::Policies,
+    Table::Assets,
+    Table::Kyt,
+    Table::Sessions,
+    Table::Admins,
+];
+const DIGEST_KEY: &[u8] = b"state-digest";
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,7 +190,27 @@ impl Store {
             dir_handle.sync_all()
         })
         .map_err(|e| StoreError::Engine(e.to_string()))?;
-        Ok(Self { commit, db, sealer })
+        let store = Self { commit, db, sealer, digest: std::sync::Mutex::new(Digest::default()) };
+        // Recompute the digest of what is on disk and compare it with the sealed one.
+        let mut computed = Digest::default();
+        let mut records = 0usize;
+        for t in DIGESTED {
+            for (k, v) in store.scan(t)? {
+                computed.add(&Digest::term(t, &k, &v));
+                records += 1;
+            }
+        }
+        match store.get(Table::Meta, DIGEST_KEY)? {
+            Some(d) if d.as_slice() == computed.0 => {}
+            None if records == 0 => {}
+            _ => {
+                return Err(StoreError::Engine(
+                    "the state on disk does not match its sealed digest: a record was deleted, or an older copy of it was put back. Refusing to start.".into(),
+                ));
+            }
+        }
+        *store.digest.lock().map_err(|_| StoreError::Engine("digest poisoned".into()))? = computed;
+        Ok(store)
     }
 
     fn aad(table: Table, key: &[u8]) -> Vec<u8> {
@@ -147,18 +222,41 @@ impl Store {
     /// # Errors
     /// [`StoreError::Engine`].
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut digest =
+            self.digest.lock().map_err(|_| StoreError::Engine("digest poisoned".into()))?;
+        let mut next = *digest;
         let mut batch = sled::Batch::default();
+        // Later ops on the same key see earlier ones of this batch.
+        let mut pending: std::collections::HashMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>> =
+            std::collections::HashMap::new();
         for op in ops {
-            match op {
-                Op::Put(t, k, v) => {
-                    let fk = full_key(t, &k);
-                    let sealed = self.sealer.seal(&fk, &v);
-                    batch.insert(fk, sealed);
+            let (t, k, new) = match op {
+                Op::Put(t, k, v) => (t, k, Some(v)),
+                Op::Delete(t, k) => (t, k, None),
+            };
+            let fk = full_key(t, &k);
+            if t != Table::Meta {
+                let old = match pending.get(&fk) {
+                    Some(v) => v.clone(),
+                    None => self.get(t, &k)?,
+                };
+                if let Some(old) = &old {
+                    next.sub(&Digest::term(t, &k, old));
                 }
-                Op::Delete(t, k) => batch.remove(full_key(t, &k)),
+                if let Some(new) = &new {
+                    next.add(&Digest::term(t, &k, new));
+                }
+                pending.insert(fk.clone(), new.clone());
+            }
+            match new {
+                Some(v) => batch.insert(fk.clone(), self.sealer.seal(&fk, &v)),
+                None => batch.remove(fk),
             }
         }
+        let dk = full_key(Table::Meta, DIGEST_KEY);
+        batch.insert(dk.clone(), self.sealer.seal(&dk, &next.0));
         self.db.apply_batch(batch).map_err(|e| StoreError::Engine(e.to_string()))?;
+        *digest = next;
         self.commit.wrote();
         Ok(())
     }
@@ -251,6 +349,46 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(s.scan(Table::Sessions).unwrap().len(), 64);
+    }
+
+    #[tokio::test]
+    async fn deleting_or_restoring_a_record_at_rest_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_blob;
+        {
+            let s = open(dir.path());
+            s.apply(vec![
+                Op::Put(Table::Sessions, b"s1".to_vec(), b"active".to_vec().into()),
+                Op::Put(Table::Kyt, b"a".to_vec(), b"".to_vec().into()),
+            ])
+            .unwrap();
+            old_blob = s.db.get(full_key(Table::Sessions, b"s1")).unwrap().unwrap();
+            s.apply(vec![Op::Put(Table::Sessions, b"s1".to_vec(), b"revoked".to_vec().into())])
+                .unwrap();
+            s.sync().await.unwrap();
+        }
+        drop(open(dir.path()));
+        // Put the session back as it was before its revocation.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(full_key(Table::Sessions, b"s1"), old_blob.clone()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path(), Sealer::new(&Zeroizing::new([1u8; 32]))).unwrap_err();
+        assert!(err.to_string().contains("digest"), "{err}");
+        // Delete a KYT entry instead.
+        let dir2 = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir2.path());
+            s.apply(vec![Op::Put(Table::Kyt, b"a".to_vec(), b"".to_vec().into())]).unwrap();
+            s.sync().await.unwrap();
+        }
+        {
+            let db = sled::open(dir2.path()).unwrap();
+            db.remove(full_key(Table::Kyt, b"a")).unwrap();
+            db.flush().unwrap();
+        }
+        assert!(Store::open(dir2.path(), Sealer::new(&Zeroizing::new([1u8; 32]))).is_err());
     }
 
     #[test]
