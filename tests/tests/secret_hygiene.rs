@@ -70,6 +70,11 @@ fn no_key_or_session_secret_in_logs_outputs_or_files_at_trace_level() {
     let data = stack.data_dir();
     let sealer = wallet_enclave::seal::Sealer::load_or_create(&data.join("sealing.key")).unwrap();
     let store = wallet_enclave::store::Store::open(&data.join("state"), sealer).unwrap();
+    let audit_key = store
+        .get(wallet_enclave::store::Table::Keys, b"audit-key")
+        .unwrap()
+        .expect("audit key")
+        .to_vec();
     let wallet_key = store
         .get(wallet_enclave::store::Table::Keys, wallet.as_bytes())
         .unwrap()
@@ -88,6 +93,7 @@ fn no_key_or_session_secret_in_logs_outputs_or_files_at_trace_level() {
         ("wallet key", wallet_key),
         ("session secret", session_secret),
         ("admin key", admin_secret),
+        ("audit signing key", audit_key),
     ];
     let mut haystacks: Vec<(String, Vec<u8>)> =
         vec![("walletctl output".into(), transcript.into_bytes())];
