@@ -809,18 +809,7 @@ impl Enclave {
     }
 
     async fn add_admin(&self, r: gw::AddAdminRequest) -> Result<gw::Admin> {
-        let pk: [u8; 32] = r.public_key.as_slice().try_into().map_err(|_| {
-            Failure::invalid("INVALID_PUBLIC_KEY", "admin public key must be 32 bytes")
-        })?;
-        let key = VerifyingKey::from_bytes(&pk).map_err(|_| {
-            Failure::invalid("INVALID_PUBLIC_KEY", "admin public key is not an Ed25519 point")
-        })?;
-        if key.is_weak() {
-            return Err(Failure::invalid(
-                "INVALID_PUBLIC_KEY",
-                "admin public key is a weak (small-order) key",
-            ));
-        }
+        let pk = ed25519_key(&r.public_key, "admin public key")?.to_bytes();
         if self.lock().admins.contains_key(&pk) {
             return Err(Failure::new(
                 ErrorCode::AlreadyExists,
@@ -1612,24 +1601,20 @@ fn asset_key(network: &str, address: &Address) -> Vec<u8> {
     format!("{network}/{address:#x}").into_bytes()
 }
 
-fn session_key(public_key_hex: &str) -> Result<VerifyingKey> {
-    let bytes: [u8; 32] =
-        hex::decode(public_key_hex).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
-            Failure::invalid(
-                "INVALID_PUBLIC_KEY",
-                "session public_key must be a 32-byte Ed25519 key",
-            )
-        })?;
-    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| {
-        Failure::invalid("INVALID_PUBLIC_KEY", "session public_key is not a valid Ed25519 point")
-    })?;
+/// Validates an Ed25519 public key given to the enclave (`what` names it in errors): 32 bytes,
+/// a valid point, not of small order.
+fn ed25519_key(bytes: &[u8], what: &str) -> Result<VerifyingKey> {
+    let bad = |why: &str| Failure::invalid("INVALID_PUBLIC_KEY", format!("{what} {why}"));
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad("must be a 32-byte Ed25519 key"))?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("is not a valid Ed25519 point"))?;
     if key.is_weak() {
-        return Err(Failure::invalid(
-            "INVALID_PUBLIC_KEY",
-            "session public_key is a weak (small-order) key",
-        ));
+        return Err(bad("is a weak (small-order) key"));
     }
     Ok(key)
+}
+
+fn session_key(public_key_hex: &str) -> Result<VerifyingKey> {
+    ed25519_key(&hex::decode(public_key_hex).unwrap_or_default(), "session public_key")
 }
 
 fn wallet_proto(w: &WalletRecord) -> gw::Wallet {

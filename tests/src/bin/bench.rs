@@ -62,8 +62,14 @@ struct Run {
     p99: Duration,
 }
 
-#[allow(clippy::cast_precision_loss)]
-async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: usize) -> Run {
+/// Pre-signed payment requests (fresh: well inside the 120 s window), one batch per client, for a
+/// new wallet and session with room for all of them.
+async fn batches(
+    stack: &Stack,
+    tag: &str,
+    clients: usize,
+    per_client: usize,
+) -> Vec<Vec<gw::SignPaymentRequest>> {
     let w = stack.wallet("1").await;
     let cred = stack
         .session(
@@ -73,35 +79,35 @@ async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: 
         )
         .await;
     let hdr = header("1000");
-    let mut conns = Vec::new();
-    for _ in 0..channels {
-        let ch = tonic::transport::Endpoint::from_shared(stack.url.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        conns.push(WalletGatewayClient::new(ch));
-    }
-    // Pre-signed requests, per client (fresh: well inside the 120 s window).
-    let mut batches = Vec::new();
-    for c in 0..clients {
-        let reqs: Vec<_> = (0..per_client)
-            .map(|i| cred.sign_request(&hdr, "", "", &format!("b{clients}-{c}-{i}"), now_ms()))
-            .collect();
-        batches.push(reqs);
-    }
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(clients * per_client)));
+    (0..clients)
+        .map(|c| {
+            (0..per_client)
+                .map(|i| {
+                    cred.sign_request(&hdr, "", "", &format!("{tag}{clients}-{c}-{i}"), now_ms())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs each batch on its own task through `pay` (true when signed), timing every call.
+#[allow(clippy::cast_precision_loss)]
+async fn drive<F, Fut>(batches: Vec<Vec<gw::SignPaymentRequest>>, pay: F) -> Run
+where
+    F: Fn(usize, gw::SignPaymentRequest) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let lat = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (c, reqs) in batches.into_iter().enumerate() {
-        let mut client = conns[c % channels].clone();
-        let lat = Arc::clone(&lat);
+        let (lat, pay) = (Arc::clone(&lat), pay.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::with_capacity(reqs.len());
             let mut ok = 0;
             for r in reqs {
                 let t = Instant::now();
-                if client.sign_payment(r).await.is_ok() {
+                if pay(c, r).await {
                     ok += 1;
                 }
                 mine.push(t.elapsed());
@@ -125,64 +131,39 @@ async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: 
     }
 }
 
+/// `SignPayment` over gRPC through the gateway, clients spread over `channels` HTTP/2 connections.
+async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: usize) -> Run {
+    let batches = batches(stack, "b", clients, per_client).await;
+    let mut conns = Vec::new();
+    for _ in 0..channels {
+        let ch = tonic::transport::Endpoint::from_shared(stack.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        conns.push(WalletGatewayClient::new(ch));
+    }
+    let conns = Arc::new(conns);
+    drive(batches, move |c, r| {
+        let mut client = conns[c % conns.len()].clone();
+        async move { client.sign_payment(r).await.is_ok() }
+    })
+    .await
+}
+
 /// The same payments sent straight to the enclave's socket (no gRPC, no gateway): the enclave's
 /// own ceiling.
-#[allow(clippy::cast_precision_loss)]
 async fn enclave_only(stack: &Stack, clients: usize, per_client: usize) -> Run {
     use wallet_proto::enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp};
-    let w = stack.wallet("1").await;
-    let cred = stack
-        .session(
-            &w,
-            "1000000000",
-            gw::IssueSessionRequest { ttl_seconds: 3600, ..Default::default() },
-        )
-        .await;
-    let hdr = header("1000");
+    let batches = batches(stack, "e", clients, per_client).await;
     let client = Arc::new(wallet_host::enclave_client::EnclaveClient::new(
         stack.dir.path().join("enclave.sock"),
     ));
-    let mut batches = Vec::new();
-    for c in 0..clients {
-        batches.push(
-            (0..per_client)
-                .map(|i| cred.sign_request(&hdr, "", "", &format!("e{clients}-{c}-{i}"), now_ms()))
-                .collect::<Vec<_>>(),
-        );
-    }
-    let lat = Arc::new(Mutex::new(Vec::new()));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for reqs in batches {
+    drive(batches, move |_, r| {
         let client = Arc::clone(&client);
-        let lat = Arc::clone(&lat);
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::with_capacity(reqs.len());
-            let mut ok = 0;
-            for r in reqs {
-                let t = Instant::now();
-                if matches!(client.call(Req::SignPayment(r)).await, Ok(Resp::SignPayment(_))) {
-                    ok += 1;
-                }
-                mine.push(t.elapsed());
-            }
-            lat.lock().await.extend(mine);
-            ok
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        ok += t.await.expect("client task");
-    }
-    let total = start.elapsed();
-    let mut lat = Arc::try_unwrap(lat).expect("all tasks done").into_inner();
-    lat.sort();
-    Run {
-        ok,
-        throughput: ok as f64 / total.as_secs_f64(),
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-    }
+        async move { matches!(client.call(Req::SignPayment(r)).await, Ok(Resp::SignPayment(_))) }
+    })
+    .await
 }
 
 #[tokio::main]
