@@ -219,6 +219,18 @@ impl Harness {
         }
     }
 
+    /// Waits until a payment of the session has been reserved (it is then signing or waiting for
+    /// its durability round), so a test can act while it is in flight.
+    async fn wait_until_in_flight(&self, session: &str) {
+        for _ in 0..500 {
+            if self.spent(session).await != "0" {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        panic!("the payment never got in flight");
+    }
+
     async fn spent(&self, session: &str) -> String {
         let Resp::Sessions(l) =
             self.call(Req::ListSessions(gw::ListSessionsRequest::default())).await.unwrap()
@@ -630,7 +642,7 @@ async fn revoked_in_flight_is_withheld_for_good_even_after_restart() {
     let w = h.wallet("1").await;
     let agent = h.session(&w, "1").await;
     // Hold the payment at its durability round while the admin revokes the session.
-    h.enclave.journal_faults().delay_ms.store(400, Ordering::SeqCst);
+    h.enclave.journal_faults().delay_ms.store(1_500, Ordering::SeqCst);
     let enclave = Arc::clone(&h.enclave);
     let req = agent.request(&header("10000"), "k");
     let pending = tokio::spawn(async move {
@@ -642,7 +654,7 @@ async fn revoked_in_flight_is_withheld_for_good_even_after_restart() {
             })
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    h.wait_until_in_flight(&agent.id).await;
     h.call(Req::RevokeSession(gw::RevokeSessionRequest {
         auth: None,
         session_id: agent.id.clone(),
@@ -783,7 +795,7 @@ async fn freeze_is_a_kill_switch_for_new_and_in_flight_payments() {
         h.call(body)
     };
     // In flight when the freeze lands: withheld.
-    h.enclave.journal_faults().delay_ms.store(400, Ordering::SeqCst);
+    h.enclave.journal_faults().delay_ms.store(1_500, Ordering::SeqCst);
     let enclave = Arc::clone(&h.enclave);
     let req = agent.request(&header("10000"), "in-flight");
     let pending = tokio::spawn(async move {
@@ -795,7 +807,7 @@ async fn freeze_is_a_kill_switch_for_new_and_in_flight_payments() {
             })
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    h.wait_until_in_flight(&agent.id).await;
     let Resp::Wallet(frozen) = freeze(true).await.unwrap() else { panic!() };
     assert!(frozen.frozen);
     h.enclave.journal_faults().delay_ms.store(0, Ordering::SeqCst);
