@@ -521,6 +521,12 @@ impl Enclave {
         })
     }
 
+    /// Applies a batch of state changes atomically and waits until it is durable.
+    async fn persist(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.store.apply(ops)?;
+        self.store.sync().await
+    }
+
     /// Fault injection into the spend journal, for tests.
     #[doc(hidden)]
     #[must_use]
@@ -801,8 +807,7 @@ impl Enclave {
                 a.last_ts = auth.timestamp_ms;
                 a.clone()
             };
-            self.store.apply(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))])?;
-            self.store.sync().await?;
+            self.persist(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))]).await?;
         }
         tracing::info!(rpc, admin = %hex::encode(&pk[..8]), "admin request authorized");
         Ok(())
@@ -822,8 +827,7 @@ impl Enclave {
             r.auth.as_ref().filter(|a| a.public_key == r.public_key).map_or(0, |a| a.timestamp_ms);
         let record =
             AdminRecord { label: r.label.trim().to_owned(), added_at: self.now_s(), last_ts };
-        self.store.apply(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))])?;
-        self.store.sync().await?;
+        self.persist(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))]).await?;
         tracing::info!(admin = %hex::encode(&pk[..8]), "admin added");
         let out = admin_proto(&pk, &record);
         self.lock().admins.insert(pk, record);
@@ -850,8 +854,7 @@ impl Enclave {
             }
             record
         };
-        self.store.apply(vec![Op::Delete(Table::Admins, pk.to_vec())])?;
-        self.store.sync().await?;
+        self.persist(vec![Op::Delete(Table::Admins, pk.to_vec())]).await?;
         self.lock().admins.remove(&pk);
         tracing::info!(admin = %hex::encode(&pk[..8]), "admin removed");
         Ok(admin_proto(&pk, &record))
@@ -1305,11 +1308,11 @@ impl Enclave {
             frozen: false,
             created_at: self.now_s(),
         };
-        self.store.apply(vec![
+        self.persist(vec![
             Op::Put(Table::Keys, record.id.as_bytes().to_vec(), key.secret_bytes()),
             Op::Put(Table::Wallets, record.id.as_bytes().to_vec(), json(&record)),
-        ])?;
-        self.store.sync().await?;
+        ])
+        .await?;
         tracing::info!(wallet = %record.id, address = %record.address, "wallet created");
         let out = wallet_proto(&record);
         self.lock().wallets.insert(record.id.clone(), WalletEntry { record, key: Arc::new(key) });
@@ -1347,12 +1350,12 @@ impl Enclave {
             inner.policies.get(&p.wallet_id).map_or(1, |old| old.version + 1)
         };
         let policy = Policy { version, max_per_payment, networks, assets, max_validity_seconds };
-        self.store.apply(vec![Op::Put(
+        self.persist(vec![Op::Put(
             Table::Policies,
             p.wallet_id.as_bytes().to_vec(),
             json(&policy),
-        )])?;
-        self.store.sync().await?;
+        )])
+        .await?;
         tracing::info!(wallet = %p.wallet_id, version, "policy set");
         let out = policy_proto(&p.wallet_id, &policy);
         self.lock().policies.insert(p.wallet_id, policy);
@@ -1382,12 +1385,12 @@ impl Enclave {
             &a.symbol,
         )
         .map_err(|e| Failure::invalid("INVALID_ARGUMENT", e))?;
-        self.store.apply(vec![Op::Put(
+        self.persist(vec![Op::Put(
             Table::Assets,
             asset_key(&info.network, &info.address),
             json(&info),
-        )])?;
-        self.store.sync().await?;
+        )])
+        .await?;
         tracing::info!(network = %info.network, asset = %info.address, "asset registered");
         let out = asset_proto(&info);
         self.lock().registry.insert(info);
@@ -1482,12 +1485,8 @@ impl Enclave {
             created_at: now,
             label: r.label.trim().to_owned(),
         };
-        self.store.apply(vec![Op::Put(
-            Table::Sessions,
-            record.id.as_bytes().to_vec(),
-            json(&record),
-        )])?;
-        self.store.sync().await?;
+        self.persist(vec![Op::Put(Table::Sessions, record.id.as_bytes().to_vec(), json(&record))])
+            .await?;
         tracing::info!(session = %record.id, wallet = %record.wallet_id, "session issued");
         let entry =
             SessionEntry { key: session_key(&record.public_key)?, record, spent: U256::ZERO };
@@ -1523,12 +1522,8 @@ impl Enclave {
                 w.record.frozen = true;
             }
         }
-        self.store.apply(vec![Op::Put(
-            Table::Wallets,
-            record.id.as_bytes().to_vec(),
-            json(&record),
-        )])?;
-        self.store.sync().await?;
+        self.persist(vec![Op::Put(Table::Wallets, record.id.as_bytes().to_vec(), json(&record))])
+            .await?;
         if !frozen {
             if let Some(w) = self.lock().wallets.get_mut(wallet_id) {
                 w.record.frozen = false;
@@ -1548,12 +1543,8 @@ impl Enclave {
             s.record.revoked = true;
             s.record.clone()
         };
-        self.store.apply(vec![Op::Put(
-            Table::Sessions,
-            record.id.as_bytes().to_vec(),
-            json(&record),
-        )])?;
-        self.store.sync().await?;
+        self.persist(vec![Op::Put(Table::Sessions, record.id.as_bytes().to_vec(), json(&record))])
+            .await?;
         tracing::info!(session = %session_id, "session revoked");
         let inner = self.lock();
         inner
