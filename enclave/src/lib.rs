@@ -31,6 +31,8 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     /// vsock port to listen on (Nitro mode).
     pub vsock_port: Option<u32>,
+    /// How long idempotency keys are remembered, seconds.
+    pub idempotency_ttl_seconds: u64,
 }
 
 /// Default data directory: `$WALLET_DATA_DIR`, else `$XDG_DATA_HOME/agent-wallet`, else
@@ -95,7 +97,9 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
     tracing::warn!(
         "SIMULATED ENCLAVE: keys are sealed with a key file on this machine. Not for real funds."
     );
-    let enclave = Arc::new(open_simulated(&config.data_dir).await?);
+    let enclave = open_simulated(&config.data_dir).await?;
+    enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
+    let enclave = Arc::new(enclave);
     let socket = config.socket.unwrap_or_else(|| config.data_dir.join("enclave.sock"));
     let serve = transport::serve_unix(&socket, enclave);
     tokio::select! {

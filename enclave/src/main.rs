@@ -15,12 +15,16 @@ OPTIONS:
                         [default: $XDG_DATA_HOME/agent-wallet or ~/.local/share/agent-wallet]
     --socket PATH       Unix socket to listen on [default: DIR/enclave.sock]
     --vsock-port PORT   vsock port to listen on (Nitro)
+    --idempotency-ttl SECONDS
+                        How long a payment's idempotency key is remembered; a retry after
+                        that is a new payment [default: 86400]
     -h, --help          Print this help
 
 Logging: RUST_LOG (default info). Payloads, keys and secrets are never logged.";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, String> {
     let mut c = wallet_enclave::Config {
+        idempotency_ttl_seconds: wallet_enclave::service::DEFAULT_IDEMPOTENCY_TTL_SECONDS,
         simulated: false,
         data_dir: wallet_enclave::default_data_dir(),
         socket: None,
@@ -33,6 +37,12 @@ fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, S
             "--simulated" => c.simulated = true,
             "--data-dir" => c.data_dir = PathBuf::from(value("--data-dir")?),
             "--socket" => c.socket = Some(PathBuf::from(value("--socket")?)),
+            "--idempotency-ttl" => {
+                c.idempotency_ttl_seconds =
+                    value("--idempotency-ttl")?.parse().ok().filter(|s| *s > 0).ok_or_else(
+                        || "--idempotency-ttl takes a positive number of seconds".to_owned(),
+                    )?;
+            }
             "--vsock-port" => {
                 c.vsock_port = Some(
                     value("--vsock-port")?

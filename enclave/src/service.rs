@@ -221,10 +221,24 @@ enum Idem {
     /// Released; a retry gets the same payload.
     Done { hash: [u8; 32], record: Arc<SpendRecord> },
     /// Charged, but revoked or frozen before release: never released.
-    Withheld { hash: [u8; 32], reason: String },
+    Withheld { hash: [u8; 32], reason: String, at_ms: u64 },
     /// Failed after the spend may have been recorded: the key cannot be reused.
-    Failed { hash: [u8; 32] },
+    Failed { hash: [u8; 32], at_ms: u64 },
 }
+
+impl Idem {
+    /// When a settled entry was decided (`None` while in flight).
+    fn at_ms(&self) -> Option<u64> {
+        match self {
+            Self::InFlight { .. } => None,
+            Self::Done { record, .. } => Some(record.at_ms),
+            Self::Withheld { at_ms, .. } | Self::Failed { at_ms, .. } => Some(*at_ms),
+        }
+    }
+}
+
+/// Default time an idempotency key is remembered: 24 hours.
+pub const DEFAULT_IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
 
 /// A journal record.
 #[derive(Debug, Serialize, Deserialize)]
@@ -233,7 +247,14 @@ enum Entry {
     /// An authorization the enclave signed and decided to release.
     Spend(Box<SpendRecord>),
     /// A spend whose signature was withheld (revoked or frozen in flight).
-    Withheld { session_id: String, idempotency_key: String, request_hash: String, reason: String },
+    Withheld {
+        session_id: String,
+        idempotency_key: String,
+        request_hash: String,
+        reason: String,
+        #[serde(default)]
+        at_ms: u64,
+    },
 }
 
 #[derive(Default)]
@@ -265,10 +286,34 @@ struct Inner {
     kyt: HashSet<Address>,
     sessions: HashMap<String, SessionEntry>,
     idem: HashMap<(String, String), Idem>,
+    /// Settled idempotency keys in the order they were settled, to forget them after the TTL.
+    idem_order: VecDeque<(u64, (String, String))>,
     /// Request nonces seen within the freshness window, and the same in expiry order (pruned
     /// from the front in O(1) per request).
     replay: HashSet<(String, Vec<u8>)>,
     replay_order: VecDeque<(u64, (String, Vec<u8>))>,
+}
+
+impl Inner {
+    /// Records a settled idempotency key (and when, to forget it after the TTL).
+    fn settle(&mut self, key: (String, String), entry: Idem) {
+        if let Some(at) = entry.at_ms() {
+            self.idem_order.push_back((at, key.clone()));
+        }
+        self.idem.insert(key, entry);
+    }
+
+    /// Forgets settled idempotency keys older than `ttl_ms` (O(1) per settled key).
+    fn prune_idem(&mut self, now_ms: u64, ttl_ms: u64) {
+        while self.idem_order.front().is_some_and(|(at, _)| at.saturating_add(ttl_ms) <= now_ms) {
+            if let Some((at, key)) = self.idem_order.pop_front() {
+                // Only if the key was not settled again since (a newer entry has a later time).
+                if self.idem.get(&key).and_then(Idem::at_ms) == Some(at) {
+                    self.idem.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -298,6 +343,8 @@ pub struct Enclave {
     spend_seq: AtomicU64,
     signed: AtomicU64,
     data_dir: String,
+    /// How long a settled idempotency key is remembered, ms.
+    idem_ttl_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -445,16 +492,16 @@ impl Enclave {
                             .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
                     }
                     let key = (s.session_id.clone(), s.idempotency_key.clone());
-                    inner.idem.insert(
+                    inner.settle(
                         key,
                         Idem::Done { hash: hash_of(&s.request_hash), record: Arc::from(s) },
                     );
                 }
-                Entry::Withheld { session_id, idempotency_key, request_hash, reason } => {
+                Entry::Withheld { session_id, idempotency_key, request_hash, reason, at_ms } => {
                     signed = signed.saturating_sub(1);
-                    inner.idem.insert(
+                    inner.settle(
                         (session_id, idempotency_key),
-                        Idem::Withheld { hash: hash_of(&request_hash), reason },
+                        Idem::Withheld { hash: hash_of(&request_hash), reason, at_ms },
                     );
                 }
             }
@@ -518,7 +565,14 @@ impl Enclave {
             spend_seq: AtomicU64::new(max_seq + 1),
             signed: AtomicU64::new(signed),
             data_dir,
+            idem_ttl_ms: AtomicU64::new(DEFAULT_IDEMPOTENCY_TTL_SECONDS * 1000),
         })
+    }
+
+    /// Sets how long idempotency keys are remembered (default 24 h). A retry after that is a new
+    /// payment.
+    pub fn set_idempotency_ttl(&self, seconds: u64) {
+        self.idem_ttl_ms.store(seconds.saturating_mul(1000), Ordering::Relaxed);
     }
 
     /// Applies a batch of state changes atomically and waits until it is durable.
@@ -954,12 +1008,13 @@ impl Enclave {
         let reserved = loop {
             let waiting = {
                 let mut inner = self.lock();
+                inner.prune_idem(now_ms, self.idem_ttl_ms.load(Ordering::Relaxed));
                 let waiting = match inner.idem.get(&idem_key) {
                     None => None,
                     Some(
                         Idem::Done { hash, .. }
                         | Idem::InFlight { hash, .. }
-                        | Idem::Failed { hash }
+                        | Idem::Failed { hash, .. }
                         | Idem::Withheld { hash, .. },
                     ) if *hash != request_hash => {
                         return Err(Failure::new(
@@ -1064,18 +1119,23 @@ impl Enclave {
                             idempotency_key: r.idempotency_key.clone(),
                             request_hash: hex::encode(request_hash),
                             reason: denial.reason.clone(),
+                            at_ms: now_ms,
                         };
                         let durable = match self.journal.append(&json(&entry)) {
                             Ok(()) => self.journal.durable().await.map_err(Failure::from),
                             Err(e) => Err(Failure::from(e)),
                         };
                         let mut inner = self.lock();
-                        inner.idem.insert(
+                        inner.settle(
                             idem_key,
                             if durable.is_ok() {
-                                Idem::Withheld { hash: request_hash, reason: denial.reason.clone() }
+                                Idem::Withheld {
+                                    hash: request_hash,
+                                    reason: denial.reason.clone(),
+                                    at_ms: now_ms,
+                                }
                             } else {
-                                Idem::Failed { hash: request_hash }
+                                Idem::Failed { hash: request_hash, at_ms: now_ms }
                             },
                         );
                         tracing::info!(session = %r.session_id, reason = %denial.reason, "signature withheld");
@@ -1095,7 +1155,7 @@ impl Enclave {
                     }
                     Ok(()) => {
                         let resp = record.response();
-                        self.lock().idem.insert(
+                        self.lock().settle(
                             idem_key,
                             Idem::Done { hash: request_hash, record: Arc::new(record) },
                         );
@@ -1108,7 +1168,7 @@ impl Enclave {
             Err(f) => {
                 // The reservation stays and the key is spent: the record may be on disk. Fail
                 // closed.
-                self.lock().idem.insert(idem_key, Idem::Failed { hash: request_hash });
+                self.lock().settle(idem_key, Idem::Failed { hash: request_hash, at_ms: now_ms });
                 Err(f)
             }
         };

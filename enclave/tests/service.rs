@@ -1079,3 +1079,33 @@ async fn deleting_the_admin_records_at_rest_does_not_reopen_bootstrap() {
             .unwrap_err();
     assert!(err.to_string().contains("no admin"), "{err}");
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_remembered_for_the_configured_time_only() {
+    let h = Harness::new().await;
+    h.enclave.set_idempotency_ttl(600);
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    let first = h.pay(agent.request(&header("10000"), "k")).await.unwrap();
+    // Within the ten minutes: the same payload, charged once.
+    h.now.fetch_add(599_000, Ordering::SeqCst);
+    let again = h.pay(agent.request(&header("10000"), "k")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.payment_signature, first.payment_signature);
+    assert_eq!(h.spent(&agent.id).await, "0.01");
+    // After it: the key is forgotten; the same key is a new payment.
+    h.now.fetch_add(2_000, Ordering::SeqCst);
+    let later = h.pay(agent.request(&header("10000"), "k")).await.unwrap();
+    assert!(!later.replayed);
+    assert_ne!(later.payment_signature, first.payment_signature);
+    assert_eq!(h.spent(&agent.id).await, "0.02");
+    // A restart does not bring the forgotten entry back as a replay of the old payment: the
+    // newest payment under the key is the one replayed.
+    let id = agent.id.clone();
+    let h = h.restart().await;
+    h.enclave.set_idempotency_ttl(600);
+    let agent = Agent { id, ..agent };
+    let after = h.pay(agent.request(&header("10000"), "k")).await.unwrap();
+    assert!(after.replayed);
+    assert_eq!(after.payment_signature, later.payment_signature);
+}
