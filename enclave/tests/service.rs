@@ -219,6 +219,29 @@ impl Harness {
         }
     }
 
+    /// Starts a payment that is held at its durability round (1.5 s), and returns once it is
+    /// reserved: the test can then act while it is in flight. The hold is lifted by the caller.
+    async fn start_held_payment(
+        &self,
+        agent: &Agent,
+        key: &str,
+    ) -> tokio::task::JoinHandle<wallet_proto::enclave::v1::EnclaveResponse> {
+        self.enclave.journal_faults().delay_ms.store(1_500, Ordering::SeqCst);
+        let enclave = Arc::clone(&self.enclave);
+        let req = agent.request(&header("10000"), key);
+        let pending = tokio::spawn(async move {
+            enclave
+                .handle(EnclaveRequest {
+                    protocol_version: 1,
+                    request_id: 1,
+                    body: Some(Req::SignPayment(req)),
+                })
+                .await
+        });
+        self.wait_until_in_flight(&agent.id).await;
+        pending
+    }
+
     /// Waits until a payment of the session has been reserved (it is then signing or waiting for
     /// its durability round), so a test can act while it is in flight.
     async fn wait_until_in_flight(&self, session: &str) {
@@ -642,19 +665,7 @@ async fn revoked_in_flight_is_withheld_for_good_even_after_restart() {
     let w = h.wallet("1").await;
     let agent = h.session(&w, "1").await;
     // Hold the payment at its durability round while the admin revokes the session.
-    h.enclave.journal_faults().delay_ms.store(1_500, Ordering::SeqCst);
-    let enclave = Arc::clone(&h.enclave);
-    let req = agent.request(&header("10000"), "k");
-    let pending = tokio::spawn(async move {
-        enclave
-            .handle(EnclaveRequest {
-                protocol_version: 1,
-                request_id: 1,
-                body: Some(Req::SignPayment(req)),
-            })
-            .await
-    });
-    h.wait_until_in_flight(&agent.id).await;
+    let pending = h.start_held_payment(&agent, "k").await;
     h.call(Req::RevokeSession(gw::RevokeSessionRequest {
         auth: None,
         session_id: agent.id.clone(),
@@ -795,19 +806,7 @@ async fn freeze_is_a_kill_switch_for_new_and_in_flight_payments() {
         h.call(body)
     };
     // In flight when the freeze lands: withheld.
-    h.enclave.journal_faults().delay_ms.store(1_500, Ordering::SeqCst);
-    let enclave = Arc::clone(&h.enclave);
-    let req = agent.request(&header("10000"), "in-flight");
-    let pending = tokio::spawn(async move {
-        enclave
-            .handle(EnclaveRequest {
-                protocol_version: 1,
-                request_id: 1,
-                body: Some(Req::SignPayment(req)),
-            })
-            .await
-    });
-    h.wait_until_in_flight(&agent.id).await;
+    let pending = h.start_held_payment(&agent, "in-flight").await;
     let Resp::Wallet(frozen) = freeze(true).await.unwrap() else { panic!() };
     assert!(frozen.frozen);
     h.enclave.journal_faults().delay_ms.store(0, Ordering::SeqCst);
