@@ -40,6 +40,7 @@ use wallet_policy::{
         self, AssetLookup, Context, Denial, Policy, Scope, SessionState,
         DEFAULT_MAX_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS, MIN_VALIDITY_SECONDS,
     },
+    window::{History, ScopeLedger, WalletHistory},
     x402::{decode_payment_required, encode_header, payment_payload_json, PaymentRequired},
 };
 use wallet_proto::{
@@ -61,6 +62,11 @@ use crate::{
 
 /// Record id of the audit key in the key table (wallet ids start with `w_`).
 const AUDIT_KEY_ID: &[u8] = b"audit-key";
+
+/// Most entries a KYT list may hold.
+pub const MAX_KYT_ENTRIES: usize = 2_000_000;
+/// Most KYT entries one `ListKyt` page returns (keeps the answer under one frame).
+const MAX_KYT_PAGE: u64 = 10_000;
 
 /// Longest session lifetime an admin may grant: one year.
 pub const MAX_SESSION_TTL_SECONDS: u64 = 366 * 24 * 3600;
@@ -205,6 +211,99 @@ struct SessionEntry {
     record: SessionRecord,
     key: VerifyingKey,
     spent: U256,
+    /// The session's spends, for its time-window budgets and rate limit.
+    history: History,
+}
+
+/// A policy as stored: the document and the version the enclave gave it.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredPolicy {
+    version: u64,
+    document: String,
+}
+
+/// A policy as stored before policy documents: converted to the basic document when read.
+#[derive(Debug, Deserialize)]
+struct LegacyPolicy {
+    version: u64,
+    max_per_payment: U256,
+    networks: Vec<String>,
+    assets: Vec<Address>,
+    max_validity_seconds: u64,
+}
+
+fn load_policy(bytes: &[u8]) -> Result<Policy, StoreError> {
+    let stored = match serde_json::from_slice::<StoredPolicy>(bytes) {
+        Ok(s) => s,
+        Err(_) => {
+            let l: LegacyPolicy = from_json("policy", bytes)?;
+            StoredPolicy {
+                version: l.version,
+                document: Policy::basic_document(
+                    l.max_per_payment,
+                    &l.networks,
+                    &l.assets,
+                    l.max_validity_seconds,
+                ),
+            }
+        }
+    };
+    let mut p = Policy::parse(&stored.document)
+        .map_err(|e| StoreError::Engine(format!("stored policy does not parse: {e}")))?;
+    p.version = stored.version;
+    Ok(p)
+}
+
+/// Where a hold for approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum HoldState {
+    Pending,
+    Approved,
+    Denied,
+    /// Signed after approval.
+    Used,
+}
+
+/// A payment held for a human's approval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ApprovalRecord {
+    id: String,
+    wallet_id: String,
+    session_id: String,
+    idempotency_key: String,
+    request_hash: String,
+    network: String,
+    asset: Address,
+    asset_symbol: String,
+    pay_to: Address,
+    amount: String,
+    reason: String,
+    state: HoldState,
+    created_ms: u64,
+    /// Pending: decided by then or expired. Approved: retried by then or expired.
+    expires_ms: u64,
+    /// How long a decision or a retry may take, ms.
+    hold_ms: u64,
+    decided_by: String,
+    note: String,
+}
+
+impl ApprovalRecord {
+    fn expired(&self, now_ms: u64) -> bool {
+        matches!(self.state, HoldState::Pending | HoldState::Approved) && now_ms >= self.expires_ms
+    }
+    fn state_name(&self, now_ms: u64) -> &'static str {
+        if self.expired(now_ms) {
+            return "expired";
+        }
+        match self.state {
+            HoldState::Pending => "pending",
+            HoldState::Approved => "approved",
+            HoldState::Denied => "denied",
+            HoldState::Used => "used",
+        }
+    }
 }
 
 struct Reserved {
@@ -213,6 +312,21 @@ struct Reserved {
     domain: B256,
     wallet_id: String,
     done_tx: watch::Sender<bool>,
+}
+
+/// The next step of a payment after a look at the state.
+enum Step {
+    Sign(Reserved),
+    Hold(ApprovalRecord),
+    Wait(watch::Receiver<bool>),
+}
+
+/// What the decision under the lock came to.
+enum Reservation {
+    /// Allowed and charged: sign it.
+    Sign(Reserved),
+    /// Held for a human's approval (in memory; to be made durable).
+    Hold(ApprovalRecord),
 }
 
 enum Idem {
@@ -224,13 +338,15 @@ enum Idem {
     Withheld { hash: [u8; 32], reason: String, at_ms: u64 },
     /// Failed after the spend may have been recorded: the key cannot be reused.
     Failed { hash: [u8; 32], at_ms: u64 },
+    /// Held for a human's approval (see `Inner::approvals`).
+    Held { hash: [u8; 32], approval_id: String },
 }
 
 impl Idem {
     /// When a settled entry was decided (`None` while in flight).
     fn at_ms(&self) -> Option<u64> {
         match self {
-            Self::InFlight { .. } => None,
+            Self::InFlight { .. } | Self::Held { .. } => None,
             Self::Done { record, .. } => Some(record.at_ms),
             Self::Withheld { at_ms, .. } | Self::Failed { at_ms, .. } => Some(*at_ms),
         }
@@ -285,6 +401,10 @@ struct Inner {
     registry: Registry,
     kyt: HashSet<Address>,
     sessions: HashMap<String, SessionEntry>,
+    /// Each wallet's spends, for its time-window budgets, payee caps and rate limit.
+    wallet_history: HashMap<String, WalletHistory>,
+    /// Payments held for approval, by id.
+    approvals: HashMap<String, ApprovalRecord>,
     idem: HashMap<(String, String), Idem>,
     /// Settled idempotency keys in the order they were settled, to forget them after the TTL.
     idem_order: VecDeque<(u64, (String, String))>,
@@ -345,6 +465,8 @@ pub struct Enclave {
     data_dir: String,
     /// How long a settled idempotency key is remembered, ms.
     idem_ttl_ms: AtomicU64,
+    /// A KYT import being uploaded: its id and the addresses so far.
+    kyt_staging: Mutex<Option<(String, HashSet<Address>)>>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -459,9 +581,7 @@ impl Enclave {
             inner.wallets.insert(record.id.clone(), WalletEntry { record, key: Arc::new(key) });
         }
         for (k, v) in store.scan(Table::Policies)? {
-            inner
-                .policies
-                .insert(String::from_utf8_lossy(&k).into_owned(), from_json("policy", &v)?);
+            inner.policies.insert(String::from_utf8_lossy(&k).into_owned(), load_policy(&v)?);
         }
         for (k, _) in store.scan(Table::Kyt)? {
             if let Ok(a) = <[u8; 20]>::try_from(k.as_slice()) {
@@ -471,9 +591,33 @@ impl Enclave {
         for (_, v) in store.scan(Table::Sessions)? {
             let record: SessionRecord = from_json("session", &v)?;
             let key = session_key(&record.public_key).map_err(|e| StoreError::Engine(e.message))?;
-            inner
-                .sessions
-                .insert(record.id.clone(), SessionEntry { record, key, spent: U256::ZERO });
+            inner.sessions.insert(
+                record.id.clone(),
+                SessionEntry { record, key, spent: U256::ZERO, history: History::new() },
+            );
+        }
+        // Holds for approval; a retry of a held request finds its hold by idempotency key.
+        let now_ms = clock();
+        let mut stale = Vec::new();
+        for (k, v) in store.scan(Table::Approvals)? {
+            let a: ApprovalRecord = from_json("approval", &v)?;
+            // Settled holds are forgotten a day after they stopped mattering.
+            if a.expires_ms.saturating_add(DEFAULT_IDEMPOTENCY_TTL_SECONDS * 1000) <= now_ms {
+                stale.push(Op::Delete(Table::Approvals, k));
+                continue;
+            }
+            let hash = hex::decode(&a.request_hash)
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .unwrap_or_default();
+            inner.idem.insert(
+                (a.session_id.clone(), a.idempotency_key.clone()),
+                Idem::Held { hash, approval_id: a.id.clone() },
+            );
+            inner.approvals.insert(a.id.clone(), a);
+        }
+        if !stale.is_empty() {
+            store.apply(stale)?;
         }
         let mut max_seq = 0;
         let mut signed: u64 = 0;
@@ -490,7 +634,13 @@ impl Enclave {
                             .spent
                             .checked_add(s.charge)
                             .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
+                        sess.history.record(s.at_ms / 1000, s.charge);
                     }
+                    inner.wallet_history.entry(s.wallet_id.clone()).or_default().record(
+                        s.pay_to,
+                        s.at_ms / 1000,
+                        s.charge,
+                    );
                     let key = (s.session_id.clone(), s.idempotency_key.clone());
                     inner.settle(
                         key,
@@ -566,6 +716,7 @@ impl Enclave {
             signed: AtomicU64::new(signed),
             data_dir,
             idem_ttl_ms: AtomicU64::new(DEFAULT_IDEMPOTENCY_TTL_SECONDS * 1000),
+            kyt_staging: Mutex::new(None),
         })
     }
 
@@ -647,7 +798,8 @@ impl Enclave {
             Req::ListWallets(_) => Resp::Wallets(self.list_wallets()),
             Req::GetPolicy(r) => Resp::Policy(self.get_policy(&r.wallet_id)?),
             Req::ListAssets(_) => Resp::Assets(self.list_assets()),
-            Req::ListKyt(_) => Resp::KytList(self.list_kyt()),
+            Req::ListKyt(r) => Resp::KytList(self.list_kyt(&r)),
+            Req::ListApprovals(r) => Resp::Approvals(self.list_approvals(&r)),
             Req::ListSessions(r) => Resp::Sessions(self.list_sessions(&r.wallet_id)),
             Req::GetStatus(_) => Resp::Status(self.status()),
             Req::ListAdmins(_) => Resp::Admins(self.list_admins()),
@@ -664,6 +816,12 @@ impl Enclave {
             }
             Req::IssueSession(r) => {
                 admin!("IssueSession", r, Resp::Session(self.issue_session(r).await?))
+            }
+            Req::ImportKyt(r) => {
+                admin!("ImportKyt", r, Resp::KytImport(self.import_kyt(r).await?))
+            }
+            Req::DecideApproval(r) => {
+                admin!("DecideApproval", r, Resp::Approval(self.decide_approval(&r).await?))
             }
             Req::RevokeSession(r) => {
                 admin!("RevokeSession", r, Resp::Session(self.revoke_session(&r.session_id).await?))
@@ -713,8 +871,30 @@ impl Enclave {
                 p.wallet_id.clone(),
                 String::new(),
                 format!(
-                    "policy v{}: max per payment {}, networks {:?}, assets {:?}, max validity {} s",
-                    p.version, p.max_per_payment, p.networks, p.assets, p.max_validity_seconds
+                    "policy v{}, document sha256 {}",
+                    p.version,
+                    hex::encode(Sha256::digest(p.document.as_bytes()))
+                ),
+            ),
+            // Staged chunks are not changes; only the commit is.
+            Resp::KytImport(k) if !k.committed => return,
+            Resp::KytImport(k) => (
+                String::new(),
+                String::new(),
+                format!("import: {} added, {} removed, {} listed", k.added, k.removed, k.total),
+            ),
+            Resp::Approval(a) => (
+                a.wallet_id.clone(),
+                a.session_id.clone(),
+                format!(
+                    "hold {} {}: {} {} to {} ({}){}",
+                    a.approval_id,
+                    a.state,
+                    a.amount,
+                    a.asset_symbol,
+                    a.pay_to,
+                    a.reason,
+                    if a.note.is_empty() { String::new() } else { format!(", note: {}", a.note) }
                 ),
             ),
             Resp::Asset(a) => (
@@ -1005,8 +1185,9 @@ impl Enclave {
         let idem_key = (r.session_id.clone(), r.idempotency_key.clone());
 
         // Decide and reserve, atomically.
+        let mut approval_id: Option<String> = None;
         let reserved = loop {
-            let waiting = {
+            let step = {
                 let mut inner = self.lock();
                 inner.prune_idem(now_ms, self.idem_ttl_ms.load(Ordering::Relaxed));
                 let waiting = match inner.idem.get(&idem_key) {
@@ -1015,7 +1196,8 @@ impl Enclave {
                         Idem::Done { hash, .. }
                         | Idem::InFlight { hash, .. }
                         | Idem::Failed { hash, .. }
-                        | Idem::Withheld { hash, .. },
+                        | Idem::Withheld { hash, .. }
+                        | Idem::Held { hash, .. },
                     ) if *hash != request_hash => {
                         return Err(Failure::new(
                             ErrorCode::FailedPrecondition,
@@ -1041,18 +1223,30 @@ impl Enclave {
                             "an earlier attempt with this idempotency key failed after its spend may have been recorded; use a new key",
                         ));
                     }
+                    Some(Idem::Held { approval_id: id, .. }) => {
+                        let hold = inner
+                            .approvals
+                            .get(id)
+                            .ok_or_else(|| Failure::internal("approval record missing"))?;
+                        Self::check_hold(hold, now_ms)?;
+                        approval_id = Some(hold.id.clone());
+                        None
+                    }
                     Some(Idem::InFlight { done, .. }) => Some(done.clone()),
                 };
-                if waiting.is_none() {
-                    match Self::reserve(
+                match waiting {
+                    Some(rx) => Step::Wait(rx),
+                    None => match Self::reserve(
                         &mut inner,
                         &r,
                         &required,
                         preferred_asset.as_ref(),
                         now_ms,
                         request_hash,
+                        approval_id.as_deref(),
                     ) {
-                        Ok(reserved) => break reserved,
+                        Ok(Reservation::Sign(reserved)) => Step::Sign(reserved),
+                        Ok(Reservation::Hold(hold)) => Step::Hold(hold),
                         Err(f) => {
                             if f.code == ErrorCode::Denied {
                                 let wallet = inner
@@ -1076,18 +1270,21 @@ impl Enclave {
                             }
                             return Err(f);
                         }
-                    }
+                    },
                 }
-                waiting
             };
-            if let Some(mut rx) = waiting {
-                // The same request is in flight under this key: wait for it, then look again.
-                if rx.wait_for(|d| *d).await.is_err() {
-                    return Err(Failure::new(
-                        ErrorCode::Aborted,
-                        "IDEMPOTENCY_IN_PROGRESS",
-                        "the earlier attempt with this key did not finish; retry",
-                    ));
+            match step {
+                Step::Sign(reserved) => break reserved,
+                Step::Hold(hold) => return Err(self.hold(hold).await),
+                Step::Wait(mut rx) => {
+                    // The same request is in flight under this key: wait for it, then look again.
+                    if rx.wait_for(|d| *d).await.is_err() {
+                        return Err(Failure::new(
+                            ErrorCode::Aborted,
+                            "IDEMPOTENCY_IN_PROGRESS",
+                            "the earlier attempt with this key did not finish; retry",
+                        ));
+                    }
                 }
             }
         };
@@ -1159,6 +1356,9 @@ impl Enclave {
                             idem_key,
                             Idem::Done { hash: request_hash, record: Arc::new(record) },
                         );
+                        if let Some(id) = &approval_id {
+                            self.mark_hold_used(id).await;
+                        }
                         self.signed.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(session = %r.session_id, network = %resp.network, amount = %resp.amount, "payment signed");
                         Ok(resp)
@@ -1174,6 +1374,167 @@ impl Enclave {
         };
         let _ = done_tx.send(true);
         outcome
+    }
+
+    /// Whether the retry of a held payment may go ahead: only once approved, before expiry.
+    fn check_hold(hold: &ApprovalRecord, now_ms: u64) -> Result<()> {
+        let denied =
+            |reason: &str, message: String| Failure::new(ErrorCode::Denied, reason, message);
+        if hold.expired(now_ms) {
+            return Err(denied(
+                "APPROVAL_EXPIRED",
+                format!(
+                    "the hold {} expired before it was {}",
+                    hold.id,
+                    if hold.state == HoldState::Pending { "decided" } else { "used" }
+                ),
+            ));
+        }
+        match hold.state {
+            HoldState::Approved => Ok(()),
+            HoldState::Pending => Err(Self::pending(hold, now_ms)),
+            HoldState::Denied => Err(denied(
+                "APPROVAL_DENIED",
+                format!(
+                    "a human denied this payment (hold {}){}",
+                    hold.id,
+                    if hold.note.is_empty() { String::new() } else { format!(": {}", hold.note) }
+                ),
+            )),
+            HoldState::Used => Err(Failure::internal("approved hold already used")),
+        }
+    }
+
+    fn pending(hold: &ApprovalRecord, now_ms: u64) -> Failure {
+        Failure::new(
+            ErrorCode::FailedPrecondition,
+            "APPROVAL_PENDING",
+            format!(
+                "held for human approval as {} ({}); retry with the same idempotency key once it is approved (walletctl approvals approve {}); the hold expires in {} s",
+                hold.id,
+                hold.reason,
+                hold.id,
+                hold.expires_ms.saturating_sub(now_ms) / 1000
+            ),
+        )
+    }
+
+    /// Makes a new hold durable and audits it. Returns the answer for the agent.
+    async fn hold(&self, hold: ApprovalRecord) -> Failure {
+        let key = (hold.session_id.clone(), hold.idempotency_key.clone());
+        if let Err(e) = self
+            .persist(vec![Op::Put(Table::Approvals, hold.id.as_bytes().to_vec(), json(&hold))])
+            .await
+        {
+            let mut inner = self.lock();
+            inner.approvals.remove(&hold.id);
+            if matches!(inner.idem.get(&key), Some(Idem::Held { approval_id, .. }) if *approval_id == hold.id)
+            {
+                inner.idem.remove(&key);
+            }
+            return Failure::from(e);
+        }
+        tracing::info!(session = %hold.session_id, approval = %hold.id, "payment held for approval");
+        let rec = AuditRecord {
+            at_ms: hold.created_ms,
+            kind: "hold".into(),
+            session: hold.session_id.clone(),
+            wallet: hold.wallet_id.clone(),
+            reason: "APPROVAL_PENDING".into(),
+            detail: format!(
+                "{} {} {} to {} on {}: {}",
+                hold.id,
+                hold.amount,
+                hold.asset_symbol,
+                hold.pay_to.to_checksum(None),
+                hold.network,
+                hold.reason
+            ),
+            ..Default::default()
+        };
+        if let Err(e) = self.audit.append(rec) {
+            tracing::error!(error = %e, "audit append failed");
+        }
+        Self::pending(&hold, hold.created_ms)
+    }
+
+    /// Marks an approved hold as used once its payment was released.
+    async fn mark_hold_used(&self, id: &str) {
+        let record = {
+            let mut inner = self.lock();
+            let Some(a) = inner.approvals.get_mut(id) else { return };
+            a.state = HoldState::Used;
+            a.clone()
+        };
+        // The spend journal already says the payment was released; this is bookkeeping.
+        if let Err(e) = self
+            .persist(vec![Op::Put(Table::Approvals, id.as_bytes().to_vec(), json(&record))])
+            .await
+        {
+            tracing::error!(error = %e, approval = %id, "could not record the hold as used");
+        }
+    }
+
+    fn list_approvals(&self, r: &gw::ListApprovalsRequest) -> gw::ListApprovalsResponse {
+        let now_ms = (self.clock)();
+        let inner = self.lock();
+        let mut approvals: Vec<_> = inner
+            .approvals
+            .values()
+            .filter(|a| r.wallet_id.is_empty() || a.wallet_id == r.wallet_id)
+            .filter(|a| r.all || (a.state == HoldState::Pending && !a.expired(now_ms)))
+            .map(|a| approval_proto(a, now_ms))
+            .collect();
+        approvals.sort_by_key(|a| (a.created_at_ms, a.approval_id.clone()));
+        gw::ListApprovalsResponse { approvals }
+    }
+
+    async fn decide_approval(&self, r: &gw::DecideApprovalRequest) -> Result<gw::Approval> {
+        let now_ms = (self.clock)();
+        if r.note.len() > 200 {
+            return Err(Failure::invalid("INVALID_ARGUMENT", "note may be at most 200 bytes"));
+        }
+        let by = r
+            .auth
+            .as_ref()
+            .map(|a| hex::encode(&a.public_key[..a.public_key.len().min(8)]))
+            .unwrap_or_default();
+        let record = {
+            let inner = self.lock();
+            let a = inner.approvals.get(&r.approval_id).ok_or_else(|| {
+                Failure::not_found(format!(
+                    "no hold {:?} (see walletctl approvals list)",
+                    r.approval_id
+                ))
+            })?;
+            if a.expired(now_ms) {
+                return Err(Failure::new(
+                    ErrorCode::FailedPrecondition,
+                    "APPROVAL_EXPIRED",
+                    format!("hold {} expired; the agent must ask again", a.id),
+                ));
+            }
+            if a.state != HoldState::Pending {
+                return Err(Failure::new(
+                    ErrorCode::FailedPrecondition,
+                    "APPROVAL_DECIDED",
+                    format!("hold {} was already decided ({})", a.id, a.state_name(now_ms)),
+                ));
+            }
+            let mut a = a.clone();
+            a.state = if r.approve { HoldState::Approved } else { HoldState::Denied };
+            a.decided_by = by;
+            a.note = r.note.trim().to_owned();
+            // An approval gives the agent as long to retry as the hold had to be decided.
+            a.expires_ms = now_ms.saturating_add(a.hold_ms);
+            a
+        };
+        self.persist(vec![Op::Put(Table::Approvals, record.id.as_bytes().to_vec(), json(&record))])
+            .await?;
+        tracing::info!(approval = %record.id, approve = r.approve, "hold decided");
+        let out = approval_proto(&record, now_ms);
+        self.lock().approvals.insert(record.id.clone(), record);
+        Ok(out)
     }
 
     /// Whether a signature may leave now: session not revoked or expired, wallet not frozen.
@@ -1199,7 +1560,9 @@ impl Enclave {
         Ok(())
     }
 
-    /// Evaluates policy and reserves the charge. Called with the state lock held.
+    /// Evaluates policy and reserves the charge (or holds the payment for approval). Called with
+    /// the state lock held. `approval` is the id of an approved hold this request is the retry of.
+    #[allow(clippy::too_many_lines)]
     fn reserve(
         inner: &mut Inner,
         r: &gw::SignPaymentRequest,
@@ -1207,56 +1570,94 @@ impl Enclave {
         preferred_asset: Option<&Address>,
         now_ms: u64,
         request_hash: [u8; 32],
-    ) -> Result<Reserved> {
-        let session = inner
-            .sessions
-            .get(&r.session_id)
+        approval: Option<&str>,
+    ) -> Result<Reservation> {
+        let Inner { sessions, wallets, policies, kyt, registry, wallet_history, .. } = &mut *inner;
+        let session = sessions
+            .get_mut(&r.session_id)
             .ok_or_else(|| Failure::unauthenticated("UNKNOWN_SESSION", "unknown session"))?;
-        let wallet = inner
-            .wallets
+        let wallet = wallets
             .get(&session.record.wallet_id)
             .ok_or_else(|| Failure::internal("session's wallet is missing"))?;
+        let policy = policies.get(&wallet.record.id);
+        let SessionEntry { record, spent, history, .. } = session;
         let ctx = Context {
-            policy: inner.policies.get(&wallet.record.id),
+            policy,
             wallet_frozen: wallet.record.frozen,
             session: SessionState {
-                cap: session.record.cap,
-                spent: session.spent,
-                expires_at: session.record.expires_at,
-                revoked: session.record.revoked,
-                scope: &session.record.scope,
+                cap: record.cap,
+                spent: *spent,
+                expires_at: record.expires_at,
+                revoked: record.revoked,
+                scope: &record.scope,
             },
-            kyt: &inner.kyt,
-            registry: &inner.registry,
+            kyt: &*kyt,
+            registry: &*registry,
             now: now_ms / 1000,
+            approved: approval.is_some(),
         };
         let preferred_network =
             (!r.preferred_network.is_empty()).then_some(r.preferred_network.as_str());
-        let approval = rules::choose(&ctx, required, preferred_network, preferred_asset)
-            .inspect_err(|d| {
-                tracing::debug!(session = %r.session_id, reason = d.reason.code(), "payment denied");
-            })?;
-        let key = Arc::clone(&wallet.key);
+        let wallet_spends = wallet_history.entry(wallet.record.id.clone()).or_default();
+        let mut ledger = ScopeLedger { wallet: wallet_spends, session: history };
+        let approved = rules::choose(
+            &ctx,
+            &mut ledger,
+            required,
+            preferred_network,
+            preferred_asset,
+        )
+        .inspect_err(|d| {
+            tracing::debug!(session = %r.session_id, reason = d.reason.code(), "payment denied");
+        })?;
         let wallet_id = wallet.record.id.clone();
-        let domain = *inner
-            .registry
+        if let Some(reason) = approved.hold.clone() {
+            let hold_ms = policy.map_or(0, |p| p.approval.expires_seconds).saturating_mul(1000);
+            let req = &approved.requirement;
+            let hold = ApprovalRecord {
+                id: random_id("ap_"),
+                wallet_id,
+                session_id: r.session_id.clone(),
+                idempotency_key: r.idempotency_key.clone(),
+                request_hash: hex::encode(request_hash),
+                network: req.network.clone(),
+                asset: req.asset,
+                asset_symbol: approved.asset.symbol.clone(),
+                pay_to: req.pay_to,
+                amount: format_decimal(req.amount, approved.asset.decimals),
+                reason,
+                state: HoldState::Pending,
+                created_ms: now_ms,
+                expires_ms: now_ms.saturating_add(hold_ms),
+                hold_ms,
+                decided_by: String::new(),
+                note: String::new(),
+            };
+            inner.idem.insert(
+                (r.session_id.clone(), r.idempotency_key.clone()),
+                Idem::Held { hash: request_hash, approval_id: hold.id.clone() },
+            );
+            inner.approvals.insert(hold.id.clone(), hold.clone());
+            return Ok(Reservation::Hold(hold));
+        }
+        let key = Arc::clone(&wallet.key);
+        let domain = *registry
             .domains
-            .get(&(approval.asset.network.clone(), approval.asset.address))
+            .get(&(approved.asset.network.clone(), approved.asset.address))
             .ok_or_else(|| Failure::internal("registry domain missing"))?;
-        let session = inner
-            .sessions
-            .get_mut(&r.session_id)
-            .ok_or_else(|| Failure::internal("session vanished"))?;
-        session.spent = session
-            .spent
-            .checked_add(approval.charge)
+        // Reserve: the session total, and the windows of the wallet, the session and the payee.
+        *spent = spent
+            .checked_add(approved.charge)
             .ok_or_else(|| Failure::internal("spend overflow"))?;
+        let now_s = now_ms / 1000;
+        ledger.session.record(now_s, approved.charge);
+        ledger.wallet.record(approved.requirement.pay_to, now_s, approved.charge);
         let (done_tx, rx) = watch::channel(false);
         inner.idem.insert(
             (r.session_id.clone(), r.idempotency_key.clone()),
             Idem::InFlight { hash: request_hash, done: rx },
         );
-        Ok(Reserved { approval, key, domain, wallet_id, done_tx })
+        Ok(Reservation::Sign(Reserved { approval: approved, key, domain, wallet_id, done_tx }))
     }
 
     fn remember_nonce(inner: &mut Inner, key: (String, Vec<u8>), now_ms: u64) {
@@ -1389,34 +1790,42 @@ impl Enclave {
     async fn set_policy(&self, r: gw::SetPolicyRequest) -> Result<gw::Policy> {
         let p =
             r.policy.ok_or_else(|| Failure::invalid("INVALID_ARGUMENT", "policy is required"))?;
-        let max_per_payment = parse_amount(&p.max_per_payment, "max_per_payment")?;
-        let networks = parse_networks(&p.networks)?;
-        let assets = parse_list(&p.assets, "asset", parse_address)?;
-        let max_validity_seconds = match p.max_validity_seconds {
-            0 => DEFAULT_MAX_VALIDITY_SECONDS,
-            s if !(MIN_VALIDITY_SECONDS..=MAX_VALIDITY_SECONDS).contains(&s) => {
-                return Err(Failure::invalid(
-                    "INVALID_ARGUMENT",
-                    format!("max_validity_seconds {s} must be between {MIN_VALIDITY_SECONDS} and {MAX_VALIDITY_SECONDS}"),
-                ));
-            }
-            s => s,
+        let document = if p.document.trim().is_empty() {
+            let max_per_payment = parse_amount(&p.max_per_payment, "max_per_payment")?;
+            let networks = parse_networks(&p.networks)?;
+            let assets = parse_list(&p.assets, "asset", parse_address)?;
+            let max_validity_seconds = match p.max_validity_seconds {
+                0 => DEFAULT_MAX_VALIDITY_SECONDS,
+                s if !(MIN_VALIDITY_SECONDS..=MAX_VALIDITY_SECONDS).contains(&s) => {
+                    return Err(Failure::invalid(
+                        "INVALID_ARGUMENT",
+                        format!("max_validity_seconds {s} must be between {MIN_VALIDITY_SECONDS} and {MAX_VALIDITY_SECONDS}"),
+                    ));
+                }
+                s => s,
+            };
+            Policy::basic_document(max_per_payment, &networks, &assets, max_validity_seconds)
+        } else {
+            p.document
         };
-        let version = {
+        // Parsed here, in the enclave: what is enforced is what the admin signed.
+        let mut policy = Policy::parse(&document)
+            .map_err(|e| Failure::invalid("INVALID_POLICY", format!("policy document: {e}")))?;
+        policy.version = {
             let inner = self.lock();
             if !inner.wallets.contains_key(&p.wallet_id) {
                 return Err(Failure::not_found(format!("wallet {:?} does not exist", p.wallet_id)));
             }
             inner.policies.get(&p.wallet_id).map_or(1, |old| old.version + 1)
         };
-        let policy = Policy { version, max_per_payment, networks, assets, max_validity_seconds };
+        let stored = StoredPolicy { version: policy.version, document };
         self.persist(vec![Op::Put(
             Table::Policies,
             p.wallet_id.as_bytes().to_vec(),
-            json(&policy),
+            json(&stored),
         )])
         .await?;
-        tracing::info!(wallet = %p.wallet_id, version, "policy set");
+        tracing::info!(wallet = %p.wallet_id, version = policy.version, "policy set");
         let out = policy_proto(&p.wallet_id, &policy);
         self.lock().policies.insert(p.wallet_id, policy);
         Ok(out)
@@ -1508,11 +1917,115 @@ impl Enclave {
         Ok(gw::KytResponse { changed: changes.len() as u64, total: inner.kyt.len() as u64 })
     }
 
-    fn list_kyt(&self) -> gw::ListKytResponse {
+    fn list_kyt(&self, r: &gw::ListKytRequest) -> gw::ListKytResponse {
+        let limit = if r.limit == 0 { MAX_KYT_PAGE } else { r.limit.min(MAX_KYT_PAGE) };
         let inner = self.lock();
-        let mut addresses: Vec<_> = inner.kyt.iter().map(|a| a.to_checksum(None)).collect();
-        addresses.sort();
-        gw::ListKytResponse { addresses }
+        let mut all: Vec<&Address> = inner.kyt.iter().collect();
+        all.sort_unstable();
+        let addresses = all
+            .into_iter()
+            .skip(usize::try_from(r.offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(|a| a.to_checksum(None))
+            .collect();
+        gw::ListKytResponse { addresses, total: inner.kyt.len() as u64 }
+    }
+
+    /// Bulk KYT load: chunks accumulate under an import id (one import at a time; a new id
+    /// discards an unfinished one); the committing chunk applies them in one atomic, durable
+    /// batch, then swaps the in-memory list, so a payment sees the old list or the new one.
+    async fn import_kyt(&self, r: gw::ImportKytRequest) -> Result<gw::ImportKytResponse> {
+        if r.import_id.is_empty() || r.import_id.len() > 64 {
+            return Err(Failure::invalid("INVALID_ARGUMENT", "import_id must be 1-64 bytes"));
+        }
+        if !r.addresses.len().is_multiple_of(20) {
+            return Err(Failure::invalid(
+                "INVALID_ARGUMENT",
+                "addresses must be a multiple of 20 bytes",
+            ));
+        }
+        let staged = {
+            let mut staging =
+                self.kyt_staging.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if staging.as_ref().is_none_or(|(id, _)| *id != r.import_id) {
+                if let Some((old, _)) = staging.as_ref() {
+                    tracing::warn!(import = %old, "unfinished KYT import discarded");
+                }
+                *staging = Some((r.import_id.clone(), HashSet::new()));
+            }
+            let (_, set) = staging.as_mut().ok_or_else(|| Failure::internal("staging vanished"))?;
+            for chunk in r.addresses.chunks_exact(20) {
+                let a = Address::from_slice(chunk);
+                if a == Address::ZERO {
+                    return Err(Failure::invalid(
+                        "INVALID_ARGUMENT",
+                        "the zero address cannot be listed",
+                    ));
+                }
+                set.insert(a);
+            }
+            if set.len() > MAX_KYT_ENTRIES {
+                *staging = None;
+                return Err(Failure::invalid(
+                    "KYT_TOO_LARGE",
+                    format!("a KYT list may hold at most {MAX_KYT_ENTRIES} addresses"),
+                ));
+            }
+            if !r.commit {
+                return Ok(gw::ImportKytResponse {
+                    staged: set.len() as u64,
+                    ..Default::default()
+                });
+            }
+            let (_, set) = staging.take().ok_or_else(|| Failure::internal("staging vanished"))?;
+            set
+        };
+        if r.expected_total != staged.len() as u64 {
+            return Err(Failure::new(
+                ErrorCode::Aborted,
+                "KYT_IMPORT_INCOMPLETE",
+                format!(
+                    "the enclave received {} distinct addresses but the client sent {}; nothing was changed",
+                    staged.len(),
+                    r.expected_total
+                ),
+            ));
+        }
+        let (added, removed): (Vec<Address>, Vec<Address>) = {
+            let inner = self.lock();
+            let added = staged.iter().filter(|a| !inner.kyt.contains(*a)).copied().collect();
+            let removed = if r.replace {
+                inner.kyt.iter().filter(|a| !staged.contains(*a)).copied().collect()
+            } else {
+                Vec::new()
+            };
+            (added, removed)
+        };
+        let ops: Vec<Op> = added
+            .iter()
+            .map(|a| Op::Put(Table::Kyt, a.to_vec(), Zeroizing::default()))
+            .chain(removed.iter().map(|a| Op::Delete(Table::Kyt, a.to_vec())))
+            .collect();
+        if !ops.is_empty() {
+            self.persist(ops).await?;
+        }
+        let total = {
+            let mut inner = self.lock();
+            if r.replace {
+                inner.kyt = staged;
+            } else {
+                inner.kyt.extend(added.iter().copied());
+            }
+            inner.kyt.len() as u64
+        };
+        tracing::info!(added = added.len(), removed = removed.len(), total, "kyt list imported");
+        Ok(gw::ImportKytResponse {
+            staged: r.expected_total,
+            committed: true,
+            added: added.len() as u64,
+            removed: removed.len() as u64,
+            total,
+        })
     }
 
     async fn issue_session(&self, r: gw::IssueSessionRequest) -> Result<gw::Session> {
@@ -1548,8 +2061,12 @@ impl Enclave {
         self.persist(vec![Op::Put(Table::Sessions, record.id.as_bytes().to_vec(), json(&record))])
             .await?;
         tracing::info!(session = %record.id, wallet = %record.wallet_id, "session issued");
-        let entry =
-            SessionEntry { key: session_key(&record.public_key)?, record, spent: U256::ZERO };
+        let entry = SessionEntry {
+            key: session_key(&record.public_key)?,
+            record,
+            spent: U256::ZERO,
+            history: History::new(),
+        };
         let out = session_proto(&entry);
         self.lock().sessions.insert(entry.record.id.clone(), entry);
         Ok(out)
@@ -1644,6 +2161,26 @@ fn payment_id(session_id: &str, idempotency_key: &str) -> String {
     format!("pay_{}", hex::encode(&h[..16]))
 }
 
+fn approval_proto(a: &ApprovalRecord, now_ms: u64) -> gw::Approval {
+    gw::Approval {
+        approval_id: a.id.clone(),
+        wallet_id: a.wallet_id.clone(),
+        session_id: a.session_id.clone(),
+        network: a.network.clone(),
+        asset: a.asset.to_checksum(None),
+        asset_symbol: a.asset_symbol.clone(),
+        pay_to: a.pay_to.to_checksum(None),
+        amount: a.amount.clone(),
+        reason: a.reason.clone(),
+        state: a.state_name(now_ms).to_owned(),
+        created_at_ms: a.created_ms,
+        expires_at_ms: a.expires_ms,
+        decided_by: a.decided_by.clone(),
+        note: a.note.clone(),
+        idempotency_key: a.idempotency_key.clone(),
+    }
+}
+
 fn admin_proto(pk: &[u8; 32], r: &AdminRecord) -> gw::Admin {
     gw::Admin { public_key: pk.to_vec(), label: r.label.clone(), added_at: r.added_at }
 }
@@ -1679,13 +2216,29 @@ fn wallet_proto(w: &WalletRecord) -> gw::Wallet {
 }
 
 fn policy_proto(wallet_id: &str, p: &Policy) -> gw::Policy {
+    // The basic fields summarise the document where it has one clear value.
+    let allowing: Vec<_> = p.rules.iter().filter(|r| r.action != rules::Action::Deny).collect();
+    let (networks, assets) = match allowing.as_slice() {
+        [only] => (
+            only.networks.clone(),
+            only.assets
+                .iter()
+                .map(|a| match a {
+                    wallet_policy::document::AssetMatch::Address(a) => a.to_checksum(None),
+                    wallet_policy::document::AssetMatch::Symbol(s) => s.clone(),
+                })
+                .collect(),
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
     gw::Policy {
         wallet_id: wallet_id.to_owned(),
         version: p.version,
-        max_per_payment: format_units(p.max_per_payment),
-        networks: p.networks.clone(),
-        assets: p.assets.iter().map(|a| a.to_checksum(None)).collect(),
-        max_validity_seconds: p.max_validity_seconds,
+        max_per_payment: p.wallet.max_per_payment.map(format_units).unwrap_or_default(),
+        networks,
+        assets,
+        max_validity_seconds: p.wallet.max_validity_seconds,
+        document: p.source.clone(),
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Table {
     Sessions,
     /// Admin public keys.
     Admins,
+    /// Payments held for a human's approval.
+    Approvals,
 }
 
 impl Table {
@@ -49,6 +51,7 @@ impl Table {
             Self::Kyt => b"kyt/",
             Self::Sessions => b"session/",
             Self::Admins => b"admin/",
+            Self::Approvals => b"approval/",
         }
     }
 }
@@ -144,7 +147,7 @@ impl Digest {
 }
 
 /// Tables covered by the state digest (everything but `Meta`).
-const DIGESTED: [Table; 7] = [
+const DIGESTED: [Table; 8] = [
     Table::Wallets,
     Table::Keys,
     Table::Policies,
@@ -152,6 +155,7 @@ const DIGESTED: [Table; 7] = [
     Table::Kyt,
     Table::Sessions,
     Table::Admins,
+    Table::Approvals,
 ];
 const DIGEST_KEY: &[u8] = b"state-digest";
 

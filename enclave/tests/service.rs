@@ -99,6 +99,8 @@ impl Admin {
             Req::UnfreezeWallet(r) => self.sign("UnfreezeWallet", r, now_ms),
             Req::AddAdmin(r) => self.sign("AddAdmin", r, now_ms),
             Req::RemoveAdmin(r) => self.sign("RemoveAdmin", r, now_ms),
+            Req::ImportKyt(r) => self.sign("ImportKyt", r, now_ms),
+            Req::DecideApproval(r) => self.sign("DecideApproval", r, now_ms),
             _ => {}
         }
     }
@@ -601,7 +603,8 @@ async fn admin_input_is_validated_and_changes_nothing_when_bad() {
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
-    let Resp::KytList(k) = h.call(Req::ListKyt(gw::ListKytRequest {})).await.unwrap() else {
+    let Resp::KytList(k) = h.call(Req::ListKyt(gw::ListKytRequest::default())).await.unwrap()
+    else {
         panic!()
     };
     assert!(k.addresses.is_empty(), "a bad batch adds nothing");
@@ -913,7 +916,8 @@ async fn forged_altered_replayed_and_stale_admin_requests_are_rejected() {
         panic!()
     };
     assert_eq!((p.version, p.max_per_payment.as_str()), (2, "0.2"));
-    let Resp::KytList(k) = h.call(Req::ListKyt(gw::ListKytRequest {})).await.unwrap() else {
+    let Resp::KytList(k) = h.call(Req::ListKyt(gw::ListKytRequest::default())).await.unwrap()
+    else {
         panic!()
     };
     assert!(k.addresses.is_empty());
@@ -1107,4 +1111,326 @@ async fn idempotency_keys_are_remembered_for_the_configured_time_only() {
     let after = h.pay(agent.request(&header("10000"), "k")).await.unwrap();
     assert!(after.replayed);
     assert_eq!(after.payment_signature, later.payment_signature);
+}
+
+// ---- policy documents, windows, approvals, KYT import ------------------------------------
+
+impl Harness {
+    async fn set_document(&self, wallet: &gw::Wallet, doc: &str) -> Result<gw::Policy, Failure> {
+        match self
+            .call(Req::SetPolicy(gw::SetPolicyRequest {
+                auth: None,
+                policy: Some(gw::Policy {
+                    wallet_id: wallet.wallet_id.clone(),
+                    document: doc.into(),
+                    ..Default::default()
+                }),
+            }))
+            .await?
+        {
+            Resp::Policy(p) => Ok(p),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn approvals(&self, all: bool) -> Vec<gw::Approval> {
+        let Resp::Approvals(l) = self
+            .call(Req::ListApprovals(gw::ListApprovalsRequest { wallet_id: String::new(), all }))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        l.approvals
+    }
+
+    async fn decide(&self, id: &str, approve: bool) -> Result<Resp, Failure> {
+        self.call(Req::DecideApproval(gw::DecideApprovalRequest {
+            approval_id: id.into(),
+            approve,
+            note: "checked".into(),
+            auth: None,
+        }))
+        .await
+    }
+
+    fn advance(&self, ms: u64) {
+        self.now.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_bad_policy_document_is_rejected_with_its_line_and_changes_nothing() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let good = "version = 1\n[wallet]\nmax_per_payment = \"0.02\"\n[[rule]]\naction = \"allow\"\n";
+    let p = h.set_document(&w, good).await.unwrap();
+    assert_eq!((p.version, p.document.as_str(), p.max_per_payment.as_str()), (2, good, "0.02"));
+    let bad = "version = 1\n[wallet]\nmax_per_payment = \"0.02\"\n[[rule]]\naction = \"alow\"\n";
+    let e = h.set_document(&w, bad).await.unwrap_err();
+    assert_eq!((e.code, e.reason.as_str()), (ErrorCode::InvalidArgument, "INVALID_POLICY"));
+    assert!(e.message.contains("line 5") && e.message.contains("alow"), "{}", e.message);
+    let Resp::Policy(now) = h
+        .call(Req::GetPolicy(gw::GetPolicyRequest { wallet_id: w.wallet_id.clone() }))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((now.version, now.document.as_str()), (2, good), "the running policy is unchanged");
+    let agent = h.session(&w, "1").await;
+    assert!(h.pay(agent.request(&header("20000"), "a")).await.is_ok());
+    assert_eq!(
+        h.pay(agent.request(&header("20001"), "b")).await.unwrap_err().reason,
+        "PER_TX_LIMIT"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn window_budgets_hold_across_concurrency_and_restart() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    h.set_document(
+        &w,
+        "version = 1\n[wallet]\nbudgets = [{ per = \"1h\", max = \"0.05\" }]\n[[rule]]\naction = \"allow\"\n",
+    )
+    .await
+    .unwrap();
+    let agents = [h.session(&w, "1").await, h.session(&w, "1").await];
+    let h = Arc::new(h);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let req = agents[i % 2].request(&header("10000"), &format!("k{i}"));
+        let h = Arc::clone(&h);
+        tasks.push(tokio::spawn(async move { h.pay(req).await }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(f) => assert_eq!(f.reason, "WALLET_BUDGET", "{}", f.message),
+        }
+    }
+    assert_eq!(ok, 5, "0.05 per hour in payments of 0.01, across two sessions");
+    let h = Arc::try_unwrap(h).ok().unwrap().restart().await;
+    let e = h.pay(agents[0].request(&header("10000"), "after-restart")).await.unwrap_err();
+    assert_eq!(e.reason, "WALLET_BUDGET", "the window survives a restart: {}", e.message);
+    h.advance(3_600_000);
+    // (The test sessions live one hour: a fresh one.)
+    let later = h.session(&w, "1").await;
+    h.pay(later.request(&header("10000"), "an-hour-later")).await.unwrap();
+}
+
+#[tokio::test]
+async fn rate_limits_and_payee_caps_are_enforced() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    h.set_document(
+        &w,
+        "version = 1\n[session]\npayments_per_minute = 3\n[wallet]\nper_payee = [{ per = \"1d\", max = \"0.05\" }]\n[[rule]]\naction = \"allow\"\n",
+    )
+    .await
+    .unwrap();
+    let a = h.session(&w, "1").await;
+    for i in 0..3 {
+        h.pay(a.request(&header("10000"), &format!("r{i}"))).await.unwrap();
+    }
+    assert_eq!(h.pay(a.request(&header("10000"), "r3")).await.unwrap_err().reason, "RATE_LIMITED");
+    h.advance(60_000);
+    h.pay(a.request(&header("10000"), "r4")).await.unwrap();
+    h.advance(60_000);
+    // 0.04 paid to PAYEE today; 0.02 more would pass 0.05.
+    assert_eq!(h.pay(a.request(&header("20000"), "r5")).await.unwrap_err().reason, "PAYEE_CAP");
+    h.pay(a.request(&header("10000"), "r6")).await.unwrap();
+}
+
+#[tokio::test]
+async fn held_payments_wait_for_a_human_and_the_retry_gets_the_signature() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    h.set_document(
+        &w,
+        "version = 1\n[approval]\nabove = \"0.05\"\nexpires = \"10m\"\n[[rule]]\naction = \"allow\"\n",
+    )
+    .await
+    .unwrap();
+    let a = h.session(&w, "1").await;
+    // Below the threshold: signed at once.
+    h.pay(a.request(&header("50000"), "small")).await.unwrap();
+    // Above: held, not signed, not charged.
+    let e = h.pay(a.request(&header("60000"), "big")).await.unwrap_err();
+    assert_eq!((e.code, e.reason.as_str()), (ErrorCode::FailedPrecondition, "APPROVAL_PENDING"));
+    assert_eq!(h.spent(&a.id).await, "0.05");
+    let held = h.approvals(false).await;
+    assert_eq!(held.len(), 1);
+    let id = held[0].approval_id.clone();
+    assert!(e.message.contains(&id));
+    assert_eq!((held[0].amount.as_str(), held[0].state.as_str()), ("0.06", "pending"));
+    // Retrying before a decision: still pending, still one hold.
+    assert_eq!(
+        h.pay(a.request(&header("60000"), "big")).await.unwrap_err().reason,
+        "APPROVAL_PENDING"
+    );
+    assert_eq!(h.approvals(true).await.len(), 1);
+    // The same key for another payment is a conflict, not a way around the hold.
+    assert_eq!(
+        h.pay(a.request(&header("60001"), "big")).await.unwrap_err().reason,
+        "IDEMPOTENCY_CONFLICT"
+    );
+    // A forged decision (a key that is not an admin) is refused.
+    let mallory = Admin::new(&h.admin.enclave);
+    let mut forged = Req::DecideApproval(gw::DecideApprovalRequest {
+        approval_id: id.clone(),
+        approve: true,
+        note: String::new(),
+        auth: None,
+    });
+    mallory.sign_body(&mut forged, h.now.load(Ordering::SeqCst));
+    assert_eq!(h.raw(forged).await.unwrap_err().reason, "UNKNOWN_ADMIN");
+    // An unsigned one too.
+    let unsigned = Req::DecideApproval(gw::DecideApprovalRequest {
+        approval_id: id.clone(),
+        approve: true,
+        note: String::new(),
+        auth: None,
+    });
+    assert_eq!(h.raw(unsigned).await.unwrap_err().reason, "ADMIN_SIGNATURE_REQUIRED");
+    // The hold survives a restart; the admin approves it.
+    let h = h.restart().await;
+    let Resp::Approval(ap) = h.decide(&id, true).await.unwrap() else { panic!() };
+    assert_eq!(ap.state, "approved");
+    assert_eq!(h.decide(&id, false).await.unwrap_err().reason, "APPROVAL_DECIDED");
+    let signed = h.pay(a.request(&header("60000"), "big")).await.unwrap();
+    assert_eq!(recover(&signed), w.address);
+    assert_eq!(h.spent(&a.id).await, "0.11");
+    let again = h.pay(a.request(&header("60000"), "big")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.payment_signature, signed.payment_signature);
+    assert_eq!(h.spent(&a.id).await, "0.11", "charged once");
+    assert_eq!(h.approvals(true).await[0].state, "used");
+}
+
+#[tokio::test]
+async fn denied_and_expired_holds_are_never_signed() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    h.set_document(
+        &w,
+        "version = 1\n[approval]\nfirst_time_payee = true\nexpires = \"5m\"\n[[rule]]\naction = \"allow\"\n",
+    )
+    .await
+    .unwrap();
+    let a = h.session(&w, "1").await;
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "p1")).await.unwrap_err().reason,
+        "APPROVAL_PENDING"
+    );
+    let id = h.approvals(false).await[0].approval_id.clone();
+    h.decide(&id, false).await.unwrap();
+    let e = h.pay(a.request(&header("10000"), "p1")).await.unwrap_err();
+    assert_eq!((e.code, e.reason.as_str()), (ErrorCode::Denied, "APPROVAL_DENIED"));
+    assert!(e.message.contains("checked"), "the admin's note reaches the agent: {}", e.message);
+    // A new request to the same payee is held again (it is still a first-time payee).
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "p2")).await.unwrap_err().reason,
+        "APPROVAL_PENDING"
+    );
+    let id2 = h.approvals(false).await[0].approval_id.clone();
+    h.advance(5 * 60_000);
+    assert!(h.approvals(false).await.is_empty(), "expired holds are no longer pending");
+    assert_eq!(h.decide(&id2, true).await.unwrap_err().reason, "APPROVAL_EXPIRED");
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "p2")).await.unwrap_err().reason,
+        "APPROVAL_EXPIRED"
+    );
+    // An approval not used in time expires too.
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "p3")).await.unwrap_err().reason,
+        "APPROVAL_PENDING"
+    );
+    let id3 = h.approvals(false).await[0].approval_id.clone();
+    h.decide(&id3, true).await.unwrap();
+    h.advance(5 * 60_000);
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "p3")).await.unwrap_err().reason,
+        "APPROVAL_EXPIRED"
+    );
+    assert_eq!(h.spent(&a.id).await, "0", "nothing held, denied or expired was charged");
+    // Once the payee was paid, it is no longer a first-time payee.
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "p4")).await.unwrap_err().reason,
+        "APPROVAL_PENDING"
+    );
+    let id4 = h.approvals(false).await[0].approval_id.clone();
+    h.decide(&id4, true).await.unwrap();
+    h.pay(a.request(&header("10000"), "p4")).await.unwrap();
+    h.pay(a.request(&header("10000"), "p5")).await.unwrap();
+}
+
+fn packed(addrs: &[&str]) -> Vec<u8> {
+    addrs.iter().flat_map(|a| parse_address(&a.to_lowercase()).unwrap().to_vec()).collect()
+}
+
+#[tokio::test]
+async fn kyt_imports_are_chunked_checked_and_atomic() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let a = h.session(&w, "1").await;
+    let other = "0x00000000000000000000000000000000000000aa";
+    let import = |id: &str, addrs: Vec<u8>, commit: bool, replace: bool, expected: u64| {
+        Req::ImportKyt(gw::ImportKytRequest {
+            import_id: id.into(),
+            addresses: addrs,
+            commit,
+            replace,
+            expected_total: expected,
+            auth: None,
+        })
+    };
+    h.call(Req::AddKyt(gw::KytRequest { addresses: vec![other.into()], auth: None }))
+        .await
+        .unwrap();
+    // A staged chunk changes nothing yet.
+    let Resp::KytImport(r) = h.call(import("i1", packed(&[PAYEE]), false, true, 0)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((r.staged, r.committed), (1, false));
+    h.pay(a.request(&header("10000"), "before")).await.unwrap();
+    // A commit whose count disagrees with what arrived (a chunk lost or added by the host)
+    // changes nothing.
+    let e = h.call(import("i1", packed(&[PAYEE]), true, true, 3)).await.unwrap_err();
+    assert_eq!(e.reason, "KYT_IMPORT_INCOMPLETE");
+    h.pay(a.request(&header("10000"), "still-allowed")).await.unwrap();
+    // Chunks, then a replacing commit: the list is exactly the import.
+    h.call(import("i2", packed(&[PAYEE]), false, true, 0)).await.unwrap();
+    let third = "0x00000000000000000000000000000000000000bb";
+    let Resp::KytImport(r) =
+        h.call(import("i2", packed(&[third, PAYEE]), true, true, 2)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((r.committed, r.added, r.removed, r.total), (true, 2, 1, 2));
+    assert_eq!(h.pay(a.request(&header("10000"), "after")).await.unwrap_err().reason, "KYT_DENIED");
+    let Resp::KytList(l) =
+        h.call(Req::ListKyt(gw::ListKytRequest { offset: 1, limit: 1 })).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((l.total, l.addresses.len()), (2, 1));
+    // Bad input: not whole addresses, the zero address.
+    assert_eq!(
+        h.call(import("i3", vec![1; 21], true, false, 1)).await.unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        h.call(import("i4", vec![0; 20], true, false, 1)).await.unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+    // Durable: after a restart the imported list is in force.
+    let h = h.restart().await;
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "restarted")).await.unwrap_err().reason,
+        "KYT_DENIED"
+    );
 }

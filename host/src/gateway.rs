@@ -140,6 +140,24 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::ListKytResponse>, Status> {
         relay!(self, request, ListKyt => KytList)
     }
+    async fn import_kyt(
+        &self,
+        request: Request<gw::ImportKytRequest>,
+    ) -> Result<Response<gw::ImportKytResponse>, Status> {
+        relay!(self, request, ImportKyt => KytImport)
+    }
+    async fn list_approvals(
+        &self,
+        request: Request<gw::ListApprovalsRequest>,
+    ) -> Result<Response<gw::ListApprovalsResponse>, Status> {
+        relay!(self, request, ListApprovals => Approvals)
+    }
+    async fn decide_approval(
+        &self,
+        request: Request<gw::DecideApprovalRequest>,
+    ) -> Result<Response<gw::Approval>, Status> {
+        relay!(self, request, DecideApproval => Approval)
+    }
     async fn issue_session(
         &self,
         request: Request<gw::IssueSessionRequest>,

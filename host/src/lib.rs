@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod enclave_client;
 pub mod gateway;
+pub mod kyt_import;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 

@@ -4,8 +4,10 @@
 //!   client does.
 //! * [`eip712`]: EIP-3009 `TransferWithAuthorization` typed-data hashing.
 //! * [`registry`]: which assets may be signed for, with their EIP-712 domains.
-//! * [`rules`]: the decision (default deny, per-payment limit, session cap, KYT, networks and
-//!   assets, session scope), with stable reason codes.
+//! * [`rules`]: the decision (default deny, ordered rules, per-payment limits, session caps,
+//!   time-window budgets, rate limits, payee lists, KYT, approval holds), with stable reason codes.
+//! * [`document`]: the policy file (TOML) an owner writes, compiled and checked.
+//! * [`window`]: rolling time-window sums for budgets and rate limits.
 //! * [`amount`]: money as integers.
 //! * [`auth`]: the canonical bytes a session key signs.
 //!
@@ -16,9 +18,11 @@ pub mod address;
 pub mod amount;
 pub mod audit;
 pub mod auth;
+pub mod document;
 pub mod eip712;
 pub mod registry;
 pub mod rules;
+pub mod window;
 pub mod x402;
 
 pub use alloy_primitives::{Address, B256, U256};

@@ -10,32 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     amount::{atomic_to_units, format_decimal, format_units},
+    document::Budget,
     registry::AssetInfo,
+    window::Totals,
     x402::{parse_requirement, PaymentRequired, Requirement, RequirementError, TransferMethod},
 };
 
-/// Default upper bound on an authorization's validity, seconds.
-pub const DEFAULT_MAX_VALIDITY_SECONDS: u64 = 300;
-/// Hard upper bound on an authorization's validity, seconds: one hour.
-pub const MAX_VALIDITY_SECONDS: u64 = 3600;
-/// Lower bound: facilitators require `validBefore >= now + 6` when they verify, after the
-/// round trip to the server; anything shorter is charged but cannot settle.
-pub const MIN_VALIDITY_SECONDS: u64 = 10;
-
-/// A wallet's policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
-    /// Bumped by every change.
-    pub version: u64,
-    /// Largest single payment, 18-decimal units.
-    pub max_per_payment: U256,
-    /// Allowed CAIP-2 networks; empty: every registry network.
-    pub networks: Vec<String>,
-    /// Allowed asset addresses; empty: every registry asset.
-    pub assets: Vec<Address>,
-    /// Upper bound on `validBefore - now`, seconds.
-    pub max_validity_seconds: u64,
-}
+pub use crate::document::{
+    Action, Policy, DEFAULT_MAX_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS, MIN_VALIDITY_SECONDS,
+};
 
 /// What a session may pay for, beyond the wallet's policy. Empty lists do not narrow.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +58,38 @@ impl<S: std::hash::BuildHasher> Denylist for HashSet<Address, S> {
     }
 }
 
+/// What a wallet and a session already spent, as the budgets, rate limits and approval rules
+/// need it. Times are unix seconds; a window of `len` seconds at `now` covers `(now - len, now]`.
+pub trait Ledger {
+    /// The wallet's payments in the window.
+    fn wallet(&mut self, len: u64, now: u64) -> Totals;
+    /// The session's payments in the window.
+    fn session(&mut self, len: u64, now: u64) -> Totals;
+    /// The wallet's payments to `payee` in the window.
+    fn payee(&mut self, payee: &Address, len: u64, now: u64) -> Totals;
+    /// Whether the wallet ever paid `payee` (released or in flight).
+    fn paid_before(&self, payee: &Address) -> bool;
+}
+
+/// A ledger with nothing in it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmptyLedger;
+
+impl Ledger for EmptyLedger {
+    fn wallet(&mut self, _: u64, _: u64) -> Totals {
+        Totals::default()
+    }
+    fn session(&mut self, _: u64, _: u64) -> Totals {
+        Totals::default()
+    }
+    fn payee(&mut self, _: &Address, _: u64, _: u64) -> Totals {
+        Totals::default()
+    }
+    fn paid_before(&self, _: &Address) -> bool {
+        false
+    }
+}
+
 /// The asset registry as the decision needs it.
 pub trait AssetLookup {
     /// The entry for this token on this network.
@@ -111,6 +126,20 @@ pub enum DenyReason {
     WalletFrozen,
     /// The requirement is malformed (bad address, amount, timeout).
     InvalidRequirement,
+    /// No rule of the policy matches: default deny.
+    NoMatchingRule,
+    /// A `deny` rule matches.
+    RuleDenied,
+    /// The payee is on the policy's payee denylist.
+    PayeeDenied,
+    /// Would exceed one of the wallet's time-window budgets.
+    WalletBudget,
+    /// Would exceed one of the session's time-window budgets.
+    SessionBudget,
+    /// Would exceed the wallet's budget for this payee.
+    PayeeCap,
+    /// Too many payments in the last minute.
+    RateLimited,
 }
 
 impl DenyReason {
@@ -131,11 +160,18 @@ impl DenyReason {
             Self::SessionRevoked => "SESSION_REVOKED",
             Self::WalletFrozen => "WALLET_FROZEN",
             Self::InvalidRequirement => "INVALID_REQUIREMENT",
+            Self::NoMatchingRule => "NO_MATCHING_RULE",
+            Self::RuleDenied => "RULE_DENIED",
+            Self::PayeeDenied => "PAYEE_DENIED",
+            Self::WalletBudget => "WALLET_BUDGET",
+            Self::SessionBudget => "SESSION_BUDGET",
+            Self::PayeeCap => "PAYEE_CAP",
+            Self::RateLimited => "RATE_LIMITED",
         }
     }
 
     /// Every reason, for tests and docs.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 20] = [
         Self::NoPolicy,
         Self::PerTxLimit,
         Self::SessionCap,
@@ -149,6 +185,13 @@ impl DenyReason {
         Self::SessionRevoked,
         Self::WalletFrozen,
         Self::InvalidRequirement,
+        Self::NoMatchingRule,
+        Self::RuleDenied,
+        Self::PayeeDenied,
+        Self::WalletBudget,
+        Self::SessionBudget,
+        Self::PayeeCap,
+        Self::RateLimited,
     ];
 }
 
@@ -181,6 +224,9 @@ pub struct Context<'a> {
     pub registry: &'a dyn AssetLookup,
     /// Unix seconds.
     pub now: u64,
+    /// A human approved this very request: approval holds are skipped (every limit still
+    /// applies).
+    pub approved: bool,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -205,6 +251,8 @@ pub struct Approval {
     pub charge: U256,
     /// `validBefore` of the authorization.
     pub valid_before: u64,
+    /// Why it must wait for a human's approval (`None`: sign now).
+    pub hold: Option<String>,
 }
 
 /// Request-level checks: wallet frozen, session revoked or expired.
@@ -228,11 +276,81 @@ fn allowed<T: PartialEq>(list: &[T], item: &T) -> bool {
     list.is_empty() || list.contains(item)
 }
 
+/// The budgets a charge must fit: `(window, max)` pairs and the totals so far, checked with
+/// checked arithmetic (an overflow denies).
+fn over_budget(
+    budgets: &[Budget],
+    charge: U256,
+    mut spent: impl FnMut(u64) -> Totals,
+) -> Option<(Budget, U256)> {
+    budgets.iter().find_map(|b| {
+        let so_far = spent(b.per_seconds).amount;
+        so_far.checked_add(charge).is_none_or(|after| after > b.max).then_some((*b, so_far))
+    })
+}
+
+fn window_name(seconds: u64) -> String {
+    match seconds {
+        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+/// The denial when no rule matches: the one condition that kept every allowing rule from
+/// matching (network, asset or payee) when there is one, else `NO_MATCHING_RULE`.
+fn no_rule(policy: &Policy, req: &Requirement, symbol: &str, charge: U256, paying: &str) -> Denial {
+    let payee = req.pay_to.to_checksum(None);
+    let allowing = || policy.rules.iter().filter(|r| r.action != Action::Deny);
+    let relaxed = |f: fn(&mut crate::document::Rule)| {
+        allowing().any(|r| {
+            let mut r = r.clone();
+            f(&mut r);
+            r.matches(&req.network, &req.asset, symbol, &req.pay_to, charge)
+        })
+    };
+    if relaxed(|r| r.networks.clear()) {
+        return deny(
+            DenyReason::NetworkNotAllowed,
+            format!("network {} is not allowed by the policy", req.network),
+        );
+    }
+    if relaxed(|r| r.assets.clear()) {
+        return deny(
+            DenyReason::AssetNotAllowed,
+            format!(
+                "asset {} ({symbol}) is not allowed by the policy",
+                req.asset.to_checksum(None)
+            ),
+        );
+    }
+    if relaxed(|r| r.payees.clear()) {
+        return deny(
+            DenyReason::PayeeNotAllowed,
+            format!("payee {payee} is not allowed by the policy"),
+        );
+    }
+    deny(
+        DenyReason::NoMatchingRule,
+        format!("no policy rule allows {paying} to {payee} on {} (default deny)", req.network),
+    )
+}
+
+/// What one parsed requirement is allowed, if anything: the asset, the charge, `validBefore`,
+/// and a reason to hold it for approval.
+type Allowed = (AssetInfo, U256, u64, Option<String>);
+
 /// Evaluates one parsed requirement.
 ///
 /// # Errors
 /// The first rule that denies it.
-pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256, u64), Denial> {
+#[allow(clippy::too_many_lines)]
+pub fn evaluate(
+    ctx: &Context<'_>,
+    ledger: &mut dyn Ledger,
+    req: &Requirement,
+) -> Result<Allowed, Denial> {
     if req.transfer_method != TransferMethod::Eip3009 {
         return Err(deny(
             DenyReason::UnsupportedScheme,
@@ -270,62 +388,144 @@ pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256
             "the wallet has no policy; nothing is signed until one is set",
         ));
     };
-    if !allowed(&policy.networks, &req.network)
-        || !allowed(&ctx.session.scope.networks, &req.network)
-    {
+    let payee = req.pay_to.to_checksum(None);
+    if ctx.kyt.is_denied(&req.pay_to) {
+        return Err(deny(DenyReason::KytDenied, format!("payee {payee} is on the KYT denylist")));
+    }
+    if !allowed(&ctx.session.scope.networks, &req.network) {
         return Err(deny(
             DenyReason::NetworkNotAllowed,
-            format!("network {} is not allowed", req.network),
+            format!("network {} is not allowed for this session", req.network),
         ));
     }
-    if !allowed(&policy.assets, &req.asset) || !allowed(&ctx.session.scope.assets, &req.asset) {
+    if !allowed(&ctx.session.scope.assets, &req.asset) {
         return Err(deny(
             DenyReason::AssetNotAllowed,
-            format!("asset {} is not allowed", req.asset.to_checksum(None)),
-        ));
-    }
-    if ctx.kyt.is_denied(&req.pay_to) {
-        return Err(deny(
-            DenyReason::KytDenied,
-            format!("payee {} is on the KYT denylist", req.pay_to.to_checksum(None)),
+            format!("asset {} is not allowed for this session", req.asset.to_checksum(None)),
         ));
     }
     if !allowed(&ctx.session.scope.payees, &req.pay_to) {
         return Err(deny(
             DenyReason::PayeeNotAllowed,
-            format!("payee {} is not allowed for this session", req.pay_to.to_checksum(None)),
+            format!("payee {payee} is not allowed for this session"),
+        ));
+    }
+    if policy.deny_payees.contains(&req.pay_to) {
+        return Err(deny(
+            DenyReason::PayeeDenied,
+            format!("payee {payee} is on the policy's denylist"),
+        ));
+    }
+    if !policy.allow_payees.is_empty() && !policy.allow_payees.contains(&req.pay_to) {
+        return Err(deny(
+            DenyReason::PayeeNotAllowed,
+            format!("payee {payee} is not on the policy's payee allowlist"),
         ));
     }
     let charge = atomic_to_units(req.amount, asset.decimals)
         .ok_or_else(|| deny(DenyReason::InvalidRequirement, "amount is too large"))?;
     let human = format_decimal(req.amount, asset.decimals);
-    if charge > policy.max_per_payment {
+    let paying = format!("{human} {}", asset.symbol);
+    // Ordered rules: the first that matches decides; none: deny.
+    let rule = policy
+        .rules
+        .iter()
+        .find(|r| r.matches(&req.network, &req.asset, &asset.symbol, &req.pay_to, charge))
+        .ok_or_else(|| no_rule(policy, req, &asset.symbol, charge, &paying))?;
+    if rule.action == Action::Deny {
         return Err(deny(
-            DenyReason::PerTxLimit,
-            format!(
-                "{human} {} is above the per-payment limit of {}",
-                asset.symbol,
-                format_units(policy.max_per_payment)
-            ),
+            DenyReason::RuleDenied,
+            format!("policy rule {:?} (line {}) denies {paying} to {payee}", rule.name, rule.line),
         ));
     }
-    let after = ctx.session.spent.checked_add(charge);
-    if after.is_none_or(|a| a > ctx.session.cap) {
-        let left = ctx.session.cap.saturating_sub(ctx.session.spent);
+    for (limit, from) in [
+        (policy.wallet.max_per_payment, String::from("the per-payment limit")),
+        (rule.max_per_payment, format!("the per-payment limit of rule {:?}", rule.name)),
+    ] {
+        if let Some(limit) = limit.filter(|l| charge > *l) {
+            return Err(deny(
+                DenyReason::PerTxLimit,
+                format!("{paying} is above {from} of {}", format_units(limit)),
+            ));
+        }
+    }
+    let cap = policy.session.cap.map_or(ctx.session.cap, |c| c.min(ctx.session.cap));
+    if ctx.session.spent.checked_add(charge).is_none_or(|a| a > cap) {
+        let left = cap.saturating_sub(ctx.session.spent);
         return Err(deny(
             DenyReason::SessionCap,
             format!(
-                "{human} {} is more than the {} the session has left of its {} cap",
-                asset.symbol,
+                "{paying} is more than the {} the session has left of its {} cap",
                 format_units(left),
-                format_units(ctx.session.cap)
+                format_units(cap)
             ),
         ));
     }
-    let cap = policy.max_validity_seconds.clamp(MIN_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS);
+    let now = ctx.now;
+    if let Some((b, spent)) =
+        over_budget(&policy.session.budgets, charge, |w| ledger.session(w, now))
+    {
+        return Err(deny(
+            DenyReason::SessionBudget,
+            format!(
+                "{paying} would take the session past its budget of {} per {} ({} spent)",
+                format_units(b.max),
+                window_name(b.per_seconds),
+                format_units(spent)
+            ),
+        ));
+    }
+    if let Some((b, spent)) = over_budget(&policy.wallet.budgets, charge, |w| ledger.wallet(w, now))
+    {
+        return Err(deny(
+            DenyReason::WalletBudget,
+            format!(
+                "{paying} would take the wallet past its budget of {} per {} ({} spent)",
+                format_units(b.max),
+                window_name(b.per_seconds),
+                format_units(spent)
+            ),
+        ));
+    }
+    if let Some((b, spent)) =
+        over_budget(&policy.wallet.per_payee, charge, |w| ledger.payee(&req.pay_to, w, now))
+    {
+        return Err(deny(
+            DenyReason::PayeeCap,
+            format!(
+                "{paying} would take payments to {payee} past {} per {} ({} paid)",
+                format_units(b.max),
+                window_name(b.per_seconds),
+                format_units(spent)
+            ),
+        ));
+    }
+    for (limit, count, whose) in [
+        (policy.session.payments_per_minute, ledger.session(60, now).count, "session"),
+        (policy.wallet.payments_per_minute, ledger.wallet(60, now).count, "wallet"),
+    ] {
+        if let Some(limit) = limit.filter(|l| count >= *l) {
+            return Err(deny(
+                DenyReason::RateLimited,
+                format!("the {whose} made {count} payments in the last minute (limit {limit})"),
+            ));
+        }
+    }
+    let hold = if ctx.approved {
+        None
+    } else if rule.action == Action::Approve {
+        Some(format!("policy rule {:?} requires approval", rule.name))
+    } else if let Some(t) = policy.approval.above.filter(|t| charge > *t) {
+        Some(format!("{paying} is above the approval threshold of {}", format_units(t)))
+    } else if policy.approval.first_time_payee && !ledger.paid_before(&req.pay_to) {
+        Some(format!("first payment to {payee}"))
+    } else {
+        None
+    };
+    let cap = policy.wallet.max_validity_seconds.clamp(MIN_VALIDITY_SECONDS, MAX_VALIDITY_SECONDS);
     let validity = req.max_timeout_seconds.clamp(MIN_VALIDITY_SECONDS, cap);
     let valid_before = ctx.now.saturating_add(validity);
-    Ok((asset.clone(), charge, valid_before))
+    Ok((asset.clone(), charge, valid_before, hold))
 }
 
 /// Chooses the first `accepts[]` option that policy allows, options matching the preferred
@@ -336,6 +536,7 @@ pub fn evaluate(ctx: &Context<'_>, req: &Requirement) -> Result<(AssetInfo, U256
 /// with every option's reason in the message.
 pub fn choose(
     ctx: &Context<'_>,
+    ledger: &mut dyn Ledger,
     required: &PaymentRequired,
     preferred_network: Option<&str>,
     preferred_asset: Option<&Address>,
@@ -364,14 +565,24 @@ pub fn choose(
         (net_miss, asset_miss)
     });
     let mut denials: Vec<(usize, Denial)> = Vec::new();
+    // An option that can be signed now wins over one that must wait for approval.
+    let mut held: Option<Approval> = None;
     for i in order {
-        let outcome = parsed[i].clone().and_then(|req| evaluate(ctx, &req).map(|ok| (req, ok)));
+        let outcome =
+            parsed[i].clone().and_then(|req| evaluate(ctx, ledger, &req).map(|ok| (req, ok)));
         match outcome {
-            Ok((requirement, (asset, charge, valid_before))) => {
-                return Ok(Approval { index: i, requirement, asset, charge, valid_before });
+            Ok((requirement, (asset, charge, valid_before, hold))) => {
+                let a = Approval { index: i, requirement, asset, charge, valid_before, hold };
+                if a.hold.is_none() {
+                    return Ok(a);
+                }
+                held.get_or_insert(a);
             }
             Err(d) => denials.push((i, d)),
         }
+    }
+    if let Some(a) = held {
+        return Ok(a);
     }
     let structural =
         |r: DenyReason| matches!(r, DenyReason::UnsupportedScheme | DenyReason::InvalidRequirement);

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use wallet_policy::{
     amount::atomic_to_units,
     registry::{default_assets, AssetInfo},
-    rules::{choose, AssetLookup, Context, Policy, Scope, SessionState},
+    rules::{choose, AssetLookup, Context, EmptyLedger, Policy, Scope, SessionState},
+    window::{History, ScopeLedger, WalletHistory},
     x402::decode_payment_required,
     Address, U256,
 };
@@ -32,13 +33,13 @@ fn decide(amount: u64, limit: u64, cap: u64, spent: u64) -> Result<U256, ()> {
     let registry = Registry(default_assets());
     let kyt: HashSet<Address> = HashSet::new();
     let scope = Scope::default();
-    let policy = Policy {
-        version: 1,
-        max_per_payment: atomic_to_units(U256::from(limit), 6).unwrap(),
-        networks: vec![],
-        assets: vec![],
-        max_validity_seconds: 300,
-    };
+    let policy = Policy::parse(&Policy::basic_document(
+        atomic_to_units(U256::from(limit), 6).unwrap(),
+        &[],
+        &[],
+        300,
+    ))
+    .unwrap();
     let ctx = Context {
         policy: Some(&policy),
         wallet_frozen: false,
@@ -52,9 +53,10 @@ fn decide(amount: u64, limit: u64, cap: u64, spent: u64) -> Result<U256, ()> {
         kyt: &kyt,
         registry: &registry,
         now: 1_000,
+        approved: false,
     };
     let required = decode_payment_required(&header(amount)).unwrap();
-    choose(&ctx, &required, None, None).map(|a| a.charge).map_err(|_| ())
+    choose(&ctx, &mut EmptyLedger, &required, None, None).map(|a| a.charge).map_err(|_| ())
 }
 
 proptest! {
@@ -76,6 +78,11 @@ proptest! {
         if decide(b, limit, cap, spent).is_ok() {
             prop_assert!(decide(a, limit, cap, spent).is_ok(), "{} allowed but the smaller {} denied", b, a);
         }
+    }
+
+    #[test]
+    fn no_panic_on_arbitrary_policy_documents(s in "(version = 1\n)?(\\[\\[?[a-z_]{0,10}\\]\\]?\n|[a-z_]{1,20} = (\"[-0-9a-z.$ ]{0,12}\"|[0-9.e-]{1,25}|\\[.{0,30}\\]|\\{.{0,30}\\}|true)\n|.{0,20}\n){0,12}") {
+        let _ = wallet_policy::document::Policy::parse(&s);
     }
 
     #[test]
@@ -101,7 +108,7 @@ proptest! {
             let registry = Registry(default_assets());
             let kyt: HashSet<Address> = HashSet::new();
             let scope = Scope::default();
-            let policy = Policy { version: 1, max_per_payment: U256::MAX, networks: vec![], assets: vec![], max_validity_seconds: 300 };
+            let policy = Policy::parse(&Policy::basic_document(U256::MAX, &[], &[], 300)).unwrap();
             let ctx = Context {
                 policy: Some(&policy),
                 wallet_frozen: false,
@@ -109,8 +116,84 @@ proptest! {
                 kyt: &kyt,
                 registry: &registry,
                 now: u64::MAX - 1,
+                approved: false,
             };
-            let _ = choose(&ctx, &required, None, None);
+            let _ = choose(&ctx, &mut EmptyLedger, &required, None, None);
+        }
+    }
+
+    /// The history agrees with the plain definition: the sum of the spends whose (effective)
+    /// second lies in `(now - len, now]`, where a late spend counts at the newest second seen.
+    #[test]
+    fn window_totals_agree_with_a_simple_model(
+        ops in proptest::collection::vec((0u64..120, 0u64..20, 1u64..1_000, 1u64..400, any::<bool>()), 1..200),
+    ) {
+        let mut h = History::new();
+        let mut model: Vec<(u64, u64)> = Vec::new();
+        let mut t = 1_000u64;
+        let mut newest = 0u64;
+        for (advance, late, amount, len, query) in ops {
+            t += advance;
+            if query {
+                let want: u64 = model.iter().filter(|(sec, _)| sec + len > t).map(|(_, a)| a).sum();
+                let want_n = model.iter().filter(|(sec, _)| sec + len > t).count() as u64;
+                let got = h.totals(len, t);
+                prop_assert_eq!(got.amount, U256::from(want));
+                prop_assert_eq!(got.count, want_n);
+            } else {
+                // Sometimes a spend is recorded a little late (out of order).
+                let sec = t.saturating_sub(late);
+                h.record(sec, U256::from(amount));
+                newest = newest.max(sec);
+                model.push((newest, amount));
+            }
+        }
+    }
+
+    /// Payments decided one after another against a wallet budget of `max` per `len` seconds,
+    /// each allowed one recorded as the enclave does: the decision is exactly the model's (allow
+    /// iff the window's spends plus this one fit), so the budget is never exceeded.
+    #[test]
+    fn window_budgets_never_overspend_and_agree_with_the_model(
+        len in 1u64..3_600,
+        max in 1u64..5_000_000,
+        payments in proptest::collection::vec((0u64..900, 1u64..2_000_000), 1..120),
+    ) {
+        let doc = format!(
+            "version = 1\n[wallet]\nbudgets = [{{ per = \"{len}s\", max = \"{}\" }}]\n[session]\nbudgets = [{{ per = \"{len}s\", max = \"{}\" }}]\n[[rule]]\naction = \"allow\"\n",
+            wallet_policy::amount::format_decimal(U256::from(max), 6),
+            wallet_policy::amount::format_decimal(U256::from(max), 6),
+        );
+        let policy = Policy::parse(&doc).unwrap();
+        let registry = Registry(default_assets());
+        let kyt: HashSet<Address> = HashSet::new();
+        let scope = Scope::default();
+        let mut wallet = WalletHistory::default();
+        let mut session = History::new();
+        let mut allowed: Vec<(u64, u64)> = Vec::new();
+        let mut now = 1_000_000u64;
+        for (advance, amount) in payments {
+            now += advance;
+            let ctx = Context {
+                policy: Some(&policy),
+                wallet_frozen: false,
+                session: SessionState { cap: U256::MAX, spent: U256::ZERO, expires_at: u64::MAX, revoked: false, scope: &scope },
+                kyt: &kyt,
+                registry: &registry,
+                now,
+                approved: false,
+            };
+            let required = decode_payment_required(&header(amount)).unwrap();
+            let mut ledger = ScopeLedger { wallet: &mut wallet, session: &mut session };
+            let decision = choose(&ctx, &mut ledger, &required, None, None);
+            let in_window: u64 = allowed.iter().filter(|(t, _)| t + len > now).map(|(_, a)| a).sum();
+            let model_allows = in_window + amount <= max;
+            prop_assert_eq!(decision.is_ok(), model_allows, "at {} spent {} in window, paying {} of {}", now, in_window, amount, max);
+            if let Ok(a) = decision {
+                wallet.record(a.requirement.pay_to, now, a.charge);
+                session.record(now, a.charge);
+                allowed.push((now, amount));
+            }
         }
     }
 }

@@ -66,6 +66,8 @@ admin_signed! {
     FreezeWalletRequest,
     AddAdminRequest,
     RemoveAdminRequest,
+    ImportKytRequest,
+    DecideApprovalRequest,
 }
 
 /// Version of the host<->enclave protocol spoken by this build.

@@ -88,6 +88,24 @@ impl WalletGateway for Mitm {
     ) -> Result<Response<gw::ListKytResponse>, Status> {
         self.upstream.clone().list_kyt(r.into_inner()).await
     }
+    async fn import_kyt(
+        &self,
+        r: Request<gw::ImportKytRequest>,
+    ) -> Result<Response<gw::ImportKytResponse>, Status> {
+        self.upstream.clone().import_kyt(r.into_inner()).await
+    }
+    async fn list_approvals(
+        &self,
+        r: Request<gw::ListApprovalsRequest>,
+    ) -> Result<Response<gw::ListApprovalsResponse>, Status> {
+        self.upstream.clone().list_approvals(r.into_inner()).await
+    }
+    async fn decide_approval(
+        &self,
+        r: Request<gw::DecideApprovalRequest>,
+    ) -> Result<Response<gw::Approval>, Status> {
+        self.upstream.clone().decide_approval(r.into_inner()).await
+    }
     async fn issue_session(
         &self,
         r: Request<gw::IssueSessionRequest>,

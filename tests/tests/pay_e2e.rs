@@ -46,7 +46,7 @@ fn operator_walkthrough_pays_a_402_with_walletctl() {
         "",
     ));
     let shown = ok(&stack.walletctl(&["policy", "show", "--wallet", &wallet], ""));
-    assert!(shown.contains("max per payment:  0.1"), "{shown}");
+    assert!(shown.contains("max_per_payment = \"0.1\""), "{shown}");
 
     let cred = stack.dir.path().join("agent.json");
     let issued = ok(&stack.walletctl(

@@ -57,6 +57,9 @@ enum Command {
     /// Manage the KYT denylist of payees.
     #[command(subcommand)]
     Kyt(KytCmd),
+    /// Decide payments the policy held for a human's approval.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
     /// Issue, list and revoke agent sessions.
     #[command(subcommand)]
     Session(SessionCmd),
@@ -71,7 +74,8 @@ enum Command {
     /// Example: curl -si URL | grep -i '^payment-required:' | walletctl pay --session agent.json
     ///
     /// Exit codes: 0 signed; 3 denied by policy (reason code on stderr); 2 bad input;
-    /// 4 session not accepted; 1 anything else.
+    /// 4 session not accepted; 6 held for a human's approval (retry with the idempotency key
+    /// printed on stderr once `walletctl approvals approve` was run); 1 anything else.
     Pay(PayArgs),
 }
 
@@ -100,13 +104,24 @@ enum WalletCmd {
 #[derive(Debug, Subcommand)]
 enum PolicyCmd {
     /// Replace a wallet's policy. Until one is set, every payment is denied.
+    ///
+    /// Either a policy document (--file, TOML: ordered rules, budgets per hour or day, payee
+    /// lists, rate limits, approval holds; see README "Policy file") or the basic policy from
+    /// flags (one per-payment limit, optional network and asset lists). A document with a mistake
+    /// is rejected with its line and reason, and the running policy stays as it was.
+    #[command(
+        after_help = "Examples:\n  walletctl policy set --wallet w_.. --file policy.toml\n  walletctl policy set --wallet w_.. --max-per-payment 0.25 --networks eip155:8453"
+    )]
     Set {
         /// Wallet id (from `wallet create`).
         #[arg(long)]
         wallet: String,
+        /// Policy document (TOML). Replaces the flags below.
+        #[arg(long, short, conflicts_with_all = ["max_per_payment", "networks", "assets", "max_validity"])]
+        file: Option<PathBuf>,
         /// Largest single payment, e.g. 0.25 or "$0.25".
-        #[arg(long)]
-        max_per_payment: String,
+        #[arg(long, required_unless_present = "file")]
+        max_per_payment: Option<String>,
         /// Allowed networks, comma-separated CAIP-2 ids (eip155:8453). Default: every network in the registry.
         #[arg(long, value_delimiter = ',')]
         networks: Vec<String>,
@@ -117,11 +132,46 @@ enum PolicyCmd {
         #[arg(long)]
         max_validity: Option<String>,
     },
-    /// Show a wallet's policy.
+    /// Print a wallet's policy document (valid TOML: `policy show > policy.toml` to edit it).
     Show {
         /// Wallet id.
         #[arg(long)]
         wallet: String,
+    },
+    /// Check a policy document without sending it (exit code 2 with line and reason if bad).
+    Check {
+        /// Policy document (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCmd {
+    /// Payments waiting for a decision (all holds, decided or not, with --all).
+    List {
+        /// Only this wallet's holds.
+        #[arg(long, default_value = "")]
+        wallet: String,
+        /// Include approved, denied, used and expired holds.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a held payment: the agent gets the signature when it retries with the same
+    /// idempotency key (every limit still applies then).
+    Approve {
+        /// Hold id (ap_...).
+        id: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Deny a held payment: the agent's retry is refused with APPROVAL_DENIED.
+    Deny {
+        /// Hold id (ap_...).
+        id: String,
+        /// Why, for the audit log and the agent.
+        #[arg(long, default_value = "")]
+        note: String,
     },
 }
 
@@ -167,8 +217,34 @@ enum KytCmd {
         #[arg(required = true)]
         addresses: Vec<String>,
     },
-    /// List denied addresses.
+    /// List denied addresses (every page).
     List,
+    /// Load a denylist file: plain (one address per line, # comments), CSV (a column named
+    /// address, or --column) or JSON (an array of addresses, as in the published lists of
+    /// sanctioned digital-currency addresses, or of objects with an address field).
+    ///
+    /// Addresses are deduplicated; bad lines are reported with their line numbers and skipped
+    /// (or refused, with --strict). The whole file is applied at once: payments see the old list
+    /// or the new one, never part of it.
+    Import {
+        /// The file ("-" for stdin).
+        file: PathBuf,
+        /// Input format.
+        #[arg(long, value_enum, default_value_t = wallet_host::kyt_import::Format::Auto)]
+        format: wallet_host::kyt_import::Format,
+        /// CSV/JSON field holding the address.
+        #[arg(long)]
+        column: Option<String>,
+        /// Make the list exactly this file (remove addresses not in it).
+        #[arg(long)]
+        replace: bool,
+        /// Refuse the whole file if any line is bad.
+        #[arg(long)]
+        strict: bool,
+        /// Parse and report, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,6 +426,7 @@ async fn run(cli: Cli) -> Out {
         Command::Policy(c) => policy(&cli.gateway, &home, c).await,
         Command::Asset(c) => asset(&cli.gateway, &home, c).await,
         Command::Kyt(c) => kyt(&cli.gateway, &home, c).await,
+        Command::Approvals(c) => approvals(&cli.gateway, &home, c).await,
         Command::Admin(c) => admin(&cli.gateway, &home, c).await,
         Command::Audit(c) => audit(&cli.gateway, &home, c).await,
         Command::Session(c) => session(&cli.gateway, &home, c).await,
@@ -684,28 +761,40 @@ async fn wallet(url: &str, home: &std::path::Path, c: WalletCmd) -> Out {
 }
 
 fn print_policy(p: &gw::Policy) {
-    println!("wallet:           {}", p.wallet_id);
-    println!("version:          {}", p.version);
-    println!("max per payment:  {}", p.max_per_payment);
-    println!(
-        "networks:         {}",
-        if p.networks.is_empty() {
-            "any in the registry".to_owned()
-        } else {
-            p.networks.join(", ")
-        }
-    );
-    println!(
-        "assets:           {}",
-        if p.assets.is_empty() { "any in the registry".to_owned() } else { p.assets.join(", ") }
-    );
-    println!("max validity:     {} s", p.max_validity_seconds);
+    println!("# wallet {}, policy version {}", p.wallet_id, p.version);
+    print!("{}", p.document);
+    if !p.document.ends_with('\n') {
+        println!();
+    }
+}
+
+fn read_policy_file(path: &std::path::Path) -> Result<String, Fail> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Fail(2, format!("invalid: cannot read {}: {e}", path.display())))?;
+    wallet_policy::document::Policy::parse(&text)
+        .map_err(|e| Fail(2, format!("invalid: {}: {e}", path.display())))?;
+    Ok(text)
 }
 
 async fn policy(url: &str, home: &std::path::Path, c: PolicyCmd) -> Out {
+    if let PolicyCmd::Check { file } = &c {
+        let text = read_policy_file(file)?;
+        let p =
+            wallet_policy::document::Policy::parse(&text).map_err(|e| Fail(2, e.to_string()))?;
+        println!(
+            "{}: ok ({} rules, {} wallet budgets, {} session budgets, approval {})",
+            file.display(),
+            p.rules.len(),
+            p.wallet.budgets.len(),
+            p.session.budgets.len(),
+            if p.approval.above.is_some() || p.approval.first_time_payee { "on" } else { "off" }
+        );
+        return Ok(());
+    }
     let mut cl = client(url).await?;
     match c {
-        PolicyCmd::Set { wallet, max_per_payment, networks, assets, max_validity } => {
+        PolicyCmd::Set { wallet, file, max_per_payment, networks, assets, max_validity } => {
+            let document = file.as_deref().map(read_policy_file).transpose()?.unwrap_or_default();
             let max_validity_seconds = max_validity
                 .as_deref()
                 .map(parse_duration)
@@ -715,10 +804,11 @@ async fn policy(url: &str, home: &std::path::Path, c: PolicyCmd) -> Out {
             let p = gw::Policy {
                 wallet_id: wallet,
                 version: 0,
-                max_per_payment,
+                max_per_payment: max_per_payment.unwrap_or_default(),
                 networks,
                 assets,
                 max_validity_seconds,
+                document,
             };
             let p = cl
                 .set_policy(signed(
@@ -728,12 +818,66 @@ async fn policy(url: &str, home: &std::path::Path, c: PolicyCmd) -> Out {
                 )?)
                 .await?
                 .into_inner();
+            eprintln!("policy version {} set for wallet {}", p.version, p.wallet_id);
             print_policy(&p);
         }
         PolicyCmd::Show { wallet } => print_policy(
             &cl.get_policy(gw::GetPolicyRequest { wallet_id: wallet }).await?.into_inner(),
         ),
+        PolicyCmd::Check { .. } => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+fn print_approval(a: &gw::Approval) {
+    let left = a.expires_at_ms.saturating_sub(now_ms()) / 1000;
+    println!(
+        "{}  {:<8} {} {} to {} on {}  session {}  ({}){}{}",
+        a.approval_id,
+        a.state,
+        a.amount,
+        a.asset_symbol,
+        a.pay_to,
+        a.network,
+        a.session_id,
+        a.reason,
+        match a.state.as_str() {
+            "pending" => format!("  expires in {}m{:02}s", left / 60, left % 60),
+            "approved" => format!("  agent must retry within {}m{:02}s", left / 60, left % 60),
+            _ => String::new(),
+        },
+        if a.note.is_empty() { String::new() } else { format!("  note: {}", a.note) }
+    );
+}
+
+async fn approvals(url: &str, home: &std::path::Path, c: ApprovalsCmd) -> Out {
+    let mut cl = client(url).await?;
+    let (id, approve, note) = match c {
+        ApprovalsCmd::List { wallet, all } => {
+            let l = cl
+                .list_approvals(gw::ListApprovalsRequest { wallet_id: wallet, all })
+                .await?
+                .into_inner();
+            if l.approvals.is_empty() {
+                println!("{}", if all { "no holds" } else { "no payments waiting for approval" });
+            }
+            for a in &l.approvals {
+                print_approval(a);
+            }
+            return Ok(());
+        }
+        ApprovalsCmd::Approve { id, note } => (id, true, note),
+        ApprovalsCmd::Deny { id, note } => (id, false, note),
+    };
+    let a = cl
+        .decide_approval(signed(
+            home,
+            "DecideApproval",
+            gw::DecideApprovalRequest { approval_id: id, approve, note, auth: None },
+        )?)
+        .await?
+        .into_inner();
+    print_approval(&a);
     Ok(())
 }
 
@@ -781,9 +925,103 @@ async fn kyt(url: &str, home: &std::path::Path, c: KytCmd) -> Out {
             println!("removed {} (denylist now {})", r.changed, r.total);
         }
         KytCmd::List => {
-            for a in cl.list_kyt(gw::ListKytRequest {}).await?.into_inner().addresses {
-                println!("{a}");
+            let mut offset = 0u64;
+            loop {
+                let page =
+                    cl.list_kyt(gw::ListKytRequest { offset, limit: 10_000 }).await?.into_inner();
+                let n = page.addresses.len() as u64;
+                for a in page.addresses {
+                    println!("{a}");
+                }
+                offset += n;
+                if n == 0 || offset >= page.total {
+                    break;
+                }
             }
+        }
+        KytCmd::Import { file, format, column, replace, strict, dry_run } => {
+            kyt_import(&mut cl, home, &file, format, column.as_deref(), replace, strict, dry_run)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Addresses per `ImportKyt` chunk: 40,000 × 20 bytes stays well under the 1 MiB frame.
+const KYT_CHUNK: usize = 40_000;
+
+#[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
+async fn kyt_import(
+    cl: &mut WalletGatewayClient<Channel>,
+    home: &std::path::Path,
+    file: &std::path::Path,
+    format: wallet_host::kyt_import::Format,
+    column: Option<&str>,
+    replace: bool,
+    strict: bool,
+    dry_run: bool,
+) -> Out {
+    use wallet_host::kyt_import::{parse, MAX_INPUT_BYTES};
+    let mut text = String::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().take(MAX_INPUT_BYTES as u64 + 1).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_INPUT_BYTES as u64 + 1).read_to_string(&mut text))
+    };
+    read.map_err(|e| Fail(2, format!("invalid: cannot read {}: {e}", file.display())))?;
+    let parsed = parse(&text, format, column)
+        .map_err(|e| Fail(2, format!("invalid: {}: {e}", file.display())))?;
+    for b in parsed.bad.iter().take(20) {
+        eprintln!("{}:{}: {} ({:?})", file.display(), b.line, b.reason, b.text);
+    }
+    if parsed.bad.len() > 20 {
+        eprintln!("... and {} more bad lines", parsed.bad.len() - 20);
+    }
+    println!(
+        "{}: {:?} format, {} entries: {} addresses, {} duplicates, {} bad",
+        file.display(),
+        parsed.format,
+        parsed.entries,
+        parsed.addresses.len(),
+        parsed.duplicates,
+        parsed.bad.len()
+    );
+    if strict && !parsed.bad.is_empty() {
+        return Err(Fail(
+            2,
+            format!("invalid: {} bad lines (--strict); nothing was changed", parsed.bad.len()),
+        ));
+    }
+    if parsed.addresses.is_empty() && !replace {
+        return Err(Fail(2, "invalid: no addresses to import".into()));
+    }
+    if dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(());
+    }
+    let import_id = random_idempotency_key();
+    let chunks: Vec<&[[u8; 20]]> = if parsed.addresses.is_empty() {
+        vec![&[]]
+    } else {
+        parsed.addresses.chunks(KYT_CHUNK).collect()
+    };
+    let last = chunks.len() - 1;
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let req = gw::ImportKytRequest {
+            import_id: import_id.clone(),
+            addresses: chunk.concat(),
+            commit: i == last,
+            replace,
+            expected_total: parsed.addresses.len() as u64,
+            auth: None,
+        };
+        let r = cl.import_kyt(signed(home, "ImportKyt", req)?).await?.into_inner();
+        if r.committed {
+            println!(
+                "imported: {} added, {} removed, denylist now {}",
+                r.added, r.removed, r.total
+            );
         }
     }
     Ok(())
@@ -901,7 +1139,24 @@ async fn pay(default_url: &str, a: PayArgs) -> Out {
             cred.gateway.clone()
         };
     let req = cred.sign_request(header, &a.network, &a.asset, &idem, now_ms());
-    let resp = client(&url).await?.sign_payment(req).await?.into_inner();
+    let resp = match client(&url).await?.sign_payment(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s)
+            if s.metadata()
+                .get(wallet_host::gateway::REASON_METADATA)
+                .and_then(|v| v.to_str().ok())
+                == Some("APPROVAL_PENDING") =>
+        {
+            return Err(Fail(
+                6,
+                format!(
+                    "pending: {}\nretry once approved with: --idempotency-key {idem}",
+                    s.message()
+                ),
+            ));
+        }
+        Err(s) => return Err(s.into()),
+    };
     println!("{}", resp.payment_signature);
     if a.verbose {
         eprintln!(
