@@ -239,6 +239,26 @@ impl Stack {
         w
     }
 
+    /// Replaces a wallet's policy with a policy document over gRPC.
+    pub async fn set_document(&self, wallet: &gw::Wallet, document: &str) -> gw::Policy {
+        self.client()
+            .await
+            .set_policy(self.signed(
+                "SetPolicy",
+                gw::SetPolicyRequest {
+                    auth: None,
+                    policy: Some(gw::Policy {
+                        wallet_id: wallet.wallet_id.clone(),
+                        document: document.into(),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("set policy document")
+            .into_inner()
+    }
+
     /// Issues a session over gRPC and returns its credential (not written to disk).
     pub async fn session(
         &self,

@@ -1,10 +1,12 @@
 //! No overspend and no lost spend, with the enclave SIGKILLed repeatedly under concurrent load.
 //!
-//! 64 agents over 8 sessions with tight caps pay concurrently (retrying with the same idempotency
-//! key when the enclave is down) while the enclave is killed with SIGKILL and restarted 50 times.
+//! 64 agents over 8 sessions pay concurrently (retrying with the same idempotency key when the
+//! enclave is down) against tight limits: a session cap, a per-session hourly budget and a
+//! wallet-wide daily budget, while the enclave is killed with SIGKILL and restarted 50 times.
 //! Afterwards the journal is read directly: every signature an agent received must be in the
-//! ledger, and no session's ledger may exceed its cap. A spend recorded whose signature was lost
-//! in a crash is allowed (it is in the ledger but no agent holds it) and is reported.
+//! ledger, and neither the ledger nor what the agents received may exceed any limit. A spend
+//! recorded whose signature was lost in a crash is allowed (it is in the ledger but no agent
+//! holds it) and is reported.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,7 +22,18 @@ const SESSIONS: usize = 8;
 const AGENTS_PER_SESSION: usize = 8;
 /// Each session's cap: 40 payments of 0.01.
 const CAP: &str = "0.40";
-const CAP_PAYMENTS: usize = 40;
+/// The policy: at most 30 payments of 0.01 per session per hour, 150 per wallet per day. The
+/// windows bind first (8 × 30 = 240 > 150 < 8 × 40): they must survive every restart.
+const POLICY: &str = r#"version = 1
+[session]
+budgets = [{ per = "1h", max = "0.30" }]
+[wallet]
+budgets = [{ per = "1d", max = "1.50" }]
+[[rule]]
+action = "allow"
+"#;
+const SESSION_PAYMENTS: usize = 30;
+const WALLET_PAYMENTS: usize = 150;
 
 fn nonce_of(payload_json: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(payload_json).unwrap();
@@ -31,6 +44,7 @@ fn nonce_of(payload_json: &str) -> String {
 async fn sigkill_under_load_never_overspends_or_loses_a_released_spend() {
     let mut stack = Stack::start();
     let w = stack.wallet("1").await;
+    stack.set_document(&w, POLICY).await;
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {
         sessions.push(Arc::new(stack.session(&w, CAP, gw::IssueSessionRequest::default()).await));
@@ -75,7 +89,13 @@ async fn sigkill_under_load_never_overspends_or_loses_a_released_spend() {
                                 tokio::time::sleep(Duration::from_millis(5)).await;
                                 break;
                             }
-                            Err(e) if e.message().starts_with("SESSION_CAP") => break 'payments,
+                            Err(e)
+                                if ["SESSION_CAP", "SESSION_BUDGET", "WALLET_BUDGET"]
+                                    .iter()
+                                    .any(|r| e.message().starts_with(r)) =>
+                            {
+                                break 'payments
+                            }
                             Err(_) => {
                                 failures.fetch_add(1, Ordering::Relaxed);
                                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -121,26 +141,24 @@ async fn sigkill_under_load_never_overspends_or_loses_a_released_spend() {
         assert!(new, "an authorization is recorded twice");
     }
     let mut lost = 0;
+    let (mut ledger_total, mut received_total) = (0, 0);
     for cred in &sessions {
         let id = &cred.session_id;
         let in_ledger = ledger.get(id).map_or(0, HashSet::len);
         let got: HashSet<String> =
             received.get(id).map(|v| v.iter().map(|p| nonce_of(p)).collect()).unwrap_or_default();
         assert!(
-            got.len() <= CAP_PAYMENTS,
-            "session {id}: agents received {} authorizations for a cap worth {CAP_PAYMENTS}",
+            got.len() <= SESSION_PAYMENTS,
+            "session {id}: agents received {} authorizations for an hourly budget worth {SESSION_PAYMENTS}",
             got.len()
         );
         assert!(
-            in_ledger <= CAP_PAYMENTS,
-            "session {id}: the ledger holds {in_ledger} spends for a cap worth {CAP_PAYMENTS}"
+            in_ledger <= SESSION_PAYMENTS,
+            "session {id}: the ledger holds {in_ledger} spends for an hourly budget worth {SESSION_PAYMENTS}"
         );
         assert_eq!(
-            in_ledger, CAP_PAYMENTS,
-            "session {id}: agents paid until the cap, so the ledger holds exactly its worth"
-        );
-        assert_eq!(
-            spent[id], "0.4",
+            spent[id],
+            wallet_policy::amount::format_decimal(wallet_policy::U256::from(in_ledger), 2),
             "session {id}: the session total agrees with the ledger after {KILLS} restarts"
         );
         for n in &got {
@@ -149,7 +167,17 @@ async fn sigkill_under_load_never_overspends_or_loses_a_released_spend() {
                 "session {id}: a released signature ({n}) is missing from the ledger"
             );
         }
+        ledger_total += in_ledger;
+        received_total += got.len();
         lost += in_ledger - got.len();
     }
+    assert!(
+        received_total <= WALLET_PAYMENTS,
+        "agents received {received_total} for a daily budget worth {WALLET_PAYMENTS}"
+    );
+    assert_eq!(
+        ledger_total, WALLET_PAYMENTS,
+        "agents paid until the wallet's daily budget was used up, and not one payment further"
+    );
     eprintln!("{KILLS} kills, {failures} failed calls retried; {lost} spends recorded whose signature no agent received (allowed)");
 }
