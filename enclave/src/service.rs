@@ -1598,7 +1598,12 @@ impl Enclave {
         };
         let preferred_network =
             (!r.preferred_network.is_empty()).then_some(r.preferred_network.as_str());
-        let wallet_spends = wallet_history.entry(wallet.record.id.clone()).or_default();
+        if !wallet_history.contains_key(&wallet.record.id) {
+            wallet_history.insert(wallet.record.id.clone(), WalletHistory::default());
+        }
+        let wallet_spends = wallet_history
+            .get_mut(&wallet.record.id)
+            .ok_or_else(|| Failure::internal("wallet history missing"))?;
         let mut ledger = ScopeLedger { wallet: wallet_spends, session: history };
         let approved = rules::choose(
             &ctx,

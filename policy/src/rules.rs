@@ -298,6 +298,27 @@ fn window_name(seconds: u64) -> String {
     }
 }
 
+/// An address shown with its EIP-55 checksum, computed only when displayed.
+struct Checksummed<'a>(&'a Address);
+
+impl std::fmt::Display for Checksummed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.to_checksum(None))
+    }
+}
+
+/// "0.25 USDC", formatted only when displayed.
+struct Paying<'a> {
+    amount: U256,
+    asset: &'a AssetInfo,
+}
+
+impl std::fmt::Display for Paying<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", format_decimal(self.amount, self.asset.decimals), self.asset.symbol)
+    }
+}
+
 /// The denial when no rule matches: the one condition that kept every allowing rule from
 /// matching (network, asset or payee) when there is one, else `NO_MATCHING_RULE`.
 fn no_rule(policy: &Policy, req: &Requirement, symbol: &str, charge: U256, paying: &str) -> Denial {
@@ -388,7 +409,8 @@ pub fn evaluate(
             "the wallet has no policy; nothing is signed until one is set",
         ));
     };
-    let payee = req.pay_to.to_checksum(None);
+    // Formatted only when a message needs them (checksumming costs a keccak).
+    let payee = Checksummed(&req.pay_to);
     if ctx.kyt.is_denied(&req.pay_to) {
         return Err(deny(DenyReason::KytDenied, format!("payee {payee} is on the KYT denylist")));
     }
@@ -424,14 +446,13 @@ pub fn evaluate(
     }
     let charge = atomic_to_units(req.amount, asset.decimals)
         .ok_or_else(|| deny(DenyReason::InvalidRequirement, "amount is too large"))?;
-    let human = format_decimal(req.amount, asset.decimals);
-    let paying = format!("{human} {}", asset.symbol);
+    let paying = Paying { amount: req.amount, asset };
     // Ordered rules: the first that matches decides; none: deny.
     let rule = policy
         .rules
         .iter()
         .find(|r| r.matches(&req.network, &req.asset, &asset.symbol, &req.pay_to, charge))
-        .ok_or_else(|| no_rule(policy, req, &asset.symbol, charge, &paying))?;
+        .ok_or_else(|| no_rule(policy, req, &asset.symbol, charge, &paying.to_string()))?;
     if rule.action == Action::Deny {
         return Err(deny(
             DenyReason::RuleDenied,

@@ -124,3 +124,20 @@ fn an_oversized_document_is_rejected() {
     let doc = format!("version = 1\n#{}\n", "x".repeat(300 * 1024));
     assert!(Policy::parse(&doc).unwrap_err().to_string().contains("larger than"));
 }
+
+/// The commented example in README.md is a valid document, and means what its comments say.
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("```toml\n").expect("a toml block in README.md") + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let p = Policy::parse(&readme[start..end]).unwrap_or_else(|e| panic!("README example: {e}"));
+    assert_eq!(p.wallet.max_per_payment, Some(units("0.5")));
+    assert_eq!(p.wallet.budgets.len(), 2);
+    assert_eq!(p.session.cap, Some(units("20")));
+    assert_eq!(p.approval.above, Some(units("0.25")));
+    assert!(p.approval.first_time_payee);
+    assert_eq!(p.rules.len(), 3);
+    assert_eq!(p.rules[1].action, Action::Approve);
+    assert_eq!(p.rules[2].max_per_payment, Some(units("0.3")));
+}

@@ -196,4 +196,63 @@ proptest! {
             }
         }
     }
+
+    /// With every control on (windows, payee cap, rate limit, rules with thresholds, approval),
+    /// whatever was paid before: if an amount is allowed (or held), every smaller one is allowed
+    /// or held too, and a denial for a budget never turns into an allowance for more.
+    #[test]
+    fn denial_is_monotone_in_amount_under_the_full_policy(
+        history in proptest::collection::vec((0u64..4_000, 1u64..300_000), 0..40),
+        a in 1u64..2_000_000,
+        extra in 0u64..2_000_000,
+    ) {
+        let doc = "version = 1
+[wallet]
+max_per_payment = \"1.5\"
+payments_per_minute = 30
+budgets = [{ per = \"1h\", max = \"3\" }]
+per_payee = [{ per = \"1d\", max = \"4\" }]
+[session]
+budgets = [{ per = \"10m\", max = \"2\" }]
+[approval]
+above = \"0.5\"
+[[rule]]
+above = \"1\"
+action = \"approve\"
+[[rule]]
+assets = [\"USDC\"]
+action = \"allow\"
+";
+        let policy = Policy::parse(doc).unwrap();
+        let registry = Registry(default_assets());
+        let kyt: HashSet<Address> = HashSet::new();
+        let scope = Scope::default();
+        let now = 10_000u64;
+        let mut wallet = WalletHistory::default();
+        let mut session = History::new();
+        let payee: Address = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".parse().unwrap();
+        for (ago, amount) in &history {
+            let charge = atomic_to_units(U256::from(*amount), 6).unwrap();
+            wallet.record(payee, now - 4_000 + ago, charge);
+            session.record(now - 4_000 + ago, charge);
+        }
+        let decide = |amount: u64| {
+            let (mut w, mut s) = (wallet.clone(), session.clone());
+            let ctx = Context {
+                policy: Some(&policy),
+                wallet_frozen: false,
+                session: SessionState { cap: U256::MAX, spent: U256::ZERO, expires_at: u64::MAX, revoked: false, scope: &scope },
+                kyt: &kyt,
+                registry: &registry,
+                now,
+                approved: false,
+            };
+            let required = decode_payment_required(&header(amount)).unwrap();
+            choose(&ctx, &mut ScopeLedger { wallet: &mut w, session: &mut s }, &required, None, None).is_ok()
+        };
+        let b = a + extra;
+        if decide(b) {
+            prop_assert!(decide(a), "{} allowed or held but the smaller {} denied", b, a);
+        }
+    }
 }

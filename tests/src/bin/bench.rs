@@ -5,6 +5,11 @@
 //!    durable spend record with fsync before release) at 1 and 64 concurrent clients:
 //!    throughput, p50, p99.
 //!
+//! 3. the cost of the full policy: the same end-to-end runs on a second stack whose enclave holds
+//!    a million-entry KYT list and whose wallet has a policy document with time-window budgets,
+//!    a payee cap, rate limits, payee lists, ordered rules and an approval threshold (not reached),
+//!    interleaved with the basic-policy stack, round after round.
+//!
 //! Agents' requests are signed by their session keys before the timed phase (the agent's own
 //! CPU is not the wallet's). Usage: `scripts/bench.sh` (builds release first).
 
@@ -69,8 +74,12 @@ async fn batches(
     tag: &str,
     clients: usize,
     per_client: usize,
+    policy: Option<&str>,
 ) -> Vec<Vec<gw::SignPaymentRequest>> {
     let w = stack.wallet("1").await;
+    if let Some(doc) = policy {
+        stack.set_document(&w, doc).await;
+    }
     let cred = stack
         .session(
             &w,
@@ -132,8 +141,14 @@ where
 }
 
 /// `SignPayment` over gRPC through the gateway, clients spread over `channels` HTTP/2 connections.
-async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: usize) -> Run {
-    let batches = batches(stack, "b", clients, per_client).await;
+async fn end_to_end(
+    stack: &Stack,
+    clients: usize,
+    per_client: usize,
+    channels: usize,
+    policy: Option<&str>,
+) -> Run {
+    let batches = batches(stack, "b", clients, per_client, policy).await;
     let mut conns = Vec::new();
     for _ in 0..channels {
         let ch = tonic::transport::Endpoint::from_shared(stack.url.clone())
@@ -155,7 +170,7 @@ async fn end_to_end(stack: &Stack, clients: usize, per_client: usize, channels: 
 /// own ceiling.
 async fn enclave_only(stack: &Stack, clients: usize, per_client: usize) -> Run {
     use wallet_proto::enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp};
-    let batches = batches(stack, "e", clients, per_client).await;
+    let batches = batches(stack, "e", clients, per_client, None).await;
     let client = Arc::new(wallet_host::enclave_client::EnclaveClient::new(
         stack.dir.path().join("enclave.sock"),
     ));
@@ -166,18 +181,109 @@ async fn enclave_only(stack: &Stack, clients: usize, per_client: usize) -> Run {
     .await
 }
 
+/// The full policy of the comparison: every control on, none of them binding.
+fn full_policy() -> String {
+    let mut deny = String::new();
+    for i in 1..=100u32 {
+        deny.push_str(&format!("\"0x{:040x}\", ", 0xdead_0000u64 + u64::from(i)));
+    }
+    format!(
+        r#"version = 1
+[wallet]
+max_per_payment = "1"
+payments_per_minute = 1000000
+budgets = [{{ per = "1h", max = "1000000" }}, {{ per = "1d", max = "10000000" }}]
+per_payee = [{{ per = "1d", max = "1000000" }}]
+[session]
+cap = "1000000000"
+payments_per_minute = 1000000
+budgets = [{{ per = "1h", max = "1000000" }}]
+[approval]
+above = "100"
+[payees]
+deny = [{deny}]
+[[rule]]
+name = "no mainnet"
+networks = ["eip155:1"]
+action = "deny"
+[[rule]]
+name = "big ones"
+above = "10"
+action = "approve"
+[[rule]]
+name = "USDC"
+assets = ["USDC"]
+action = "allow"
+"#
+    )
+}
+
+/// Loads `n` random addresses into the stack's KYT list (chunked, committed at once); returns
+/// how long it took.
+async fn load_kyt(stack: &Stack, n: usize) -> Duration {
+    let mut addrs = vec![0u8; n * 20];
+    OsRng.fill_bytes(&mut addrs);
+    let mut client = stack.client().await;
+    let chunks: Vec<&[u8]> = addrs.chunks(40_000 * 20).collect();
+    let last = chunks.len() - 1;
+    let start = Instant::now();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let req = gw::ImportKytRequest {
+            import_id: "bench".into(),
+            addresses: chunk.to_vec(),
+            commit: i == last,
+            replace: false,
+            expected_total: n as u64,
+            auth: None,
+        };
+        client.import_kyt(stack.signed("ImportKyt", req)).await.expect("kyt import");
+    }
+    start.elapsed()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 #[tokio::main]
+#[allow(clippy::too_many_lines)]
 async fn main() {
     let raw_n = 20_000;
     let (raw_tps, raw_p50) = raw_k256(raw_n);
     let stack = Stack::start();
-    let _warm = end_to_end(&stack, 8, 50, 2).await;
-    let one = end_to_end(&stack, 1, 2_000, 1).await;
-    let many = end_to_end(&stack, 64, 150, 4).await;
+    let _warm = end_to_end(&stack, 8, 50, 2, None).await;
+    let one = end_to_end(&stack, 1, 2_000, 1, None).await;
+    let many = end_to_end(&stack, 64, 150, 4, None).await;
     let direct = enclave_only(&stack, 64, 150).await;
     if let Some(keep) = std::env::var_os("WALLET_BENCH_KEEP_LOG") {
         let _ = std::fs::copy(stack.enclave_log(), keep);
     }
+
+    // Basic policy against the full one, interleaved on two stacks.
+    let full = Stack::start();
+    let kyt_n = 1_000_000;
+    let kyt_time = load_kyt(&full, kyt_n).await;
+    let listed = full.status().await.kyt_entries;
+    assert!(listed >= kyt_n as u64 - 10, "the KYT list holds {listed}");
+    let doc = full_policy();
+    let _warm = end_to_end(&full, 8, 50, 2, Some(&doc)).await;
+    let (mut basic_tps, mut full_tps) = (Vec::new(), Vec::new());
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let b = end_to_end(&stack, 64, 150, 4, None).await;
+        let f = end_to_end(&full, 64, 150, 4, Some(&doc)).await;
+        assert_eq!((b.ok, f.ok), (64 * 150, 64 * 150), "every request must be signed");
+        basic_tps.push(b.throughput);
+        full_tps.push(f.throughput);
+        rounds.push((b, f));
+    }
+    let one_full = end_to_end(&full, 1, 2_000, 1, Some(&doc)).await;
+    // Start-up reads and unseals the whole state, a million KYT entries included.
+    let mut full = full;
+    let restart = Instant::now();
+    full.crash_and_restart_enclave();
+    let restart = restart.elapsed();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -212,6 +318,35 @@ async fn main() {
         us(many.p99)
     );
     println!("| SignPayment enclave only (Unix socket frames, no gateway), 64 clients | {} | {:.0} /s | {} | {} |", direct.ok, direct.throughput, us(direct.p50), us(direct.p99));
+    println!(
+        "| SignPayment end to end, full policy + 1M KYT, 1 client | {} | {:.0} /s | {} | {} |",
+        one_full.ok,
+        one_full.throughput,
+        us(one_full.p50),
+        us(one_full.p99)
+    );
+    println!();
+    println!("Full policy (1,000,000 KYT entries loaded in {:.1} s, enclave restart with them {:.1} s; windows, payee cap, rate limits, payee list, rules, approval threshold) against the basic policy, 64 clients, interleaved:", kyt_time.as_secs_f64(), restart.as_secs_f64());
+    println!();
+    println!("| round | basic | full | full / basic | basic p99 | full p99 |");
+    println!("|---|---|---|---|---|---|");
+    for (i, (b, f)) in rounds.iter().enumerate() {
+        println!(
+            "| {} | {:.0} /s | {:.0} /s | {:.2} | {} | {} |",
+            i + 1,
+            b.throughput,
+            f.throughput,
+            f.throughput / b.throughput,
+            us(b.p99),
+            us(f.p99)
+        );
+    }
+    let (mb, mf) = (median(basic_tps), median(full_tps));
+    println!();
+    println!(
+        "median: basic {mb:.0} /s, full {mf:.0} /s: full / basic = {:.2} (target >= 0.90)",
+        mf / mb
+    );
     println!();
     let ratio = many.throughput / raw_tps;
     println!("64-client throughput / raw k256 throughput = {ratio:.2} (target >= 0.25); p99 at 64 clients = {} (target < 10 ms)", us(many.p99));
