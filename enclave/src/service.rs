@@ -287,6 +287,9 @@ struct ApprovalRecord {
     hold_ms: u64,
     decided_by: String,
     note: String,
+    /// The `accepts[]` option held: the only one an approval lets the retry sign.
+    #[serde(default)]
+    accepted_index: usize,
 }
 
 impl ApprovalRecord {
@@ -1185,7 +1188,7 @@ impl Enclave {
         let idem_key = (r.session_id.clone(), r.idempotency_key.clone());
 
         // Decide and reserve, atomically.
-        let mut approval_id: Option<String> = None;
+        let mut held: Option<ApprovalRecord> = None;
         let reserved = loop {
             let step = {
                 let mut inner = self.lock();
@@ -1229,7 +1232,7 @@ impl Enclave {
                             .get(id)
                             .ok_or_else(|| Failure::internal("approval record missing"))?;
                         Self::check_hold(hold, now_ms)?;
-                        approval_id = Some(hold.id.clone());
+                        held = Some(hold.clone());
                         None
                     }
                     Some(Idem::InFlight { done, .. }) => Some(done.clone()),
@@ -1243,7 +1246,7 @@ impl Enclave {
                         preferred_asset.as_ref(),
                         now_ms,
                         request_hash,
-                        approval_id.as_deref(),
+                        held.as_ref(),
                     ) {
                         Ok(Reservation::Sign(reserved)) => Step::Sign(reserved),
                         Ok(Reservation::Hold(hold)) => Step::Hold(hold),
@@ -1356,8 +1359,8 @@ impl Enclave {
                             idem_key,
                             Idem::Done { hash: request_hash, record: Arc::new(record) },
                         );
-                        if let Some(id) = &approval_id {
-                            self.mark_hold_used(id).await;
+                        if let Some(hold) = &held {
+                            self.mark_hold_used(&hold.id).await;
                         }
                         self.signed.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(session = %r.session_id, network = %resp.network, amount = %resp.amount, "payment signed");
@@ -1570,7 +1573,7 @@ impl Enclave {
         preferred_asset: Option<&Address>,
         now_ms: u64,
         request_hash: [u8; 32],
-        approval: Option<&str>,
+        approval: Option<&ApprovalRecord>,
     ) -> Result<Reservation> {
         let Inner { sessions, wallets, policies, kyt, registry, wallet_history, .. } = &mut *inner;
         let session = sessions
@@ -1605,16 +1608,32 @@ impl Enclave {
             .get_mut(&wallet.record.id)
             .ok_or_else(|| Failure::internal("wallet history missing"))?;
         let mut ledger = ScopeLedger { wallet: wallet_spends, session: history };
-        let approved = rules::choose(
+        // The retry of an approved hold may sign only the option the human saw.
+        let only_held;
+        let options = match approval {
+            Some(hold) => {
+                let option = required
+                    .accepts
+                    .get(hold.accepted_index)
+                    .ok_or_else(|| Failure::internal("held option missing"))?;
+                only_held = PaymentRequired { accepts: vec![option.clone()], ..required.clone() };
+                &only_held
+            }
+            None => required,
+        };
+        let mut approved = rules::choose(
             &ctx,
             &mut ledger,
-            required,
+            options,
             preferred_network,
             preferred_asset,
         )
         .inspect_err(|d| {
             tracing::debug!(session = %r.session_id, reason = d.reason.code(), "payment denied");
         })?;
+        if let Some(hold) = approval {
+            approved.index = hold.accepted_index;
+        }
         let wallet_id = wallet.record.id.clone();
         if let Some(reason) = approved.hold.clone() {
             let hold_ms = policy.map_or(0, |p| p.approval.expires_seconds).saturating_mul(1000);
@@ -1637,6 +1656,7 @@ impl Enclave {
                 hold_ms,
                 decided_by: String::new(),
                 note: String::new(),
+                accepted_index: approved.index,
             };
             inner.idem.insert(
                 (r.session_id.clone(), r.idempotency_key.clone()),

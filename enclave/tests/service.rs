@@ -1434,3 +1434,35 @@ async fn kyt_imports_are_chunked_checked_and_atomic() {
         "KYT_DENIED"
     );
 }
+
+#[tokio::test]
+async fn an_approval_signs_only_the_option_the_human_saw() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let hold_policy = "version = 1\n[approval]\nabove = \"0.05\"\n[[rule]]\nnetworks = [\"eip155:8453\"]\naction = \"deny\"\n[[rule]]\naction = \"allow\"\n";
+    h.set_document(&w, hold_policy).await.unwrap();
+    let a = h.session(&w, "1").await;
+    // Option 0: 0.50 on Base (denied by a rule for now); option 1: 0.06 on Base Sepolia (held).
+    let two = STANDARD.encode(
+        json!({"x402Version":2,"resource":{"url":"https://api.example.com/x"},"accepts":[
+            {"scheme":"exact","network":"eip155:8453","amount":"500000","asset":"0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913","payTo":PAYEE,"maxTimeoutSeconds":60,"extra":{"name":"USD Coin","version":"2"}},
+            {"scheme":"exact","network":"eip155:84532","amount":"60000","asset":USDC_BASE_SEPOLIA,"payTo":PAYEE,"maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}}
+        ]})
+        .to_string(),
+    );
+    assert_eq!(h.pay(a.request(&two, "k")).await.unwrap_err().reason, "APPROVAL_PENDING");
+    let hold = h.approvals(false).await.remove(0);
+    assert_eq!((hold.network.as_str(), hold.amount.as_str()), ("eip155:84532", "0.06"));
+    // The policy changes so that option 0 would now be allowed; the human approves the hold.
+    h.set_document(&w, "version = 1\n[approval]\nabove = \"0.05\"\n[[rule]]\naction = \"allow\"\n")
+        .await
+        .unwrap();
+    h.decide(&hold.approval_id, true).await.unwrap();
+    let signed = h.pay(a.request(&two, "k")).await.unwrap();
+    assert_eq!(
+        (signed.network.as_str(), signed.amount.as_str(), signed.accepted_index),
+        ("eip155:84532", "60000", 1),
+        "the approval is for the 0.06 the human saw, not the 0.50 the policy now allows"
+    );
+    assert_eq!(h.spent(&a.id).await, "0.06");
+}
