@@ -281,25 +281,9 @@ impl AdminKey {
     }
 }
 
-/// Parses `90`, `90s`, `15m`, `24h`, `7d` into seconds.
-///
-/// # Errors
-/// A sentence for anything else.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        Some((i, 'd')) => (&s[..i], 86_400),
-        _ => (s, 1),
-    };
-    let n: u64 =
-        num.parse().map_err(|_| format!("{s:?} is not a duration (write 90s, 15m, 24h or 7d)"))?;
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("duration {s:?} must be positive and reasonable"))
-}
+/// Parses a duration: `90s`, `15m`, `24h`, `7d`, or plain seconds (the policy document's own
+/// parser, so the CLI and the enclave agree).
+pub use wallet_policy::document::parse_duration;
 
 /// A random idempotency key (`pay_` + 32 hex).
 #[must_use]

@@ -59,6 +59,37 @@ fn decide(amount: u64, limit: u64, cap: u64, spent: u64) -> Result<U256, ()> {
     choose(&ctx, &mut EmptyLedger, &required, None, None).map(|a| a.charge).map_err(|_| ())
 }
 
+/// One payment of `amount` atomic USDC under `policy` with these histories, no session cap, no
+/// KYT list: the decision.
+fn decide_with(
+    policy: &Policy,
+    wallet: &mut WalletHistory,
+    session: &mut History,
+    amount: u64,
+    now: u64,
+) -> Result<wallet_policy::rules::Approval, wallet_policy::rules::Denial> {
+    let registry = Registry(default_assets());
+    let kyt: HashSet<Address> = HashSet::new();
+    let scope = Scope::default();
+    let ctx = Context {
+        policy: Some(policy),
+        wallet_frozen: false,
+        session: SessionState {
+            cap: U256::MAX,
+            spent: U256::ZERO,
+            expires_at: u64::MAX,
+            revoked: false,
+            scope: &scope,
+        },
+        kyt: &kyt,
+        registry: &registry,
+        now,
+        approved: false,
+    };
+    let required = decode_payment_required(&header(amount)).unwrap();
+    choose(&ctx, &mut ScopeLedger { wallet, session }, &required, None, None)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -165,27 +196,13 @@ proptest! {
             wallet_policy::amount::format_decimal(U256::from(max), 6),
         );
         let policy = Policy::parse(&doc).unwrap();
-        let registry = Registry(default_assets());
-        let kyt: HashSet<Address> = HashSet::new();
-        let scope = Scope::default();
         let mut wallet = WalletHistory::default();
         let mut session = History::new();
         let mut allowed: Vec<(u64, u64)> = Vec::new();
         let mut now = 1_000_000u64;
         for (advance, amount) in payments {
             now += advance;
-            let ctx = Context {
-                policy: Some(&policy),
-                wallet_frozen: false,
-                session: SessionState { cap: U256::MAX, spent: U256::ZERO, expires_at: u64::MAX, revoked: false, scope: &scope },
-                kyt: &kyt,
-                registry: &registry,
-                now,
-                approved: false,
-            };
-            let required = decode_payment_required(&header(amount)).unwrap();
-            let mut ledger = ScopeLedger { wallet: &mut wallet, session: &mut session };
-            let decision = choose(&ctx, &mut ledger, &required, None, None);
+            let decision = decide_with(&policy, &mut wallet, &mut session, amount, now);
             let in_window: u64 = allowed.iter().filter(|(t, _)| t + len > now).map(|(_, a)| a).sum();
             let model_allows = in_window + amount <= max;
             prop_assert_eq!(decision.is_ok(), model_allows, "at {} spent {} in window, paying {} of {}", now, in_window, amount, max);
@@ -224,9 +241,6 @@ assets = [\"USDC\"]
 action = \"allow\"
 ";
         let policy = Policy::parse(doc).unwrap();
-        let registry = Registry(default_assets());
-        let kyt: HashSet<Address> = HashSet::new();
-        let scope = Scope::default();
         let now = 10_000u64;
         let mut wallet = WalletHistory::default();
         let mut session = History::new();
@@ -238,17 +252,7 @@ action = \"allow\"
         }
         let decide = |amount: u64| {
             let (mut w, mut s) = (wallet.clone(), session.clone());
-            let ctx = Context {
-                policy: Some(&policy),
-                wallet_frozen: false,
-                session: SessionState { cap: U256::MAX, spent: U256::ZERO, expires_at: u64::MAX, revoked: false, scope: &scope },
-                kyt: &kyt,
-                registry: &registry,
-                now,
-                approved: false,
-            };
-            let required = decode_payment_required(&header(amount)).unwrap();
-            choose(&ctx, &mut ScopeLedger { wallet: &mut w, session: &mut s }, &required, None, None).is_ok()
+            decide_with(&policy, &mut w, &mut s, amount, now).is_ok()
         };
         let b = a + extra;
         if decide(b) {

@@ -453,3 +453,35 @@ pub fn recover_payer(payment_signature: &str) -> String {
     wallet_policy::Address::from_slice(&alloy_primitives::keccak256(&point.as_bytes()[1..])[12..])
         .to_checksum(None)
 }
+
+/// The stdout of a walletctl run that must have succeeded.
+///
+/// # Panics
+/// When it failed (with its stderr and stdout).
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "walletctl failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8")
+}
+
+/// The stderr of a walletctl run.
+#[must_use]
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The word after `after` in `text` (`field("wallet w_12 …", "wallet")` is `w_12`).
+///
+/// # Panics
+/// When `after` is not in `text`.
+#[must_use]
+pub fn field<'a>(text: &'a str, after: &str) -> &'a str {
+    text.split_whitespace()
+        .skip_while(|w| *w != after)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {after:?} in {text:?}"))
+}

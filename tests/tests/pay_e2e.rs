@@ -1,27 +1,10 @@
 //! The whole product path with the real binaries: walletctl as admin and as agent.
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
-use wallet_e2e::{header, recover_payer, Stack, PAYEE};
+use wallet_e2e::{field, header, ok, recover_payer, Stack, PAYEE};
 
 /// The official spec's PAYMENT-REQUIRED header (x402-wire.md §2.3).
 const SPEC_HEADER: &str = "eyJ4NDAyVmVyc2lvbiI6MiwiZXJyb3IiOiJQQVlNRU5ULVNJR05BVFVSRSBoZWFkZXIgaXMgcmVxdWlyZWQiLCJyZXNvdXJjZSI6eyJ1cmwiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbS9wcmVtaXVtLWRhdGEiLCJkZXNjcmlwdGlvbiI6IkFjY2VzcyB0byBwcmVtaXVtIG1hcmtldCBkYXRhIiwibWltZVR5cGUiOiJhcHBsaWNhdGlvbi9qc29uIn0sImFjY2VwdHMiOlt7InNjaGVtZSI6ImV4YWN0IiwibmV0d29yayI6ImVpcDE1NTo4NDUzMiIsImFtb3VudCI6IjEwMDAwIiwiYXNzZXQiOiIweDAzNkNiRDUzODQyYzU0MjY2MzRlNzkyOTU0MWVDMjMxOGYzZENGN2UiLCJwYXlUbyI6IjB4MjA5NjkzQmM2YWZjMEM1MzI4YkEzNkZhRjAzQzUxNEVGMzEyMjg3QyIsIm1heFRpbWVvdXRTZWNvbmRzIjo2MCwiZXh0cmEiOnsibmFtZSI6IlVTREMiLCJ2ZXJzaW9uIjoiMiJ9fV19";
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "walletctl failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8")
-}
-
-fn field<'a>(text: &'a str, after: &str) -> &'a str {
-    text.split_whitespace()
-        .skip_while(|w| *w != after)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {after:?} in {text:?}"))
-}
 
 #[test]
 fn operator_walkthrough_pays_a_402_with_walletctl() {

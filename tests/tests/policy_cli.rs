@@ -1,28 +1,7 @@
 //! The policy controls through walletctl and the real binaries: a policy file, a human approval,
 //! a KYT list import.
 
-use wallet_e2e::{header, Stack, PAYEE};
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "walletctl failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8")
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn field<'a>(text: &'a str, after: &str) -> &'a str {
-    text.split_whitespace()
-        .skip_while(|w| *w != after)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {after:?} in {text:?}"))
-}
+use wallet_e2e::{field, header, ok, stderr, Stack, PAYEE};
 
 const POLICY: &str = r#"# Test policy
 version = 1
