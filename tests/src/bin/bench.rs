@@ -8,7 +8,8 @@
 //! 3. the cost of the full policy: the same end-to-end runs on a second stack whose enclave holds
 //!    a million-entry KYT list and whose wallet has a policy document with time-window budgets,
 //!    a payee cap, rate limits, payee lists, ordered rules and an approval threshold (not reached),
-//!    interleaved with the basic-policy stack, round after round.
+//!    interleaved with the basic-policy stack, round after round, at 64 clients and at 1: first
+//!    right after the import, then after a restart of that enclave (the steady state).
 //!
 //! Agents' requests are signed by their session keys before the timed phase (the agent's own
 //! CPU is not the wallet's). Usage: `scripts/bench.sh` (builds release first).
@@ -246,6 +247,55 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Interleaved rounds of the basic and the full policy, at 64 clients and at 1.
+struct Comparison {
+    rounds: Vec<(Run, Run, Run, Run)>,
+}
+
+async fn compare(basic: &Stack, full: &Stack, doc: &str, n: usize) -> Comparison {
+    let mut rounds = Vec::new();
+    for _ in 0..n {
+        let b = end_to_end(basic, 64, 150, 4, None).await;
+        let f = end_to_end(full, 64, 150, 4, Some(doc)).await;
+        let b1 = end_to_end(basic, 1, 1_000, 1, None).await;
+        let f1 = end_to_end(full, 1, 1_000, 1, Some(doc)).await;
+        assert_eq!((b.ok, f.ok), (64 * 150, 64 * 150), "every request must be signed");
+        assert_eq!((b1.ok, f1.ok), (1_000, 1_000), "every request must be signed");
+        rounds.push((b, f, b1, f1));
+    }
+    Comparison { rounds }
+}
+
+impl Comparison {
+    fn print(&self) {
+        println!("| round | 64 clients: basic | full | full / basic | basic p99 | full p99 | 1 client: basic | full | full / basic | basic p99 | full p99 |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for (i, (b, f, b1, f1)) in self.rounds.iter().enumerate() {
+            println!(
+                "| {} | {:.0} /s | {:.0} /s | {:.2} | {} | {} | {:.0} /s | {:.0} /s | {:.2} | {} | {} |",
+                i + 1,
+                b.throughput,
+                f.throughput,
+                f.throughput / b.throughput,
+                us(b.p99),
+                us(f.p99),
+                b1.throughput,
+                f1.throughput,
+                f1.throughput / b1.throughput,
+                us(b1.p99),
+                us(f1.p99)
+            );
+        }
+        let pick =
+            |g: fn(&(Run, Run, Run, Run)) -> f64| median(self.rounds.iter().map(g).collect());
+        let (mb, mf) = (pick(|r| r.0.throughput), pick(|r| r.1.throughput));
+        let (mb1, mf1) = (pick(|r| r.2.throughput), pick(|r| r.3.throughput));
+        println!();
+        println!("median, 64 clients: basic {mb:.0} /s, full {mf:.0} /s: full / basic = {:.2} (target >= 0.90)", mf / mb);
+        println!("median, 1 client: basic {mb1:.0} /s, full {mf1:.0} /s: full / basic = {:.2} (target >= 0.90)", mf1 / mb1);
+    }
+}
+
 #[tokio::main]
 #[allow(clippy::too_many_lines)]
 async fn main() {
@@ -262,33 +312,23 @@ async fn main() {
 
     // Basic policy against the full one, interleaved on two stacks.
     let full = Stack::start();
-    let kyt_n = 1_000_000;
-    let kyt_time = load_kyt(&full, kyt_n).await;
+    // WALLET_BENCH_KYT=N loads N entries instead (0: none, to separate the list's cost).
+    let kyt_n: usize =
+        std::env::var("WALLET_BENCH_KYT").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let kyt_time = if kyt_n == 0 { Duration::ZERO } else { load_kyt(&full, kyt_n).await };
     let listed = full.status().await.kyt_entries;
-    assert!(listed >= kyt_n as u64 - 10, "the KYT list holds {listed}");
+    assert!(listed + 10 >= kyt_n as u64, "the KYT list holds {listed}");
     let doc = full_policy();
     let _warm = end_to_end(&full, 8, 50, 2, Some(&doc)).await;
-    let (mut basic_tps, mut full_tps) = (Vec::new(), Vec::new());
-    let (mut basic_one, mut full_one) = (Vec::new(), Vec::new());
-    let mut rounds = Vec::new();
-    for _ in 0..5 {
-        let b = end_to_end(&stack, 64, 150, 4, None).await;
-        let f = end_to_end(&full, 64, 150, 4, Some(&doc)).await;
-        let b1 = end_to_end(&stack, 1, 1_000, 1, None).await;
-        let f1 = end_to_end(&full, 1, 1_000, 1, Some(&doc)).await;
-        assert_eq!((b.ok, f.ok), (64 * 150, 64 * 150), "every request must be signed");
-        assert_eq!((b1.ok, f1.ok), (1_000, 1_000), "every request must be signed");
-        basic_tps.push(b.throughput);
-        full_tps.push(f.throughput);
-        basic_one.push(b1.throughput);
-        full_one.push(f1.throughput);
-        rounds.push((b, f, b1, f1));
-    }
-    // Start-up reads and unseals the whole state, a million KYT entries included.
+    // Right after the import, then (the steady state) after a restart: start-up reads and
+    // unseals the whole state, a million KYT entries included.
+    let after_import = compare(&stack, &full, &doc, 3).await;
     let mut full = full;
     let restart = Instant::now();
     full.crash_and_restart_enclave();
     let restart = restart.elapsed();
+    let _warm = end_to_end(&full, 8, 50, 2, Some(&doc)).await;
+    let steady = compare(&stack, &full, &doc, 5).await;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -324,31 +364,18 @@ async fn main() {
     );
     println!("| SignPayment enclave only (Unix socket frames, no gateway), 64 clients | {} | {:.0} /s | {} | {} |", direct.ok, direct.throughput, us(direct.p50), us(direct.p99));
     println!();
-    println!("Full policy (1,000,000 KYT entries loaded in {:.1} s, enclave restart with them {:.1} s; windows, payee cap, rate limits, payee list, rules, approval threshold) against the basic policy, 64 clients, interleaved:", kyt_time.as_secs_f64(), restart.as_secs_f64());
+    println!("Full policy ({kyt_n} KYT entries loaded in {:.1} s, enclave restart with them {:.1} s; windows, payee cap, rate limits, payee list, rules, approval threshold) against the basic policy, interleaved:", kyt_time.as_secs_f64(), restart.as_secs_f64());
     println!();
-    println!("| round | 64 clients: basic | full | full / basic | basic p99 | full p99 | 1 client: basic | full | full / basic | basic p99 | full p99 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (i, (b, f, b1, f1)) in rounds.iter().enumerate() {
-        println!(
-            "| {} | {:.0} /s | {:.0} /s | {:.2} | {} | {} | {:.0} /s | {:.0} /s | {:.2} | {} | {} |",
-            i + 1,
-            b.throughput,
-            f.throughput,
-            f.throughput / b.throughput,
-            us(b.p99),
-            us(f.p99),
-            b1.throughput,
-            f1.throughput,
-            f1.throughput / b1.throughput,
-            us(b1.p99),
-            us(f1.p99)
-        );
-    }
-    let (mb, mf) = (median(basic_tps), median(full_tps));
-    let (mb1, mf1) = (median(basic_one), median(full_one));
+    println!(
+        "After a restart of the full-policy enclave (steady state), {} rounds:",
+        steady.rounds.len()
+    );
     println!();
-    println!("median, 64 clients: basic {mb:.0} /s, full {mf:.0} /s: full / basic = {:.2} (target >= 0.90)", mf / mb);
-    println!("median, 1 client: basic {mb1:.0} /s, full {mf1:.0} /s: full / basic = {:.2} (target >= 0.90)", mf1 / mb1);
+    steady.print();
+    println!();
+    println!("Right after the import (same process), {} rounds:", after_import.rounds.len());
+    println!();
+    after_import.print();
     println!();
     let ratio = many.throughput / raw_tps;
     println!("64-client throughput / raw k256 throughput = {ratio:.2} (target >= 0.25); p99 at 64 clients = {} (target < 10 ms)", us(many.p99));
