@@ -3,5 +3,5 @@
 # clients). Record its output in BENCHMARKS.md with the date and machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --workspace --bins
+cargo build --release --locked --workspace --bins --features wallet-enclave/simulated
 exec target/release/wallet-bench "$@"

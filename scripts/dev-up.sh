@@ -15,11 +15,12 @@ BIN="target/$PROFILE"
 
 echo "building ($PROFILE)..." >&2
 # The same build as scripts/bench.sh and the tests (whole workspace), so switching between them
-# does not rebuild with other features.
+# does not rebuild with other features. The enclave's simulated platform is a cargo feature, off
+# in a default (production) build.
 if [ "$PROFILE" = release ]; then
-  cargo build --release --locked --workspace --bins
+  cargo build --release --locked --workspace --bins --features wallet-enclave/simulated
 else
-  cargo build --locked --workspace --bins
+  cargo build --locked --workspace --bins --features wallet-enclave/simulated
 fi
 
 mkdir -p "$DATA_DIR"

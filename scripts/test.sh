@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README, CI): format check, clippy with warnings as errors, every test.
+# The test command (README, CI): format check, clippy with warnings as errors, the production
+# enclave build check, every test.
 # No system protoc is needed: protos are compiled by protox in proto/build.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,15 @@ if [ -z "${WALLET_SKIP_X402_COMPAT:-}" ]; then
   npm ci --prefix tests/x402-compat --no-audit --no-fund --loglevel=error
   npm test --prefix tests/x402-compat --silent   # the harness itself: official vectors + tamper cases
 fi
+# A production build of the enclave (default features): lint it as built, and check it contains no
+# simulated platform and no fault injection, and refuses --simulated.
+cargo clippy -p wallet-enclave --locked -- -D warnings
+cargo build -p wallet-enclave --bin wallet-enclave --locked
+cp target/debug/wallet-enclave target/wallet-enclave.production
+scripts/check-enclave-build.sh production target/wallet-enclave.production
 # The end-to-end tests start wallet-enclave, wallet-gateway and walletctl: `cargo test` alone does
-# not build another package's binaries, so build them first.
-cargo build --workspace --bins --locked
+# not build another package's binaries, so build them first (the enclave with its simulated
+# platform, which the tests turn on; the control check shows the markers above are real).
+cargo build --workspace --bins --locked --features wallet-enclave/simulated,wallet-enclave/fault-injection
+scripts/check-enclave-build.sh simulated target/debug/wallet-enclave
 cargo test --workspace --locked

@@ -172,7 +172,9 @@ struct Writer {
     poisoned: bool,
 }
 
-/// Faults a test can inject into the journal's durability rounds.
+/// Faults a test can inject into the journal's durability rounds (feature `fault-injection`;
+/// never in a default build).
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Default)]
 pub struct Faults {
     /// Milliseconds each round waits before its `fdatasync`.
@@ -186,6 +188,7 @@ pub struct Journal {
     writer: Mutex<Writer>,
     sealer: Sealer,
     commit: GroupCommit,
+    #[cfg(feature = "fault-injection")]
     faults: std::sync::Arc<Faults>,
 }
 
@@ -235,16 +238,21 @@ impl Journal {
         let end = end as u64;
         let allocated = preallocate(&file, bytes.len() as u64, end).map_err(io)?;
         let sync_file = file.try_clone().map_err(io)?;
+        #[cfg(feature = "fault-injection")]
         let faults = std::sync::Arc::new(Faults::default());
+        #[cfg(feature = "fault-injection")]
         let round_faults = std::sync::Arc::clone(&faults);
         let commit = GroupCommit::spawn("journal-sync", move || {
-            use std::sync::atomic::Ordering;
-            let delay = round_faults.delay_ms.load(Ordering::SeqCst);
-            if delay > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(delay));
-            }
-            if round_faults.fail.swap(false, Ordering::SeqCst) {
-                return Err(std::io::Error::other("injected fdatasync failure"));
+            #[cfg(feature = "fault-injection")]
+            {
+                use std::sync::atomic::Ordering;
+                let delay = round_faults.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(delay));
+                }
+                if round_faults.fail.swap(false, Ordering::SeqCst) {
+                    return Err(std::io::Error::other("injected fdatasync failure"));
+                }
             }
             match &also {
                 // Both files' flushes in parallel: the round costs the slower one, not the sum.
@@ -262,7 +270,16 @@ impl Journal {
         .map_err(io)?;
         let next = records.len() as u64;
         let writer = Mutex::new(Writer { file, next, pos: end, allocated, poisoned: false });
-        Ok((Self { writer, sealer, commit, faults }, records))
+        Ok((
+            Self {
+                writer,
+                sealer,
+                commit,
+                #[cfg(feature = "fault-injection")]
+                faults,
+            },
+            records,
+        ))
     }
 
     /// Appends one record (not yet durable: await [`Self::durable`]).
@@ -317,10 +334,10 @@ impl Journal {
     }
 
     /// Fault injection for tests (delays and failures of the durability rounds).
-    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
     #[must_use]
-    pub fn faults(&self) -> &Faults {
-        &self.faults
+    pub fn faults(&self) -> std::sync::Arc<Faults> {
+        std::sync::Arc::clone(&self.faults)
     }
 
     /// Waits until every record appended before this call is on disk (`fdatasync`).
@@ -337,7 +354,7 @@ mod tests {
     use super::*;
 
     fn sealer() -> Sealer {
-        Sealer::new(&Zeroizing::new([9u8; 32]))
+        Sealer::new(&Zeroizing::new([9u8; 32]), crate::platform::nsm::test_entropy())
     }
 
     #[tokio::test]

@@ -4,26 +4,41 @@
 //! it signs; records each spend durably before the signature leaves; and talks to the untrusted
 //! host only through length-prefixed protobuf frames. No HTTP, no gRPC stack, no CLI framework.
 //!
-//! Modules: [`seal`] (authenticated encryption at rest), [`store`] (the one storage interface,
-//! group-committed fsync), [`keys`] (the only code touching key bytes), [`nsm`] (Nitro NSM or
-//! simulation), [`service`] (state and the payment path), [`transport`] (Unix socket / vsock).
+//! Where to start reading: [`service`] is the trust boundary (`Enclave::handle`) and the map of
+//! flows; `service::payment` is the life of one payment, top to bottom; `service::ledger` names
+//! the stages of a spend and the ledger's invariants.
+//!
+//! Modules:
+//! * [`service`]: request handling, one file per flow.
+//! * [`platform`]: the seam to the machine — NSM (randomness, attestation), clock, sealing key,
+//!   and the stores behind traits. The simulated platform is behind the `simulated` feature.
+//! * [`store`] (sled state, sealed, group-committed fsync), [`journal`] (the append-only spend
+//!   log), [`audit`] (the hash-chained audit log), [`commit`] (group commit), [`seal`]
+//!   (authenticated encryption at rest): the file-backed stores.
+//! * [`keys`]: the only code touching wallet key bytes.
+//! * [`transport`]: frames over a Unix socket (simulated) or vsock (Nitro).
+//!
+//! Dependencies: `wallet-policy` and `wallet-proto` (messages and the frame codec only), and a
+//! few small crates, each with its reason in `Cargo.toml`. Never `wallet-host`.
 
 pub mod audit;
 pub mod commit;
 pub mod journal;
 pub mod keys;
-pub mod nsm;
+pub mod platform;
 pub mod seal;
 pub mod service;
 pub mod store;
 pub mod transport;
 
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
+#[cfg(feature = "simulated")]
+use std::sync::Arc;
 
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Simulated NSM (must be asked for explicitly).
+    /// Simulated platform (must be asked for, and built with the `simulated` feature).
     pub simulated: bool,
     /// State directory.
     pub data_dir: PathBuf,
@@ -51,35 +66,20 @@ pub fn default_data_dir() -> PathBuf {
     )
 }
 
-/// Opens the state under `data_dir` with a simulated NSM (also used by tests and benches).
+/// Whether this build has the simulated platform (`--simulated`).
+pub const HAS_SIMULATED_PLATFORM: bool = cfg!(feature = "simulated");
+
+/// Opens the enclave on the simulated platform under `data_dir` with the system clock (also
+/// used by tests and benches).
 ///
 /// # Errors
-/// When the directory, the sealing key or the store cannot be used.
+/// When the directory, the sealing key or a store cannot be used.
+#[cfg(feature = "simulated")]
 pub async fn open_simulated(
     data_dir: &std::path::Path,
 ) -> Result<service::Enclave, Box<dyn std::error::Error + Send + Sync>> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)?;
-    let key_file = data_dir.join("sealing.key");
-    let store =
-        store::Store::open(&data_dir.join("state"), seal::Sealer::load_or_create(&key_file)?)?;
-    let audit = audit::AuditLog::open(&data_dir.join("audit.log"))?;
-    let (journal, spends) = journal::Journal::open_with(
-        &data_dir.join("spends.journal"),
-        seal::Sealer::load_or_create(&key_file)?,
-        Some(audit.sync_handle()?),
-    )?;
-    let enclave = service::Enclave::open(
-        store,
-        journal,
-        spends,
-        audit,
-        Box::new(nsm::SimulatedNsm),
-        service::system_clock(),
-        data_dir.display().to_string(),
-    )
-    .await?;
-    Ok(enclave)
+    let (platform, _) = platform::simulated::platform(data_dir, Arc::new(platform::SystemClock))?;
+    Ok(service::Enclave::open(platform).await?)
 }
 
 /// Runs the enclave until the process is stopped.
@@ -90,10 +90,20 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
     if !config.simulated {
         #[cfg(target_os = "linux")]
         {
-            let _nsm = nsm::NitroNsm::open()?;
+            let _nsm = platform::nsm::NitroNsm::open()?;
         }
-        return Err("Nitro mode needs sealed storage provided by the host, which is not built yet; run with --simulated for local use".into());
+        return Err("Nitro mode needs sealed storage provided by the host, which is not built yet; run a build with the `simulated` feature with --simulated for local use".into());
     }
+    run_simulated(config).await
+}
+
+#[cfg(not(feature = "simulated"))]
+async fn run_simulated(_: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    Err("this build has no simulated mode (a production build): build with `--features simulated` for local use (scripts/dev-up.sh does)".into())
+}
+
+#[cfg(feature = "simulated")]
+async fn run_simulated(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing::warn!(
         "SIMULATED ENCLAVE: keys are sealed with a key file on this machine. Not for real funds."
     );
@@ -104,12 +114,13 @@ pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send 
     let serve = transport::serve_unix(&socket, enclave);
     tokio::select! {
         r = serve => r?,
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        () = shutdown_signal() => tracing::info!("shutting down"),
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 
+#[cfg(feature = "simulated")]
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };

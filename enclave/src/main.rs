@@ -11,6 +11,7 @@ USAGE:
 OPTIONS:
     --simulated         Run as a local process with a simulated NSM. Keys are sealed with a key
                         file in the data directory: for development and tests, never real funds.
+                        Only in builds with the `simulated` feature (scripts/dev-up.sh builds one).
     --data-dir DIR      State directory [env: WALLET_DATA_DIR]
                         [default: $XDG_DATA_HOME/agent-wallet or ~/.local/share/agent-wallet]
     --socket PATH       Unix socket to listen on [default: DIR/enclave.sock]
@@ -20,7 +21,8 @@ OPTIONS:
                         that is a new payment [default: 86400]
     -h, --help          Print this help
 
-Logging: RUST_LOG (default info). Payloads, keys and secrets are never logged.";
+Logging: RUST_LOG, one level: error, warn, info (default), debug or trace. Payloads, keys and
+secrets are never logged.";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, String> {
     let mut c = wallet_enclave::Config {
@@ -57,6 +59,19 @@ fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, S
     Ok(c)
 }
 
+/// The level named by `RUST_LOG` (a bare level, or the last `target=level` directive's level);
+/// `info` otherwise.
+fn log_level() -> tracing_subscriber::filter::LevelFilter {
+    std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| {
+            v.split(',')
+                .rev()
+                .find_map(|d| d.rsplit('=').next().and_then(|l| l.trim().parse().ok()))
+        })
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match parse(std::env::args().skip(1)) {
@@ -70,12 +85,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_max_level(log_level()).with_writer(std::io::stderr).init();
+    if config.simulated && !wallet_enclave::HAS_SIMULATED_PLATFORM {
+        eprintln!(
+            "wallet-enclave: this is a production build without the simulated platform; \
+             --simulated needs a build with `--features simulated` (scripts/dev-up.sh builds one)"
+        );
+        return ExitCode::from(2);
+    }
     match wallet_enclave::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -308,7 +308,11 @@ mod tests {
     use std::sync::Arc;
 
     fn open(dir: &Path) -> Store {
-        Store::open(dir, Sealer::new(&Zeroizing::new([1u8; 32]))).unwrap()
+        Store::open(
+            dir,
+            Sealer::new(&Zeroizing::new([1u8; 32]), crate::platform::nsm::test_entropy()),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -378,7 +382,11 @@ mod tests {
             db.insert(full_key(Table::Sessions, b"s1"), old_blob.clone()).unwrap();
             db.flush().unwrap();
         }
-        let err = Store::open(dir.path(), Sealer::new(&Zeroizing::new([1u8; 32]))).unwrap_err();
+        let err = Store::open(
+            dir.path(),
+            Sealer::new(&Zeroizing::new([1u8; 32]), crate::platform::nsm::test_entropy()),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("digest"), "{err}");
         // Delete a KYT entry instead.
         let dir2 = tempfile::tempdir().unwrap();
@@ -392,7 +400,11 @@ mod tests {
             db.remove(full_key(Table::Kyt, b"a")).unwrap();
             db.flush().unwrap();
         }
-        assert!(Store::open(dir2.path(), Sealer::new(&Zeroizing::new([1u8; 32]))).is_err());
+        assert!(Store::open(
+            dir2.path(),
+            Sealer::new(&Zeroizing::new([1u8; 32]), crate::platform::nsm::test_entropy())
+        )
+        .is_err());
     }
 
     #[test]

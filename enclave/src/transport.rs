@@ -10,12 +10,14 @@ use std::{path::Path, sync::Arc};
 
 use prost::Message as _;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     sync::mpsc,
 };
 use wallet_proto::{
     enclave::v1::{self as en, enclave_response::Body as Resp, ErrorCode},
-    encode_frame, frame_len,
+    encode_frame,
+    frame::{read_frame, ReadError},
+    Reason,
 };
 
 use crate::service::Enclave;
@@ -37,21 +39,14 @@ where
         }
     });
     loop {
-        let mut header = [0u8; 4];
-        if rd.read_exact(&mut header).await.is_err() {
-            break;
-        }
-        let len = match frame_len(header) {
-            Ok(len) => len,
-            Err(e) => {
+        let buf = match read_frame(&mut rd).await {
+            Ok(Some(buf)) => buf,
+            Ok(None) | Err(ReadError::Io(_)) => break,
+            Err(ReadError::Frame(e)) => {
                 tracing::warn!(error = %e, "closing connection on an oversized frame");
                 break;
             }
         };
-        let mut buf = vec![0u8; len];
-        if rd.read_exact(&mut buf).await.is_err() {
-            break;
-        }
         let tx = tx.clone();
         let enclave = Arc::clone(&enclave);
         tokio::spawn(async move {
@@ -61,7 +56,7 @@ where
                     request_id: 0,
                     body: Some(Resp::Error(en::EnclaveError {
                         code: ErrorCode::InvalidArgument.into(),
-                        reason: "MALFORMED_FRAME".into(),
+                        reason: Reason::MalformedFrame.as_str().into(),
                         message: format!("frame is not an EnclaveRequest: {e}"),
                     })),
                 },

@@ -10,25 +10,21 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use k256::ecdsa::{RecoveryId, Signature as EcdsaSig, VerifyingKey as EcdsaKey};
 use serde_json::{json, Value};
 use wallet_enclave::{
-    journal::Journal,
-    nsm::SimulatedNsm,
-    seal::Sealer,
-    service::{Clock, Enclave, Failure},
+    journal::Faults,
+    platform::{simulated, Clock, Mode, Nsm, NsmError, Platform, TrustRoot, UnixMillis},
+    service::{Enclave, Failure},
     store::Store,
 };
 use wallet_policy::{
-    address::parse_address,
-    auth::{admin_message, sign_payment_message, SignPaymentFields},
-    eip712::Authorization,
-    registry::default_assets,
-    U256,
+    address::parse_address, eip712::Authorization, registry::default_assets, U256,
 };
 use wallet_proto::{
+    auth::sign_payment_message,
     enclave::v1::{
         enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveRequest, ErrorCode,
     },
     gateway::v1 as gw,
-    AdminSigned,
+    AdminRpc, AdminSigned, Reason,
 };
 
 const PAYEE: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
@@ -40,6 +36,17 @@ struct Harness {
     now: Arc<AtomicU64>,
     enclave: Arc<Enclave>,
     admin: Arc<Admin>,
+    faults: Arc<Faults>,
+}
+
+/// The test's clock: the harness moves it by hand.
+#[derive(Debug)]
+struct TestClock(Arc<AtomicU64>);
+
+impl Clock for TestClock {
+    fn now(&self) -> UnixMillis {
+        UnixMillis(self.0.load(Ordering::SeqCst))
+    }
 }
 
 /// The admin's key, the enclave it signs for, and its last timestamp (admin timestamps must
@@ -72,11 +79,11 @@ impl Admin {
         }
     }
 
-    fn sign<R: AdminSigned>(&self, rpc: &str, req: &mut R, now_ms: u64) {
+    fn sign<R: AdminSigned>(&self, rpc: AdminRpc, req: &mut R, now_ms: u64) {
         let ts = now_ms.max(self.last.fetch_add(1, Ordering::SeqCst) + 1);
         self.last.store(ts, Ordering::SeqCst);
         let nonce = [7u8; 16];
-        let msg = admin_message(&self.enclave, rpc, ts, &nonce, &req.unsigned_bytes());
+        let msg = req.signed_message(&self.enclave, rpc, ts, &nonce);
         *req.auth_mut() = Some(gw::AdminAuth {
             public_key: self.key.verifying_key().to_bytes().to_vec(),
             timestamp_ms: ts,
@@ -88,56 +95,55 @@ impl Admin {
     /// Signs a state-changing request (others pass through unchanged).
     fn sign_body(&self, body: &mut Req, now_ms: u64) {
         match body {
-            Req::CreateWallet(r) => self.sign("CreateWallet", r, now_ms),
-            Req::SetPolicy(r) => self.sign("SetPolicy", r, now_ms),
-            Req::AddAsset(r) => self.sign("AddAsset", r, now_ms),
-            Req::AddKyt(r) => self.sign("AddKyt", r, now_ms),
-            Req::RemoveKyt(r) => self.sign("RemoveKyt", r, now_ms),
-            Req::IssueSession(r) => self.sign("IssueSession", r, now_ms),
-            Req::RevokeSession(r) => self.sign("RevokeSession", r, now_ms),
-            Req::FreezeWallet(r) => self.sign("FreezeWallet", r, now_ms),
-            Req::UnfreezeWallet(r) => self.sign("UnfreezeWallet", r, now_ms),
-            Req::AddAdmin(r) => self.sign("AddAdmin", r, now_ms),
-            Req::RemoveAdmin(r) => self.sign("RemoveAdmin", r, now_ms),
-            Req::ImportKyt(r) => self.sign("ImportKyt", r, now_ms),
-            Req::DecideApproval(r) => self.sign("DecideApproval", r, now_ms),
+            Req::CreateWallet(r) => self.sign(AdminRpc::CreateWallet, r, now_ms),
+            Req::SetPolicy(r) => self.sign(AdminRpc::SetPolicy, r, now_ms),
+            Req::AddAsset(r) => self.sign(AdminRpc::AddAsset, r, now_ms),
+            Req::AddKyt(r) => self.sign(AdminRpc::AddKyt, r, now_ms),
+            Req::RemoveKyt(r) => self.sign(AdminRpc::RemoveKyt, r, now_ms),
+            Req::IssueSession(r) => self.sign(AdminRpc::IssueSession, r, now_ms),
+            Req::RevokeSession(r) => self.sign(AdminRpc::RevokeSession, r, now_ms),
+            Req::FreezeWallet(r) => self.sign(AdminRpc::FreezeWallet, r, now_ms),
+            Req::UnfreezeWallet(r) => self.sign(AdminRpc::UnfreezeWallet, r, now_ms),
+            Req::AddAdmin(r) => self.sign(AdminRpc::AddAdmin, r, now_ms),
+            Req::RemoveAdmin(r) => self.sign(AdminRpc::RemoveAdmin, r, now_ms),
+            Req::ImportKyt(r) => self.sign(AdminRpc::ImportKyt, r, now_ms),
+            Req::DecideApproval(r) => self.sign(AdminRpc::DecideApproval, r, now_ms),
             _ => {}
         }
     }
 }
 
-async fn open(dir: &std::path::Path, now: &Arc<AtomicU64>) -> Enclave {
-    let key = dir.join("sealing.key");
-    let store = Store::open(&dir.join("state"), Sealer::load_or_create(&key).unwrap()).unwrap();
-    let audit = wallet_enclave::audit::AuditLog::open(&dir.join("audit.log")).unwrap();
-    let (journal, spends) = Journal::open_with(
-        &dir.join("spends.journal"),
-        Sealer::load_or_create(&key).unwrap(),
-        Some(audit.sync_handle().unwrap()),
+async fn open(dir: &std::path::Path, now: &Arc<AtomicU64>) -> (Enclave, Arc<Faults>) {
+    open_with(dir, now, Arc::new(simulated::SimulatedNsm)).await
+}
+
+async fn open_with(
+    dir: &std::path::Path,
+    now: &Arc<AtomicU64>,
+    nsm: Arc<dyn Nsm>,
+) -> (Enclave, Arc<Faults>) {
+    let (platform, handles) = Platform::open_dir(
+        dir,
+        &simulated::FileSealingKey(dir.join("sealing.key")),
+        nsm,
+        Arc::new(TestClock(Arc::clone(now))),
     )
     .unwrap();
-    let n = Arc::clone(now);
-    let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
-    Enclave::open(
-        store,
-        journal,
-        spends,
-        audit,
-        Box::new(SimulatedNsm),
-        clock,
-        dir.display().to_string(),
-    )
-    .await
-    .unwrap()
+    (Enclave::open(platform).await.unwrap(), handles.faults.unwrap())
 }
 
 impl Harness {
     async fn new() -> Self {
+        Self::with_nsm(Arc::new(simulated::SimulatedNsm)).await
+    }
+
+    async fn with_nsm(nsm: Arc<dyn Nsm>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let now = Arc::new(AtomicU64::new(T0_MS));
-        let enclave = Arc::new(open(dir.path(), &now).await);
+        let (enclave, faults) = open_with(dir.path(), &now, nsm).await;
+        let enclave = Arc::new(enclave);
         let admin = Arc::new(Admin::new(&enclave_id(&enclave).await));
-        let h = Self { dir, now, enclave, admin };
+        let h = Self { dir, now, enclave, admin, faults };
         let pk = h.admin.key.verifying_key().to_bytes().to_vec();
         h.call(Req::AddAdmin(gw::AddAdminRequest {
             public_key: pk,
@@ -151,10 +157,10 @@ impl Harness {
 
     /// Drops the enclave and opens the same state again: a restart.
     async fn restart(self) -> Self {
-        let Self { dir, now, enclave, admin } = self;
+        let Self { dir, now, enclave, admin, .. } = self;
         drop(Arc::try_unwrap(enclave).expect("no other users"));
-        let enclave = Arc::new(open(dir.path(), &now).await);
-        Self { dir, now, enclave, admin }
+        let (enclave, faults) = open(dir.path(), &now).await;
+        Self { dir, now, enclave: Arc::new(enclave), admin, faults }
     }
 
     /// Sends a request, signed by the admin when it changes state.
@@ -170,7 +176,11 @@ impl Harness {
             .handle(EnclaveRequest { protocol_version: 1, request_id: 1, body: Some(body) })
             .await;
         match resp.body.unwrap() {
-            Resp::Error(e) => Err(Failure { code: e.code(), reason: e.reason, message: e.message }),
+            Resp::Error(e) => Err(Failure {
+                code: e.code(),
+                reason: Reason::from_code(&e.reason).expect("a known reason"),
+                message: e.message,
+            }),
             ok => Ok(ok),
         }
     }
@@ -228,7 +238,7 @@ impl Harness {
         agent: &Agent,
         key: &str,
     ) -> tokio::task::JoinHandle<wallet_proto::enclave::v1::EnclaveResponse> {
-        self.enclave.journal_faults().delay_ms.store(1_500, Ordering::SeqCst);
+        self.faults.delay_ms.store(1_500, Ordering::SeqCst);
         let enclave = Arc::clone(&self.enclave);
         let req = agent.request(&header("10000"), key);
         let pending = tokio::spawn(async move {
@@ -289,15 +299,7 @@ impl Agent {
     }
 
     fn sign(&self, r: &mut gw::SignPaymentRequest) {
-        let msg = sign_payment_message(&SignPaymentFields {
-            session_id: &r.session_id,
-            payment_required: &r.payment_required,
-            preferred_network: &r.preferred_network,
-            preferred_asset: &r.preferred_asset,
-            idempotency_key: &r.idempotency_key,
-            timestamp_ms: r.timestamp_ms,
-            request_nonce: &r.request_nonce,
-        });
+        let msg = sign_payment_message(r);
         r.signature = self.key.sign(&msg).to_bytes().to_vec();
     }
 }
@@ -675,7 +677,7 @@ async fn revoked_in_flight_is_withheld_for_good_even_after_restart() {
     }))
     .await
     .unwrap();
-    h.enclave.journal_faults().delay_ms.store(0, Ordering::SeqCst);
+    h.faults.delay_ms.store(0, Ordering::SeqCst);
     match pending.await.unwrap().body.unwrap() {
         Resp::Error(e) => assert_eq!(e.reason, "SESSION_REVOKED"),
         other => panic!("a signature left after revocation: {other:?}"),
@@ -723,7 +725,7 @@ async fn concurrent_retries_with_one_key_share_one_charge() {
     let h = Harness::new().await;
     let w = h.wallet("1").await;
     let agent = Arc::new(h.session(&w, "1").await);
-    h.enclave.journal_faults().delay_ms.store(100, Ordering::SeqCst);
+    h.faults.delay_ms.store(100, Ordering::SeqCst);
     let mut tasks = Vec::new();
     for i in 0..8 {
         let enclave = Arc::clone(&h.enclave);
@@ -755,7 +757,7 @@ async fn a_failed_fsync_withholds_the_signature_and_keeps_the_charge() {
     let h = Harness::new().await;
     let w = h.wallet("1").await;
     let agent = h.session(&w, "1").await;
-    h.enclave.journal_faults().fail.store(true, Ordering::SeqCst);
+    h.faults.fail.store(true, Ordering::SeqCst);
     let e = h.pay(agent.request(&header("10000"), "k")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Internal, "no signature without a durable record");
     assert_eq!(h.spent(&agent.id).await, "0.01", "fail closed: the reservation stays");
@@ -812,7 +814,7 @@ async fn freeze_is_a_kill_switch_for_new_and_in_flight_payments() {
     let pending = h.start_held_payment(&agent, "in-flight").await;
     let Resp::Wallet(frozen) = freeze(true).await.unwrap() else { panic!() };
     assert!(frozen.frozen);
-    h.enclave.journal_faults().delay_ms.store(0, Ordering::SeqCst);
+    h.faults.delay_ms.store(0, Ordering::SeqCst);
     match pending.await.unwrap().body.unwrap() {
         Resp::Error(e) => assert_eq!(e.reason, "WALLET_FROZEN"),
         other => panic!("a signature left a frozen wallet: {other:?}"),
@@ -875,7 +877,7 @@ async fn forged_altered_replayed_and_stale_admin_requests_are_rejected() {
     // Signed by a key that is not an admin.
     let intruder = Admin::new(&h.admin.enclave);
     let mut forged = policy("1000");
-    intruder.sign("SetPolicy", &mut forged, now);
+    intruder.sign(AdminRpc::SetPolicy, &mut forged, now);
     assert_eq!(reason(h.raw(Req::SetPolicy(forged)).await), "UNKNOWN_ADMIN");
     // The intruder cannot make itself an admin either (the enclave already has one).
     let mut self_add = gw::AddAdminRequest {
@@ -883,20 +885,20 @@ async fn forged_altered_replayed_and_stale_admin_requests_are_rejected() {
         label: "x".into(),
         auth: None,
     };
-    intruder.sign("AddAdmin", &mut self_add, now);
+    intruder.sign(AdminRpc::AddAdmin, &mut self_add, now);
     assert_eq!(reason(h.raw(Req::AddAdmin(self_add)).await), "UNKNOWN_ADMIN");
     // A genuine request, altered in flight.
     let mut altered = policy("0.20");
-    h.admin.sign("SetPolicy", &mut altered, now);
+    h.admin.sign(AdminRpc::SetPolicy, &mut altered, now);
     altered.policy.as_mut().unwrap().max_per_payment = "1000".into();
     assert_eq!(reason(h.raw(Req::SetPolicy(altered)).await), "BAD_ADMIN_SIGNATURE");
     // A genuine signature moved to another RPC that shares its message type.
     let mut add = gw::KytRequest { auth: None, addresses: vec![PAYEE.into()] };
-    h.admin.sign("AddKyt", &mut add, now);
+    h.admin.sign(AdminRpc::AddKyt, &mut add, now);
     assert_eq!(reason(h.raw(Req::RemoveKyt(add.clone())).await), "BAD_ADMIN_SIGNATURE");
     // Replayed: accepted once, refused after.
     let mut genuine = policy("0.20");
-    h.admin.sign("SetPolicy", &mut genuine, now);
+    h.admin.sign(AdminRpc::SetPolicy, &mut genuine, now);
     h.raw(Req::SetPolicy(genuine.clone())).await.unwrap();
     assert_eq!(reason(h.raw(Req::SetPolicy(genuine.clone())).await), "REPLAYED_ADMIN_REQUEST");
     // ...also after a restart.
@@ -904,7 +906,7 @@ async fn forged_altered_replayed_and_stale_admin_requests_are_rejected() {
     assert_eq!(reason(h.raw(Req::SetPolicy(genuine)).await), "REPLAYED_ADMIN_REQUEST");
     // Stale: signed long ago (or far ahead), even if never used.
     let mut old = policy("5");
-    h.admin.sign("SetPolicy", &mut old, now);
+    h.admin.sign(AdminRpc::SetPolicy, &mut old, now);
     h.now.fetch_add(121_000, Ordering::SeqCst);
     assert_eq!(reason(h.raw(Req::SetPolicy(old)).await), "STALE_ADMIN_REQUEST");
     // Nothing moved: the policy is the one genuine change.
@@ -940,7 +942,7 @@ async fn admins_can_be_added_rotated_and_not_all_removed() {
     .unwrap();
     // Rotation: the new key removes the old one.
     let mut remove = gw::RemoveAdminRequest { public_key: first.clone(), auth: None };
-    second.sign("RemoveAdmin", &mut remove, h.now.load(Ordering::SeqCst));
+    second.sign(AdminRpc::RemoveAdmin, &mut remove, h.now.load(Ordering::SeqCst));
     h.raw(Req::RemoveAdmin(remove)).await.unwrap();
     // The old key no longer works; the new one does.
     let e = h
@@ -949,11 +951,11 @@ async fn admins_can_be_added_rotated_and_not_all_removed() {
         .unwrap_err();
     assert_eq!(e.reason, "UNKNOWN_ADMIN");
     let mut create = gw::CreateWalletRequest { auth: None, label: "y".into() };
-    second.sign("CreateWallet", &mut create, h.now.load(Ordering::SeqCst));
+    second.sign(AdminRpc::CreateWallet, &mut create, h.now.load(Ordering::SeqCst));
     h.raw(Req::CreateWallet(create)).await.unwrap();
     // The last admin cannot be removed.
     let mut last = gw::RemoveAdminRequest { public_key: second_pk, auth: None };
-    second.sign("RemoveAdmin", &mut last, h.now.load(Ordering::SeqCst));
+    second.sign(AdminRpc::RemoveAdmin, &mut last, h.now.load(Ordering::SeqCst));
     assert_eq!(h.raw(Req::RemoveAdmin(last)).await.unwrap_err().reason, "LAST_ADMIN");
     let Resp::Admins(l) = h.call(Req::ListAdmins(gw::ListAdminsRequest {})).await.unwrap() else {
         panic!()
@@ -965,19 +967,19 @@ async fn admins_can_be_added_rotated_and_not_all_removed() {
 async fn an_enclave_without_admin_accepts_only_a_self_signed_first_admin() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicU64::new(T0_MS));
-    let enclave = open(dir.path(), &now).await;
+    let (enclave, _) = open(dir.path(), &now).await;
     let send = |body| {
         enclave.handle(EnclaveRequest { protocol_version: 1, request_id: 1, body: Some(body) })
     };
     let a = Admin::new(&enclave_id(&enclave).await);
     let mut create = gw::CreateWalletRequest { auth: None, label: "x".into() };
-    a.sign("CreateWallet", &mut create, T0_MS);
+    a.sign(AdminRpc::CreateWallet, &mut create, T0_MS);
     let Resp::Error(e) = send(Req::CreateWallet(create)).await.body.unwrap() else { panic!() };
     assert_eq!(e.reason, "NO_ADMIN");
     // Adding someone else's key, even signed, is not a bootstrap.
     let other = SigningKey::generate(&mut rand_core::OsRng).verifying_key().to_bytes().to_vec();
     let mut add_other = gw::AddAdminRequest { public_key: other, label: String::new(), auth: None };
-    a.sign("AddAdmin", &mut add_other, T0_MS);
+    a.sign(AdminRpc::AddAdmin, &mut add_other, T0_MS);
     let Resp::Error(e) = send(Req::AddAdmin(add_other)).await.body.unwrap() else { panic!() };
     assert_eq!(e.reason, "NO_ADMIN");
     let mut add_self = gw::AddAdminRequest {
@@ -985,7 +987,7 @@ async fn an_enclave_without_admin_accepts_only_a_self_signed_first_admin() {
         label: String::new(),
         auth: None,
     };
-    a.sign("AddAdmin", &mut add_self, T0_MS);
+    a.sign(AdminRpc::AddAdmin, &mut add_self, T0_MS);
     assert!(matches!(send(Req::AddAdmin(add_self.clone())).await.body.unwrap(), Resp::Admin(_)));
     let Resp::Error(e) = send(Req::AddAdmin(add_self)).await.body.unwrap() else { panic!() };
     assert_eq!(e.reason, "REPLAYED_ADMIN_REQUEST", "the bootstrap request cannot be replayed");
@@ -1011,7 +1013,7 @@ async fn admin_requests_are_bound_to_one_enclave_and_one_clock() {
         last: AtomicU64::new(h.admin.last.load(Ordering::SeqCst)),
     };
     let mut other = policy("1000");
-    elsewhere.sign("SetPolicy", &mut other, now);
+    elsewhere.sign(AdminRpc::SetPolicy, &mut other, now);
     assert_eq!(h.raw(Req::SetPolicy(other)).await.unwrap_err().reason, "BAD_ADMIN_SIGNATURE");
     // Two admins: B's later request delivered before A's earlier one; A's is refused.
     let b = Admin::new(&h.admin.enclave);
@@ -1023,16 +1025,16 @@ async fn admin_requests_are_bound_to_one_enclave_and_one_clock() {
     .await
     .unwrap();
     let mut from_a = policy("0.30");
-    h.admin.sign("SetPolicy", &mut from_a, now + 10);
+    h.admin.sign(AdminRpc::SetPolicy, &mut from_a, now + 10);
     let mut from_b = policy("0.05");
-    b.sign("SetPolicy", &mut from_b, now + 20);
+    b.sign(AdminRpc::SetPolicy, &mut from_b, now + 20);
     h.raw(Req::SetPolicy(from_b)).await.unwrap();
     assert_eq!(h.raw(Req::SetPolicy(from_a)).await.unwrap_err().reason, "REPLAYED_ADMIN_REQUEST");
     // An older timestamp from the same admin is refused too (not only the identical request).
     let mut newer = policy("0.06");
-    h.admin.sign("SetPolicy", &mut newer, now + 40);
+    h.admin.sign(AdminRpc::SetPolicy, &mut newer, now + 40);
     let mut older = policy("0.07");
-    h.admin.sign("SetPolicy", &mut older, now + 30);
+    h.admin.sign(AdminRpc::SetPolicy, &mut older, now + 30);
     let older_ts = older.auth.as_ref().unwrap().timestamp_ms;
     let newer_ts = newer.auth.as_ref().unwrap().timestamp_ms;
     assert!(older_ts > 0 && newer_ts > 0);
@@ -1052,7 +1054,7 @@ async fn deleting_the_admin_records_at_rest_does_not_reopen_bootstrap() {
     {
         let store = Store::open(
             &dir.path().join("state"),
-            Sealer::load_or_create(&dir.path().join("sealing.key")).unwrap(),
+            simulated::sealer_from_key_file(&dir.path().join("sealing.key")).unwrap(),
         )
         .unwrap();
         store
@@ -1063,23 +1065,9 @@ async fn deleting_the_admin_records_at_rest_does_not_reopen_bootstrap() {
             .unwrap();
         store.sync().await.unwrap();
     }
-    let key = dir.path().join("sealing.key");
-    let store =
-        Store::open(&dir.path().join("state"), Sealer::load_or_create(&key).unwrap()).unwrap();
-    let audit = wallet_enclave::audit::AuditLog::open(&dir.path().join("audit.log")).unwrap();
-    let (journal, spends) = Journal::open_with(
-        &dir.path().join("spends.journal"),
-        Sealer::load_or_create(&key).unwrap(),
-        Some(audit.sync_handle().unwrap()),
-    )
-    .unwrap();
     let now = Arc::new(AtomicU64::new(T0_MS));
-    let n = Arc::clone(&now);
-    let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
-    let err =
-        Enclave::open(store, journal, spends, audit, Box::new(SimulatedNsm), clock, String::new())
-            .await
-            .unwrap_err();
+    let (platform, _) = simulated::platform(dir.path(), Arc::new(TestClock(now))).unwrap();
+    let err = Enclave::open(platform).await.unwrap_err();
     assert!(err.to_string().contains("no admin"), "{err}");
 }
 
@@ -1465,4 +1453,64 @@ async fn an_approval_signs_only_the_option_the_human_saw() {
         "the approval is for the 0.06 the human saw, not the 0.50 the policy now allows"
     );
     assert_eq!(h.spent(&a.id).await, "0.06");
+}
+
+/// An NSM that hands out the OS's randomness and records every byte it gave.
+#[derive(Debug, Default)]
+struct RecordingNsm(std::sync::Mutex<Vec<u8>>);
+
+impl Nsm for RecordingNsm {
+    fn mode(&self) -> Mode {
+        Mode::Simulated
+    }
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), NsmError> {
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, buf);
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(())
+    }
+    fn attest(
+        &self,
+        _: Option<&[u8]>,
+        _: Option<&[u8]>,
+        _: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NsmError> {
+        Err(NsmError::Unsupported("attestation"))
+    }
+    fn trust_root(&self) -> TrustRoot {
+        TrustRoot::SimulatedTest
+    }
+}
+
+#[tokio::test]
+async fn every_random_byte_comes_from_the_platform() {
+    let nsm = Arc::new(RecordingNsm::default());
+    let h = Harness::with_nsm(nsm.clone()).await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "5").await;
+    let paid = h.pay(agent.request(&header("10000"), "a")).await.unwrap();
+    let drawn = nsm.0.lock().unwrap().clone();
+    let came_from_nsm = |bytes: &[u8]| drawn.windows(bytes.len()).any(|w| w == bytes);
+    // The EIP-3009 nonce of the signed authorization.
+    let v: Value = serde_json::from_str(&paid.payment_payload_json).unwrap();
+    let nonce =
+        hex::decode(&v["payload"]["authorization"]["nonce"].as_str().unwrap()[2..]).unwrap();
+    assert!(came_from_nsm(&nonce), "EIP-3009 nonce");
+    // Record ids.
+    assert!(came_from_nsm(&hex::decode(&w.wallet_id[2..]).unwrap()), "wallet id");
+    assert!(came_from_nsm(&hex::decode(&agent.id[2..]).unwrap()), "session id");
+    // The seal nonce of the spend-journal record (frame: 4-byte length, version, 24-byte nonce).
+    let journal = std::fs::read(h.dir.path().join("spends.journal")).unwrap();
+    assert!(came_from_nsm(&journal[5..29]), "seal nonce of the spend record");
+    // The wallet's key: the enclave signs with a key whose secret the NSM drew.
+    let key_drawn = drawn.windows(32).any(|k| {
+        k256::ecdsa::SigningKey::from_slice(k).is_ok_and(|sk| {
+            let point = sk.verifying_key().to_encoded_point(false);
+            wallet_policy::Address::from_slice(
+                &alloy_primitives::keccak256(&point.as_bytes()[1..])[12..],
+            )
+            .to_checksum(None)
+                == w.address
+        })
+    });
+    assert!(key_drawn, "wallet key");
 }

@@ -1,9 +1,13 @@
-//! The gateway's link to the enclave: one multiplexed connection (Unix socket in simulated mode),
-//! reconnected on demand. Requests are tagged with ids; responses may come back in any order.
+//! The gateway's link to the enclave: one multiplexed connection, reconnected on demand, to an
+//! [`EnclaveAddress`] (a Unix socket in simulated mode, vsock on Nitro). Requests are tagged with
+//! ids; responses may come back in any order. Frames are [`wallet_proto::frame`]'s, read with
+//! [`read_frame`].
 
 use std::{
     collections::HashMap,
+    fmt,
     path::PathBuf,
+    str::FromStr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -13,8 +17,7 @@ use std::{
 
 use prost::Message as _;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::UnixStream,
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     sync::{mpsc, oneshot, Mutex},
 };
 use tonic::Status;
@@ -23,8 +26,91 @@ use wallet_proto::{
         enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveRequest,
         EnclaveResponse,
     },
-    encode_frame, frame_len, ENCLAVE_PROTOCOL_VERSION,
+    encode_frame,
+    frame::read_frame,
+    Reason, ENCLAVE_PROTOCOL_VERSION,
 };
+
+use crate::gateway::reason_status;
+
+/// Where the enclave listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnclaveAddress {
+    /// A Unix socket (the simulated enclave, or a vsock-to-Unix bridge).
+    Unix(PathBuf),
+    /// An `AF_VSOCK` address (Nitro): context id and port.
+    Vsock {
+        /// Context id of the enclave.
+        cid: u32,
+        /// Port.
+        port: u32,
+    },
+}
+
+/// Why a string is not an [`EnclaveAddress`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad enclave address {0:?}: expected unix:/path, a socket path, or vsock:CID:PORT")]
+pub struct AddressError(String);
+
+impl FromStr for EnclaveAddress {
+    type Err = AddressError;
+
+    /// `unix:/path`, a bare path, or `vsock:CID:PORT` (decimal).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || AddressError(s.to_owned());
+        if let Some(rest) = s.strip_prefix("vsock:") {
+            let (cid, port) = rest.split_once(':').ok_or_else(bad)?;
+            let num = |t: &str| {
+                if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                t.parse::<u32>().map_err(|_| bad())
+            };
+            return Ok(Self::Vsock { cid: num(cid)?, port: num(port)? });
+        }
+        let path = s.strip_prefix("unix:").unwrap_or(s);
+        if path.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self::Unix(PathBuf::from(path)))
+    }
+}
+
+impl fmt::Display for EnclaveAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+impl From<PathBuf> for EnclaveAddress {
+    fn from(p: PathBuf) -> Self {
+        Self::Unix(p)
+    }
+}
+
+/// A connected byte stream to the enclave.
+trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Link for T {}
+
+impl EnclaveAddress {
+    async fn connect(&self) -> std::io::Result<Box<dyn Link>> {
+        match self {
+            Self::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+            #[cfg(target_os = "linux")]
+            Self::Vsock { cid, port } => Ok(Box::new(
+                tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
+            )),
+            #[cfg(not(target_os = "linux"))]
+            Self::Vsock { .. } => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "vsock is only available on Linux",
+            )),
+        }
+    }
+}
 
 type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<EnclaveResponse>>>>;
 
@@ -64,7 +150,7 @@ impl Drop for Cleanup<'_> {
 
 /// Client for the enclave.
 pub struct EnclaveClient {
-    socket: PathBuf,
+    address: EnclaveAddress,
     conn: Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
     timeout: Duration,
@@ -72,20 +158,33 @@ pub struct EnclaveClient {
 
 impl std::fmt::Debug for EnclaveClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnclaveClient").field("socket", &self.socket).finish_non_exhaustive()
+        f.debug_struct("EnclaveClient").field("address", &self.address).finish_non_exhaustive()
     }
 }
 
 impl EnclaveClient {
-    /// A client for the enclave listening on `socket`. Connects on first use.
+    /// A client for the enclave listening at `address`. Connects on first use.
     #[must_use]
-    pub fn new(socket: PathBuf) -> Self {
+    pub fn new(address: impl Into<EnclaveAddress>) -> Self {
         Self {
-            socket,
+            address: address.into(),
             conn: Mutex::new(None),
             next_id: AtomicU64::new(1),
             timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The same, giving up on a request after `timeout` (default 30 s).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Where the enclave is.
+    #[must_use]
+    pub fn address(&self) -> &EnclaveAddress {
+        &self.address
     }
 
     async fn connection(&self) -> Result<Arc<Conn>, Status> {
@@ -93,13 +192,14 @@ impl EnclaveClient {
         if let Some(c) = guard.as_ref().filter(|c| c.alive()) {
             return Ok(Arc::clone(c));
         }
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            Status::unavailable(format!(
-                "ENCLAVE_UNAVAILABLE: cannot reach the enclave at {}: {e}",
-                self.socket.display()
-            ))
+        let stream = self.address.connect().await.map_err(|e| {
+            reason_status(
+                tonic::Code::Unavailable,
+                Reason::EnclaveUnavailable,
+                &format!("cannot reach the enclave at {}: {e}", self.address),
+            )
         })?;
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = tokio::io::split(stream);
         // Buffered: several responses arriving together cost one read.
         let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
@@ -116,16 +216,8 @@ impl EnclaveClient {
         });
         let (reader_dead, reader_pending) = (Arc::clone(&dead), Arc::clone(&pending));
         tokio::spawn(async move {
-            loop {
-                let mut header = [0u8; 4];
-                if rd.read_exact(&mut header).await.is_err() {
-                    break;
-                }
-                let Ok(len) = frame_len(header) else { break };
-                let mut buf = vec![0u8; len];
-                if rd.read_exact(&mut buf).await.is_err() {
-                    break;
-                }
+            // Ends on a clean close, a broken stream, an oversized frame or an undecodable one.
+            while let Ok(Some(buf)) = read_frame(&mut rd).await {
                 let Ok(resp) = EnclaveResponse::decode(buf.as_slice()) else { break };
                 let waiter =
                     reader_pending.lock().ok().and_then(|mut p| p.remove(&resp.request_id));
@@ -152,28 +244,78 @@ impl EnclaveClient {
             request_id: id,
             body: Some(body),
         })
-        .map_err(|e| Status::invalid_argument(format!("REQUEST_TOO_LARGE: {e}")))?;
+        .map_err(|e| {
+            reason_status(tonic::Code::InvalidArgument, Reason::RequestTooLarge, &e.to_string())
+        })?;
         let conn = self.connection().await?;
         let (tx, rx) = oneshot::channel();
         conn.pending
             .lock()
-            .map_err(|_| Status::internal("enclave client poisoned"))?
+            .map_err(|_| {
+                reason_status(tonic::Code::Internal, Reason::Internal, "enclave client poisoned")
+            })?
             .insert(id, tx);
         // Removes the waiter however this call ends (answered, failed, timed out, or cancelled
         // because the gRPC client went away), so waiters never pile up.
         let _cleanup = Cleanup { pending: &conn.pending, id };
         if conn.dead.load(Ordering::SeqCst) || conn.tx.send(frame).await.is_err() {
-            return Err(Status::unavailable("ENCLAVE_UNAVAILABLE: the enclave connection closed"));
+            return Err(reason_status(
+                tonic::Code::Unavailable,
+                Reason::EnclaveUnavailable,
+                "the enclave connection closed",
+            ));
         }
         let resp = match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(_)) => {
-                return Err(Status::unavailable(
-                    "ENCLAVE_UNAVAILABLE: the enclave connection closed before it answered",
+                return Err(reason_status(
+                    tonic::Code::Unavailable,
+                    Reason::EnclaveUnavailable,
+                    "the enclave connection closed before it answered",
                 ))
             }
-            Err(_) => return Err(Status::deadline_exceeded("the enclave did not answer in time")),
+            Err(_) => {
+                return Err(reason_status(
+                    tonic::Code::DeadlineExceeded,
+                    Reason::EnclaveTimeout,
+                    "the enclave did not answer in time",
+                ))
+            }
         };
-        resp.body.ok_or_else(|| Status::internal("enclave sent an empty response"))
+        resp.body.ok_or_else(|| {
+            reason_status(tonic::Code::Internal, Reason::Internal, "enclave sent an empty response")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Parsing only: no AF_VSOCK socket is ever opened by the tests.
+    #[test]
+    fn addresses_parse_and_print() {
+        let unix = |p: &str| EnclaveAddress::Unix(PathBuf::from(p));
+        assert_eq!("unix:/run/e.sock".parse(), Ok(unix("/run/e.sock")));
+        assert_eq!("/run/e.sock".parse(), Ok(unix("/run/e.sock")));
+        assert_eq!("rel/e.sock".parse(), Ok(unix("rel/e.sock")));
+        assert_eq!("vsock:3:5000".parse(), Ok(EnclaveAddress::Vsock { cid: 3, port: 5000 }));
+        assert_eq!(
+            "vsock:4294967295:1".parse(),
+            Ok(EnclaveAddress::Vsock { cid: u32::MAX, port: 1 })
+        );
+        for bad in
+            ["", "unix:", "vsock:", "vsock:3", "vsock:3:", "vsock::5", "vsock:x:5", "vsock:-1:5"]
+        {
+            assert!(bad.parse::<EnclaveAddress>().is_err(), "{bad:?}");
+        }
+        assert!("vsock:4294967296:1".parse::<EnclaveAddress>().is_err());
+        assert!("vsock:+3:1".parse::<EnclaveAddress>().is_err());
+        let err = "vsock:3".parse::<EnclaveAddress>().unwrap_err().to_string();
+        assert!(err.contains("vsock:CID:PORT"), "{err}");
+        for a in [unix("/run/e.sock"), EnclaveAddress::Vsock { cid: 16, port: 5000 }] {
+            assert_eq!(a.to_string().parse(), Ok(a));
+        }
+        assert_eq!(EnclaveAddress::from(PathBuf::from("/x")), unix("/x"));
     }
 }

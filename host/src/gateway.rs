@@ -2,22 +2,54 @@
 //!
 //! The gateway is untrusted. It checks nothing that matters for money — the enclave does — but
 //! it maps errors to precise gRPC statuses and rejects oversized input early.
+//!
+//! Every error it returns carries its stable reason three ways: the standard
+//! `google.rpc.ErrorInfo` detail (`reason`, `domain` = [`wallet_proto::ERROR_DOMAIN`]) that any
+//! gRPC client can read, the `x-wallet-reason` metadata, and the `REASON: ` prefix of the message.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use tonic::{metadata::MetadataValue, Request, Response, Status};
+use tonic::{
+    metadata::{MetadataMap, MetadataValue},
+    Code, Request, Response, Status,
+};
+use tonic_types::{ErrorDetails, StatusExt as _};
 use wallet_policy::x402::MAX_HEADER_LEN;
 use wallet_proto::{
     enclave::v1::{
         enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveError, ErrorCode,
     },
     gateway::v1::{self as gw, wallet_gateway_server::WalletGateway},
+    Reason, ERROR_DOMAIN,
 };
 
 use crate::enclave_client::EnclaveClient;
 
-/// Metadata key carrying the stable reason code of an error.
-pub const REASON_METADATA: &str = "x-wallet-reason";
+/// Metadata key carrying the stable reason code of an error (the client reads the same key).
+pub use wallet_client::REASON_METADATA;
+
+/// A status with `reason` in the message (`REASON: message`), in `x-wallet-reason` metadata and
+/// in a `google.rpc.ErrorInfo` detail of domain [`ERROR_DOMAIN`]. `reason` is passed through as
+/// the enclave sent it (a newer enclave may send codes this build does not know).
+#[must_use]
+pub fn status_with_reason(code: Code, reason: &str, message: &str) -> Status {
+    let mut metadata = MetadataMap::new();
+    if let Ok(v) = MetadataValue::try_from(reason) {
+        metadata.insert(REASON_METADATA, v);
+    }
+    Status::with_error_details_and_metadata(
+        code,
+        format!("{reason}: {message}"),
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+        metadata,
+    )
+}
+
+/// [`status_with_reason`] for a [`Reason`] of this build.
+#[must_use]
+pub fn reason_status(code: Code, reason: Reason, message: &str) -> Status {
+    status_with_reason(code, reason.as_str(), message)
+}
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -41,32 +73,34 @@ impl Gateway {
     }
 }
 
-/// Maps an enclave error to a gRPC status: `PermissionDenied` for policy denials, with the
-/// stable reason in the message (`PER_TX_LIMIT: ...`) and in `x-wallet-reason` metadata.
+/// Maps an enclave error to a gRPC status: `PermissionDenied` for policy denials, and so on,
+/// with the stable reason as [`status_with_reason`] puts it.
 #[must_use]
 pub fn status_from(e: &EnclaveError) -> Status {
     let code = match e.code() {
-        ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
-        ErrorCode::Denied => tonic::Code::PermissionDenied,
-        ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
-        ErrorCode::NotFound => tonic::Code::NotFound,
-        ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
-        ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
-        ErrorCode::Aborted => tonic::Code::Aborted,
-        ErrorCode::Internal | ErrorCode::Unspecified => tonic::Code::Internal,
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::Denied => Code::PermissionDenied,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::AlreadyExists => Code::AlreadyExists,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        ErrorCode::Aborted => Code::Aborted,
+        ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     };
-    let mut status = Status::new(code, format!("{}: {}", e.reason, e.message));
-    if let Ok(v) = MetadataValue::try_from(e.reason.as_str()) {
-        status.metadata_mut().insert(REASON_METADATA, v);
-    }
-    status
+    let reason = if e.reason.is_empty() { Reason::Internal.as_str() } else { e.reason.as_str() };
+    status_with_reason(code, reason, &e.message)
+}
+
+/// The enclave answered a request with a response of another type.
+fn wrong_message() -> Status {
+    reason_status(Code::Internal, Reason::Internal, "enclave answered with the wrong message")
 }
 
 macro_rules! relay {
     ($self:ident, $req:ident, $variant:ident => $out:ident) => {{
         match $self.relay(Req::$variant($req.into_inner())).await? {
             Resp::$out(v) => Ok(Response::new(v)),
-            _ => Err(Status::internal("enclave answered with the wrong message")),
+            _ => Err(wrong_message()),
         }
     }};
 }
@@ -79,10 +113,11 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::SignPaymentResponse>, Status> {
         let len = request.get_ref().payment_required.len();
         if len > MAX_HEADER_LEN {
-            let mut s = Status::invalid_argument(format!("HEADER_TOO_LARGE: PAYMENT-REQUIRED value is {len} bytes, more than the {MAX_HEADER_LEN}-byte limit"));
-            s.metadata_mut()
-                .insert(REASON_METADATA, MetadataValue::from_static("HEADER_TOO_LARGE"));
-            return Err(s);
+            return Err(reason_status(
+                Code::InvalidArgument,
+                Reason::HeaderTooLarge,
+                &format!("PAYMENT-REQUIRED value is {len} bytes, more than the {MAX_HEADER_LEN}-byte limit"),
+            ));
         }
         relay!(self, request, SignPayment => SignPayment)
     }
@@ -224,9 +259,9 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::Status>, Status> {
         match self.relay(Req::GetStatus(request.into_inner())).await {
             Ok(Resp::Status(s)) => Ok(Response::new(s)),
-            Ok(_) => Err(Status::internal("enclave answered with the wrong message")),
+            Ok(_) => Err(wrong_message()),
             // The gateway is up; say plainly that the enclave is not.
-            Err(s) if s.code() == tonic::Code::Unavailable => Ok(Response::new(gw::Status {
+            Err(s) if s.code() == Code::Unavailable => Ok(Response::new(gw::Status {
                 enclave_reachable: false,
                 data_dir: self.data_dir.clone(),
                 ..Default::default()

@@ -9,15 +9,15 @@
 //! * [`document`]: the policy file (TOML) an owner writes, compiled and checked.
 //! * [`window`]: rolling time-window sums for budgets and rate limits.
 //! * [`amount`]: money as integers.
-//! * [`auth`]: the canonical bytes a session key signs.
 //!
-//! This crate does no I/O, reads no clock (time is a parameter) and holds no keys.
+//! This crate does no I/O, reads no clock (time is a parameter) and holds no keys. It depends on
+//! no other crate of ours: the enclave and the host both use it, and what crosses the trust
+//! boundary (reason codes, signed bytes, frames) lives in `wallet-proto`.
 #![forbid(unsafe_code)]
 
 pub mod address;
 pub mod amount;
 pub mod audit;
-pub mod auth;
 pub mod document;
 pub mod eip712;
 pub mod registry;

@@ -10,7 +10,7 @@ use std::{
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use tonic::transport::Channel;
-use wallet_host::cli::{AdminKey, Credential};
+use wallet_client::{AdminKey, AdminRpc, Credential};
 use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
 use wallet_proto::AdminSigned;
 
@@ -156,6 +156,11 @@ impl Stack {
                 Err(current) => last = current,
             }
         };
+        let rpc = AdminRpc::ALL
+            .iter()
+            .copied()
+            .find(|r| r.as_str() == rpc)
+            .unwrap_or_else(|| panic!("{rpc} is not an admin RPC"));
         self.admin.sign(&self.enclave_id, rpc, &mut req, ts);
         req
     }
@@ -266,7 +271,7 @@ impl Stack {
         cap: &str,
         scope: gw::IssueSessionRequest,
     ) -> Credential {
-        let key = wallet_host::cli::new_session_key();
+        let key = wallet_client::new_session_key();
         let s = self
             .client()
             .await

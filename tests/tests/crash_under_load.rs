@@ -124,7 +124,9 @@ async fn sigkill_under_load_never_overspends_or_loses_a_released_spend() {
     // Read the ledger itself.
     stack.enclave.kill();
     let data = stack.data_dir();
-    let sealer = wallet_enclave::seal::Sealer::load_or_create(&data.join("sealing.key")).unwrap();
+    let sealer =
+        wallet_enclave::platform::simulated::sealer_from_key_file(&data.join("sealing.key"))
+            .unwrap();
     let (_journal, records) =
         wallet_enclave::journal::Journal::open(&data.join("spends.journal"), sealer).unwrap();
     let spends: Vec<serde_json::Value> = records

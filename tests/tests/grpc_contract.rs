@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use tonic::Code;
+use wallet_client::Credential;
 use wallet_e2e::{header, header_json, now_ms, recover_payer, Stack, PAYEE, USDC_BASE_SEPOLIA};
-use wallet_host::cli::Credential;
 use wallet_proto::gateway::v1 as gw;
 
 async fn pay(

@@ -68,7 +68,9 @@ fn no_key_or_session_secret_in_logs_outputs_or_files_at_trace_level() {
     stack.enclave.kill();
     stack.gateway.kill();
     let data = stack.data_dir();
-    let sealer = wallet_enclave::seal::Sealer::load_or_create(&data.join("sealing.key")).unwrap();
+    let sealer =
+        wallet_enclave::platform::simulated::sealer_from_key_file(&data.join("sealing.key"))
+            .unwrap();
     let store = wallet_enclave::store::Store::open(&data.join("state"), sealer).unwrap();
     let audit_key = store
         .get(wallet_enclave::store::Table::Keys, b"audit-key")

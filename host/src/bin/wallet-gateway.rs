@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
+use wallet_host::EnclaveAddress;
 
 /// The agent wallet's gRPC gateway. Agents call SignPayment here; admins use walletctl.
 /// It relays every request to the enclave, which checks and signs.
@@ -12,14 +13,16 @@ struct Args {
     /// Address to listen on. Only loopback unless --allow-non-loopback.
     #[arg(long, env = "WALLET_GATEWAY_LISTEN", default_value = wallet_host::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Unix socket of the (simulated) enclave [default: DATA_DIR/enclave.sock].
-    #[arg(long, env = "WALLET_ENCLAVE_SOCKET")]
-    enclave_socket: Option<PathBuf>,
+    /// Where the enclave listens: a Unix socket (unix:/path or a path; the simulated enclave)
+    /// or vsock:CID:PORT (Nitro) [default: DATA_DIR/enclave.sock].
+    #[arg(long, visible_alias = "enclave", env = "WALLET_ENCLAVE_SOCKET")]
+    enclave_socket: Option<EnclaveAddress>,
     /// Data directory of the local stack [default: $XDG_DATA_HOME/agent-wallet or ~/.local/share/agent-wallet].
     #[arg(long, env = "WALLET_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Listen on a non-loopback address. Admin calls are not yet authenticated: put the gateway
-    /// behind something that is.
+    /// Listen on a non-loopback address. State changes are admin-signed and payments
+    /// session-signed (verified in the enclave), but reads are open and the transport is
+    /// plaintext: put the gateway behind TLS and access control.
     #[arg(long)]
     allow_non_loopback: bool,
 }
@@ -48,7 +51,8 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let socket = args.enclave_socket.unwrap_or_else(|| data_dir.join("enclave.sock"));
+    let enclave =
+        args.enclave_socket.unwrap_or_else(|| EnclaveAddress::Unix(data_dir.join("enclave.sock")));
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -57,7 +61,7 @@ async fn main() -> ExitCode {
         }
     };
     let addr = listener.local_addr().map_or_else(|_| args.listen.to_string(), |a| a.to_string());
-    tracing::info!(listen = %addr, enclave = %socket.display(), "gateway listening");
+    tracing::info!(listen = %addr, %enclave, "gateway listening");
     // One line on stdout, for scripts and tests that start the gateway on port 0.
     println!("wallet-gateway listening on http://{addr}");
     let shutdown = async {
@@ -69,7 +73,7 @@ async fn main() -> ExitCode {
         }
         tracing::info!("shutting down");
     };
-    match wallet_host::serve_gateway(listener, socket, data_dir.display().to_string(), shutdown)
+    match wallet_host::serve_gateway(listener, enclave, data_dir.display().to_string(), shutdown)
         .await
     {
         Ok(()) => ExitCode::SUCCESS,

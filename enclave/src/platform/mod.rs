@@ -1,0 +1,239 @@
+//! The platform seam: everything the enclave takes from the machine it runs on, passed in as one
+//! [`Platform`] value.
+//!
+//! * [`Nsm`]: the security module (mode, randomness, attestation documents).
+//! * [`Entropy`]: every random byte, drawn from the NSM.
+//! * [`Clock`]: the time, typed ([`UnixMillis`]).
+//! * [`SealingKeySource`]: the key that seals state at rest.
+//! * The stores, behind traits: [`StateStore`] (sealed key-value state), [`SpendLog`] (the
+//!   append-only spend ledger) and [`AuditSink`] (the hash-chained audit log).
+//!
+//! [`Platform::open_dir`] opens the file-backed stores under a data directory (sled, the spend
+//! journal, `audit.log`). The simulated platform (a local process, a key file, an NSM without
+//! hardware) is behind the cargo feature `simulated`, and the journal's fault injection behind
+//! `fault-injection`: a default build of `wallet-enclave` contains neither (`scripts/test.sh`
+//! checks the binary).
+
+pub mod clock;
+pub mod nsm;
+#[cfg(feature = "simulated")]
+pub mod simulated;
+
+use std::{fmt::Debug, future::Future, path::Path, pin::Pin, sync::Arc};
+
+use zeroize::Zeroizing;
+
+pub use clock::{Clock, SystemClock, UnixMillis};
+pub use nsm::{Entropy, Mode, Nsm, NsmError, TrustRoot};
+
+use crate::{
+    audit::{AuditError, AuditLog},
+    journal::{Journal, JournalError},
+    seal::{SealError, Sealer},
+    store::{Op, Record, Store, StoreError, Table},
+};
+
+/// A boxed, sendable future: the async methods of the store traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The sealed key-value state (wallets, keys, policies, sessions, admins, KYT, holds).
+pub trait StateStore: Send + Sync + Debug {
+    /// The opened value of `key` in `table`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on engine failure or a record that fails authentication.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+    /// Every record of `table`, opened.
+    ///
+    /// # Errors
+    /// As [`Self::get`].
+    fn scan(&self, table: Table) -> Result<Vec<Record>, StoreError>;
+    /// Applies `ops` as one atomic batch (not yet durable: await [`Self::sync`]).
+    ///
+    /// # Errors
+    /// [`StoreError`]; nothing of the batch is applied.
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError>;
+    /// Waits until everything applied before the call is durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Sync`] when durability cannot be confirmed.
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The append-only spend log: one record per authorization the enclave decided to release.
+/// Only [`crate::service::ledger`] writes to it, and only it turns a write into the proof of
+/// durability that releasing a signature requires.
+pub trait SpendLog: Send + Sync + Debug {
+    /// Appends one record (not yet durable: await [`Self::durable`]).
+    ///
+    /// # Errors
+    /// [`JournalError`]; the log is then unusable until restart (fail closed).
+    fn append(&self, record: &[u8]) -> Result<(), JournalError>;
+    /// Waits until every record appended before this call is durable.
+    ///
+    /// # Errors
+    /// [`JournalError::Io`] when the durability round failed.
+    fn durable(&self) -> BoxFuture<'_, Result<(), JournalError>>;
+}
+
+/// The audit log: hash-chained records, MACed under a key derived from the sealed audit key.
+pub trait AuditSink: Send + Sync + Debug {
+    /// Sets the MAC key and checks every record's MAC.
+    ///
+    /// # Errors
+    /// [`AuditError`] when a record's MAC does not verify.
+    fn attach_key(&self, key: Zeroizing<[u8; 32]>) -> Result<(), AuditError>;
+    /// Appends a record (chained and MACed here).
+    ///
+    /// # Errors
+    /// [`AuditError`]; a failed write is undone.
+    fn append(&self, record: wallet_policy::audit::Record) -> Result<(), AuditError>;
+    /// Makes every appended record durable now.
+    ///
+    /// # Errors
+    /// [`AuditError::Io`].
+    fn sync(&self) -> Result<(), AuditError>;
+    /// Count and hash of the last record.
+    fn head(&self) -> (u64, [u8; 32]);
+    /// Records `from..from + limit` as stored, and the total, after checking the stored log
+    /// against the head.
+    ///
+    /// # Errors
+    /// [`AuditError`] when the stored log was edited or truncated.
+    fn read(&self, from: u64, limit: u64) -> Result<(Vec<String>, u64), AuditError>;
+}
+
+/// Where the 32-byte key that seals state at rest comes from (a key file in simulated mode; a
+/// KMS data key released to the measured enclave in Nitro mode).
+pub trait SealingKeySource: Send + Sync + Debug {
+    /// The sealing key.
+    ///
+    /// # Errors
+    /// [`SealError::KeyFile`] when it cannot be had.
+    fn sealing_key(&self) -> Result<Zeroizing<[u8; 32]>, SealError>;
+}
+
+/// Everything the enclave takes from its platform.
+pub struct Platform {
+    /// The security module.
+    pub nsm: Arc<dyn Nsm>,
+    /// Randomness (from `nsm`).
+    pub entropy: Entropy,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// Sealed state.
+    pub state: Box<dyn StateStore>,
+    /// The spend ledger.
+    pub spend_log: Box<dyn SpendLog>,
+    /// The spend ledger's records as recovered when it was opened, in order.
+    pub spends: Vec<Zeroizing<Vec<u8>>>,
+    /// The audit log.
+    pub audit: Box<dyn AuditSink>,
+    /// Where the state lives, for `status` (a path, or a description).
+    pub location: String,
+}
+
+impl Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("mode", &self.nsm.mode())
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Handles a test keeps on the file-backed stores it opened.
+#[derive(Debug, Default)]
+pub struct Handles {
+    /// The journal's fault injection (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub faults: Option<Arc<crate::journal::Faults>>,
+}
+
+impl Platform {
+    /// Opens the file-backed stores under `dir` (created 0700): sled in `state/`, the spend
+    /// journal `spends.journal` and `audit.log`, sealed with `key`'s key and drawing randomness
+    /// from `nsm`. The audit log is synced in the journal's durability rounds.
+    ///
+    /// # Errors
+    /// When the directory, the key or a store cannot be used (a store that fails its checks
+    /// included: the enclave refuses to start on state it cannot trust).
+    pub fn open_dir(
+        dir: &Path,
+        key: &dyn SealingKeySource,
+        nsm: Arc<dyn Nsm>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, Handles), Box<dyn std::error::Error + Send + Sync>> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let entropy = Entropy::new(Arc::clone(&nsm));
+        let sealing_key = key.sealing_key()?;
+        let store = Store::open(&dir.join("state"), Sealer::new(&sealing_key, entropy.clone()))?;
+        let audit = AuditLog::open(&dir.join("audit.log"))?;
+        let (journal, spends) = Journal::open_with(
+            &dir.join("spends.journal"),
+            Sealer::new(&sealing_key, entropy.clone()),
+            Some(audit.sync_handle()?),
+        )?;
+        drop(sealing_key);
+        let handles = Handles {
+            #[cfg(feature = "fault-injection")]
+            faults: Some(journal.faults()),
+        };
+        Ok((
+            Self {
+                nsm,
+                entropy,
+                clock,
+                state: Box::new(store),
+                spend_log: Box::new(journal),
+                spends,
+                audit: Box::new(audit),
+                location: dir.display().to_string(),
+            },
+            handles,
+        ))
+    }
+}
+
+impl StateStore for Store {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        Store::get(self, table, key)
+    }
+    fn scan(&self, table: Table) -> Result<Vec<Record>, StoreError> {
+        Store::scan(self, table)
+    }
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        Store::apply(self, ops)
+    }
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(Store::sync(self))
+    }
+}
+
+impl SpendLog for Journal {
+    fn append(&self, record: &[u8]) -> Result<(), JournalError> {
+        Journal::append(self, record)
+    }
+    fn durable(&self) -> BoxFuture<'_, Result<(), JournalError>> {
+        Box::pin(Journal::durable(self))
+    }
+}
+
+impl AuditSink for AuditLog {
+    fn attach_key(&self, key: Zeroizing<[u8; 32]>) -> Result<(), AuditError> {
+        AuditLog::attach_key(self, key)
+    }
+    fn append(&self, record: wallet_policy::audit::Record) -> Result<(), AuditError> {
+        AuditLog::append(self, record)
+    }
+    fn sync(&self) -> Result<(), AuditError> {
+        AuditLog::sync(self)
+    }
+    fn head(&self) -> (u64, [u8; 32]) {
+        AuditLog::head(self)
+    }
+    fn read(&self, from: u64, limit: u64) -> Result<(Vec<String>, u64), AuditError> {
+        AuditLog::read(self, from, limit)
+    }
+}

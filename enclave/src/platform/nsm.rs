@@ -1,0 +1,218 @@
+//! The Nitro Security Module behind a trait: the real `/dev/nsm`, or (feature `simulated`) a
+//! simulation for local use and tests.
+
+use std::sync::Arc;
+
+/// Which kind of enclave this is. Simulated mode must never be mistaken for production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Local process, simulated NSM, keys sealed with a key file. For development and tests.
+    Simulated,
+    /// AWS Nitro Enclave.
+    Nitro,
+}
+
+impl Mode {
+    /// `simulated` or `nitro`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Simulated => "simulated",
+            Self::Nitro => "nitro",
+        }
+    }
+}
+
+/// The certificate authority whose chain signs an NSM's attestation documents. A verifier maps
+/// it to the pinned root certificate; the test root is never accepted by a production build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustRoot {
+    /// The AWS Nitro Enclaves root CA (G1).
+    AwsNitro,
+    /// The project's test CA (simulated NSM only).
+    SimulatedTest,
+}
+
+/// NSM failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NsmError {
+    /// The device failed or refused the request.
+    #[error("NSM: {0}")]
+    Device(String),
+    /// This NSM cannot do that (yet).
+    #[error("NSM: {0} is not supported by this NSM")]
+    Unsupported(&'static str),
+}
+
+/// What the enclave asks of its security module.
+pub trait Nsm: Send + Sync + std::fmt::Debug {
+    /// Which mode this is.
+    fn mode(&self) -> Mode;
+
+    /// Fills `buf` with cryptographically secure random bytes. Every random byte the enclave
+    /// uses (keys, EIP-3009 nonces, ids, seal nonces) comes from here, through [`Entropy`].
+    ///
+    /// # Errors
+    /// [`NsmError`] when the device fails.
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), NsmError>;
+
+    /// An attestation document (`COSE_Sign1`, CBOR) binding `user_data`, `nonce` and
+    /// `public_key` (each at most 1 KiB, as the NSM API allows) to the measured image (PCRs).
+    ///
+    /// # Errors
+    /// [`NsmError::Device`] when the device fails; [`NsmError::Unsupported`] where the NSM
+    /// cannot attest.
+    fn attest(
+        &self,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NsmError>;
+
+    /// Whose chain signs this NSM's attestation documents.
+    fn trust_root(&self) -> TrustRoot;
+}
+
+/// The real NSM through `aws-nitro-enclaves-nsm-api` (its driver holds the only `unsafe`).
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct NitroNsm {
+    fd: i32,
+}
+
+#[cfg(target_os = "linux")]
+impl NitroNsm {
+    /// Opens `/dev/nsm`.
+    ///
+    /// # Errors
+    /// [`NsmError`] outside a Nitro Enclave.
+    pub fn open() -> Result<Self, NsmError> {
+        let fd = aws_nitro_enclaves_nsm_api::driver::nsm_init();
+        if fd < 0 {
+            return Err(NsmError::Device(
+                "cannot open /dev/nsm: not running in a Nitro Enclave (a build with the \
+                 `simulated` feature runs locally with --simulated)"
+                    .into(),
+            ));
+        }
+        Ok(Self { fd })
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Nsm for NitroNsm {
+    fn mode(&self) -> Mode {
+        Mode::Nitro
+    }
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), NsmError> {
+        use aws_nitro_enclaves_nsm_api::api::{Request, Response};
+        let mut filled = 0;
+        while filled < buf.len() {
+            match aws_nitro_enclaves_nsm_api::driver::nsm_process_request(
+                self.fd,
+                Request::GetRandom,
+            ) {
+                Response::GetRandom { random } if !random.is_empty() => {
+                    let n = random.len().min(buf.len() - filled);
+                    buf[filled..filled + n].copy_from_slice(&random[..n]);
+                    filled += n;
+                }
+                other => return Err(NsmError::Device(format!("GetRandom failed: {other:?}"))),
+            }
+        }
+        Ok(())
+    }
+    fn attest(
+        &self,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NsmError> {
+        use aws_nitro_enclaves_nsm_api::api::{Request, Response};
+        let field = |b: Option<&[u8]>| b.map(|b| serde_bytes::ByteBuf::from(b.to_vec()));
+        match aws_nitro_enclaves_nsm_api::driver::nsm_process_request(
+            self.fd,
+            Request::Attestation {
+                user_data: field(user_data),
+                nonce: field(nonce),
+                public_key: field(public_key),
+            },
+        ) {
+            Response::Attestation { document } => Ok(document),
+            other => Err(NsmError::Device(format!("Attestation failed: {other:?}"))),
+        }
+    }
+    fn trust_root(&self) -> TrustRoot {
+        TrustRoot::AwsNitro
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for NitroNsm {
+    fn drop(&mut self) {
+        aws_nitro_enclaves_nsm_api::driver::nsm_exit(self.fd);
+    }
+}
+
+/// The enclave's one source of randomness: a CSPRNG view of the platform's [`Nsm`]. Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct Entropy(Arc<dyn Nsm>);
+
+impl Entropy {
+    /// Randomness from `nsm`.
+    #[must_use]
+    pub fn new(nsm: Arc<dyn Nsm>) -> Self {
+        Self(nsm)
+    }
+
+    /// `N` random bytes.
+    ///
+    /// # Panics
+    /// When the entropy source fails: nothing may be keyed, sealed or signed without entropy,
+    /// so the enclave stops rather than go on.
+    #[must_use]
+    pub fn bytes<const N: usize>(&self) -> [u8; N] {
+        let mut b = [0u8; N];
+        rand_core::RngCore::fill_bytes(&mut self.clone(), &mut b);
+        b
+    }
+}
+
+impl rand_core::RngCore for Entropy {
+    fn next_u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.bytes())
+    }
+    fn next_u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.bytes())
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_random(dest).expect("entropy source failed; refusing to go on without entropy");
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.fill_random(dest).map_err(rand_core::Error::new)
+    }
+}
+
+impl rand_core::CryptoRng for Entropy {}
+
+/// Randomness from the simulated NSM, for unit tests of code that takes an [`Entropy`] (the
+/// crate's own tests always build with the `simulated` feature: see its dev-dependencies).
+#[cfg(test)]
+pub(crate) fn test_entropy() -> Entropy {
+    Entropy::new(Arc::new(super::simulated::SimulatedNsm))
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn nitro_nsm_refuses_outside_an_enclave() {
+        if std::path::Path::new("/dev/nsm").exists() {
+            return;
+        }
+        let err = super::NitroNsm::open().unwrap_err();
+        assert!(err.to_string().contains("--simulated"));
+    }
+}

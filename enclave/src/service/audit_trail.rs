@@ -1,0 +1,192 @@
+//! What the enclave writes to the audit log (the text of each record kind), and its answers
+//! about the log: the signed head and the pages of records.
+
+use ed25519_dalek::Signer as _;
+use sha2::{Digest as _, Sha256};
+use wallet_policy::audit::{head_message, Record as AuditRecord};
+use wallet_proto::{
+    enclave::v1::enclave_response::Body as Resp, gateway::v1 as gw, AdminRpc, Reason,
+};
+
+use super::{auth::AdminAuthorized, records::ApprovalRecord, Enclave, Failure, Result};
+use crate::platform::UnixMillis;
+
+impl Enclave {
+    fn audit(&self, r: AuditRecord, sync: bool) {
+        let written =
+            self.audit.append(r).and_then(|()| if sync { self.audit.sync() } else { Ok(()) });
+        if let Err(e) = written {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    /// A policy denial (rides on the next durability round).
+    pub(super) fn audit_denial(&self, now: UnixMillis, session: &str, wallet: &str, f: &Failure) {
+        self.audit(
+            AuditRecord {
+                at_ms: now.as_millis(),
+                kind: "deny".into(),
+                session: session.to_owned(),
+                wallet: wallet.to_owned(),
+                reason: f.reason.as_str().to_owned(),
+                detail: f.message.clone(),
+                ..Default::default()
+            },
+            false,
+        );
+    }
+
+    /// A signature withheld in flight (made durable at once).
+    pub(super) fn audit_withheld(
+        &self,
+        session: &str,
+        wallet: &str,
+        denial: &Failure,
+        idempotency_key: &str,
+    ) {
+        self.audit(
+            AuditRecord {
+                at_ms: self.clock.now().as_millis(),
+                kind: "withheld".into(),
+                session: session.to_owned(),
+                wallet: wallet.to_owned(),
+                reason: denial.reason.as_str().to_owned(),
+                detail: format!("idempotency key {idempotency_key}"),
+                ..Default::default()
+            },
+            true,
+        );
+    }
+
+    /// A new hold for approval (rides on the next durability round).
+    pub(super) fn audit_hold(&self, hold: &ApprovalRecord) {
+        self.audit(
+            AuditRecord {
+                at_ms: hold.created_ms,
+                kind: "hold".into(),
+                session: hold.session_id.clone(),
+                wallet: hold.wallet_id.clone(),
+                reason: Reason::ApprovalPending.as_str().into(),
+                detail: format!(
+                    "{} {} {} to {} on {}: {}",
+                    hold.id,
+                    hold.amount,
+                    hold.asset_symbol,
+                    hold.pay_to.to_checksum(None),
+                    hold.network,
+                    hold.reason
+                ),
+                ..Default::default()
+            },
+            false,
+        );
+    }
+
+    /// An admin change (made durable at once: admin changes are rare).
+    pub(super) fn audit_admin(&self, rpc: AdminRpc, by: &AdminAuthorized, resp: &Resp) {
+        let (wallet, session, what) = match resp {
+            Resp::Wallet(w) => (
+                w.wallet_id.clone(),
+                String::new(),
+                format!(
+                    "wallet {} {}{}",
+                    w.wallet_id,
+                    w.address,
+                    if w.frozen { " frozen" } else { "" }
+                ),
+            ),
+            Resp::Policy(p) => (
+                p.wallet_id.clone(),
+                String::new(),
+                format!(
+                    "policy v{}, document sha256 {}",
+                    p.version,
+                    hex::encode(Sha256::digest(p.document.as_bytes()))
+                ),
+            ),
+            // Staged chunks are not changes; only the commit is.
+            Resp::KytImport(k) if !k.committed => return,
+            Resp::KytImport(k) => (
+                String::new(),
+                String::new(),
+                format!("import: {} added, {} removed, {} listed", k.added, k.removed, k.total),
+            ),
+            Resp::Approval(a) => (
+                a.wallet_id.clone(),
+                a.session_id.clone(),
+                format!(
+                    "hold {} {}: {} {} to {} ({}){}",
+                    a.approval_id,
+                    a.state,
+                    a.amount,
+                    a.asset_symbol,
+                    a.pay_to,
+                    a.reason,
+                    if a.note.is_empty() { String::new() } else { format!(", note: {}", a.note) }
+                ),
+            ),
+            Resp::Asset(a) => (
+                String::new(),
+                String::new(),
+                format!(
+                    "asset {} {} on {} ({:?} v{})",
+                    a.symbol, a.address, a.network, a.name, a.version
+                ),
+            ),
+            Resp::Kyt(k) => {
+                (String::new(), String::new(), format!("{} changed, {} listed", k.changed, k.total))
+            }
+            Resp::Session(s) => (
+                s.wallet_id.clone(),
+                s.session_id.clone(),
+                format!(
+                    "cap {}, spent {}, expires {}{}",
+                    s.cap,
+                    s.spent,
+                    s.expires_at,
+                    if s.revoked { ", revoked" } else { "" }
+                ),
+            ),
+            Resp::Admin(a) => {
+                (String::new(), String::new(), format!("admin key {}", hex::encode(&a.public_key)))
+            }
+            _ => (String::new(), String::new(), String::new()),
+        };
+        self.audit(
+            AuditRecord {
+                at_ms: self.clock.now().as_millis(),
+                kind: "admin".into(),
+                session,
+                wallet,
+                reason: rpc.as_str().into(),
+                detail: format!("{what} (by admin {})", by.admin),
+                ..Default::default()
+            },
+            true,
+        );
+    }
+
+    /// The audit head signed by the enclave's identity key, bound to the caller's challenge.
+    pub(super) fn audit_head(&self, challenge: &[u8]) -> gw::AuditHead {
+        let (count, hash) = self.audit.head();
+        gw::AuditHead {
+            count,
+            hash: hash.to_vec(),
+            signature: self
+                .identity_key
+                .sign(&head_message(count, &hash, challenge))
+                .to_bytes()
+                .to_vec(),
+            public_key: self.identity().to_vec(),
+        }
+    }
+
+    pub(super) fn list_audit(&self, from: u64, limit: u64) -> Result<gw::ListAuditResponse> {
+        let limit = if limit == 0 { 1000 } else { limit.min(1000) };
+        let (records, total) = self.audit.read(from, limit).map_err(|e| {
+            tracing::error!(error = %e, "audit log check failed");
+            Failure::precondition(Reason::AuditTampered, e.to_string())
+        })?;
+        Ok(gw::ListAuditResponse { records, total })
+    }
+}

@@ -1,0 +1,206 @@
+//! Who is asking: agents' payment requests (session keys) and admins' state changes (admin
+//! keys). The proofs made here — [`Authenticated`] and [`AdminAuthorized`] — can be made nowhere
+//! else, and the steps that act on a request take them.
+
+use alloy_primitives::Address;
+use ed25519_dalek::{Signature, VerifyingKey};
+use wallet_policy::address::parse_address;
+use wallet_proto::{
+    auth::{sign_payment_message, FRESHNESS_WINDOW_MS},
+    gateway::v1 as gw,
+    AdminRpc, AdminSigned, Reason,
+};
+
+use super::{
+    records::{json, AdminRecord},
+    Enclave, Failure, Result,
+};
+use crate::{
+    platform::UnixMillis,
+    store::{Op, Table},
+};
+
+/// A payment request whose session signature verified, fresh, and seen for the first time.
+#[derive(Debug)]
+pub(crate) struct Authenticated {
+    request: gw::SignPaymentRequest,
+    preferred_asset: Option<Address>,
+    now: UnixMillis,
+}
+
+impl Authenticated {
+    /// The request, exactly as signed.
+    pub fn request(&self) -> &gw::SignPaymentRequest {
+        &self.request
+    }
+    /// The preferred asset, parsed.
+    pub fn preferred_asset(&self) -> Option<&Address> {
+        self.preferred_asset.as_ref()
+    }
+    /// When it was authenticated: the time every later step of this payment uses.
+    pub fn now(&self) -> UnixMillis {
+        self.now
+    }
+}
+
+/// A state change signed by an admin of this enclave, fresh and newer than every admin request
+/// accepted before.
+#[derive(Debug)]
+pub(crate) struct AdminAuthorized {
+    /// The first 8 bytes of the admin's key, hex: how the audit log names the admin.
+    pub admin: String,
+}
+
+fn valid_idempotency_key(k: &str) -> bool {
+    (1..=128).contains(&k.len())
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+impl Enclave {
+    /// Step "authenticate" of a payment: shapes, then the session's Ed25519 signature over the
+    /// canonical request (no lock held), its freshness, and its nonce (a signed request is used
+    /// once, whatever its outcome, so a denied request cannot be replayed after a policy change).
+    pub(super) fn authenticate(&self, r: gw::SignPaymentRequest) -> Result<Authenticated> {
+        if !valid_idempotency_key(&r.idempotency_key) {
+            return Err(Failure::invalid(
+                Reason::InvalidIdempotencyKey,
+                "idempotency_key must be 1-128 characters of [A-Za-z0-9_.:-]",
+            ));
+        }
+        if !(16..=64).contains(&r.request_nonce.len()) {
+            return Err(Failure::invalid(
+                Reason::InvalidNonce,
+                "request_nonce must be 16 to 64 bytes",
+            ));
+        }
+        let preferred_asset = if r.preferred_asset.is_empty() {
+            None
+        } else {
+            Some(
+                parse_address(&r.preferred_asset)
+                    .map_err(|e| Failure::bad_argument(format!("preferred_asset: {e}")))?,
+            )
+        };
+        let session_key = self.lock().sessions.get(&r.session_id).map(|s| s.key);
+        let Some(session_key) = session_key else {
+            return Err(Failure::unauthenticated(Reason::UnknownSession, "unknown session"));
+        };
+        let sig = Signature::from_slice(&r.signature).map_err(|_| {
+            Failure::unauthenticated(Reason::BadSignature, "request signature is not 64 bytes")
+        })?;
+        session_key.verify_strict(&sign_payment_message(&r), &sig).map_err(|_| {
+            Failure::unauthenticated(
+                Reason::BadSignature,
+                "request signature does not verify with the session key",
+            )
+        })?;
+        let now = self.clock.now();
+        if now.as_millis().abs_diff(r.timestamp_ms) > FRESHNESS_WINDOW_MS {
+            return Err(Failure::unauthenticated(
+                Reason::StaleRequest,
+                format!(
+                    "request timestamp is more than {} s from the enclave clock",
+                    FRESHNESS_WINDOW_MS / 1000
+                ),
+            ));
+        }
+        if !self.lock().replay.first_use((r.session_id.clone(), r.request_nonce.clone()), now) {
+            return Err(Failure::unauthenticated(
+                Reason::ReplayedRequest,
+                "this signed request was already used",
+            ));
+        }
+        Ok(Authenticated { request: r, preferred_asset, now })
+    }
+
+    /// Verifies an admin's signature over a state-changing request, its freshness, and that its
+    /// timestamp is newer than the last one accepted from any admin (persisted, so a request
+    /// cannot be replayed after a restart either). `bootstrap` allows a self-signed request from
+    /// an unknown key when the enclave has no admin yet. Called with the admin lock held.
+    pub(super) async fn authorize<R: AdminSigned>(
+        &self,
+        rpc: AdminRpc,
+        req: &R,
+        bootstrap: bool,
+    ) -> Result<AdminAuthorized> {
+        let deny = |reason: Reason, message: &str| Failure::unauthenticated(reason, message);
+        let auth = req.auth().ok_or_else(|| {
+            deny(
+                Reason::AdminSignatureRequired,
+                "state-changing requests must be signed by an admin key (see walletctl init)",
+            )
+        })?;
+        let pk: [u8; 32] =
+            auth.public_key.as_slice().try_into().map_err(|_| {
+                deny(Reason::BadAdminSignature, "admin public key must be 32 bytes")
+            })?;
+        let key = VerifyingKey::from_bytes(&pk).map_err(|_| {
+            deny(Reason::BadAdminSignature, "admin public key is not an Ed25519 point")
+        })?;
+        if !(16..=64).contains(&auth.nonce.len()) {
+            return Err(Failure::invalid(
+                Reason::InvalidNonce,
+                "admin nonce must be 16 to 64 bytes",
+            ));
+        }
+        let last_ts =
+            {
+                let inner = self.lock();
+                // One clock for all admins: requests from different admins cannot be reordered.
+                let newest = inner.admins.values().map(|a| a.last_ts).max();
+                let fresh_enclave =
+                    inner.admins.is_empty() && inner.wallets.is_empty() && self.audit.head().0 == 0;
+                match (inner.admins.contains_key(&pk), newest) {
+                    (true, Some(newest)) => Some(newest),
+                    (false, None) if bootstrap && fresh_enclave => None,
+                    (false, None) if fresh_enclave => {
+                        return Err(deny(
+                            Reason::NoAdmin,
+                            "this enclave has no admin yet: register one with walletctl init",
+                        ))
+                    }
+                    (false, None) => return Err(deny(
+                        Reason::NoAdmin,
+                        "this enclave has state but no admin; refusing to let a new key take over",
+                    )),
+                    _ => {
+                        return Err(deny(
+                            Reason::UnknownAdmin,
+                            "the signing key is not an admin of this enclave",
+                        ))
+                    }
+                }
+            };
+        let sig = Signature::from_slice(&auth.signature)
+            .map_err(|_| deny(Reason::BadAdminSignature, "admin signature is not 64 bytes"))?;
+        let msg = req.signed_message(&self.identity(), rpc, auth.timestamp_ms, &auth.nonce);
+        key.verify_strict(&msg, &sig).map_err(|_| {
+            deny(Reason::BadAdminSignature, "admin signature does not verify over this request")
+        })?;
+        if self.clock.now().as_millis().abs_diff(auth.timestamp_ms) > FRESHNESS_WINDOW_MS {
+            return Err(deny(
+                Reason::StaleAdminRequest,
+                "admin request timestamp is more than 120 s from the enclave clock",
+            ));
+        }
+        if let Some(last) = last_ts {
+            if auth.timestamp_ms <= last {
+                return Err(deny(
+                    Reason::ReplayedAdminRequest,
+                    "admin request is not newer than the last admin request this enclave accepted",
+                ));
+            }
+            let record: AdminRecord = {
+                let mut inner = self.lock();
+                let a =
+                    inner.admins.get_mut(&pk).ok_or_else(|| Failure::internal("admin vanished"))?;
+                a.last_ts = auth.timestamp_ms;
+                a.clone()
+            };
+            self.persist(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))]).await?;
+        }
+        let admin = hex::encode(&pk[..8]);
+        tracing::info!(%rpc, %admin, "admin request authorized");
+        Ok(AdminAuthorized { admin })
+    }
+}

@@ -1,0 +1,377 @@
+//! The spend ledger: the one path by which a signature leaves the enclave.
+//!
+//! # The life of a spend
+//!
+//! ```text
+//!              decide + reserve            sign                 post (durable)         release
+//!  request ─────────────────────▶ Reserved ─────▶ SignedSpend ─────────────▶ DurableSpend ─────▶ released
+//!     │                              │                 │                        │
+//!     └─▶ held for approval          └─────────────────┴─▶ failed               └─▶ withheld
+//!         (not charged; the retry      (charge kept, key spent:                    (revoked or frozen in
+//!          after approval starts        never released)                            flight; durable; never
+//!          again at "reserve")                                                      released)
+//! ```
+//!
+//! Each stage is a type, and each type can only be made from the one before it:
+//! [`Reservation`](super::payment::Reservation) only by the decision under the state lock, which
+//! takes the proof of authentication ([`Authenticated`](super::auth::Authenticated));
+//! [`SignedSpend`] only by [`sign`], which takes a reservation; [`DurableSpend`] only by [`post`]
+//! (after the spend log confirmed durability) or by [`recover`] (records read back from the log);
+//! and the answer that carries a signature (`SignPaymentResponse`) only by
+//! [`DurableSpend::response`]. So releasing a signature whose spend is not durable does not
+//! compile.
+//!
+//! # Invariants
+//!
+//! 1. **Durable before released.** A signature leaves only inside a `SignPaymentResponse`, which
+//!    only a [`DurableSpend`] makes.
+//! 2. **Reserved before signed.** A spend's charge is counted (session total, rolling windows)
+//!    under the state lock before it is signed, so concurrent requests never jointly exceed a cap
+//!    or budget.
+//! 3. **Charged once per idempotency key.** A key maps to one stage at a time; a posted spend is
+//!    answered again from its record, never signed again.
+//! 4. **Fail closed.** When signing or the durability round fails after the reservation, the
+//!    charge stays and the key is marked failed: a crash or an error can waste budget, never
+//!    exceed it.
+//! 5. **Withheld is final.** A spend revoked or frozen between reservation and release is
+//!    recorded as withheld in the log, so no retry — after a restart or an unfreeze — releases it.
+//! 6. **Recovery rebuilds everything from the log**: session totals, window histories and the
+//!    idempotency index.
+
+use std::sync::Arc;
+
+use alloy_primitives::{Address, B256, U256};
+use serde::{Deserialize, Serialize};
+use wallet_policy::{
+    amount::{format_decimal, format_units},
+    eip712::Authorization,
+    rules,
+    x402::{encode_header, payment_payload_json, PaymentRequired},
+};
+use wallet_proto::{gateway::v1 as gw, Reason};
+use zeroize::Zeroizing;
+
+use super::{payment::Reservation, records::json};
+use crate::{
+    journal::JournalError,
+    platform::{Entropy, SpendLog, UnixMillis},
+    store::StoreError,
+};
+
+/// A spend as recorded in the spend log: what was authorized, and what is needed to answer an
+/// idempotent retry with the same response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SpendRecord {
+    seq: u64,
+    session_id: String,
+    wallet_id: String,
+    /// Token units charged against caps and budgets.
+    charge: U256,
+    /// Token units authorized.
+    amount: U256,
+    network: String,
+    asset: Address,
+    pay_to: Address,
+    /// Unix seconds.
+    valid_before: u64,
+    /// Unix ms.
+    at_ms: u64,
+    idempotency_key: String,
+    request_hash: String,
+    payload_json: String,
+    accepted_index: u32,
+    charged: String,
+    asset_symbol: String,
+    session_spent: String,
+    session_remaining: String,
+    payer: String,
+}
+
+/// A record of the spend log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Entry {
+    /// An authorization the enclave signed and decided to release.
+    Spend(Box<SpendRecord>),
+    /// A spend whose signature was withheld (revoked or frozen in flight).
+    Withheld {
+        session_id: String,
+        idempotency_key: String,
+        request_hash: String,
+        reason: String,
+        #[serde(default)]
+        at_ms: u64,
+    },
+}
+
+/// A signed spend, not yet durable. Its signature cannot be read from it: only [`post`] turns
+/// it into something that can be released.
+///
+/// ```compile_fail
+/// // There is no way from a signed spend to the response that carries its signature.
+/// fn release(
+///     s: wallet_enclave::service::ledger::SignedSpend,
+/// ) -> wallet_proto::gateway::v1::SignPaymentResponse {
+///     s.response()
+/// }
+/// ```
+pub struct SignedSpend {
+    record: SpendRecord,
+}
+
+impl std::fmt::Debug for SignedSpend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedSpend").field("seq", &self.record.seq).finish_non_exhaustive()
+    }
+}
+
+/// A spend the spend log holds durably (or the enclave read back from it). The only maker of
+/// the response that releases its signature; made only by [`post`] and [`recover`].
+///
+/// ```compile_fail
+/// // Outside this module a durable spend cannot be made up: its field is private.
+/// use wallet_enclave::service::ledger::DurableSpend;
+/// fn forge(posted: &DurableSpend) -> DurableSpend {
+///     DurableSpend(std::sync::Arc::clone(&posted.0))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct DurableSpend(Arc<SpendRecord>);
+
+impl std::fmt::Debug for DurableSpend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableSpend").field("seq", &self.0.seq).finish_non_exhaustive()
+    }
+}
+
+impl DurableSpend {
+    /// The wallet that paid.
+    #[must_use]
+    pub fn wallet_id(&self) -> &str {
+        &self.0.wallet_id
+    }
+    /// When it was decided.
+    #[must_use]
+    pub fn at(&self) -> UnixMillis {
+        UnixMillis(self.0.at_ms)
+    }
+    /// The response that releases this spend's signature.
+    #[must_use]
+    pub fn response(&self) -> gw::SignPaymentResponse {
+        let r = &self.0;
+        let accepted_json = serde_json::from_str::<serde_json::Value>(&r.payload_json)
+            .map(|v| v["accepted"].to_string())
+            .unwrap_or_default();
+        gw::SignPaymentResponse {
+            payment_signature: encode_header(&r.payload_json),
+            payment_payload_json: r.payload_json.clone(),
+            accepted_json,
+            accepted_index: r.accepted_index,
+            network: r.network.clone(),
+            asset: r.asset.to_checksum(None),
+            pay_to: r.pay_to.to_checksum(None),
+            amount: r.amount.to_string(),
+            charged: r.charged.clone(),
+            asset_symbol: r.asset_symbol.clone(),
+            session_spent: r.session_spent.clone(),
+            session_remaining: r.session_remaining.clone(),
+            payer: r.payer.clone(),
+            valid_before: r.valid_before,
+            replayed: false,
+        }
+    }
+}
+
+/// What signing needs beyond the reservation.
+#[derive(Debug)]
+pub(crate) struct SignContext<'a> {
+    pub required: &'a PaymentRequired,
+    pub session_id: &'a str,
+    pub idempotency_key: &'a str,
+    pub request_hash: [u8; 32],
+    /// The x402 `payment-identifier` id to echo when offered.
+    pub payment_id: &'a str,
+    pub seq: u64,
+    pub now: UnixMillis,
+    /// The session's spent total and cap after this reservation (token units), for the answer.
+    pub session_spent: U256,
+    pub session_cap: U256,
+}
+
+/// Step "sign": a fresh 32-byte EIP-3009 nonce, the EIP-712 digest with the registry's domain,
+/// a k256 signature, and the payload JSON as the official client writes it.
+///
+/// # Errors
+/// A k256 failure (never expected).
+pub(crate) fn sign(
+    reservation: &Reservation<'_>,
+    cx: &SignContext<'_>,
+    entropy: &Entropy,
+) -> Result<(SignedSpend, [u8; 32]), String> {
+    let charge = &reservation.charge;
+    let approval: &rules::Approval = &charge.approval;
+    let key = &charge.key;
+    let nonce: [u8; 32] = entropy.bytes();
+    let req = &approval.requirement;
+    let auth = Authorization {
+        from: key.address(),
+        to: req.pay_to,
+        value: req.amount,
+        valid_after: 0,
+        valid_before: approval.valid_before,
+        nonce,
+    };
+    let digest = auth.signing_hash(&charge.domain);
+    let signature = key.sign_digest(&digest).map_err(|e| e.to_string())?;
+    let payload_json = payment_payload_json(
+        cx.required,
+        &cx.required.accepts[approval.index],
+        &auth,
+        &signature,
+        cx.payment_id,
+    );
+    let record = SpendRecord {
+        seq: cx.seq,
+        session_id: cx.session_id.to_owned(),
+        wallet_id: charge.wallet_id.clone(),
+        charge: approval.charge,
+        amount: req.amount,
+        network: req.network.clone(),
+        asset: req.asset,
+        pay_to: req.pay_to,
+        valid_before: approval.valid_before,
+        at_ms: cx.now.as_millis(),
+        idempotency_key: cx.idempotency_key.to_owned(),
+        request_hash: hex::encode(cx.request_hash),
+        payload_json,
+        accepted_index: u32::try_from(approval.index).unwrap_or(u32::MAX),
+        charged: format_decimal(req.amount, approval.asset.decimals),
+        asset_symbol: approval.asset.symbol.clone(),
+        session_spent: format_units(cx.session_spent),
+        session_remaining: format_units(cx.session_cap.saturating_sub(cx.session_spent)),
+        payer: key.address().to_checksum(None),
+    };
+    Ok((SignedSpend { record }, nonce))
+}
+
+impl SignedSpend {
+    /// The audit line's text: amount, asset, payee, network, validity and nonce (no signature).
+    pub(crate) fn audit_detail(&self, nonce: &[u8; 32]) -> String {
+        let r = &self.record;
+        format!(
+            "{} {} to {} on {}, valid before {}, nonce 0x{}",
+            r.charged,
+            r.asset_symbol,
+            r.pay_to.to_checksum(None),
+            r.network,
+            r.valid_before,
+            hex::encode(nonce)
+        )
+    }
+    /// The wallet that pays.
+    pub(crate) fn wallet_id(&self) -> &str {
+        &self.record.wallet_id
+    }
+}
+
+/// Step "make durable": appends the spend to the log and waits for its durability round (group
+/// commit). The only maker of a fresh [`DurableSpend`].
+///
+/// # Errors
+/// [`JournalError`]: the spend may or may not be on disk; it is not released.
+pub(crate) async fn post(
+    log: &dyn SpendLog,
+    spend: SignedSpend,
+) -> Result<DurableSpend, JournalError> {
+    let entry = Entry::Spend(Box::new(spend.record));
+    log.append(&json(&entry))?;
+    log.durable().await?;
+    let Entry::Spend(record) = entry else { unreachable!("constructed as a spend above. qed") };
+    Ok(DurableSpend(Arc::new(*record)))
+}
+
+/// Records durably that a posted spend is withheld for good.
+///
+/// # Errors
+/// [`JournalError`].
+pub(crate) async fn withhold(
+    log: &dyn SpendLog,
+    spend: &DurableSpend,
+    reason: Reason,
+    at: UnixMillis,
+) -> Result<(), JournalError> {
+    let r = &spend.0;
+    let entry = Entry::Withheld {
+        session_id: r.session_id.clone(),
+        idempotency_key: r.idempotency_key.clone(),
+        request_hash: r.request_hash.clone(),
+        reason: reason.as_str().to_owned(),
+        at_ms: at.as_millis(),
+    };
+    log.append(&json(&entry))?;
+    log.durable().await
+}
+
+/// A spend-log record as read back at start-up.
+#[derive(Debug)]
+pub(crate) enum Recovered {
+    /// A posted spend.
+    Posted {
+        spend: DurableSpend,
+        seq: u64,
+        session_id: String,
+        wallet_id: String,
+        pay_to: Address,
+        charge: U256,
+        idempotency_key: String,
+        request_hash: [u8; 32],
+    },
+    /// A withheld one (it follows its posted record).
+    Withheld {
+        session_id: String,
+        idempotency_key: String,
+        request_hash: [u8; 32],
+        reason: Reason,
+        at: UnixMillis,
+    },
+}
+
+fn hash_of(h: &str) -> [u8; 32] {
+    hex::decode(h).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()).unwrap_or_default()
+}
+
+/// Reads the log's records back (in order).
+///
+/// # Errors
+/// [`StoreError`] for a record that does not parse.
+pub(crate) fn recover(records: &[Zeroizing<Vec<u8>>]) -> Result<Vec<Recovered>, StoreError> {
+    records
+        .iter()
+        .map(|bytes| {
+            Ok(match super::records::from_json::<Entry>("journal", bytes)? {
+                Entry::Spend(s) => Recovered::Posted {
+                    seq: s.seq,
+                    session_id: s.session_id.clone(),
+                    wallet_id: s.wallet_id.clone(),
+                    pay_to: s.pay_to,
+                    charge: s.charge,
+                    idempotency_key: s.idempotency_key.clone(),
+                    request_hash: hash_of(&s.request_hash),
+                    spend: DurableSpend(Arc::from(s)),
+                },
+                Entry::Withheld { session_id, idempotency_key, request_hash, reason, at_ms } => {
+                    Recovered::Withheld {
+                        session_id,
+                        idempotency_key,
+                        request_hash: hash_of(&request_hash),
+                        reason: Reason::from_code(&reason).unwrap_or(Reason::Internal),
+                        at: UnixMillis(at_ms),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The domain separator a reservation signs under (from the registry).
+pub(crate) type Domain = B256;

@@ -1,0 +1,371 @@
+//! The enclave's request handling, split by flow. This file is the trust boundary: every byte
+//! the host sends arrives at [`Enclave::handle`], and [`Enclave::dispatch`] sends it to its flow.
+//!
+//! | flow | file |
+//! |---|---|
+//! | a payment, top to bottom | [`payment`] (steps), [`ledger`] (the spend's stages and invariants) |
+//! | who is asking (session and admin signatures) | [`auth`] |
+//! | idempotency keys and the replay cache | [`idempotency`] |
+//! | holds for human approval | [`approvals`] |
+//! | wallets, freeze, policies, assets | [`wallets`] |
+//! | sessions | [`sessions`] |
+//! | the KYT list | [`kyt`] |
+//! | the admin set | [`admin`] |
+//! | the audit log's records and answers | [`audit_trail`] |
+//! | state in memory and its recovery | [`state`], [`records`] (on disk), [`wire`] (answers) |
+//!
+//! Reads are open to the host; every state change is signed by an admin and applied one at a
+//! time; every answer's failure is a [`Failure`] with a stable [`Reason`].
+
+mod admin;
+mod approvals;
+mod audit_trail;
+mod auth;
+mod error;
+mod idempotency;
+mod kyt;
+pub mod ledger;
+mod payment;
+mod records;
+mod sessions;
+mod state;
+mod wallets;
+mod wire;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+};
+
+use alloy_primitives::{Address, U256};
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest as _, Sha256};
+use wallet_policy::{address::parse_address, amount::parse_human, registry::chain_id};
+use wallet_proto::{
+    enclave::v1::{self as en, enclave_request::Body as Req, enclave_response::Body as Resp},
+    gateway::v1 as gw,
+    AdminRpc, Reason, ENCLAVE_PROTOCOL_VERSION,
+};
+use zeroize::Zeroizing;
+
+pub use error::{Failure, Result};
+pub use idempotency::DEFAULT_IDEMPOTENCY_TTL_SECONDS;
+pub use kyt::MAX_KYT_ENTRIES;
+pub use sessions::MAX_SESSION_TTL_SECONDS;
+
+use crate::{
+    platform::{AuditSink, Clock, Entropy, Nsm, Platform, SpendLog, StateStore},
+    store::{Op, StoreError, Table},
+};
+
+/// The enclave: its state, its stores and its platform.
+pub struct Enclave {
+    state: Box<dyn StateStore>,
+    spend_log: Box<dyn SpendLog>,
+    audit: Box<dyn AuditSink>,
+    /// The enclave's identity: signs audit heads; admins bind their requests to its public key.
+    /// Generated at first start, sealed in the store; zeroized on drop.
+    identity_key: ed25519_dalek::SigningKey,
+    nsm: Arc<dyn Nsm>,
+    entropy: Entropy,
+    clock: Arc<dyn Clock>,
+    inner: Mutex<state::Inner>,
+    /// Serialises state changes: "check the admin's last timestamp, then apply" is atomic.
+    admin: tokio::sync::Mutex<()>,
+    spend_seq: AtomicU64,
+    signed: AtomicU64,
+    location: String,
+    /// How long a settled idempotency key is remembered, ms.
+    idem_ttl_ms: AtomicU64,
+    /// A KYT import being uploaded: its id and the addresses so far.
+    kyt_staging: Mutex<Option<(String, HashSet<Address>)>>,
+}
+
+impl std::fmt::Debug for Enclave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enclave")
+            .field("mode", &self.nsm.mode())
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---- the trust boundary ------------------------------------------------------------------------
+
+impl Enclave {
+    /// Handles one request from the host: checks the protocol version, dispatches, and answers
+    /// with the result or an `EnclaveError` carrying the failure's [`Reason`].
+    pub async fn handle(&self, req: en::EnclaveRequest) -> en::EnclaveResponse {
+        let request_id = req.request_id;
+        let result = if req.protocol_version == ENCLAVE_PROTOCOL_VERSION {
+            self.dispatch(req.body).await
+        } else {
+            Err(Failure::invalid(
+                Reason::ProtocolVersion,
+                format!(
+                    "protocol version {} is not {ENCLAVE_PROTOCOL_VERSION}",
+                    req.protocol_version
+                ),
+            ))
+        };
+        let body = result.unwrap_or_else(|f| Resp::Error(f.into_wire()));
+        en::EnclaveResponse { request_id, body: Some(body) }
+    }
+
+    /// Sends a request to its flow. State changes are admin-signed and applied one at a time.
+    async fn dispatch(&self, body: Option<Req>) -> Result<Resp> {
+        let Some(body) = body else {
+            return Err(Failure::invalid(Reason::EmptyRequest, "request has no body"));
+        };
+        // A state change: authorize under the admin lock, apply, audit.
+        macro_rules! admin {
+            ($rpc:ident, $r:ident, |$by:ident| $op:expr) => {{
+                let _serial = self.admin.lock().await;
+                let $by = self.authorize(AdminRpc::$rpc, &$r, false).await?;
+                let resp = $op;
+                self.audit_admin(AdminRpc::$rpc, &$by, &resp);
+                resp
+            }};
+        }
+        Ok(match body {
+            // Agents.
+            Req::SignPayment(r) => Resp::SignPayment(self.sign_payment(r).await?),
+            // Reads.
+            Req::ListWallets(_) => Resp::Wallets(self.list_wallets()),
+            Req::GetPolicy(r) => Resp::Policy(self.get_policy(&r.wallet_id)?),
+            Req::ListAssets(_) => Resp::Assets(self.list_assets()),
+            Req::ListKyt(r) => Resp::KytList(self.list_kyt(&r)),
+            Req::ListApprovals(r) => Resp::Approvals(self.list_approvals(&r)),
+            Req::ListSessions(r) => Resp::Sessions(self.list_sessions(&r.wallet_id)),
+            Req::GetStatus(_) => Resp::Status(self.status()),
+            Req::ListAdmins(_) => Resp::Admins(self.list_admins()),
+            Req::GetAuditHead(r) => Resp::AuditHead(self.audit_head(&r.challenge)),
+            Req::ListAudit(r) => Resp::Audit(self.list_audit(r.from_seq, r.limit)?),
+            // State changes.
+            Req::CreateWallet(r) => {
+                admin!(CreateWallet, r, |_by| Resp::Wallet(self.create_wallet(r).await?))
+            }
+            Req::SetPolicy(r) => {
+                admin!(SetPolicy, r, |_by| Resp::Policy(self.set_policy(r).await?))
+            }
+            Req::AddAsset(r) => admin!(AddAsset, r, |_by| Resp::Asset(self.add_asset(r).await?)),
+            Req::AddKyt(r) => admin!(AddKyt, r, |_by| Resp::Kyt(self.change_kyt(r, true).await?)),
+            Req::RemoveKyt(r) => {
+                admin!(RemoveKyt, r, |_by| Resp::Kyt(self.change_kyt(r, false).await?))
+            }
+            Req::ImportKyt(r) => {
+                admin!(ImportKyt, r, |_by| Resp::KytImport(self.import_kyt(r).await?))
+            }
+            Req::IssueSession(r) => {
+                admin!(IssueSession, r, |_by| Resp::Session(self.issue_session(r).await?))
+            }
+            Req::RevokeSession(r) => admin!(RevokeSession, r, |_by| Resp::Session(
+                self.revoke_session(&r.session_id).await?
+            )),
+            Req::FreezeWallet(r) => admin!(FreezeWallet, r, |_by| Resp::Wallet(
+                self.set_frozen(&r.wallet_id, true).await?
+            )),
+            Req::UnfreezeWallet(r) => admin!(UnfreezeWallet, r, |_by| Resp::Wallet(
+                self.set_frozen(&r.wallet_id, false).await?
+            )),
+            Req::DecideApproval(r) => {
+                admin!(DecideApproval, r, |by| Resp::Approval(self.decide_approval(&by, &r).await?))
+            }
+            Req::RemoveAdmin(r) => {
+                admin!(RemoveAdmin, r, |_by| Resp::Admin(self.remove_admin(&r.public_key).await?))
+            }
+            Req::AddAdmin(r) => {
+                let _serial = self.admin.lock().await;
+                // The first admin registers itself (self-signed); later ones need an admin.
+                let self_signed = r.auth.as_ref().is_some_and(|a| a.public_key == r.public_key);
+                let by = self.authorize(AdminRpc::AddAdmin, &r, self_signed).await?;
+                let resp = Resp::Admin(self.add_admin(r).await?);
+                self.audit_admin(AdminRpc::AddAdmin, &by, &resp);
+                resp
+            }
+        })
+    }
+}
+
+// ---- opening -----------------------------------------------------------------------------------
+
+/// Record id of the identity (audit) key in the key table (wallet ids start with `w_`).
+const IDENTITY_KEY_ID: &[u8] = b"audit-key";
+
+impl Enclave {
+    /// Opens the enclave on `platform`: loads the state, replays the spend log, loads (or on a
+    /// fresh enclave, makes) the identity key, and checks the audit log's MACs.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a record is corrupt or fails authentication, or the state has been
+    /// stripped of its admins: the enclave refuses to run on state it cannot trust.
+    pub async fn open(platform: Platform) -> std::result::Result<Self, StoreError> {
+        let Platform { nsm, entropy, clock, state, spend_log, spends, audit, location } = platform;
+        let mut inner = state::Inner::load(&*state, clock.now()).await?;
+        let summary = inner.replay_ledger(ledger::recover(&spends)?)?;
+        drop(spends);
+        tracing::info!(
+            wallets = inner.wallets.len(),
+            sessions = inner.sessions.len(),
+            spends = summary.released,
+            assets = inner.registry.assets.len(),
+            kyt = inner.kyt.len(),
+            "state loaded"
+        );
+        let identity_key =
+            match state.get(Table::Keys, IDENTITY_KEY_ID)? {
+                Some(bytes) => {
+                    let secret: Zeroizing<[u8; 32]> =
+                        Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
+                            StoreError::Engine("identity key is not 32 bytes".into())
+                        })?);
+                    ed25519_dalek::SigningKey::from_bytes(&secret)
+                }
+                None => {
+                    let key = ed25519_dalek::SigningKey::generate(&mut entropy.clone());
+                    state.apply(vec![Op::Put(
+                        Table::Keys,
+                        IDENTITY_KEY_ID.to_vec(),
+                        Zeroizing::new(key.to_bytes().to_vec()),
+                    )])?;
+                    state.sync().await?;
+                    key
+                }
+            };
+        let mac_key: Zeroizing<[u8; 32]> = Zeroizing::new(
+            Sha256::new()
+                .chain_update(b"x402-wallet/audit-mac-key/v1\0")
+                .chain_update(identity_key.to_bytes())
+                .finalize()
+                .into(),
+        );
+        audit.attach_key(mac_key).map_err(|e| StoreError::Engine(e.to_string()))?;
+        if inner.admins.is_empty()
+            && (!inner.wallets.is_empty()
+                || !inner.sessions.is_empty()
+                || summary.released > 0
+                || audit.head().0 > 0)
+        {
+            return Err(StoreError::Engine(
+                "the state has wallets, sessions, spends or audit records but no admin: the admin records were removed. Refusing to start (a new admin could take over).".into(),
+            ));
+        }
+        Ok(Self {
+            state,
+            spend_log,
+            audit,
+            identity_key,
+            nsm,
+            entropy,
+            clock,
+            inner: Mutex::new(inner),
+            admin: tokio::sync::Mutex::new(()),
+            spend_seq: AtomicU64::new(summary.next_seq),
+            signed: AtomicU64::new(summary.released),
+            location,
+            idem_ttl_ms: AtomicU64::new(DEFAULT_IDEMPOTENCY_TTL_SECONDS * 1000),
+            kyt_staging: Mutex::new(None),
+        })
+    }
+
+    /// Sets how long idempotency keys are remembered (default 24 h). A retry after that is a new
+    /// payment.
+    pub fn set_idempotency_ttl(&self, seconds: u64) {
+        self.idem_ttl_ms.store(seconds.saturating_mul(1000), Ordering::Relaxed);
+    }
+
+    /// The enclave's identity: the Ed25519 public key that signs its audit heads and that admins
+    /// bind their requests to.
+    #[must_use]
+    pub fn identity(&self) -> [u8; 32] {
+        self.identity_key.verifying_key().to_bytes()
+    }
+
+    /// Applies a batch of state changes atomically and waits until it is durable.
+    async fn persist(&self, ops: Vec<Op>) -> std::result::Result<(), StoreError> {
+        self.state.apply(ops)?;
+        self.state.sync().await
+    }
+
+    fn lock(&self) -> MutexGuard<'_, state::Inner> {
+        // A panic while holding the lock leaves consistent in-memory state (every mutation is a
+        // single assignment), so recovering from poisoning is sound.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn status(&self) -> gw::Status {
+        let inner = self.lock();
+        gw::Status {
+            mode: self.nsm.mode().as_str().to_owned(),
+            enclave_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: ENCLAVE_PROTOCOL_VERSION,
+            wallets: inner.wallets.len() as u64,
+            sessions: inner.sessions.len() as u64,
+            assets: inner.registry.assets.len() as u64,
+            kyt_entries: inner.kyt.len() as u64,
+            admins: inner.admins.len() as u64,
+            payments_signed: self.signed.load(Ordering::Relaxed),
+            data_dir: self.location.clone(),
+            enclave_reachable: true,
+        }
+    }
+}
+
+// ---- input checks shared by the flows ----------------------------------------------------------
+
+/// `prefix` and 16 random hex digits: wallet, session and hold ids.
+fn random_id(entropy: &Entropy, prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(entropy.bytes::<8>()))
+}
+
+fn parse_list<T>(
+    items: &[String],
+    what: &str,
+    f: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Vec<T>> {
+    items
+        .iter()
+        .map(|s| f(s.trim()).map_err(|e| Failure::bad_argument(format!("{what}: {e}"))))
+        .collect()
+}
+
+fn parse_networks(items: &[String]) -> Result<Vec<String>> {
+    parse_list(items, "network", |s| chain_id(s).map(|_| s.to_owned()))
+}
+
+/// A human amount (`0.25`, `$0.25`, `0.25 USDC`) in token units; zero is refused.
+fn parse_amount(s: &str, what: &str) -> Result<U256> {
+    let a = parse_human(s)
+        .map_err(|e| Failure::invalid(Reason::InvalidAmount, format!("{what}: {e}")))?;
+    if a.units.is_zero() {
+        return Err(Failure::invalid(
+            Reason::InvalidAmount,
+            format!("{what} must be greater than zero"),
+        ));
+    }
+    Ok(a.units)
+}
+
+/// KYT entries are matched case- and checksum-insensitively.
+fn parse_kyt_address(s: &str) -> std::result::Result<Address, String> {
+    parse_address(&s.to_ascii_lowercase())
+}
+
+/// Validates an Ed25519 public key given to the enclave (`what` names it in errors): 32 bytes,
+/// a valid point, not of small order.
+fn ed25519_key(bytes: &[u8], what: &str) -> Result<VerifyingKey> {
+    let bad = |why: &str| Failure::invalid(Reason::InvalidPublicKey, format!("{what} {why}"));
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad("must be a 32-byte Ed25519 key"))?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("is not a valid Ed25519 point"))?;
+    if key.is_weak() {
+        return Err(bad("is a weak (small-order) key"));
+    }
+    Ok(key)
+}
+
+fn session_key(public_key_hex: &str) -> Result<VerifyingKey> {
+    ed25519_key(&hex::decode(public_key_hex).unwrap_or_default(), "session public_key")
+}

@@ -1,0 +1,515 @@
+//! The payment path: one request, top to bottom. The stages and their invariants are named in
+//! [`super::ledger`]; each step below takes the proof the step before it made.
+//!
+//! 1. **authenticate** ([`Enclave::authenticate`]): the session's signature, freshness, the
+//!    nonce used once → [`Authenticated`];
+//! 2. **decode** the `PAYMENT-REQUIRED` value the enclave will sign for → [`Decoded`];
+//! 3. **decide and reserve** under the state lock: an idempotent replay of a posted spend, a
+//!    wait for the same request in flight, a hold for a human's approval, a denial, or the
+//!    charge reserved → [`Reservation`];
+//! 4. **sign** ([`ledger::sign`]) and write the audit line → [`ledger::SignedSpend`];
+//! 5. **make durable** ([`ledger::post`]) → [`ledger::DurableSpend`];
+//! 6. **release or withhold**: revocation and freeze re-checked under the lock, then the
+//!    response made from the durable spend — or the spend withheld for good.
+//!
+//! A crash anywhere loses no money: before step 5 completes the spend is either durable
+//! (counted on restart; its signature perhaps never released) or not, and then no signature
+//! left.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use alloy_primitives::U256;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+use wallet_policy::{
+    amount::format_decimal,
+    audit::Record as AuditRecord,
+    rules::{self, Context, SessionState},
+    window::{ScopeLedger, WalletHistory},
+    x402::{decode_payment_required, PaymentRequired},
+};
+use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
+
+use super::{
+    auth::Authenticated,
+    idempotency::{IdemEntry, IdemKey, Stage},
+    ledger::{self, DurableSpend, SignContext, SignedSpend},
+    records::{ApprovalRecord, HoldState},
+    state::{Inner, SessionEntry},
+    Enclave, Failure, Result,
+};
+use crate::{
+    keys::WalletKey,
+    platform::{Entropy, UnixMillis},
+};
+
+impl Enclave {
+    /// Handles `SignPayment` (the module docs give the steps).
+    ///
+    /// # Errors
+    /// A [`Failure`] with its [`Reason`]; nothing is charged unless a signature may still be
+    /// released.
+    pub async fn sign_payment(&self, r: gw::SignPaymentRequest) -> Result<gw::SignPaymentResponse> {
+        // 1. Authenticate: the session's signature, freshness, the nonce used once.
+        let authenticated = self.authenticate(r)?;
+        // 2. Decode what the server asks for.
+        let payment = Decoded::new(authenticated)?;
+        // 3. Decide and reserve under the state lock (or answer a replay, or hold, or deny).
+        let reservation = match self.decide_and_reserve(&payment).await? {
+            Decision::Replay(spend) => return Ok(replayed(&spend)),
+            Decision::Reserved(reservation) => *reservation,
+        };
+        // 4. Sign.
+        let signed = self.sign_reserved(&payment, &reservation)?;
+        // 5. Make durable.
+        let durable = ledger::post(&*self.spend_log, signed).await?;
+        // 6. Release, or withhold if revoked or frozen meanwhile.
+        self.release_or_withhold(&payment, reservation, durable).await
+    }
+}
+
+/// Step 2's result: the authenticated request and what it asks for.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    auth: Authenticated,
+    required: PaymentRequired,
+    /// What an idempotency key is bound to: the header bytes and the preferences.
+    hash: [u8; 32],
+    key: IdemKey,
+}
+
+impl Decoded {
+    fn new(auth: Authenticated) -> Result<Self> {
+        let r = auth.request();
+        let required = decode_payment_required(&r.payment_required)?;
+        let hash: [u8; 32] = Sha256::new()
+            .chain_update(b"idem/v1\0")
+            .chain_update((r.payment_required.len() as u64).to_be_bytes())
+            .chain_update(r.payment_required.as_bytes())
+            .chain_update((r.preferred_network.len() as u64).to_be_bytes())
+            .chain_update(r.preferred_network.as_bytes())
+            .chain_update(r.preferred_asset.as_bytes())
+            .finalize()
+            .into();
+        let key = (r.session_id.clone(), r.idempotency_key.clone());
+        Ok(Self { auth, required, hash, key })
+    }
+    fn session_id(&self) -> &str {
+        &self.auth.request().session_id
+    }
+    fn now(&self) -> UnixMillis {
+        self.auth.now()
+    }
+}
+
+/// A charge reserved under the state lock (step 3): the only input [`ledger::sign`] takes.
+/// While it lives, its idempotency key is "reserved"; dropped without being settled (signing or
+/// durability failed), the key is marked failed and the charge stays (fail closed).
+#[derive(Debug)]
+pub(crate) struct Reservation<'e> {
+    /// What was charged.
+    pub charge: Charge,
+    /// The approved hold this payment is the retry of.
+    hold: Option<String>,
+    in_flight: InFlight<'e>,
+}
+
+/// What the decision allowed and charged.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    /// What the policy allowed.
+    pub approval: rules::Approval,
+    /// The wallet's key.
+    pub key: Arc<WalletKey>,
+    /// The asset's EIP-712 domain separator (registry).
+    pub domain: ledger::Domain,
+    /// The paying wallet.
+    pub wallet_id: String,
+    /// The session's total and cap after this charge, token units.
+    pub session_spent: U256,
+    pub session_cap: U256,
+}
+
+/// The idempotency key of a reserved payment until it settles.
+#[derive(Debug)]
+struct InFlight<'e> {
+    enclave: &'e Enclave,
+    key: IdemKey,
+    hash: [u8; 32],
+    at: UnixMillis,
+    done: watch::Sender<bool>,
+    settled: bool,
+}
+
+impl InFlight<'_> {
+    /// Settles the key at `stage` and wakes retries waiting on it.
+    fn settle(mut self, stage: Stage) {
+        self.enclave.lock().idem.settle(self.key.clone(), IdemEntry { hash: self.hash, stage });
+        self.settled = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Signing or durability failed: the record may be on disk. Fail closed.
+            let stage = Stage::Failed { at: self.at };
+            self.enclave.lock().idem.settle(self.key.clone(), IdemEntry { hash: self.hash, stage });
+        }
+        let _ = self.done.send(true);
+    }
+}
+
+/// What step 3 came to.
+enum Decision<'e> {
+    /// The key's spend is posted: answer with it again.
+    Replay(DurableSpend),
+    /// Charged: sign it.
+    Reserved(Box<Reservation<'e>>),
+}
+
+/// The answer to an idempotent retry: the posted spend's response, marked as a replay.
+fn replayed(spend: &DurableSpend) -> gw::SignPaymentResponse {
+    let mut resp = spend.response();
+    resp.replayed = true;
+    resp
+}
+
+/// What the lock-held part of step 3 decided.
+enum Next {
+    Reserve,
+    Wait(watch::Receiver<bool>),
+    Hold(Box<ApprovalRecord>),
+}
+
+/// What [`reserve`] decided.
+#[allow(clippy::large_enum_variant)] // made once per payment, moved once
+enum Reserved {
+    Charge(Charge, watch::Sender<bool>),
+    Hold(Box<ApprovalRecord>),
+}
+
+impl Enclave {
+    /// Step 3: idempotency, then the decision and the reservation, atomically.
+    async fn decide_and_reserve<'e>(&'e self, p: &Decoded) -> Result<Decision<'e>> {
+        let now = p.now();
+        let mut approved_hold: Option<ApprovalRecord> = None;
+        loop {
+            let next = {
+                let mut inner = self.lock();
+                inner.idem.prune(now, self.idem_ttl_ms.load(Ordering::Relaxed));
+                let next = match inner.idem.get(&p.key) {
+                    None => Next::Reserve,
+                    Some(e) if e.hash != p.hash => {
+                        return Err(Failure::precondition(
+                            Reason::IdempotencyConflict,
+                            "idempotency key was already used for a different request",
+                        ));
+                    }
+                    Some(e) => match &e.stage {
+                        Stage::Posted(spend) => {
+                            // A replay is a release too: revocation and freeze apply to it.
+                            check_release(&inner, p.session_id(), spend.wallet_id())?;
+                            return Ok(Decision::Replay(spend.clone()));
+                        }
+                        Stage::Withheld { reason, .. } => {
+                            return Err(Failure::denied(
+                                *reason,
+                                "this payment's signature was withheld (revoked or frozen in flight) and is never released",
+                            ));
+                        }
+                        Stage::Failed { .. } => {
+                            return Err(Failure::new(
+                                ErrorCode::Aborted,
+                                Reason::IdempotencyKeyFailed,
+                                "an earlier attempt with this idempotency key failed after its spend may have been recorded; use a new key",
+                            ));
+                        }
+                        Stage::Held { approval_id } => {
+                            let hold = inner
+                                .approvals
+                                .get(approval_id)
+                                .ok_or_else(|| Failure::internal("approval record missing"))?;
+                            super::approvals::check_hold(hold, now)?;
+                            approved_hold = Some(hold.clone());
+                            Next::Reserve
+                        }
+                        Stage::Reserved { done } => Next::Wait(done.clone()),
+                    },
+                };
+                match next {
+                    Next::Wait(_) | Next::Hold(_) => next,
+                    Next::Reserve => {
+                        match reserve(&mut inner, p, approved_hold.as_ref(), &self.entropy) {
+                            Ok(Reserved::Charge(charge, done)) => {
+                                return Ok(Decision::Reserved(Box::new(Reservation {
+                                    charge,
+                                    hold: approved_hold.map(|h| h.id),
+                                    in_flight: InFlight {
+                                        enclave: self,
+                                        key: p.key.clone(),
+                                        hash: p.hash,
+                                        at: now,
+                                        done,
+                                        settled: false,
+                                    },
+                                })));
+                            }
+                            Ok(Reserved::Hold(hold)) => Next::Hold(hold),
+                            Err(f) => {
+                                if f.code == ErrorCode::Denied {
+                                    let wallet = inner
+                                        .sessions
+                                        .get(p.session_id())
+                                        .map(|s| s.record.wallet_id.clone())
+                                        .unwrap_or_default();
+                                    drop(inner);
+                                    self.audit_denial(now, p.session_id(), &wallet, &f);
+                                }
+                                return Err(f);
+                            }
+                        }
+                    }
+                }
+            };
+            let mut rx = match next {
+                Next::Wait(rx) => rx,
+                Next::Hold(hold) => return Err(self.hold(*hold).await),
+                Next::Reserve => unreachable!("a reservation returns above. qed"),
+            };
+            // The same request is in flight under this key: wait for it, then look again.
+            if rx.wait_for(|d| *d).await.is_err() {
+                return Err(Failure::new(
+                    ErrorCode::Aborted,
+                    Reason::IdempotencyInProgress,
+                    "the earlier attempt with this key did not finish; retry",
+                ));
+            }
+        }
+    }
+
+    /// Step 4: sign the reserved payment; its audit line rides on the spend's durability round.
+    fn sign_reserved(&self, p: &Decoded, r: &Reservation<'_>) -> Result<SignedSpend> {
+        let req = p.auth.request();
+        let payment_id = payment_id(&req.session_id, &req.idempotency_key);
+        let cx = SignContext {
+            required: &p.required,
+            session_id: &req.session_id,
+            idempotency_key: &req.idempotency_key,
+            request_hash: p.hash,
+            payment_id: &payment_id,
+            seq: self.spend_seq.fetch_add(1, Ordering::SeqCst),
+            now: p.now(),
+            session_spent: r.charge.session_spent,
+            session_cap: r.charge.session_cap,
+        };
+        let (signed, nonce) = ledger::sign(r, &cx, &self.entropy).map_err(Failure::internal)?;
+        self.audit
+            .append(AuditRecord {
+                at_ms: p.now().as_millis(),
+                kind: "payment".into(),
+                session: req.session_id.clone(),
+                wallet: signed.wallet_id().to_owned(),
+                detail: signed.audit_detail(&nonce),
+                ..Default::default()
+            })
+            .map_err(|e| Failure::internal(format!("audit: {e}")))?;
+        Ok(signed)
+    }
+
+    /// Step 6: revocation and freeze are final, so they are checked again now; then the
+    /// signature is released, or withheld for good (durably: a retry after a restart or an
+    /// unfreeze must not release it either).
+    async fn release_or_withhold(
+        &self,
+        p: &Decoded,
+        reservation: Reservation<'_>,
+        durable: DurableSpend,
+    ) -> Result<gw::SignPaymentResponse> {
+        let Reservation { in_flight, hold, .. } = reservation;
+        let check = check_release(&self.lock(), p.session_id(), durable.wallet_id());
+        match check {
+            Ok(()) => {
+                let resp = durable.response();
+                in_flight.settle(Stage::Posted(durable));
+                if let Some(id) = hold {
+                    self.mark_hold_used(&id).await;
+                }
+                self.signed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(session = %p.session_id(), network = %resp.network, amount = %resp.amount, "payment signed");
+                Ok(resp)
+            }
+            Err(denial) => {
+                let now = p.now();
+                let recorded =
+                    ledger::withhold(&*self.spend_log, &durable, denial.reason, now).await;
+                in_flight.settle(match recorded {
+                    Ok(()) => Stage::Withheld { reason: denial.reason, at: now },
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not record a withheld spend");
+                        Stage::Failed { at: now }
+                    }
+                });
+                tracing::info!(session = %p.session_id(), reason = %denial.reason, "signature withheld");
+                self.audit_withheld(
+                    p.session_id(),
+                    durable.wallet_id(),
+                    &denial,
+                    &p.auth.request().idempotency_key,
+                );
+                Err(Failure {
+                    message:
+                        "revoked or frozen while the payment was in flight; signature withheld"
+                            .into(),
+                    ..denial
+                })
+            }
+        }
+    }
+}
+
+/// Whether a signature may leave now: session not revoked, wallet not frozen.
+pub(super) fn check_release(inner: &Inner, session_id: &str, wallet_id: &str) -> Result<()> {
+    let session = inner
+        .sessions
+        .get(session_id)
+        .ok_or_else(|| Failure::unauthenticated(Reason::UnknownSession, "unknown session"))?;
+    if session.record.revoked {
+        return Err(Failure::denied(Reason::SessionRevoked, "the session was revoked"));
+    }
+    if inner.wallets.get(wallet_id).is_none_or(|w| w.record.frozen) {
+        return Err(Failure::denied(Reason::WalletFrozen, "the wallet is frozen"));
+    }
+    Ok(())
+}
+
+/// The decision (`wallet_policy::rules::choose`) and the reservation, under the state lock:
+/// the charge is added to the session's total and to the windows of the session, the wallet
+/// and the payee — or the payment is held for approval. `approved` is the approved hold this
+/// request is the retry of: it may sign only the option the human saw.
+fn reserve(
+    inner: &mut Inner,
+    p: &Decoded,
+    approved: Option<&ApprovalRecord>,
+    entropy: &Entropy,
+) -> Result<Reserved> {
+    let now = p.now();
+    let r = p.auth.request();
+    let Inner { sessions, wallets, policies, kyt, registry, wallet_history, .. } = &mut *inner;
+    let session = sessions
+        .get_mut(&r.session_id)
+        .ok_or_else(|| Failure::unauthenticated(Reason::UnknownSession, "unknown session"))?;
+    let wallet = wallets
+        .get(&session.record.wallet_id)
+        .ok_or_else(|| Failure::internal("session's wallet is missing"))?;
+    let policy = policies.get(&wallet.record.id);
+    let SessionEntry { record, spent, history, .. } = session;
+    let ctx = Context {
+        policy,
+        wallet_frozen: wallet.record.frozen,
+        session: SessionState {
+            cap: record.cap,
+            spent: *spent,
+            expires_at: record.expires_at,
+            revoked: record.revoked,
+            scope: &record.scope,
+        },
+        kyt: &*kyt,
+        registry: &*registry,
+        now: now.as_secs(),
+        approved: approved.is_some(),
+    };
+    let preferred_network =
+        (!r.preferred_network.is_empty()).then_some(r.preferred_network.as_str());
+    let wallet_spends: &mut WalletHistory =
+        wallet_history.entry(wallet.record.id.clone()).or_default();
+    let mut ledger = ScopeLedger { wallet: wallet_spends, session: history };
+    let only_held;
+    let options = match approved {
+        Some(hold) => {
+            let option = p
+                .required
+                .accepts
+                .get(hold.accepted_index)
+                .ok_or_else(|| Failure::internal("held option missing"))?;
+            only_held = PaymentRequired { accepts: vec![option.clone()], ..p.required.clone() };
+            &only_held
+        }
+        None => &p.required,
+    };
+    let mut decision = rules::choose(
+        &ctx,
+        &mut ledger,
+        options,
+        preferred_network,
+        p.auth.preferred_asset(),
+    )
+    .inspect_err(|d| {
+        tracing::debug!(session = %r.session_id, reason = d.reason.code(), "payment denied");
+    })?;
+    if let Some(hold) = approved {
+        decision.index = hold.accepted_index;
+    }
+    let wallet_id = wallet.record.id.clone();
+    if let Some(reason) = decision.hold.clone() {
+        let hold_ms = policy.map_or(0, |p| p.approval.expires_seconds).saturating_mul(1000);
+        let req = &decision.requirement;
+        let hold = ApprovalRecord {
+            id: super::random_id(entropy, "ap_"),
+            wallet_id,
+            session_id: r.session_id.clone(),
+            idempotency_key: r.idempotency_key.clone(),
+            request_hash: hex::encode(p.hash),
+            network: req.network.clone(),
+            asset: req.asset,
+            asset_symbol: decision.asset.symbol.clone(),
+            pay_to: req.pay_to,
+            amount: format_decimal(req.amount, decision.asset.decimals),
+            reason,
+            state: HoldState::Pending,
+            created_ms: now.as_millis(),
+            expires_ms: now.as_millis().saturating_add(hold_ms),
+            hold_ms,
+            decided_by: String::new(),
+            note: String::new(),
+            accepted_index: decision.index,
+        };
+        inner.idem.start(
+            p.key.clone(),
+            IdemEntry { hash: p.hash, stage: Stage::Held { approval_id: hold.id.clone() } },
+        );
+        inner.approvals.insert(hold.id.clone(), hold.clone());
+        return Ok(Reserved::Hold(Box::new(hold)));
+    }
+    let key = Arc::clone(&wallet.key);
+    let domain = *registry
+        .domains
+        .get(&(decision.asset.network.clone(), decision.asset.address))
+        .ok_or_else(|| Failure::internal("registry domain missing"))?;
+    // Reserve: the session total, and the windows of the wallet, the session and the payee.
+    *spent =
+        spent.checked_add(decision.charge).ok_or_else(|| Failure::internal("spend overflow"))?;
+    let (session_spent, session_cap) = (*spent, record.cap);
+    ledger.session.record(now.as_secs(), decision.charge);
+    ledger.wallet.record(decision.requirement.pay_to, now.as_secs(), decision.charge);
+    let (done, rx) = watch::channel(false);
+    inner
+        .idem
+        .start(p.key.clone(), IdemEntry { hash: p.hash, stage: Stage::Reserved { done: rx } });
+    Ok(Reserved::Charge(
+        Charge { approval: decision, key, domain, wallet_id, session_spent, session_cap },
+        done,
+    ))
+}
+
+/// The x402 `payment-identifier` id for a request: stable across retries with the same
+/// idempotency key, and revealing neither.
+fn payment_id(session_id: &str, idempotency_key: &str) -> String {
+    let h = Sha256::new()
+        .chain_update(b"payment-id/v1\0")
+        .chain_update(session_id)
+        .chain_update([0])
+        .chain_update(idempotency_key)
+        .finalize();
+    format!("pay_{}", hex::encode(&h[..16]))
+}

@@ -1,0 +1,220 @@
+//! The enclave's state in memory, and how it is rebuilt at start-up from the state store and the
+//! spend log.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use alloy_primitives::{Address, B256, U256};
+use ed25519_dalek::VerifyingKey;
+use wallet_policy::{
+    registry::{default_assets, AssetInfo},
+    rules::{AssetLookup, Policy},
+    window::{History, WalletHistory},
+};
+
+use super::{
+    idempotency::{IdemEntry, Index, ReplayCache, Stage, DEFAULT_IDEMPOTENCY_TTL_SECONDS},
+    ledger::Recovered,
+    records::{
+        asset_key, from_json, json, load_policy, AdminRecord, ApprovalRecord, SessionRecord,
+        WalletRecord,
+    },
+    session_key,
+};
+use crate::{
+    keys::WalletKey,
+    platform::{StateStore, UnixMillis},
+    store::{Op, StoreError, Table},
+};
+
+/// The asset registry with each asset's EIP-712 domain separator, computed once.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    pub assets: HashMap<(String, Address), AssetInfo>,
+    pub domains: HashMap<(String, Address), B256>,
+}
+
+impl Registry {
+    pub fn insert(&mut self, a: AssetInfo) {
+        let k = (a.network.clone(), a.address);
+        self.domains.insert(k.clone(), a.domain_separator());
+        self.assets.insert(k, a);
+    }
+}
+
+impl AssetLookup for Registry {
+    fn lookup(&self, network: &str, asset: &Address) -> Option<&AssetInfo> {
+        self.assets.get(&(network.to_owned(), *asset))
+    }
+}
+
+/// A wallet and its key.
+#[derive(Debug)]
+pub(crate) struct WalletEntry {
+    pub record: WalletRecord,
+    pub key: Arc<WalletKey>,
+}
+
+/// A session, its key and what it has spent.
+#[derive(Debug)]
+pub(crate) struct SessionEntry {
+    pub record: SessionRecord,
+    pub key: VerifyingKey,
+    /// Token units charged so far (posted and reserved).
+    pub spent: U256,
+    /// The session's spends, for its time-window budgets and rate limit.
+    pub history: History,
+}
+
+/// Everything behind the state lock.
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    pub admins: HashMap<[u8; 32], AdminRecord>,
+    pub wallets: HashMap<String, WalletEntry>,
+    pub policies: HashMap<String, Policy>,
+    pub registry: Registry,
+    pub kyt: HashSet<Address>,
+    pub sessions: HashMap<String, SessionEntry>,
+    /// Each wallet's spends, for its time-window budgets, payee caps and rate limit.
+    pub wallet_history: HashMap<String, WalletHistory>,
+    /// Payments held for approval, by id.
+    pub approvals: HashMap<String, ApprovalRecord>,
+    pub idem: Index,
+    pub replay: ReplayCache,
+}
+
+/// What the spend log showed at start-up.
+#[derive(Debug, Default)]
+pub(crate) struct LedgerSummary {
+    /// Next spend sequence number.
+    pub next_seq: u64,
+    /// Spends released (posted and not withheld).
+    pub released: u64,
+}
+
+impl Inner {
+    /// Loads the state store (initializing a fresh one with the default asset registry).
+    pub async fn load(store: &dyn StateStore, now: UnixMillis) -> Result<Self, StoreError> {
+        let mut inner = Self::default();
+        if store.get(Table::Meta, b"initialized")?.is_none() {
+            let mut ops: Vec<Op> = default_assets()
+                .into_iter()
+                .map(|a| Op::Put(Table::Assets, asset_key(&a.network, &a.address), json(&a)))
+                .collect();
+            ops.push(Op::Put(Table::Meta, b"initialized".to_vec(), b"1".to_vec().into()));
+            store.apply(ops)?;
+            store.sync().await?;
+        }
+        for (_, v) in store.scan(Table::Assets)? {
+            inner.registry.insert(from_json("asset", &v)?);
+        }
+        for (k, v) in store.scan(Table::Admins)? {
+            if let Ok(pk) = <[u8; 32]>::try_from(k.as_slice()) {
+                inner.admins.insert(pk, from_json("admin", &v)?);
+            }
+        }
+        for (k, v) in store.scan(Table::Wallets)? {
+            let record: WalletRecord = from_json("wallet", &v)?;
+            let secret = store
+                .get(Table::Keys, &k)?
+                .ok_or_else(|| StoreError::Engine(format!("wallet {} has no key", record.id)))?;
+            let key =
+                WalletKey::from_bytes(&secret).map_err(|e| StoreError::Engine(e.to_string()))?;
+            if key.address() != record.address {
+                return Err(StoreError::Engine(format!(
+                    "wallet {} key does not match its address",
+                    record.id
+                )));
+            }
+            inner.wallets.insert(record.id.clone(), WalletEntry { record, key: Arc::new(key) });
+        }
+        for (k, v) in store.scan(Table::Policies)? {
+            inner.policies.insert(String::from_utf8_lossy(&k).into_owned(), load_policy(&v)?);
+        }
+        for (k, _) in store.scan(Table::Kyt)? {
+            if let Ok(a) = <[u8; 20]>::try_from(k.as_slice()) {
+                inner.kyt.insert(Address::from(a));
+            }
+        }
+        for (_, v) in store.scan(Table::Sessions)? {
+            let record: SessionRecord = from_json("session", &v)?;
+            let key = session_key(&record.public_key).map_err(|e| StoreError::Engine(e.message))?;
+            inner.sessions.insert(
+                record.id.clone(),
+                SessionEntry { record, key, spent: U256::ZERO, history: History::new() },
+            );
+        }
+        // Holds for approval; a retry of a held request finds its hold by idempotency key.
+        let mut stale = Vec::new();
+        for (k, v) in store.scan(Table::Approvals)? {
+            let a: ApprovalRecord = from_json("approval", &v)?;
+            // Settled holds are forgotten a day after they stopped mattering.
+            if a.expires_ms.saturating_add(DEFAULT_IDEMPOTENCY_TTL_SECONDS * 1000)
+                <= now.as_millis()
+            {
+                stale.push(Op::Delete(Table::Approvals, k));
+                continue;
+            }
+            let hash = hex::decode(&a.request_hash)
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .unwrap_or_default();
+            inner.idem.start(
+                (a.session_id.clone(), a.idempotency_key.clone()),
+                IdemEntry { hash, stage: Stage::Held { approval_id: a.id.clone() } },
+            );
+            inner.approvals.insert(a.id.clone(), a);
+        }
+        if !stale.is_empty() {
+            store.apply(stale)?;
+        }
+        Ok(inner)
+    }
+
+    /// Replays the spend log: session totals, window histories and the idempotency index.
+    pub fn replay_ledger(&mut self, log: Vec<Recovered>) -> Result<LedgerSummary, StoreError> {
+        let mut summary = LedgerSummary::default();
+        let mut max_seq = 0;
+        for r in log {
+            match r {
+                Recovered::Posted {
+                    spend,
+                    seq,
+                    session_id,
+                    wallet_id,
+                    pay_to,
+                    charge,
+                    idempotency_key,
+                    request_hash,
+                } => {
+                    max_seq = max_seq.max(seq);
+                    summary.released += 1;
+                    let at_s = spend.at().as_secs();
+                    if let Some(sess) = self.sessions.get_mut(&session_id) {
+                        sess.spent = sess
+                            .spent
+                            .checked_add(charge)
+                            .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
+                        sess.history.record(at_s, charge);
+                    }
+                    self.wallet_history.entry(wallet_id).or_default().record(pay_to, at_s, charge);
+                    self.idem.settle(
+                        (session_id, idempotency_key),
+                        IdemEntry { hash: request_hash, stage: Stage::Posted(spend) },
+                    );
+                }
+                Recovered::Withheld { session_id, idempotency_key, request_hash, reason, at } => {
+                    summary.released = summary.released.saturating_sub(1);
+                    self.idem.settle(
+                        (session_id, idempotency_key),
+                        IdemEntry { hash: request_hash, stage: Stage::Withheld { reason, at } },
+                    );
+                }
+            }
+        }
+        summary.next_seq = max_seq + 1;
+        Ok(summary)
+    }
+}

@@ -1,0 +1,176 @@
+//! `walletctl audit`: show the audit log and verify its chain against the enclave's signed head.
+
+use std::path::Path;
+
+use clap::Subcommand;
+use ed25519_dalek::Verifier as _;
+use rand_core::{OsRng, RngCore as _};
+use wallet_client::GatewayClient;
+use wallet_policy::audit::{head_message, verify_chain, Record};
+use wallet_proto::gateway::v1 as gw;
+
+use crate::{client, output::at_ms, Fail, Out};
+
+/// The `walletctl audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCmd {
+    /// Show audit records, newest last.
+    Show {
+        /// Only this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only this wallet.
+        #[arg(long)]
+        wallet: Option<String>,
+        /// Only this kind: payment, deny, withheld or admin.
+        #[arg(long)]
+        kind: Option<String>,
+        /// How many of the newest matching records.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+    },
+    /// Check the whole chain, the enclave's signature on its head (key pinned at init), and that
+    /// it still contains the head verified last time. Names the first bad record. Exit code 5 on
+    /// any failure.
+    Verify,
+}
+
+/// Every audit record, in order (paged).
+pub(crate) async fn audit_records(cl: &mut GatewayClient) -> Result<Vec<String>, Fail> {
+    let mut all = Vec::new();
+    loop {
+        let page =
+            cl.list_audit(gw::ListAuditRequest { from_seq: all.len() as u64, limit: 1000 }).await?;
+        let n = page.records.len();
+        all.extend(page.records);
+        if n == 0 || all.len() as u64 >= page.total {
+            return Ok(all);
+        }
+        if all.len() > 50_000_000 {
+            return Err(Fail(5, "the audit log is larger than walletctl will read".into()));
+        }
+    }
+}
+
+/// Pins the enclave's audit key in `HOME/audit.pub` on first use; afterwards checks it.
+pub(crate) fn pin_audit_key(home: &Path, key: &[u8]) -> Result<(), Fail> {
+    let path = home.join("audit.pub");
+    match std::fs::read_to_string(&path) {
+        Ok(pinned) if pinned.trim() == hex::encode(key) => Ok(()),
+        Ok(pinned) => Err(Fail(5, format!("the enclave's audit key changed (pinned {} in {}, now {}): a different enclave or its state was replaced", pinned.trim(), path.display(), hex::encode(key)))),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Fail(1, format!("cannot read {}: {e}", path.display()))),
+        Err(_) => {
+            std::fs::write(&path, format!("{}\n", hex::encode(key))).map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))?;
+            println!("pinned the enclave's audit key {} in {} (trust on first use)", hex::encode(key), path.display());
+            Ok(())
+        }
+    }
+}
+
+/// Runs one `walletctl audit` subcommand.
+pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
+    let mut cl = client(url).await?;
+    match c {
+        AuditCmd::Show { session, wallet, kind, last } => {
+            let records = audit_records(&mut cl).await?;
+            let matching: Vec<Record> = records
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|r: &Record| {
+                    session.as_ref().is_none_or(|s| &r.session == s)
+                        && wallet.as_ref().is_none_or(|w| &r.wallet == w)
+                        && kind.as_ref().is_none_or(|k| &r.kind == k)
+                })
+                .collect();
+            for r in &matching[matching.len().saturating_sub(last)..] {
+                let mut who = String::new();
+                if !r.wallet.is_empty() {
+                    who.push_str(&format!(" wallet {}", r.wallet));
+                }
+                if !r.session.is_empty() {
+                    who.push_str(&format!(" session {}", r.session));
+                }
+                println!(
+                    "#{:<6} {} {:<8}{who} {} {}",
+                    r.seq,
+                    at_ms(r.at_ms),
+                    r.kind,
+                    r.reason,
+                    r.detail
+                );
+            }
+        }
+        AuditCmd::Verify => {
+            let mut challenge = [0u8; 16];
+            OsRng.fill_bytes(&mut challenge);
+            let head = cl
+                .get_audit_head(gw::GetAuditHeadRequest { challenge: challenge.to_vec() })
+                .await?;
+            pin_audit_key(home, &head.public_key)?;
+            let hash: [u8; 32] = head
+                .hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| Fail(5, "malformed audit head".into()))?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(
+                &head
+                    .public_key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Fail(5, "malformed audit key".into()))?,
+            )
+            .map_err(|_| Fail(5, "malformed audit key".into()))?;
+            let sig = ed25519_dalek::Signature::from_slice(&head.signature)
+                .map_err(|_| Fail(5, "malformed head signature".into()))?;
+            key.verify(&head_message(head.count, &hash, &challenge), &sig).map_err(|_| Fail(5, "the audit head's signature does not verify with the pinned enclave key and this challenge".into()))?;
+            let mut records = audit_records(&mut cl).await.map_err(|Fail(_, m)| Fail(5, m))?;
+            // Payments may have been audited since the head was read: check up to the head.
+            let n = usize::try_from(head.count).unwrap_or(usize::MAX);
+            if records.len() < n {
+                return Err(Fail(
+                    5,
+                    format!(
+                        "the log holds {} records, fewer than the signed head's {}",
+                        records.len(),
+                        head.count
+                    ),
+                ));
+            }
+            records.truncate(n);
+            let (count, last) = verify_chain(records.iter().map(String::as_str))
+                .map_err(|e| Fail(5, format!("audit log broken: {e}")))?;
+            if count != head.count || last != hash {
+                return Err(Fail(
+                    5,
+                    format!(
+                        "the records ({count}) do not end at the signed head ({} records)",
+                        head.count
+                    ),
+                ));
+            }
+            let head_file = home.join("audit.head");
+            if let Ok(prev) = std::fs::read_to_string(&head_file) {
+                let mut it = prev.split_whitespace();
+                let (n, h) = (
+                    it.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0),
+                    it.next().unwrap_or(""),
+                );
+                let still_there = n == 0
+                    || records
+                        .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
+                        .and_then(|l| serde_json::from_str::<Record>(l).ok())
+                        .is_some_and(|r| r.hash == h);
+                if !still_there {
+                    return Err(Fail(5, format!("the log no longer contains record {} as verified before (hash {h}): records were deleted or rewritten", n.saturating_sub(1))));
+                }
+            }
+            std::fs::write(&head_file, format!("{count} {}\n", hex::encode(last)))
+                .map_err(|e| Fail(1, format!("cannot write {}: {e}", head_file.display())))?;
+            println!(
+                "audit log OK: {count} records, head {} signed by the enclave",
+                hex::encode(last)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `walletctl`: the one CLI for admins and agents, one module per command group. It talks to
+//! the gateway through `wallet-client` (keys, request signing, typed errors); this file holds
+//! the command line, the exit codes and the dispatch.
+
+mod admin;
+mod approvals;
+mod asset;
+mod audit;
+mod kyt;
+mod output;
+mod pay;
+mod policy;
+mod session;
+mod setup;
+mod wallet;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use wallet_client::{default_home, ClientError, GatewayClient};
+
+/// Admin and agent CLI of the agent wallet.
+///
+/// Admins create wallets, set policies and issue session credentials. Agents pay x402
+/// `402 Payment Required` responses with `walletctl pay`. Keys never leave the enclave.
+///
+/// Amounts are written in token units: 0.25, "0.25 USDC" or $0.25.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Gateway URL.
+    #[arg(long, global = true, env = "WALLET_GATEWAY", default_value = "http://127.0.0.1:7402")]
+    gateway: String,
+    /// walletctl's own directory (config and issued credentials).
+    #[arg(long, global = true, env = "WALLETCTL_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set up walletctl: create the admin key (HOME/admin.key, 0600), check the gateway and
+    /// enclave, and register the key as the enclave's first admin if it has none.
+    Init,
+    /// Show the gateway and enclave status (simulated or Nitro).
+    Status,
+    /// Create and list wallets.
+    #[command(subcommand)]
+    Wallet(wallet::WalletCmd),
+    /// Set and show a wallet's policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// Manage the asset registry (tokens the wallet may sign for).
+    #[command(subcommand)]
+    Asset(asset::AssetCmd),
+    /// Manage the KYT denylist of payees.
+    #[command(subcommand)]
+    Kyt(kyt::KytCmd),
+    /// Decide payments the policy held for a human's approval.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
+    /// Issue, list and revoke agent sessions.
+    #[command(subcommand)]
+    Session(session::SessionCmd),
+    /// Admin keys: every state change is signed by one, and verified in the enclave.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
+    /// The tamper-evident audit log of every decision.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Agent: read a PAYMENT-REQUIRED value on stdin, print the PAYMENT-SIGNATURE value.
+    ///
+    /// Example: curl -si URL | grep -i '^payment-required:' | walletctl pay --session agent.json
+    ///
+    /// Exit codes: 0 signed; 3 denied by policy (reason code on stderr); 2 bad input;
+    /// 4 session not accepted; 6 held for a human's approval (retry with the idempotency key
+    /// printed on stderr once `walletctl approvals approve` was run); 1 anything else.
+    Pay(pay::PayArgs),
+}
+
+/// A failure with its exit code.
+pub(crate) struct Fail(pub(crate) u8, pub(crate) String);
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Self {
+        Fail(e.exit_code(), e.to_string())
+    }
+}
+
+/// What a command returns.
+pub(crate) type Out = Result<(), Fail>;
+
+/// Connects to the gateway.
+pub(crate) async fn client(url: &str) -> Result<GatewayClient, Fail> {
+    Ok(GatewayClient::connect(url).await?)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            eprintln!("walletctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Out {
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    match cli.command {
+        Command::Init => setup::init(&cli.gateway, &home).await,
+        Command::Status => setup::status(&cli.gateway).await,
+        Command::Wallet(c) => wallet::run(&cli.gateway, &home, c).await,
+        Command::Policy(c) => policy::run(&cli.gateway, &home, c).await,
+        Command::Asset(c) => asset::run(&cli.gateway, &home, c).await,
+        Command::Kyt(c) => kyt::run(&cli.gateway, &home, c).await,
+        Command::Approvals(c) => approvals::run(&cli.gateway, &home, c).await,
+        Command::Admin(c) => admin::run(&cli.gateway, &home, c).await,
+        Command::Audit(c) => audit::run(&cli.gateway, &home, c).await,
+        Command::Session(c) => session::run(&cli.gateway, &home, c).await,
+        Command::Pay(a) => pay::run(&cli.gateway, a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    /// walletctl parses `--ttl` and `--max-validity` with the policy document's own parser.
+    #[test]
+    fn durations() {
+        use wallet_policy::document::parse_duration;
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("24h"), Ok(86_400));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        for bad in ["", "h", "-1h", "1.5h", "0", "1w", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
