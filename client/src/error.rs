@@ -5,11 +5,8 @@ use std::fmt;
 
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
+pub use wallet_proto::REASON_METADATA;
 use wallet_proto::{Reason, ERROR_DOMAIN};
-
-/// Metadata key in which the gateway also sends the reason code of an error (kept for clients
-/// that do not read `google.rpc.ErrorInfo`).
-pub const REASON_METADATA: &str = "x-wallet-reason";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {

@@ -21,8 +21,8 @@ OPTIONS:
                         that is a new payment [default: 86400]
     -h, --help          Print this help
 
-Logging: RUST_LOG, one level: error, warn, info (default), debug or trace. Payloads, keys and
-secrets are never logged.";
+Logging: RUST_LOG, directives `level` or `target=level` separated by commas (for example
+`info,wallet_enclave=debug`); default info. Payloads, keys and secrets are never logged.";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, String> {
     let mut c = wallet_enclave::Config {
@@ -59,17 +59,13 @@ fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, S
     Ok(c)
 }
 
-/// The level named by `RUST_LOG` (a bare level, or the last `target=level` directive's level);
-/// `info` otherwise.
-fn log_level() -> tracing_subscriber::filter::LevelFilter {
-    std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| {
-            v.split(',')
-                .rev()
-                .find_map(|d| d.rsplit('=').next().and_then(|l| l.trim().parse().ok()))
-        })
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO)
+/// The log filter: `RUST_LOG` as a list of `level` and `target=level` directives (no regular
+/// expressions: the enclave does not link a regex engine); `info` when unset or malformed.
+fn log_filter() -> tracing_subscriber::filter::Targets {
+    std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing_subscriber::filter::LevelFilter::INFO)
+    })
 }
 
 #[tokio::main]
@@ -85,7 +81,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_max_level(log_level()).with_writer(std::io::stderr).init();
+    {
+        use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(log_filter())
+            .init();
+    }
     if config.simulated && !wallet_enclave::HAS_SIMULATED_PLATFORM {
         eprintln!(
             "wallet-enclave: this is a production build without the simulated platform; \

@@ -22,7 +22,7 @@ pub mod reason;
 
 pub use auth::{AdminRpc, AdminSigned};
 pub use frame::{encode_frame, frame_len, FrameError, MAX_FRAME};
-pub use reason::{Reason, ERROR_DOMAIN};
+pub use reason::{Reason, ERROR_DOMAIN, REASON_METADATA};
 
 /// Protobuf packages under `wallet`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]

@@ -10,6 +10,10 @@ use std::fmt;
 /// The `domain` of the `google.rpc.ErrorInfo` details this product attaches to gRPC errors.
 pub const ERROR_DOMAIN: &str = "x402-wallet";
 
+/// The gRPC metadata key that also carries an error's reason code (for clients that do not read
+/// `google.rpc.ErrorInfo`).
+pub const REASON_METADATA: &str = "x-wallet-reason";
+
 macro_rules! reasons {
     ($( $(#[doc = $doc:literal])* $variant:ident = $code:literal, )*) => {
         /// A stable reason code. New codes may be added; existing ones never change meaning.

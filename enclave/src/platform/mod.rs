@@ -115,10 +115,8 @@ pub trait SealingKeySource: Send + Sync + Debug {
 
 /// Everything the enclave takes from its platform.
 pub struct Platform {
-    /// The security module.
+    /// The security module (and, through [`Entropy`], every random byte).
     pub nsm: Arc<dyn Nsm>,
-    /// Randomness (from `nsm`).
-    pub entropy: Entropy,
     /// The time.
     pub clock: Arc<dyn Clock>,
     /// Sealed state.
@@ -183,7 +181,6 @@ impl Platform {
         Ok((
             Self {
                 nsm,
-                entropy,
                 clock,
                 state: Box::new(store),
                 spend_log: Box::new(journal),

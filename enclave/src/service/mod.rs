@@ -203,7 +203,8 @@ impl Enclave {
     /// [`StoreError`] when a record is corrupt or fails authentication, or the state has been
     /// stripped of its admins: the enclave refuses to run on state it cannot trust.
     pub async fn open(platform: Platform) -> std::result::Result<Self, StoreError> {
-        let Platform { nsm, entropy, clock, state, spend_log, spends, audit, location } = platform;
+        let Platform { nsm, clock, state, spend_log, spends, audit, location } = platform;
+        let entropy = Entropy::new(Arc::clone(&nsm));
         let mut inner = state::Inner::load(&*state, clock.now()).await?;
         let summary = inner.replay_ledger(ledger::recover(&spends)?)?;
         drop(spends);
