@@ -146,7 +146,7 @@ impl Stack {
 
     /// Signs a state-changing request with the admin key (timestamps strictly increasing).
     #[must_use]
-    pub fn signed<R: AdminSigned>(&self, rpc: &str, mut req: R) -> R {
+    pub fn signed<R: AdminSigned>(&self, rpc: AdminRpc, mut req: R) -> R {
         use std::sync::atomic::Ordering;
         let mut last = self.admin_last.load(Ordering::SeqCst);
         let ts = loop {
@@ -156,11 +156,6 @@ impl Stack {
                 Err(current) => last = current,
             }
         };
-        let rpc = AdminRpc::ALL
-            .iter()
-            .copied()
-            .find(|r| r.as_str() == rpc)
-            .unwrap_or_else(|| panic!("{rpc} is not an admin RPC"));
         self.admin.sign(&self.enclave_id, rpc, &mut req, ts);
         req
     }
@@ -222,14 +217,14 @@ impl Stack {
         let mut c = self.client().await;
         let w = c
             .create_wallet(self.signed(
-                "CreateWallet",
+                AdminRpc::CreateWallet,
                 gw::CreateWalletRequest { auth: None, label: "e2e".into() },
             ))
             .await
             .expect("create wallet")
             .into_inner();
         c.set_policy(self.signed(
-            "SetPolicy",
+            AdminRpc::SetPolicy,
             gw::SetPolicyRequest {
                 auth: None,
                 policy: Some(gw::Policy {
@@ -249,7 +244,7 @@ impl Stack {
         self.client()
             .await
             .set_policy(self.signed(
-                "SetPolicy",
+                AdminRpc::SetPolicy,
                 gw::SetPolicyRequest {
                     auth: None,
                     policy: Some(gw::Policy {
@@ -276,7 +271,7 @@ impl Stack {
             .client()
             .await
             .issue_session(self.signed(
-                "IssueSession",
+                AdminRpc::IssueSession,
                 gw::IssueSessionRequest {
                     wallet_id: wallet.wallet_id.clone(),
                     public_key: key.verifying_key().to_bytes().to_vec(),

@@ -2,6 +2,7 @@
 //! old signed head replayed, a head signed by another key, an edited record. Each must fail.
 
 use std::sync::{Arc, Mutex};
+use wallet_proto::AdminRpc;
 
 use tonic::{transport::Channel, Request, Response, Status};
 use wallet_e2e::{header, now_ms, Stack};
@@ -242,7 +243,7 @@ async fn verify_rejects_what_a_compromised_gateway_fakes() {
         .client()
         .await
         .add_kyt(stack.signed(
-            "AddKyt",
+            AdminRpc::AddKyt,
             gw::KytRequest {
                 auth: None,
                 addresses: vec!["0x000000000000000000000000000000000000dEaD".into()],

@@ -2,6 +2,7 @@
 //! denial or bad input, 64 concurrent payments against a cap, crash and restart.
 
 use std::sync::Arc;
+use wallet_proto::AdminRpc;
 
 use tonic::Code;
 use wallet_client::Credential;
@@ -62,7 +63,7 @@ async fn each_denial_has_its_reason_and_charges_nothing() {
         assert!(e.message().starts_with(want));
     }
     c.set_policy(stack.signed(
-        "SetPolicy",
+        AdminRpc::SetPolicy,
         gw::SetPolicyRequest {
             auth: None,
             policy: Some(gw::Policy {
@@ -80,7 +81,7 @@ async fn each_denial_has_its_reason_and_charges_nothing() {
         "NETWORK_NOT_ALLOWED"
     );
     c.set_policy(stack.signed(
-        "SetPolicy",
+        AdminRpc::SetPolicy,
         gw::SetPolicyRequest {
             auth: None,
             policy: Some(gw::Policy {
@@ -93,7 +94,7 @@ async fn each_denial_has_its_reason_and_charges_nothing() {
     .await
     .unwrap();
     c.add_kyt(stack.signed(
-        "AddKyt",
+        AdminRpc::AddKyt,
         gw::KytRequest {
             auth: None,
             addresses: vec![PAYEE.to_uppercase().replacen("0X", "0x", 1)],
@@ -103,7 +104,10 @@ async fn each_denial_has_its_reason_and_charges_nothing() {
     .unwrap();
     assert_eq!(reason(&pay(&stack, &cred, &header("1000"), "k").await.unwrap_err()), "KYT_DENIED");
     c.remove_kyt(
-        stack.signed("RemoveKyt", gw::KytRequest { auth: None, addresses: vec![PAYEE.into()] }),
+        stack.signed(
+            AdminRpc::RemoveKyt,
+            gw::KytRequest { auth: None, addresses: vec![PAYEE.into()] },
+        ),
     )
     .await
     .unwrap();
@@ -128,7 +132,7 @@ async fn each_denial_has_its_reason_and_charges_nothing() {
     let fresh = stack.wallet("1").await;
     let mut c2 = stack.client().await;
     let unpolicied = c2
-        .create_wallet(stack.signed("CreateWallet", gw::CreateWalletRequest::default()))
+        .create_wallet(stack.signed(AdminRpc::CreateWallet, gw::CreateWalletRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -329,7 +333,7 @@ async fn a_compromised_host_cannot_change_state_through_the_gateway() {
     );
     // A genuine signed request for something else, with its body swapped.
     let mut swapped = stack.signed(
-        "SetPolicy",
+        AdminRpc::SetPolicy,
         gw::SetPolicyRequest {
             auth: None,
             policy: Some(gw::Policy {
@@ -343,8 +347,8 @@ async fn a_compromised_host_cannot_change_state_through_the_gateway() {
     let e = c.set_policy(swapped).await.unwrap_err();
     assert_eq!(reason(&e), "BAD_ADMIN_SIGNATURE");
     // A genuine request replayed.
-    let genuine =
-        stack.signed("AddKyt", gw::KytRequest { auth: None, addresses: vec![PAYEE.into()] });
+    let genuine = stack
+        .signed(AdminRpc::AddKyt, gw::KytRequest { auth: None, addresses: vec![PAYEE.into()] });
     c.add_kyt(genuine.clone()).await.unwrap();
     let e = c.add_kyt(genuine).await.unwrap_err();
     assert_eq!(reason(&e), "REPLAYED_ADMIN_REQUEST");

@@ -18,6 +18,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use wallet_proto::AdminRpc;
 
 use k256::ecdsa::SigningKey;
 use rand_core::{OsRng, RngCore as _};
@@ -237,7 +238,7 @@ async fn load_kyt(stack: &Stack, n: usize) -> Duration {
             expected_total: n as u64,
             auth: None,
         };
-        client.import_kyt(stack.signed("ImportKyt", req)).await.expect("kyt import");
+        client.import_kyt(stack.signed(AdminRpc::ImportKyt, req)).await.expect("kyt import");
     }
     start.elapsed()
 }
