@@ -31,10 +31,17 @@ pub use wallet_client::REASON_METADATA;
 /// A status with `reason` in the message (`REASON: message`), in `x-wallet-reason` metadata and
 /// in a `google.rpc.ErrorInfo` detail of domain [`ERROR_DOMAIN`]. `reason` is passed through as
 /// the enclave sent it (a newer enclave may send codes this build does not know).
+///
+/// The message is clipped to [`MAX_ERROR_MESSAGE`] bytes and the reason to 64: the message
+/// travels twice (in `grpc-message` and inside the details), both in the trailers, and a message
+/// echoing a long request field must not push the trailers past what clients accept (hyper's
+/// default is 16 KiB, grpc-java's 8 KiB), which would turn the error into a protocol failure.
 #[must_use]
 pub fn status_with_reason(code: Code, reason: &str, message: &str) -> Status {
+    let reason = clip(reason, 64);
+    let message = clip(message, MAX_ERROR_MESSAGE);
     let mut metadata = MetadataMap::new();
-    if let Ok(v) = MetadataValue::try_from(reason) {
+    if let Ok(v) = MetadataValue::try_from(reason.as_ref()) {
         metadata.insert(REASON_METADATA, v);
     }
     Status::with_error_details_and_metadata(
@@ -43,6 +50,20 @@ pub fn status_with_reason(code: Code, reason: &str, message: &str) -> Status {
         ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
         metadata,
     )
+}
+
+/// Longest error message the gateway sends, in bytes (longer ones are clipped, marked `…`).
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
 }
 
 /// [`status_with_reason`] for a [`Reason`] of this build.
@@ -268,5 +289,22 @@ impl WalletGateway for Gateway {
             })),
             Err(s) => Err(s),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_error_messages_are_clipped_so_the_trailers_stay_small() {
+        let id = "é".repeat(10_000);
+        let s = status_with_reason(Code::NotFound, "NOT_FOUND", &format!("wallet {id:?}"));
+        assert!(s.message().len() <= "NOT_FOUND: ".len() + MAX_ERROR_MESSAGE + "…".len());
+        assert!(s.message().starts_with("NOT_FOUND: wallet \"é"));
+        assert!(s.details().len() < 2 * MAX_ERROR_MESSAGE);
+        assert_eq!(s.get_error_details().error_info().unwrap().reason, "NOT_FOUND");
+        let short = status_with_reason(Code::NotFound, "NOT_FOUND", "no such wallet");
+        assert_eq!(short.message(), "NOT_FOUND: no such wallet");
     }
 }

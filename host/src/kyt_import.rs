@@ -6,8 +6,9 @@
 //! JSON (an array of strings such as the OFAC-derived `sanctioned_addresses_ETH.json`, an array
 //! of objects with an address field, or an object holding either under `addresses`).
 //!
-//! CSV is read with the `csv` crate, JSON with `serde_json` (plus a small scanner that finds
-//! where each value sits, for line numbers). Addresses are `0x` + 40 hex digits in any case
+//! CSV is read line by line by a small splitter of our own (see [`CsvFields`] for why not the
+//! `csv` crate), JSON with `serde_json` (plus a small scanner that finds where each value sits,
+//! for line numbers). Addresses are `0x` + 40 hex digits in any case
 //! (checksums are not enforced, published lists mix cases), decoded by alloy's `Address` to 20
 //! bytes and deduplicated on those bytes. Entries that are not
 //! addresses are reported with their 1-based line, not fatal; only whole-file problems are
@@ -367,21 +368,22 @@ fn csv_separator(header: &str) -> u8 {
 }
 
 fn parse_csv(text: &str, column: Option<&str>, builder: &mut Builder) -> Result<(), ImportError> {
-    // The header: the first line that is neither blank nor a comment.
-    let mut offset = 0;
-    let mut header = None;
-    for (i, raw) in text.split_inclusive('\n').enumerate() {
-        let line = raw.strip_suffix('\n').unwrap_or(raw);
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        offset += raw.len();
-        let trimmed = line.trim();
-        if !trimmed.is_empty() && !trimmed.starts_with('#') {
-            header = Some((i + 1, line));
-            break;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).enumerate();
+    let header = loop {
+        match lines.next() {
+            None => {
+                return Err(ImportError::NoAddressColumn {
+                    wanted: wanted(column),
+                    found: Vec::new(),
+                })
+            }
+            Some((_, line)) => {
+                let trimmed = line.trim();
+                if !trimmed.is_empty() && !trimmed.starts_with('#') {
+                    break line;
+                }
+            }
         }
-    }
-    let Some((header_line, header)) = header else {
-        return Err(ImportError::NoAddressColumn { wanted: wanted(column), found: Vec::new() });
     };
     let separator = csv_separator(header);
     let names: Vec<Cow<'_, str>> = CsvFields::new(header, separator).collect();
@@ -391,95 +393,128 @@ fn parse_csv(text: &str, column: Option<&str>, builder: &mut Builder) -> Result<
             found: names.iter().map(|n| clip(n.trim())).collect(),
         });
     };
-    let body = &text[offset..];
-    let bytes = body.as_bytes();
-    // Line numbers are counted here from each record's byte offset: the `csv` crate's own count
-    // skips blank lines and CRLF endings.
-    let mut lines = LineCounter::new(bytes);
-    let mut reader = csv_reader(separator).from_reader(bytes);
-    let mut record = csv::StringRecord::new();
-    // The input is a `&str`, so a read cannot fail: stop at the end, or if it ever does.
-    while let Ok(true) = reader.read_record(&mut record) {
-        let Some(pos) = record.position() else { break };
-        // The offset may point at the line ending before the record.
-        let mut start = usize::try_from(pos.byte()).unwrap_or(bytes.len()).min(bytes.len());
-        while matches!(bytes.get(start), Some(b'\r' | b'\n')) {
-            start += 1;
-        }
-        let line = header_line + lines.line_at(start);
-        let raw_row = || {
-            let row = body[start..].split('\n').next().unwrap_or("");
-            row.strip_suffix('\r').unwrap_or(row)
-        };
-        // A line of blanks only is skipped, like an empty one.
-        if record.len() == 1 && record[0].trim().is_empty() {
+    for (i, row) in lines {
+        if row.trim().is_empty() {
             continue;
         }
-        match record.get(index) {
-            Some(field) => builder.add(unpad(field).trim(), || line),
+        let mut fields = CsvFields::new(row, separator);
+        let mut count = 0;
+        let field = loop {
+            match fields.next() {
+                Some(field) if count == index => break Some(field),
+                Some(_) => count += 1,
+                None => break None,
+            }
+        };
+        match field {
+            Some(field) => builder.add(field.trim(), || i + 1),
             None => builder.bad(
-                line,
-                format!(
-                    "row has {} column(s); the address column is column {}",
-                    record.len(),
-                    index + 1
-                ),
-                raw_row(),
+                i + 1,
+                format!("row has {count} column(s); the address column is column {}", index + 1),
+                row,
             ),
         }
     }
     Ok(())
 }
 
-/// The `csv` reader every CSV parse uses: no header row (found by hand, after comments), rows
-/// of any length (short ones are reported), RFC 4180 quoting.
-fn csv_reader(separator: u8) -> csv::ReaderBuilder {
-    let mut b = csv::ReaderBuilder::new();
-    b.has_headers(false).flexible(true).delimiter(separator);
-    b
+/// The fields of one CSV line: RFC 4180 quoting (`"a, b"`, `""` for a quote) within the line.
+/// Lenient: text after a closing quote is kept, an unclosed quote runs to the end of the line,
+/// blanks before an opening quote are allowed.
+///
+/// Why not the `csv` crate: for a denylist, losing an address silently is the failure that
+/// matters, and the crate's RFC 4180 reading does exactly that on the malformed files people
+/// export: a quoted field runs across lines until the next quote (an unclosed quote swallows the
+/// rest of the file), a bare CR ends a record, and a quote after a blank is literal text (so
+/// `  "Doe, John",0x...` splits inside the name and shifts the address column). Reading line by
+/// line contains every such fault to its own line, which is then reported with its number (the
+/// regression tests below are those files).
+#[derive(Debug)]
+struct CsvFields<'a> {
+    line: &'a str,
+    pos: usize,
+    separator: u8,
+    done: bool,
 }
 
-/// A field written as `  "quoted"` (blanks before the opening quote), which RFC 4180 and the
-/// `csv` crate take literally, unquoted as people mean it; any other field as it is.
-fn unpad(field: &str) -> Cow<'_, str> {
-    let trimmed = field.trim();
-    if field.starts_with([' ', '\t']) && trimmed.starts_with('"') {
-        let mut reader = csv_reader(b',').from_reader(trimmed.as_bytes());
-        let mut record = csv::StringRecord::new();
-        if reader.read_record(&mut record).is_ok_and(|read| read) && record.len() == 1 {
-            return Cow::Owned(record[0].to_owned());
+impl<'a> CsvFields<'a> {
+    fn new(line: &'a str, separator: u8) -> Self {
+        Self { line, pos: 0, separator, done: false }
+    }
+
+    /// Index of the next separator at or after `from`, or the line's length.
+    fn separator_from(&self, from: usize) -> usize {
+        self.line.as_bytes()[from..]
+            .iter()
+            .position(|&b| b == self.separator)
+            .map_or(self.line.len(), |p| from + p)
+    }
+
+    /// Ends the current field at `end` (a separator or the end of the line).
+    fn finish_at(&mut self, end: usize) {
+        if end >= self.line.len() {
+            self.done = true;
+        } else {
+            self.pos = end + 1;
         }
     }
-    Cow::Borrowed(field)
 }
 
-/// The fields of one CSV line (the header, or a line looked at by format detection), parsed by
-/// the `csv` crate: RFC 4180 quoting (`"a, b"`, `""` for a quote), text after a closing quote
-/// kept, an unclosed quote running to the end of the line, blanks before an opening quote
-/// ignored.
-#[derive(Debug)]
-struct CsvFields {
-    fields: std::vec::IntoIter<String>,
-}
+impl<'a> Iterator for CsvFields<'a> {
+    type Item = Cow<'a, str>;
 
-impl CsvFields {
-    fn new(line: &str, separator: u8) -> Self {
-        let mut reader = csv_reader(separator).from_reader(line.as_bytes());
-        let mut record = csv::StringRecord::new();
-        let fields = match reader.read_record(&mut record) {
-            Ok(true) => record.iter().map(|f| unpad(f).into_owned()).collect(),
-            // An empty line is one empty field.
-            Ok(false) | Err(_) => vec![String::new()],
-        };
-        Self { fields: fields.into_iter() }
-    }
-}
-
-impl Iterator for CsvFields {
-    type Item = Cow<'static, str>;
-
-    fn next(&mut self) -> Option<Cow<'static, str>> {
-        self.fields.next().map(Cow::Owned)
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        if self.done {
+            return None;
+        }
+        let bytes = self.line.as_bytes();
+        let start = self.pos;
+        let mut i = start;
+        while i < bytes.len() && bytes[i] != self.separator && matches!(bytes[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if bytes.get(i) != Some(&b'"') {
+            let end = self.separator_from(start);
+            self.finish_at(end);
+            return Some(Cow::Borrowed(&self.line[start..end]));
+        }
+        // Quoted field.
+        let mut owned: Option<String> = None;
+        let mut segment = i + 1;
+        loop {
+            let Some(quote) = bytes[segment..].iter().position(|&b| b == b'"').map(|p| segment + p)
+            else {
+                // Unclosed: the rest of the line.
+                self.done = true;
+                let rest = &self.line[segment..];
+                return Some(match owned {
+                    Some(mut s) => {
+                        s.push_str(rest);
+                        Cow::Owned(s)
+                    }
+                    None => Cow::Borrowed(rest),
+                });
+            };
+            if bytes.get(quote + 1) == Some(&b'"') {
+                // `""`: a literal quote.
+                owned.get_or_insert_with(String::new).push_str(&self.line[segment..=quote]);
+                segment = quote + 2;
+                continue;
+            }
+            let piece = &self.line[segment..quote];
+            let end = self.separator_from(quote + 1);
+            let tail = self.line[quote + 1..end].trim();
+            self.finish_at(end);
+            return Some(match owned {
+                None if tail.is_empty() => Cow::Borrowed(piece),
+                owned => {
+                    let mut s = owned.unwrap_or_default();
+                    s.push_str(piece);
+                    s.push_str(tail);
+                    Cow::Owned(s)
+                }
+            });
+        }
     }
 }
 
@@ -977,6 +1012,34 @@ mod tests {
         assert_eq!(lines_of(&parsed.bad), vec![6, 7]);
         assert_eq!(parsed.bad[0].reason, "the zero address");
         assert_eq!(parsed.bad[1].text, "0xnot, an address");
+    }
+
+    /// Malformed CSV as people export it: every fault stays on its own line, reported there, and
+    /// no address elsewhere in the file is lost (the reasons `CsvFields` is not the `csv` crate).
+    #[test]
+    fn malformed_csv_loses_no_address_silently() {
+        // An unclosed quote: that line is bad, the following lines still count.
+        let p = parse(
+            &format!("name,address\n\"Lazarus,{A}\nFoo,{B}\n\"Bar\",{C}\n"),
+            Format::Csv,
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.addresses, vec![bytes(B), bytes(C)]);
+        assert_eq!(lines_of(&p.bad), vec![2]);
+        let p = parse(&format!("address\n\"{A}\n{B}\n"), Format::Csv, None).unwrap();
+        assert_eq!(p.addresses, vec![bytes(A), bytes(B)]);
+        // Bare CR line ends: never an empty, clean result (that would empty a --replace list).
+        let p = parse(&format!("address\r{A}\r{B}\r"), Format::Auto, None).unwrap();
+        assert!(p.addresses.len() == 2 || !p.bad.is_empty(), "{p:?}");
+        // Blanks before an opening quote with a separator inside.
+        let p = parse(&format!("name,address\n  \"Doe, John\",{A}\n"), Format::Csv, None).unwrap();
+        assert_eq!(p.addresses, vec![bytes(A)]);
+        assert!(p.bad.is_empty());
+        // A whitespace-only line in a tab-separated file is blank, not a bad entry.
+        let p = parse(&format!("name\taddress\n\t\nx\t{A}\n"), Format::Csv, None).unwrap();
+        assert_eq!(p.addresses, vec![bytes(A)]);
+        assert!(p.bad.is_empty(), "{:?}", p.bad);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use std::{io::Read as _, path::PathBuf};
 
 use clap::Args;
-use wallet_client::{clean_header_input, now_ms, random_idempotency_key, Credential, Reason};
+use wallet_client::{
+    clean_header_input, now_ms, random_idempotency_key, ClientError, Credential, Reason,
+};
 use wallet_policy::x402::MAX_HEADER_LEN;
 
 use crate::{client, Fail, Out};
@@ -62,6 +64,14 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
                 ),
             ));
         }
+        Err(e) if outcome_unknown(&e) => {
+            return Err(Fail(
+                e.exit_code(),
+                format!(
+                    "{e}\nthe payment may have been signed: retry with --idempotency-key {idem} to get the same payment (never charged twice)"
+                ),
+            ));
+        }
         Err(e) => return Err(e.into()),
     };
     println!("{}", resp.payment_signature);
@@ -79,4 +89,19 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
         );
     }
     Ok(())
+}
+
+/// Whether the request may have reached the enclave and been signed without the answer coming
+/// back (so only a retry with the same idempotency key is safe).
+fn outcome_unknown(e: &ClientError) -> bool {
+    use tonic::Code;
+    !e.is_connect()
+        && (matches!(
+            e.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::Internal
+        ) || e.reason() == Some(Reason::IdempotencyInProgress))
 }
