@@ -4,6 +4,7 @@
 use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
 
 use super::{
+    auth::AdminAuthorized,
     ed25519_key,
     records::{json, AdminRecord},
     wire::admin_proto,
@@ -12,7 +13,11 @@ use super::{
 use crate::store::{Op, Table};
 
 impl Enclave {
-    pub(super) async fn add_admin(&self, r: gw::AddAdminRequest) -> Result<gw::Admin> {
+    pub(super) async fn add_admin(
+        &self,
+        _: &AdminAuthorized,
+        r: gw::AddAdminRequest,
+    ) -> Result<gw::Admin> {
         let pk = ed25519_key(&r.public_key, "admin public key")?.to_bytes();
         if self.lock().admins.contains_key(&pk) {
             return Err(Failure::new(
@@ -36,7 +41,11 @@ impl Enclave {
         Ok(out)
     }
 
-    pub(super) async fn remove_admin(&self, public_key: &[u8]) -> Result<gw::Admin> {
+    pub(super) async fn remove_admin(
+        &self,
+        _: &AdminAuthorized,
+        public_key: &[u8],
+    ) -> Result<gw::Admin> {
         let pk: [u8; 32] = public_key.try_into().map_err(|_| {
             Failure::invalid(Reason::InvalidPublicKey, "admin public key must be 32 bytes")
         })?;

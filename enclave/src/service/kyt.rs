@@ -6,7 +6,7 @@ use alloy_primitives::Address;
 use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
 use zeroize::Zeroizing;
 
-use super::{parse_kyt_address, parse_list, Enclave, Failure, Result};
+use super::{auth::AdminAuthorized, parse_kyt_address, parse_list, Enclave, Failure, Result};
 use crate::store::{Op, Table};
 
 /// Most entries a KYT list may hold.
@@ -15,7 +15,12 @@ pub const MAX_KYT_ENTRIES: usize = 2_000_000;
 const MAX_KYT_PAGE: u64 = 10_000;
 
 impl Enclave {
-    pub(super) async fn change_kyt(&self, r: gw::KytRequest, add: bool) -> Result<gw::KytResponse> {
+    pub(super) async fn change_kyt(
+        &self,
+        _: &AdminAuthorized,
+        r: gw::KytRequest,
+        add: bool,
+    ) -> Result<gw::KytResponse> {
         if r.addresses.is_empty() {
             return Err(Failure::bad_argument("no addresses given"));
         }
@@ -74,6 +79,7 @@ impl Enclave {
     /// batch, then swaps the in-memory list, so a payment sees the old list or the new one.
     pub(super) async fn import_kyt(
         &self,
+        _: &AdminAuthorized,
         r: gw::ImportKytRequest,
     ) -> Result<gw::ImportKytResponse> {
         if r.import_id.is_empty() || r.import_id.len() > 64 {

@@ -120,7 +120,8 @@ impl Enclave {
         let Some(body) = body else {
             return Err(Failure::invalid(Reason::EmptyRequest, "request has no body"));
         };
-        // A state change: authorize under the admin lock, apply, audit.
+        // A state change: authorize under the admin lock (the flow takes the proof), apply,
+        // audit.
         macro_rules! admin {
             ($rpc:ident, $r:ident, |$by:ident| $op:expr) => {{
                 let _serial = self.admin.lock().await;
@@ -146,43 +147,49 @@ impl Enclave {
             Req::ListAudit(r) => Resp::Audit(self.list_audit(r.from_seq, r.limit)?),
             // State changes.
             Req::CreateWallet(r) => {
-                admin!(CreateWallet, r, |_by| Resp::Wallet(self.create_wallet(r).await?))
+                admin!(CreateWallet, r, |by| Resp::Wallet(self.create_wallet(&by, r).await?))
             }
             Req::SetPolicy(r) => {
-                admin!(SetPolicy, r, |_by| Resp::Policy(self.set_policy(r).await?))
+                admin!(SetPolicy, r, |by| Resp::Policy(self.set_policy(&by, r).await?))
             }
-            Req::AddAsset(r) => admin!(AddAsset, r, |_by| Resp::Asset(self.add_asset(r).await?)),
-            Req::AddKyt(r) => admin!(AddKyt, r, |_by| Resp::Kyt(self.change_kyt(r, true).await?)),
+            Req::AddAsset(r) => {
+                admin!(AddAsset, r, |by| Resp::Asset(self.add_asset(&by, r).await?))
+            }
+            Req::AddKyt(r) => {
+                admin!(AddKyt, r, |by| Resp::Kyt(self.change_kyt(&by, r, true).await?))
+            }
             Req::RemoveKyt(r) => {
-                admin!(RemoveKyt, r, |_by| Resp::Kyt(self.change_kyt(r, false).await?))
+                admin!(RemoveKyt, r, |by| Resp::Kyt(self.change_kyt(&by, r, false).await?))
             }
             Req::ImportKyt(r) => {
-                admin!(ImportKyt, r, |_by| Resp::KytImport(self.import_kyt(r).await?))
+                admin!(ImportKyt, r, |by| Resp::KytImport(self.import_kyt(&by, r).await?))
             }
             Req::IssueSession(r) => {
-                admin!(IssueSession, r, |_by| Resp::Session(self.issue_session(r).await?))
+                admin!(IssueSession, r, |by| Resp::Session(self.issue_session(&by, r).await?))
             }
-            Req::RevokeSession(r) => admin!(RevokeSession, r, |_by| Resp::Session(
-                self.revoke_session(&r.session_id).await?
+            Req::RevokeSession(r) => admin!(RevokeSession, r, |by| Resp::Session(
+                self.revoke_session(&by, &r.session_id).await?
             )),
-            Req::FreezeWallet(r) => admin!(FreezeWallet, r, |_by| Resp::Wallet(
-                self.set_frozen(&r.wallet_id, true).await?
+            Req::FreezeWallet(r) => admin!(FreezeWallet, r, |by| Resp::Wallet(
+                self.set_frozen(&by, &r.wallet_id, true).await?
             )),
-            Req::UnfreezeWallet(r) => admin!(UnfreezeWallet, r, |_by| Resp::Wallet(
-                self.set_frozen(&r.wallet_id, false).await?
+            Req::UnfreezeWallet(r) => admin!(UnfreezeWallet, r, |by| Resp::Wallet(
+                self.set_frozen(&by, &r.wallet_id, false).await?
             )),
             Req::DecideApproval(r) => {
                 admin!(DecideApproval, r, |by| Resp::Approval(self.decide_approval(&by, &r).await?))
             }
             Req::RemoveAdmin(r) => {
-                admin!(RemoveAdmin, r, |_by| Resp::Admin(self.remove_admin(&r.public_key).await?))
+                admin!(RemoveAdmin, r, |by| Resp::Admin(
+                    self.remove_admin(&by, &r.public_key).await?
+                ))
             }
             Req::AddAdmin(r) => {
                 let _serial = self.admin.lock().await;
                 // The first admin registers itself (self-signed); later ones need an admin.
                 let self_signed = r.auth.as_ref().is_some_and(|a| a.public_key == r.public_key);
                 let by = self.authorize(AdminRpc::AddAdmin, &r, self_signed).await?;
-                let resp = Resp::Admin(self.add_admin(r).await?);
+                let resp = Resp::Admin(self.add_admin(&by, r).await?);
                 self.audit_admin(AdminRpc::AddAdmin, &by, &resp);
                 resp
             }

@@ -5,6 +5,7 @@ use wallet_policy::{address::parse_address, rules::Scope, window::History};
 use wallet_proto::gateway::v1 as gw;
 
 use super::{
+    auth::AdminAuthorized,
     parse_amount, parse_list, parse_networks, random_id,
     records::{json, SessionRecord},
     session_key,
@@ -18,7 +19,11 @@ use crate::store::{Op, Table};
 pub const MAX_SESSION_TTL_SECONDS: u64 = 366 * 24 * 3600;
 
 impl Enclave {
-    pub(super) async fn issue_session(&self, r: gw::IssueSessionRequest) -> Result<gw::Session> {
+    pub(super) async fn issue_session(
+        &self,
+        _: &AdminAuthorized,
+        r: gw::IssueSessionRequest,
+    ) -> Result<gw::Session> {
         let public_key = hex::encode(&r.public_key);
         session_key(&public_key)?;
         let cap = parse_amount(&r.cap, "cap")?;
@@ -74,7 +79,11 @@ impl Enclave {
     }
 
     /// Effective in memory at once (no signature is released after this point), then durable.
-    pub(super) async fn revoke_session(&self, session_id: &str) -> Result<gw::Session> {
+    pub(super) async fn revoke_session(
+        &self,
+        _: &AdminAuthorized,
+        session_id: &str,
+    ) -> Result<gw::Session> {
         let record = {
             let mut inner = self.lock();
             let s = inner.sessions.get_mut(session_id).ok_or_else(|| {

@@ -10,6 +10,7 @@ use wallet_policy::{
 use wallet_proto::{gateway::v1 as gw, Reason};
 
 use super::{
+    auth::AdminAuthorized,
     parse_amount, parse_list, parse_networks, random_id,
     records::{asset_key, json, StoredPolicy, WalletRecord},
     state::WalletEntry,
@@ -22,7 +23,11 @@ use crate::{
 };
 
 impl Enclave {
-    pub(super) async fn create_wallet(&self, r: gw::CreateWalletRequest) -> Result<gw::Wallet> {
+    pub(super) async fn create_wallet(
+        &self,
+        _: &AdminAuthorized,
+        r: gw::CreateWalletRequest,
+    ) -> Result<gw::Wallet> {
         let key = WalletKey::generate(&mut self.entropy.clone());
         let record = WalletRecord {
             id: random_id(&self.entropy, "w_"),
@@ -52,7 +57,12 @@ impl Enclave {
     /// The kill switch. Freezing takes effect in memory at once, before it is durable and before
     /// it returns (every payment in flight re-checks it before release); unfreezing only once it
     /// is durable.
-    pub(super) async fn set_frozen(&self, wallet_id: &str, frozen: bool) -> Result<gw::Wallet> {
+    pub(super) async fn set_frozen(
+        &self,
+        _: &AdminAuthorized,
+        wallet_id: &str,
+        frozen: bool,
+    ) -> Result<gw::Wallet> {
         let mut record =
             self.lock().wallets.get(wallet_id).map(|w| w.record.clone()).ok_or_else(|| {
                 Failure::not_found(format!("wallet {wallet_id:?} does not exist"))
@@ -74,7 +84,11 @@ impl Enclave {
         Ok(wallet_proto(&record))
     }
 
-    pub(super) async fn set_policy(&self, r: gw::SetPolicyRequest) -> Result<gw::Policy> {
+    pub(super) async fn set_policy(
+        &self,
+        _: &AdminAuthorized,
+        r: gw::SetPolicyRequest,
+    ) -> Result<gw::Policy> {
         let p = r.policy.ok_or_else(|| Failure::bad_argument("policy is required"))?;
         let document = if p.document.trim().is_empty() {
             let max_per_payment = parse_amount(&p.max_per_payment, "max_per_payment")?;
@@ -129,7 +143,11 @@ impl Enclave {
         })
     }
 
-    pub(super) async fn add_asset(&self, r: gw::AddAssetRequest) -> Result<gw::Asset> {
+    pub(super) async fn add_asset(
+        &self,
+        _: &AdminAuthorized,
+        r: gw::AddAssetRequest,
+    ) -> Result<gw::Asset> {
         let a = r.asset.ok_or_else(|| Failure::bad_argument("asset is required"))?;
         let info = AssetInfo::new(
             a.network.trim(),
