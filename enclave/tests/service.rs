@@ -159,6 +159,8 @@ impl Harness {
     async fn restart(self) -> Self {
         let Self { dir, now, enclave, admin, .. } = self;
         drop(Arc::try_unwrap(enclave).expect("no other users"));
+        // A restart takes time: requests signed after it are newer than the replay floor.
+        now.fetch_add(wallet_enclave::service::REPLAY_FLOOR_MARGIN_MS + 1, Ordering::SeqCst);
         let (enclave, faults) = open(dir.path(), &now).await;
         Self { dir, now, enclave: Arc::new(enclave), admin, faults }
     }
@@ -718,6 +720,44 @@ async fn a_denied_request_cannot_be_replayed_after_the_policy_changes() {
     .unwrap();
     assert_eq!(h.pay(req).await.unwrap_err().reason, "REPLAYED_REQUEST");
     assert_eq!(h.spent(&agent.id).await, "0");
+}
+
+/// The host restarts the enclave (emptying its in-memory replay cache) and re-sends a captured
+/// request that was denied before the admin raised the limit — with the clock as it is, and with
+/// the clock set back so that the request looks fresh. Neither is signed.
+#[tokio::test]
+async fn a_denied_request_cannot_be_replayed_after_a_restart_even_with_the_clock_set_back() {
+    for clock_back_ms in [0, 30_000] {
+        let h = Harness::new().await;
+        let w = h.wallet("0.001").await;
+        let agent = h.session(&w, "1").await;
+        let req = agent.request(&header("10000"), "k");
+        assert_eq!(h.pay(req.clone()).await.unwrap_err().reason, "PER_TX_LIMIT");
+        h.call(Req::SetPolicy(gw::SetPolicyRequest {
+            auth: None,
+            policy: Some(gw::Policy {
+                wallet_id: w.wallet_id.clone(),
+                max_per_payment: "1".into(),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+        let id = agent.id.clone();
+        let h = h.restart().await;
+        h.now.fetch_sub(clock_back_ms, Ordering::SeqCst);
+        let e = h.pay(req).await.unwrap_err();
+        assert_eq!(
+            (e.code, e.reason.as_str()),
+            (ErrorCode::Unauthenticated, "STALE_REQUEST"),
+            "clock set back by {clock_back_ms} ms"
+        );
+        assert_eq!(h.spent(&id).await, "0");
+        // Freshly signed requests are served once the clock is past the floor.
+        h.now.fetch_add(clock_back_ms + 1_000, Ordering::SeqCst);
+        let agent = Agent { id, ..agent };
+        h.pay(agent.request(&header("10000"), "k2")).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

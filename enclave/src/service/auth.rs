@@ -51,6 +51,14 @@ pub(crate) struct AdminAuthorized {
     pub admin: String,
 }
 
+/// How far ahead of the newest request timestamp the durable replay floor is set, ms. After a
+/// restart, requests signed up to this long after the last one accepted are refused (clients
+/// sign again); under load the floor is written about once per this interval.
+pub const REPLAY_FLOOR_MARGIN_MS: u64 = 1_000;
+
+/// The state-store key (meta table) of the replay floor: Unix ms, JSON.
+pub(super) const REPLAY_FLOOR_KEY: &[u8] = b"replay-floor";
+
 fn valid_idempotency_key(k: &str) -> bool {
     (1..=128).contains(&k.len())
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
@@ -59,8 +67,9 @@ fn valid_idempotency_key(k: &str) -> bool {
 impl Enclave {
     /// Step "authenticate" of a payment: shapes, then the session's Ed25519 signature over the
     /// canonical request (no lock held), its freshness, and its nonce (a signed request is used
-    /// once, whatever its outcome, so a denied request cannot be replayed after a policy change).
-    pub(super) fn authenticate(&self, r: gw::SignPaymentRequest) -> Result<Authenticated> {
+    /// once, whatever its outcome, so a denied request cannot be replayed after a policy change —
+    /// nor after a restart: see [`Enclave::cover_by_replay_floor`]).
+    pub(super) async fn authenticate(&self, r: gw::SignPaymentRequest) -> Result<Authenticated> {
         if !valid_idempotency_key(&r.idempotency_key) {
             return Err(Failure::invalid(
                 Reason::InvalidIdempotencyKey,
@@ -104,6 +113,13 @@ impl Enclave {
                 ),
             ));
         }
+        if r.timestamp_ms <= self.replay_floor.as_millis() {
+            return Err(Failure::unauthenticated(
+                Reason::StaleRequest,
+                "request was signed before the enclave last started (its replay cache starts empty, so older requests are refused); sign it again",
+            ));
+        }
+        self.cover_by_replay_floor(r.timestamp_ms, now).await?;
         if !self.lock().replay.first_use((r.session_id.clone(), r.request_nonce.clone()), now) {
             return Err(Failure::unauthenticated(
                 Reason::ReplayedRequest,
@@ -111,6 +127,26 @@ impl Enclave {
             ));
         }
         Ok(Authenticated { request: r, preferred_asset, now })
+    }
+
+    /// Makes sure a request signed at `timestamp_ms` would be refused after a restart: the
+    /// enclave keeps a durable high-water mark of request timestamps (in the state store, advanced
+    /// [`REPLAY_FLOOR_MARGIN_MS`] ahead at a time, so about once a second under load), and at
+    /// start-up refuses every request signed at or before it. The replay cache itself can then
+    /// stay in memory. Called before a request's nonce is used or any answer is given.
+    async fn cover_by_replay_floor(&self, timestamp_ms: u64, now: UnixMillis) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if timestamp_ms <= self.replay_high_water.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one_writer = self.replay_high_water_lock.lock().await;
+        if timestamp_ms <= self.replay_high_water.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mark = timestamp_ms.max(now.as_millis()).saturating_add(REPLAY_FLOOR_MARGIN_MS);
+        self.persist(vec![Op::Put(Table::Meta, REPLAY_FLOOR_KEY.to_vec(), json(&mark))]).await?;
+        self.replay_high_water.store(mark, Ordering::Release);
+        Ok(())
     }
 
     /// Verifies an admin's signature over a state-changing request, its freshness, and that its

@@ -51,6 +51,7 @@ use wallet_proto::{
 };
 use zeroize::Zeroizing;
 
+pub use auth::REPLAY_FLOOR_MARGIN_MS;
 pub use error::{Failure, Result};
 pub use idempotency::DEFAULT_IDEMPOTENCY_TTL_SECONDS;
 pub use kyt::MAX_KYT_ENTRIES;
@@ -80,6 +81,12 @@ pub struct Enclave {
     location: String,
     /// How long a settled idempotency key is remembered, ms.
     idem_ttl_ms: AtomicU64,
+    /// Requests signed at or before this time are refused: the replay cache of the previous run
+    /// is gone (fixed at start-up from the durable high-water mark and the spend log).
+    replay_floor: crate::platform::UnixMillis,
+    /// The durable high-water mark of request timestamps, Unix ms (see `auth.rs`).
+    replay_high_water: AtomicU64,
+    replay_high_water_lock: tokio::sync::Mutex<()>,
     /// A KYT import being uploaded: its id and the addresses so far.
     kyt_staging: Mutex<Option<(String, HashSet<Address>)>>,
 }
@@ -251,6 +258,13 @@ impl Enclave {
                 .into(),
         );
         audit.attach_key(mac_key).map_err(|e| StoreError::Engine(e.to_string()))?;
+        // Requests of the previous run must not be replayed into this one: refuse everything
+        // signed up to the durable high-water mark, or up to the last spend if that is later.
+        let stored_floor = match state.get(Table::Meta, auth::REPLAY_FLOOR_KEY)? {
+            Some(v) => records::from_json::<u64>("replay floor", &v)?,
+            None => 0,
+        };
+        let replay_floor = crate::platform::UnixMillis(stored_floor).max(summary.last_at);
         if inner.admins.is_empty()
             && (!inner.wallets.is_empty()
                 || !inner.sessions.is_empty()
@@ -275,6 +289,9 @@ impl Enclave {
             signed: AtomicU64::new(summary.released),
             location,
             idem_ttl_ms: AtomicU64::new(DEFAULT_IDEMPOTENCY_TTL_SECONDS * 1000),
+            replay_floor,
+            replay_high_water: AtomicU64::new(replay_floor.as_millis()),
+            replay_high_water_lock: tokio::sync::Mutex::new(()),
             kyt_staging: Mutex::new(None),
         })
     }

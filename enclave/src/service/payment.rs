@@ -51,7 +51,7 @@ impl Enclave {
     /// released.
     pub async fn sign_payment(&self, r: gw::SignPaymentRequest) -> Result<gw::SignPaymentResponse> {
         // 1. Authenticate: the session's signature, freshness, the nonce used once.
-        let authenticated = self.authenticate(r)?;
+        let authenticated = self.authenticate(r).await?;
         // 2. Decode what the server asks for.
         let payment = Decoded::new(authenticated)?;
         // 3. Decide and reserve under the state lock (or answer a replay, or hold, or deny).

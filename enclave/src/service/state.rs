@@ -92,6 +92,8 @@ pub(crate) struct LedgerSummary {
     pub next_seq: u64,
     /// Spends released (posted and not withheld).
     pub released: u64,
+    /// The latest time a spend-log record was written (enclave clock).
+    pub last_at: UnixMillis,
 }
 
 impl Inner {
@@ -191,6 +193,7 @@ impl Inner {
                 } => {
                     max_seq = max_seq.max(seq);
                     summary.released += 1;
+                    summary.last_at = summary.last_at.max(spend.at());
                     let at_s = spend.at().as_secs();
                     if let Some(sess) = self.sessions.get_mut(&session_id) {
                         sess.spent = sess
@@ -207,6 +210,7 @@ impl Inner {
                 }
                 Recovered::Withheld { session_id, idempotency_key, request_hash, reason, at } => {
                     summary.released = summary.released.saturating_sub(1);
+                    summary.last_at = summary.last_at.max(at);
                     self.idem.settle(
                         (session_id, idempotency_key),
                         IdemEntry { hash: request_hash, stage: Stage::Withheld { reason, at } },
