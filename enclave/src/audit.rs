@@ -77,6 +77,8 @@ struct Writer {
 pub struct AuditLog {
     writer: Mutex<Writer>,
     path: PathBuf,
+    /// Records written (complete lines), for the commit head.
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -113,7 +115,11 @@ impl AuditLog {
         let (count, last) = verify_chain(body.lines())
             .map_err(|source| AuditError::Broken { path: path.display().to_string(), source })?;
         let writer = Writer { file, count, last, len: complete as u64, poisoned: false, key: None };
-        Ok(Self { writer: Mutex::new(writer), path: path.to_owned() })
+        Ok(Self {
+            writer: Mutex::new(writer),
+            path: path.to_owned(),
+            count: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(count)),
+        })
     }
 
     /// Sets the MAC key and checks every record's MAC: a log rewritten at rest, even with
@@ -160,7 +166,14 @@ impl AuditLog {
         w.count += 1;
         w.last = h;
         w.len += line.len() as u64;
+        self.count.store(w.count, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// A handle on the number of records written (complete lines), for the commit head.
+    #[must_use]
+    pub fn count_handle(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        std::sync::Arc::clone(&self.count)
     }
 
     /// Count and hash of the last record.

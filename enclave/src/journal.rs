@@ -44,6 +44,14 @@ pub enum JournalError {
     /// File system error.
     #[error("spend journal {0}")]
     Io(String),
+    /// Fewer records than the commit head says were durable: the journal was cut or rolled back.
+    #[error("spend journal holds {found} records but the commit head says {durable} were durable: records acknowledged as durable are missing (cut, rolled back or corrupted); refusing to start")]
+    BehindHead {
+        /// Records found.
+        found: u64,
+        /// Records the head says were durable.
+        durable: u64,
+    },
     /// A complete record failed authentication or is out of place.
     #[error("spend journal record {index} at byte {offset} is corrupt or was tampered with ({reason}); refusing to start without a complete ledger")]
     Corrupt {
@@ -183,8 +191,21 @@ pub struct Faults {
     pub fail: std::sync::atomic::AtomicBool,
 }
 
+/// What the journal's durability rounds record in the commit head (see [`crate::head`]).
+#[derive(Debug)]
+pub struct HeadHook {
+    /// The head file.
+    pub head: crate::head::CommitHead,
+    /// The audit log's record count (synced in the same round).
+    pub audit_records: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The state store's last durable batch.
+    pub store_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// The append-only spend journal.
 pub struct Journal {
+    /// Records in the file (recovered and appended).
+    records: std::sync::Arc<std::sync::atomic::AtomicU64>,
     writer: Mutex<Writer>,
     sealer: Sealer,
     commit: GroupCommit,
@@ -204,18 +225,22 @@ impl Journal {
     /// # Errors
     /// [`JournalError`] on I/O failure or a corrupt record.
     pub fn open(path: &Path, sealer: Sealer) -> Result<(Self, Vec<Record>), JournalError> {
-        Self::open_with(path, sealer, None)
+        Self::open_with(path, sealer, None, None, 0)
     }
 
-    /// [`Self::open`], also syncing `also` (the audit log) in every durability round, before the
-    /// journal itself.
+    /// [`Self::open`], also syncing `also` (the audit log) in every durability round, in
+    /// parallel with the journal, then writing the commit head (`head`) once both are durable.
+    /// `min_records` is what the commit head says was durable: fewer records is an error (checked
+    /// before a torn tail is cleared, so the evidence stays).
     ///
     /// # Errors
-    /// As [`Self::open`].
+    /// As [`Self::open`]; [`JournalError::BehindHead`].
     pub fn open_with(
         path: &Path,
         sealer: Sealer,
         also: Option<File>,
+        mut head: Option<HeadHook>,
+        min_records: u64,
     ) -> Result<(Self, Vec<Record>), JournalError> {
         let io = |e: std::io::Error| JournalError::Io(format!("{}: {e}", path.display()));
         let mut file = OpenOptions::new()
@@ -229,6 +254,12 @@ impl Journal {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
         let (records, end) = recover(&bytes, &sealer)?;
+        if (records.len() as u64) < min_records {
+            return Err(JournalError::BehindHead {
+                found: records.len() as u64,
+                durable: min_records,
+            });
+        }
         if bytes[end..].iter().any(|b| *b != 0) {
             // Synced before anything new is written, so a second crash cannot leave a new frame
             // on top of old bytes.
@@ -242,7 +273,17 @@ impl Journal {
         let faults = std::sync::Arc::new(Faults::default());
         #[cfg(feature = "fault-injection")]
         let round_faults = std::sync::Arc::clone(&faults);
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(records.len() as u64));
+        let round_count = std::sync::Arc::clone(&count);
         let commit = GroupCommit::spawn("journal-sync", move || {
+            use std::sync::atomic::Ordering as O;
+            // What this round covers, read before its syncs: every record and audit line counted
+            // here is already written, so the syncs below make it durable.
+            let facts = head.as_ref().map(|h| crate::head::Facts {
+                journal_records: round_count.load(O::SeqCst),
+                audit_records: h.audit_records.load(O::SeqCst),
+                store_seq: h.store_seq.load(O::SeqCst),
+            });
             #[cfg(feature = "fault-injection")]
             {
                 use std::sync::atomic::Ordering;
@@ -263,15 +304,21 @@ impl Journal {
                         Err(std::io::Error::other("audit sync thread panicked"))
                     })?;
                     mine
-                }),
-                None => sync_file.sync_data(),
+                })?,
+                None => sync_file.sync_data()?,
             }
+            // Then, and only then, the head: nothing of this round is released before it.
+            if let (Some(h), Some(facts)) = (head.as_mut(), facts) {
+                h.head.write(facts)?;
+            }
+            Ok(())
         })
         .map_err(io)?;
         let next = records.len() as u64;
         let writer = Mutex::new(Writer { file, next, pos: end, allocated, poisoned: false });
         Ok((
             Self {
+                records: count,
                 writer,
                 sealer,
                 commit,
@@ -328,6 +375,7 @@ impl Journal {
         }
         w.pos = end;
         w.next += 1;
+        self.records.store(w.next, std::sync::atomic::Ordering::SeqCst);
         self.commit.wrote();
         drop(w);
         Ok(())
@@ -338,6 +386,17 @@ impl Journal {
     #[must_use]
     pub fn faults(&self) -> std::sync::Arc<Faults> {
         std::sync::Arc::clone(&self.faults)
+    }
+
+    /// Runs a durability round now, whether or not anything was appended: the audit log is
+    /// synced and the commit head records the stores' current durable state (used after state
+    /// changes and audit records that must be covered by the head before they are answered).
+    ///
+    /// # Errors
+    /// [`JournalError::Io`] when the round failed.
+    pub async fn checkpoint(&self) -> Result<(), JournalError> {
+        self.commit.wrote();
+        self.durable().await
     }
 
     /// Waits until every record appended before this call is on disk (`fdatasync`).

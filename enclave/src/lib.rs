@@ -23,6 +23,7 @@
 
 pub mod audit;
 pub mod commit;
+pub mod head;
 pub mod journal;
 pub mod keys;
 pub mod platform;

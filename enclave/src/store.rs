@@ -101,9 +101,14 @@ pub struct Store {
     commit: GroupCommit,
     db: sled::Db,
     sealer: Sealer,
-    /// Digest of the whole state (see [`Digest`]), kept sealed under `meta/state-digest` and
-    /// updated in the same batch as every change. Also serialises writers.
-    digest: std::sync::Mutex<Digest>,
+    /// Digest of the whole state (see [`Digest`]) and the batch sequence number, kept sealed
+    /// under `meta/state-digest` and updated in the same batch as every change. Also serialises
+    /// writers.
+    digest: std::sync::Mutex<(Digest, u64)>,
+    /// The sequence number of the last batch applied, and of the last one known durable (what
+    /// the commit head records: a store that lost a durable batch is behind it).
+    applied_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    durable_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// An order-independent digest of every record (table, key, plaintext): the sum modulo 2^256 of
@@ -188,13 +193,29 @@ impl Store {
             .map_err(|e| StoreError::Engine(format!("open sled log for fsync: {e}")))?;
         let dir_handle = File::open(dir).map_err(|e| StoreError::Engine(e.to_string()))?;
         let flush_db = db.clone();
+        let applied_seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let durable_seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (round_applied, round_durable) =
+            (std::sync::Arc::clone(&applied_seq), std::sync::Arc::clone(&durable_seq));
         let commit = GroupCommit::spawn("store-sync", move || {
+            use std::sync::atomic::Ordering;
+            // Every batch counted here was applied before this flush began, so it covers them.
+            let covered = round_applied.load(Ordering::SeqCst);
             flush_db.flush().map_err(std::io::Error::other)?;
             log.sync_data()?;
-            dir_handle.sync_all()
+            dir_handle.sync_all()?;
+            round_durable.fetch_max(covered, Ordering::SeqCst);
+            Ok(())
         })
         .map_err(|e| StoreError::Engine(e.to_string()))?;
-        let store = Self { commit, db, sealer, digest: std::sync::Mutex::new(Digest::default()) };
+        let store = Self {
+            commit,
+            db,
+            sealer,
+            digest: std::sync::Mutex::new((Digest::default(), 0)),
+            applied_seq,
+            durable_seq,
+        };
         // Recompute the digest of what is on disk and compare it with the sealed one.
         let mut computed = Digest::default();
         let mut records = 0usize;
@@ -204,16 +225,22 @@ impl Store {
                 records += 1;
             }
         }
-        match store.get(Table::Meta, DIGEST_KEY)? {
-            Some(d) if d.as_slice() == computed.0 => {}
-            None if records == 0 => {}
+        // The sealed value: the digest, then (since the commit head) the batch sequence number.
+        let seq = match store.get(Table::Meta, DIGEST_KEY)? {
+            Some(d) if d.len() >= 32 && d[..32] == computed.0 => {
+                d.get(32..40).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)
+            }
+            None if records == 0 => 0,
             _ => {
                 return Err(StoreError::Engine(
                     "the state on disk does not match its sealed digest: a record was deleted, or an older copy of it was put back. Refusing to start.".into(),
                 ));
             }
-        }
-        *store.digest.lock().map_err(|_| StoreError::Engine("digest poisoned".into()))? = computed;
+        };
+        *store.digest.lock().map_err(|_| StoreError::Engine("digest poisoned".into()))? =
+            (computed, seq);
+        store.applied_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
+        store.durable_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
         Ok(store)
     }
 
@@ -228,7 +255,8 @@ impl Store {
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let mut digest =
             self.digest.lock().map_err(|_| StoreError::Engine("digest poisoned".into()))?;
-        let mut next = *digest;
+        let (mut next, seq) = *digest;
+        let seq = seq + 1;
         let mut batch = sled::Batch::default();
         // Later ops on the same key see earlier ones of this batch.
         let mut pending: std::collections::HashMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>> =
@@ -258,9 +286,12 @@ impl Store {
             }
         }
         let dk = full_key(Table::Meta, DIGEST_KEY);
-        batch.insert(dk.clone(), self.sealer.seal(&dk, &next.0));
+        let mut sealed_value = next.0.to_vec();
+        sealed_value.extend_from_slice(&seq.to_be_bytes());
+        batch.insert(dk.clone(), self.sealer.seal(&dk, &sealed_value));
         self.db.apply_batch(batch).map_err(|e| StoreError::Engine(e.to_string()))?;
-        *digest = next;
+        *digest = (next, seq);
+        self.applied_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
         self.commit.wrote();
         Ok(())
     }
@@ -272,6 +303,18 @@ impl Store {
     /// [`StoreError::Sync`] if the round covering this call failed.
     pub async fn sync(&self) -> Result<(), StoreError> {
         self.commit.durable().await.map_err(StoreError::Sync)
+    }
+
+    /// The sequence number of the last batch applied (0 for a store never written).
+    #[must_use]
+    pub fn seq(&self) -> u64 {
+        self.applied_seq.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A handle on the sequence number of the last batch known durable, for the commit head.
+    #[must_use]
+    pub fn durable_seq(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        std::sync::Arc::clone(&self.durable_seq)
     }
 
     /// Reads and opens one record.

@@ -1554,3 +1554,131 @@ async fn every_random_byte_comes_from_the_platform() {
     });
     assert!(key_drawn, "wallet key");
 }
+
+/// Opens the enclave on `dir` and returns why it refused (panics if it started).
+async fn refused(dir: &std::path::Path) -> String {
+    let now = Arc::new(AtomicU64::new(T0_MS + 10_000));
+    let opened = match simulated::platform(dir, Arc::new(TestClock(now))) {
+        Ok((platform, _)) => Enclave::open(platform).await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    opened.expect_err("the enclave started on state that lost acknowledged records")
+}
+
+/// The frames of the spend journal: (offset, length including the 4-byte header).
+fn journal_frames(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        out.push((at, 4 + len));
+        at += 4 + len;
+    }
+    out
+}
+
+/// A stopped enclave with payments on record, and a copy of its data directory taken before the
+/// last state change (a session revocation).
+async fn stopped_with_history() -> (tempfile::TempDir, tempfile::TempDir) {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "0.05").await;
+    for i in 0..3 {
+        h.pay(agent.request(&header("10000"), &format!("k{i}"))).await.unwrap();
+    }
+    let before_revoke = tempfile::tempdir().unwrap();
+    copy_dir(h.dir.path(), before_revoke.path());
+    h.call(Req::RevokeSession(gw::RevokeSessionRequest {
+        auth: None,
+        session_id: agent.id.clone(),
+    }))
+    .await
+    .unwrap();
+    let Harness { dir, enclave, .. } = h;
+    drop(Arc::try_unwrap(enclave).expect("no other users"));
+    (dir, before_revoke)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "enclave.sock" {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_spend_journal_cut_at_a_record_boundary_or_with_its_last_record_corrupted_is_refused() {
+    let (dir, _) = stopped_with_history().await;
+    let path = dir.path().join("spends.journal");
+    let original = std::fs::read(&path).unwrap();
+    let frames = journal_frames(&original);
+    assert_eq!(frames.len(), 3);
+    // Cut the last record (the preallocated file ends in zeros, so zeroing it is a clean cut).
+    let (at, len) = frames[2];
+    let mut cut = original.clone();
+    cut[at..at + len].fill(0);
+    std::fs::write(&path, &cut).unwrap();
+    let why = refused(dir.path()).await;
+    assert!(
+        why.contains("spend journal holds 2 records") && why.contains("3 were durable"),
+        "{why}"
+    );
+    // One byte of the last record changed: before, "a torn tail" that was cleared.
+    let mut flipped = original.clone();
+    flipped[at + len / 2] ^= 1;
+    std::fs::write(&path, &flipped).unwrap();
+    let why = refused(dir.path()).await;
+    assert!(why.contains("spend journal"), "{why}");
+    // The same with the records in one durability round (no later record's watermark vouches
+    // for the last one): only the commit head knows it was acknowledged.
+    // The untouched journal opens (the checks above were not false alarms).
+    std::fs::write(&path, &original).unwrap();
+    let (platform, _) = simulated::platform(
+        dir.path(),
+        Arc::new(TestClock(Arc::new(AtomicU64::new(T0_MS + 10_000)))),
+    )
+    .unwrap();
+    Enclave::open(platform).await.unwrap();
+}
+
+#[tokio::test]
+async fn audit_lines_deleted_from_the_end_are_refused() {
+    let (dir, _) = stopped_with_history().await;
+    let path = dir.path().join("audit.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Drop the last two lines (the revocation and the last payment).
+    let kept = lines[..lines.len() - 2].join("\n") + "\n";
+    std::fs::write(&path, kept).unwrap();
+    let why = refused(dir.path()).await;
+    assert!(why.contains("audit log holds") && why.contains("deleted from its end"), "{why}");
+}
+
+#[tokio::test]
+async fn a_state_store_that_lost_its_last_write_is_refused() {
+    // The host puts back the state store as it was before the session was revoked (the journal,
+    // the audit log and the commit head are current): the revocation would be undone.
+    let (dir, before_revoke) = stopped_with_history().await;
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    copy_dir(&before_revoke.path().join("state"), &dir.path().join("state"));
+    let why = refused(dir.path()).await;
+    assert!(why.contains("state store is behind the commit head"), "{why}");
+}
+
+#[tokio::test]
+async fn a_deleted_commit_head_is_refused() {
+    let (dir, _) = stopped_with_history().await;
+    std::fs::remove_file(dir.path().join("commit.head")).unwrap();
+    let why = refused(dir.path()).await;
+    assert!(why.contains("commit head (commit.head) is missing"), "{why}");
+}

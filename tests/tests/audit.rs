@@ -91,17 +91,49 @@ fn every_decision_is_audited_and_tampering_is_detected() {
     std::fs::write(&log, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
     assert!(failed(&stack.walletctl(&["audit", "verify"], "")).contains("truncated"));
 
-    // Truncated at rest, then restarted: the enclave's chain is a valid prefix, but walletctl
-    // remembers the head it verified.
+    // Truncated at rest: the enclave refuses to start (the commit head counts the audit records
+    // that were durable), naming the log.
     stack.enclave.kill();
     std::fs::write(&log, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    let stderr = refused_to_start(&stack);
+    assert!(stderr.contains("audit log holds 5 records"), "{stderr}");
+    std::fs::write(&log, &genuine).unwrap();
+
+    // The whole data directory put back to an older copy, commit head included: consistent, so
+    // the enclave starts — but walletctl remembers the head it verified last.
+    let older = tempfile::tempdir().unwrap();
+    copy_dir(&stack.data_dir(), older.path());
+    stack.crash_and_restart_enclave();
+    ok(&stack.walletctl(&["kyt", "add", "0x1111111111111111111111111111111111111111"], ""));
+    assert!(ok(&stack.walletctl(&["audit", "verify"], "")).contains("audit log OK"));
+    stack.enclave.kill();
+    let newer = tempfile::tempdir().unwrap();
+    copy_dir(&stack.data_dir(), newer.path());
+    replace_dir(&stack.data_dir(), older.path());
     stack.crash_and_restart_enclave();
     let err = failed(&stack.walletctl(&["audit", "verify"], ""));
     assert!(err.contains("no longer contains"), "{err}");
+    stack.enclave.kill();
+    replace_dir(&stack.data_dir(), newer.path());
+    stack.crash_and_restart_enclave();
+    let genuine = std::fs::read_to_string(&log).unwrap();
+    let edited = genuine.replacen("0.01 USDC", "0.00 USDC", 1);
 
     // Edited at rest: the enclave refuses to start and names the record.
     stack.enclave.kill();
     std::fs::write(&log, &edited).unwrap();
+    let stderr = refused_to_start(&stack);
+    assert!(stderr.contains("audit log") && stderr.contains("record"), "{stderr}");
+
+    // Restoring the genuine log restores service; nothing was lost.
+    std::fs::write(&log, &genuine).unwrap();
+    stack.crash_and_restart_enclave();
+    assert!(ok(&stack.walletctl(&["audit", "verify"], "")).contains("audit log OK"));
+}
+
+/// Starts a second enclave on the stack's (stopped) data directory and returns its stderr; it
+/// must refuse to start.
+fn refused_to_start(stack: &Stack) -> String {
     let out = Command::new(bin("wallet-enclave"))
         .args(["--simulated", "--data-dir"])
         .arg(stack.data_dir())
@@ -110,12 +142,32 @@ fn every_decision_is_audited_and_tampering_is_detected() {
         .stdout(Stdio::null())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("audit log") && stderr.contains("record"), "{stderr}");
+    assert!(!out.status.success(), "the enclave started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
 
-    // Restoring the genuine log restores service; nothing was lost.
-    std::fs::write(&log, &genuine).unwrap();
-    stack.crash_and_restart_enclave();
-    assert!(ok(&stack.walletctl(&["audit", "verify"], "")).contains("audit log OK"));
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Replaces the contents of `dir` by a copy of `from` (sockets are left alone).
+fn replace_dir(dir: &std::path::Path, from: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        } else if entry.file_type().unwrap().is_file() {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    copy_dir(from, dir);
 }

@@ -28,7 +28,8 @@ pub use nsm::{Entropy, Mode, Nsm, NsmError, TrustRoot};
 
 use crate::{
     audit::{AuditError, AuditLog},
-    journal::{Journal, JournalError},
+    head::CommitHead,
+    journal::{HeadHook, Journal, JournalError},
     seal::{SealError, Sealer},
     store::{Op, Record, Store, StoreError, Table},
 };
@@ -74,6 +75,12 @@ pub trait SpendLog: Send + Sync + Debug {
     /// # Errors
     /// [`JournalError::Io`] when the durability round failed.
     fn durable(&self) -> BoxFuture<'_, Result<(), JournalError>>;
+    /// Runs a durability round now, appended or not, so that the commit head covers every store's
+    /// current durable state (state changes and synced audit records wait for it).
+    ///
+    /// # Errors
+    /// [`JournalError::Io`] when the round failed.
+    fn checkpoint(&self) -> BoxFuture<'_, Result<(), JournalError>>;
 }
 
 /// The audit log: hash-chained records, MACed under a key derived from the sealed audit key.
@@ -150,8 +157,10 @@ pub struct Handles {
 
 impl Platform {
     /// Opens the file-backed stores under `dir` (created 0700): sled in `state/`, the spend
-    /// journal `spends.journal` and `audit.log`, sealed with `key`'s key and drawing randomness
-    /// from `nsm`. The audit log is synced in the journal's durability rounds.
+    /// journal `spends.journal`, `audit.log` and the commit head `commit.head`, sealed with
+    /// `key`'s key and drawing randomness from `nsm`. The audit log is synced in the journal's
+    /// durability rounds, which then write the commit head; each store is checked against the
+    /// head first (a store behind it refuses to open).
     ///
     /// # Errors
     /// When the directory, the key or a store cannot be used (a store that fails its checks
@@ -166,12 +175,43 @@ impl Platform {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let entropy = Entropy::new(Arc::clone(&nsm));
         let sealing_key = key.sealing_key()?;
-        let store = Store::open(&dir.join("state"), Sealer::new(&sealing_key, entropy.clone()))?;
+        let sealer = || Sealer::new(&sealing_key, entropy.clone());
+        let (head, durable) = CommitHead::open(&dir.join("commit.head"), sealer())?;
+        let store = Store::open(&dir.join("state"), sealer())?;
         let audit = AuditLog::open(&dir.join("audit.log"))?;
+        // Each store must hold at least what the commit head says was durable (see `head`).
+        match durable {
+            None if store.seq() > 0 => {
+                return Err("the commit head (commit.head) is missing or empty, but this state was written with one: it was deleted or replaced. Refusing to start.".into());
+            }
+            None => {}
+            Some(f) => {
+                if store.seq() < f.store_seq {
+                    return Err(format!(
+                        "the state store is behind the commit head: it holds batch {} but batch {} was durable — it lost writes or was rolled back (a revocation, a freeze or a policy change could be undone). Refusing to start.",
+                        store.seq(),
+                        f.store_seq
+                    )
+                    .into());
+                }
+                let audit_records = audit.head().0;
+                if audit_records < f.audit_records {
+                    return Err(format!(
+                        "the audit log holds {audit_records} records but the commit head says {} were durable: records were deleted from its end or it was rolled back. Refusing to start.",
+                        f.audit_records
+                    )
+                    .into());
+                }
+            }
+        }
+        let hook =
+            HeadHook { head, audit_records: audit.count_handle(), store_seq: store.durable_seq() };
         let (journal, spends) = Journal::open_with(
             &dir.join("spends.journal"),
-            Sealer::new(&sealing_key, entropy.clone()),
+            sealer(),
             Some(audit.sync_handle()?),
+            Some(hook),
+            durable.map_or(0, |f| f.journal_records),
         )?;
         drop(sealing_key);
         let handles = Handles {
@@ -214,6 +254,9 @@ impl SpendLog for Journal {
     }
     fn durable(&self) -> BoxFuture<'_, Result<(), JournalError>> {
         Box::pin(Journal::durable(self))
+    }
+    fn checkpoint(&self) -> BoxFuture<'_, Result<(), JournalError>> {
+        Box::pin(Journal::checkpoint(self))
     }
 }
 

@@ -12,78 +12,77 @@ use super::{auth::AdminAuthorized, records::ApprovalRecord, Enclave, Failure, Re
 use crate::platform::UnixMillis;
 
 impl Enclave {
-    fn audit(&self, r: AuditRecord, sync: bool) {
-        let written =
-            self.audit.append(r).and_then(|()| if sync { self.audit.sync() } else { Ok(()) });
-        if let Err(e) = written {
+    /// Appends a record; it rides on the next durability round.
+    fn audit(&self, r: AuditRecord) {
+        if let Err(e) = self.audit.append(r) {
             tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    /// Appends a record and makes it durable now, covered by the commit head.
+    async fn audit_now(&self, r: AuditRecord) {
+        self.audit(r);
+        if let Err(e) = self.checkpoint().await {
+            tracing::error!(error = %e, "audit sync failed");
         }
     }
 
     /// A policy denial (rides on the next durability round).
     pub(super) fn audit_denial(&self, now: UnixMillis, session: &str, wallet: &str, f: &Failure) {
-        self.audit(
-            AuditRecord {
-                at_ms: now.as_millis(),
-                kind: "deny".into(),
-                session: session.to_owned(),
-                wallet: wallet.to_owned(),
-                reason: f.reason.as_str().to_owned(),
-                detail: f.message.clone(),
-                ..Default::default()
-            },
-            false,
-        );
+        self.audit(AuditRecord {
+            at_ms: now.as_millis(),
+            kind: "deny".into(),
+            session: session.to_owned(),
+            wallet: wallet.to_owned(),
+            reason: f.reason.as_str().to_owned(),
+            detail: f.message.clone(),
+            ..Default::default()
+        });
     }
 
     /// A signature withheld in flight (made durable at once).
-    pub(super) fn audit_withheld(
+    pub(super) async fn audit_withheld(
         &self,
         session: &str,
         wallet: &str,
         denial: &Failure,
         idempotency_key: &str,
     ) {
-        self.audit(
-            AuditRecord {
-                at_ms: self.clock.now().as_millis(),
-                kind: "withheld".into(),
-                session: session.to_owned(),
-                wallet: wallet.to_owned(),
-                reason: denial.reason.as_str().to_owned(),
-                detail: format!("idempotency key {idempotency_key}"),
-                ..Default::default()
-            },
-            true,
-        );
+        self.audit_now(AuditRecord {
+            at_ms: self.clock.now().as_millis(),
+            kind: "withheld".into(),
+            session: session.to_owned(),
+            wallet: wallet.to_owned(),
+            reason: denial.reason.as_str().to_owned(),
+            detail: format!("idempotency key {idempotency_key}"),
+            ..Default::default()
+        })
+        .await;
     }
 
     /// A new hold for approval (rides on the next durability round).
     pub(super) fn audit_hold(&self, hold: &ApprovalRecord) {
-        self.audit(
-            AuditRecord {
-                at_ms: hold.created_ms,
-                kind: "hold".into(),
-                session: hold.session_id.clone(),
-                wallet: hold.wallet_id.clone(),
-                reason: Reason::ApprovalPending.as_str().into(),
-                detail: format!(
-                    "{} {} {} to {} on {}: {}",
-                    hold.id,
-                    hold.amount,
-                    hold.asset_symbol,
-                    hold.pay_to.to_checksum(None),
-                    hold.network,
-                    hold.reason
-                ),
-                ..Default::default()
-            },
-            false,
-        );
+        self.audit(AuditRecord {
+            at_ms: hold.created_ms,
+            kind: "hold".into(),
+            session: hold.session_id.clone(),
+            wallet: hold.wallet_id.clone(),
+            reason: Reason::ApprovalPending.as_str().into(),
+            detail: format!(
+                "{} {} {} to {} on {}: {}",
+                hold.id,
+                hold.amount,
+                hold.asset_symbol,
+                hold.pay_to.to_checksum(None),
+                hold.network,
+                hold.reason
+            ),
+            ..Default::default()
+        });
     }
 
     /// An admin change (made durable at once: admin changes are rare).
-    pub(super) fn audit_admin(&self, rpc: AdminRpc, by: &AdminAuthorized, resp: &Resp) {
+    pub(super) async fn audit_admin(&self, rpc: AdminRpc, by: &AdminAuthorized, resp: &Resp) {
         let (wallet, session, what) = match resp {
             Resp::Wallet(w) => (
                 w.wallet_id.clone(),
@@ -152,18 +151,16 @@ impl Enclave {
             }
             _ => (String::new(), String::new(), String::new()),
         };
-        self.audit(
-            AuditRecord {
-                at_ms: self.clock.now().as_millis(),
-                kind: "admin".into(),
-                session,
-                wallet,
-                reason: rpc.as_str().into(),
-                detail: format!("{what} (by admin {})", by.admin),
-                ..Default::default()
-            },
-            true,
-        );
+        self.audit_now(AuditRecord {
+            at_ms: self.clock.now().as_millis(),
+            kind: "admin".into(),
+            session,
+            wallet,
+            reason: rpc.as_str().into(),
+            detail: format!("{what} (by admin {})", by.admin),
+            ..Default::default()
+        })
+        .await;
     }
 
     /// The audit head signed by the enclave's identity key, bound to the caller's challenge.

@@ -53,8 +53,9 @@ pub(crate) struct AdminAuthorized {
 
 /// How far ahead of the newest request timestamp the durable replay floor is set, ms. After a
 /// restart, requests signed up to this long after the last one accepted are refused (clients
-/// sign again); under load the floor is written about once per this interval.
-pub const REPLAY_FLOOR_MARGIN_MS: u64 = 1_000;
+/// sign again; a restart itself takes longer); under load the floor is written about once per
+/// this interval (one state-store sync, which the request that crosses it waits for).
+pub const REPLAY_FLOOR_MARGIN_MS: u64 = 100;
 
 /// The state-store key (meta table) of the replay floor: Unix ms, JSON.
 pub(super) const REPLAY_FLOOR_KEY: &[u8] = b"replay-floor";
@@ -131,7 +132,7 @@ impl Enclave {
 
     /// Makes sure a request signed at `timestamp_ms` would be refused after a restart: the
     /// enclave keeps a durable high-water mark of request timestamps (in the state store, advanced
-    /// [`REPLAY_FLOOR_MARGIN_MS`] ahead at a time, so about once a second under load), and at
+    /// [`REPLAY_FLOOR_MARGIN_MS`] ahead at a time, so about ten times a second under load), and at
     /// start-up refuses every request signed at or before it. The replay cache itself can then
     /// stay in memory. Called before a request's nonce is used or any answer is given.
     async fn cover_by_replay_floor(&self, timestamp_ms: u64, now: UnixMillis) -> Result<()> {
@@ -144,7 +145,8 @@ impl Enclave {
             return Ok(());
         }
         let mark = timestamp_ms.max(now.as_millis()).saturating_add(REPLAY_FLOOR_MARGIN_MS);
-        self.persist(vec![Op::Put(Table::Meta, REPLAY_FLOOR_KEY.to_vec(), json(&mark))]).await?;
+        self.persist_state(vec![Op::Put(Table::Meta, REPLAY_FLOOR_KEY.to_vec(), json(&mark))])
+            .await?;
         self.replay_high_water.store(mark, Ordering::Release);
         Ok(())
     }
@@ -233,7 +235,7 @@ impl Enclave {
                 a.last_ts = auth.timestamp_ms;
                 a.clone()
             };
-            self.persist(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))]).await?;
+            self.persist_state(vec![Op::Put(Table::Admins, pk.to_vec(), json(&record))]).await?;
         }
         let admin = hex::encode(&pk[..8]);
         tracing::info!(%rpc, %admin, "admin request authorized");

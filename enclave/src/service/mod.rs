@@ -134,7 +134,7 @@ impl Enclave {
                 let _serial = self.admin.lock().await;
                 let $by = self.authorize(AdminRpc::$rpc, &$r, false).await?;
                 let resp = $op;
-                self.audit_admin(AdminRpc::$rpc, &$by, &resp);
+                self.audit_admin(AdminRpc::$rpc, &$by, &resp).await;
                 resp
             }};
         }
@@ -197,7 +197,7 @@ impl Enclave {
                 let self_signed = r.auth.as_ref().is_some_and(|a| a.public_key == r.public_key);
                 let by = self.authorize(AdminRpc::AddAdmin, &r, self_signed).await?;
                 let resp = Resp::Admin(self.add_admin(&by, r).await?);
-                self.audit_admin(AdminRpc::AddAdmin, &by, &resp);
+                self.audit_admin(AdminRpc::AddAdmin, &by, &resp).await;
                 resp
             }
         })
@@ -219,6 +219,9 @@ impl Enclave {
     pub async fn open(platform: Platform) -> std::result::Result<Self, StoreError> {
         let Platform { nsm, clock, state, spend_log, spends, audit, location } = platform;
         let entropy = Entropy::new(Arc::clone(&nsm));
+        // The commit head exists (and covers the stores as they are) before anything is written.
+        let checkpoint = |e: crate::journal::JournalError| StoreError::Sync(e.to_string());
+        spend_log.checkpoint().await.map_err(checkpoint)?;
         let mut inner = state::Inner::load(&*state, clock.now()).await?;
         let summary = inner.replay_ledger(ledger::recover(&spends)?)?;
         drop(spends);
@@ -275,6 +278,7 @@ impl Enclave {
                 "the state has wallets, sessions, spends or audit records but no admin: the admin records were removed. Refusing to start (a new admin could take over).".into(),
             ));
         }
+        spend_log.checkpoint().await.map_err(checkpoint)?;
         Ok(Self {
             state,
             spend_log,
@@ -309,10 +313,25 @@ impl Enclave {
         self.identity_key.verifying_key().to_bytes()
     }
 
-    /// Applies a batch of state changes atomically and waits until it is durable.
+    /// Applies a batch of state changes atomically and waits until it is durable and covered by
+    /// the commit head (so a state store that later loses it is refused at start-up).
     async fn persist(&self, ops: Vec<Op>) -> std::result::Result<(), StoreError> {
+        self.persist_state(ops).await?;
+        self.checkpoint().await
+    }
+
+    /// Applies a batch and waits until the state store made it durable, without waiting for a
+    /// commit-head round (the next round covers it). For bookkeeping on the way to a change —
+    /// an admin's last timestamp, the replay floor — so that a kill switch never waits behind a
+    /// spend-journal round before it takes effect.
+    async fn persist_state(&self, ops: Vec<Op>) -> std::result::Result<(), StoreError> {
         self.state.apply(ops)?;
         self.state.sync().await
+    }
+
+    /// A durability round now: the audit log synced and the commit head written (see `head`).
+    async fn checkpoint(&self) -> std::result::Result<(), StoreError> {
+        self.spend_log.checkpoint().await.map_err(|e| StoreError::Sync(e.to_string()))
     }
 
     fn lock(&self) -> MutexGuard<'_, state::Inner> {

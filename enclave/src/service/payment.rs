@@ -356,7 +356,8 @@ impl Enclave {
                     durable.wallet_id(),
                     &denial,
                     &p.auth.request().idempotency_key,
-                );
+                )
+                .await;
                 Err(Failure {
                     message:
                         "revoked or frozen while the payment was in flight; signature withheld"
