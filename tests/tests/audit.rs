@@ -113,9 +113,15 @@ fn every_decision_is_audited_and_tampering_is_detected() {
     stack.crash_and_restart_enclave();
     let err = failed(&stack.walletctl(&["audit", "verify"], ""));
     assert!(err.contains("no longer contains"), "{err}");
+    let out = stack.walletctl(&["status"], "");
+    assert_eq!(out.status.code(), Some(5), "status must fail after a rollback");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ROLLED BACK") && err.contains("fewer than the 8"), "{err}");
     stack.enclave.kill();
     replace_dir(&stack.data_dir(), newer.path());
     stack.crash_and_restart_enclave();
+    assert!(ok(&stack.walletctl(&["status"], ""))
+        .contains("audit:    8 records (signed; 8 verified last)"));
     let genuine = std::fs::read_to_string(&log).unwrap();
     let edited = genuine.replacen("0.01 USDC", "0.00 USDC", 1);
 

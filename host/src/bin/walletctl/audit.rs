@@ -52,6 +52,56 @@ pub(crate) async fn audit_records(cl: &mut GatewayClient) -> Result<Vec<String>,
     }
 }
 
+/// The enclave's audit head, signed over a fresh challenge and checked against the key pinned in
+/// `HOME/audit.pub`, compared with the head this machine verified last (`HOME/audit.head`).
+/// `Ok(None)` when nothing is pinned yet. A head with fewer records than the last verified one
+/// means the enclave's data directory was replaced by an older copy (or records were deleted):
+/// exit code 5. (A head as long or longer is only fully checked by `walletctl audit verify`.)
+pub(crate) async fn check_against_last_verified(
+    cl: &mut wallet_client::GatewayClient,
+    home: &Path,
+) -> Result<Option<String>, Fail> {
+    let (Ok(pinned), Ok(last)) = (
+        std::fs::read_to_string(home.join("audit.pub")),
+        std::fs::read_to_string(home.join("audit.head")),
+    ) else {
+        return Ok(None);
+    };
+    let last_count =
+        last.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    let mut challenge = [0u8; 16];
+    OsRng.fill_bytes(&mut challenge);
+    let head = cl.get_audit_head(gw::GetAuditHeadRequest { challenge: challenge.to_vec() }).await?;
+    if hex::encode(&head.public_key) != pinned.trim() {
+        return Err(Fail(5, format!("the enclave's identity changed (pinned {}, now {}): a different enclave, or its state was replaced; the host is not to be trusted", pinned.trim(), hex::encode(&head.public_key))));
+    }
+    let key = ed25519_dalek::VerifyingKey::from_bytes(
+        &head
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Fail(5, "malformed audit key".into()))?,
+    )
+    .map_err(|_| Fail(5, "malformed audit key".into()))?;
+    let hash: [u8; 32] =
+        head.hash.as_slice().try_into().map_err(|_| Fail(5, "malformed audit head".into()))?;
+    let sig = ed25519_dalek::Signature::from_slice(&head.signature)
+        .map_err(|_| Fail(5, "malformed head signature".into()))?;
+    key.verify(&head_message(head.count, &hash, &challenge), &sig).map_err(|_| {
+        Fail(5, "the audit head's signature does not verify with the pinned enclave key and this challenge: the answer did not come from the enclave (the host is not to be trusted)".into())
+    })?;
+    if head.count < last_count {
+        return Err(Fail(
+            5,
+            format!(
+                "ROLLED BACK: the enclave's signed audit head has {} records, fewer than the {last_count} this machine verified last: its data directory was replaced by an older copy (or records were deleted). Spends, revocations and freezes made since that copy are forgotten by the enclave; see ARCHITECTURE.md (known gaps)",
+                head.count
+            ),
+        ));
+    }
+    Ok(Some(format!("{} records (signed; {last_count} verified last)", head.count)))
+}
+
 /// Pins the enclave's audit key in `HOME/audit.pub` on first use; afterwards checks it.
 pub(crate) fn pin_audit_key(home: &Path, key: &[u8]) -> Result<(), Fail> {
     let path = home.join("audit.pub");

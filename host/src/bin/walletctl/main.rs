@@ -112,7 +112,7 @@ async fn run(cli: Cli) -> Out {
     let home = cli.home.clone().unwrap_or_else(default_home);
     match cli.command {
         Command::Init => setup::init(&cli.gateway, &home).await,
-        Command::Status => setup::status(&cli.gateway).await,
+        Command::Status => setup::status(&cli.gateway, &home).await,
         Command::Wallet(c) => wallet::run(&cli.gateway, &home, c).await,
         Command::Policy(c) => policy::run(&cli.gateway, &home, c).await,
         Command::Asset(c) => asset::run(&cli.gateway, &home, c).await,

@@ -26,7 +26,7 @@ pub(crate) async fn init(url: &str, home: &Path) -> Out {
         k
     };
     println!("admin public:   {}", key.public_key_hex());
-    status(url).await?;
+    status(url, home).await?;
     let mut cl = client(url).await?;
     let head = cl.get_audit_head(gw::GetAuditHeadRequest::default()).await?;
     pin_audit_key(home, &head.public_key)?;
@@ -52,8 +52,9 @@ pub(crate) async fn init(url: &str, home: &Path) -> Out {
     Ok(())
 }
 
-pub(crate) async fn status(url: &str) -> Out {
-    let s = client(url).await?.get_status(gw::GetStatusRequest {}).await?;
+pub(crate) async fn status(url: &str, home: &Path) -> Out {
+    let mut cl = client(url).await?;
+    let s = cl.get_status(gw::GetStatusRequest {}).await?;
     println!("gateway:  {url} (up)");
     if !s.enclave_reachable {
         return Err(Fail(
@@ -77,5 +78,9 @@ pub(crate) async fn status(url: &str) -> Out {
         "admins {} · wallets {} · sessions {} · assets {} · kyt entries {} · payments signed {}",
         s.admins, s.wallets, s.sessions, s.assets, s.kyt_entries, s.payments_signed
     );
+    // Whole-directory rollback: the enclave cannot see it; the head verified last can.
+    if let Some(audit) = crate::audit::check_against_last_verified(&mut cl, home).await? {
+        println!("audit:    {audit}");
+    }
     Ok(())
 }
