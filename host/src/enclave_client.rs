@@ -2,6 +2,13 @@
 //! [`EnclaveAddress`] (a Unix socket in simulated mode, vsock on Nitro). Requests are tagged with
 //! ids; responses may come back in any order. Frames are [`wallet_proto::frame`]'s, read with
 //! [`read_frame`].
+//!
+//! Bounded: at most [`EnclaveClient::max_in_flight`] requests are in flight on the link (default
+//! [`DEFAULT_MAX_IN_FLIGHT`], the enclave's own per-connection cap, so the enclave never has to
+//! push back on a healthy gateway). A call that finds no free slot within the queue wait (default
+//! [`DEFAULT_QUEUE_WAIT`]) fails at once with `UNAVAILABLE` / `ENCLAVE_UNAVAILABLE` and a message
+//! saying the gateway is saturated; a flood of gRPC calls therefore queues briefly and is shed,
+//! instead of piling up without bound.
 
 use std::{
     collections::HashMap,
@@ -18,7 +25,7 @@ use std::{
 use prost::Message as _;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
-    sync::{mpsc, oneshot, Mutex},
+    sync::{mpsc, oneshot, Mutex, Semaphore},
 };
 use tonic::Status;
 use wallet_proto::{
@@ -148,12 +155,21 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// Default cap on requests in flight to the enclave (equal to the enclave's per-connection cap).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// Default time a call waits for a free in-flight slot before it is refused.
+pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
 /// Client for the enclave.
 pub struct EnclaveClient {
     address: EnclaveAddress,
     conn: Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
     timeout: Duration,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    queue_wait: Duration,
 }
 
 impl std::fmt::Debug for EnclaveClient {
@@ -171,7 +187,34 @@ impl EnclaveClient {
             conn: Mutex::new(None),
             next_id: AtomicU64::new(1),
             timeout: Duration::from_secs(30),
+            in_flight: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            queue_wait: DEFAULT_QUEUE_WAIT,
         }
+    }
+
+    /// The same, with at most `max` requests in flight to the enclave (at least 1; default
+    /// [`DEFAULT_MAX_IN_FLIGHT`]).
+    #[must_use]
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        self.in_flight = Arc::new(Semaphore::new(max));
+        self.max_in_flight = max;
+        self
+    }
+
+    /// The same, refusing a call that waits longer than `wait` for an in-flight slot (default
+    /// [`DEFAULT_QUEUE_WAIT`]).
+    #[must_use]
+    pub fn with_queue_wait(mut self, wait: Duration) -> Self {
+        self.queue_wait = wait;
+        self
+    }
+
+    /// The cap on requests in flight to the enclave.
+    #[must_use]
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 
     /// The same, giving up on a request after `timeout` (default 30 s).
@@ -235,9 +278,25 @@ impl EnclaveClient {
     /// Sends one request and waits for its response.
     ///
     /// # Errors
-    /// `Unavailable` when the enclave cannot be reached or drops the connection; `InvalidArgument`
+    /// `Unavailable` when the enclave cannot be reached or drops the connection, or when the
+    /// link stays saturated (all in-flight slots taken) for the queue wait; `InvalidArgument`
     /// when the request is too large for a frame; `DeadlineExceeded` after the timeout.
     pub async fn call(&self, body: Req) -> Result<Resp, Status> {
+        let saturated = || {
+            reason_status(
+                tonic::Code::Unavailable,
+                Reason::EnclaveUnavailable,
+                &format!(
+                    "the gateway is saturated: {} requests already in flight to the enclave and none finished within {} ms; retry later",
+                    self.max_in_flight,
+                    self.queue_wait.as_millis()
+                ),
+            )
+        };
+        let _slot = match tokio::time::timeout(self.queue_wait, self.in_flight.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) | Err(_) => return Err(saturated()),
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(&EnclaveRequest {
             protocol_version: ENCLAVE_PROTOCOL_VERSION,
@@ -258,16 +317,25 @@ impl EnclaveClient {
         // Removes the waiter however this call ends (answered, failed, timed out, or cancelled
         // because the gRPC client went away), so waiters never pile up.
         let _cleanup = Cleanup { pending: &conn.pending, id };
-        if conn.dead.load(Ordering::SeqCst) || conn.tx.send(frame).await.is_err() {
-            return Err(reason_status(
+        let closed = || {
+            reason_status(
                 tonic::Code::Unavailable,
                 Reason::EnclaveUnavailable,
                 "the enclave connection closed",
-            ));
+            )
+        };
+        if conn.dead.load(Ordering::SeqCst) {
+            return Err(closed());
         }
-        let resp = match tokio::time::timeout(self.timeout, rx).await {
+        // One deadline for queueing the frame (the enclave may push back) and the answer.
+        let exchange = async {
+            conn.tx.send(frame).await.map_err(|_| None)?;
+            rx.await.map_err(|_| Some(()))
+        };
+        let resp = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(resp)) => resp,
-            Ok(Err(_)) => {
+            Ok(Err(None)) => return Err(closed()),
+            Ok(Err(Some(()))) => {
                 return Err(reason_status(
                     tonic::Code::Unavailable,
                     Reason::EnclaveUnavailable,

@@ -20,10 +20,19 @@ pub mod enclave_client;
 pub mod gateway;
 pub mod kyt_import;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tonic::transport::server::Connected;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 pub use enclave_client::{EnclaveAddress, EnclaveClient};
 
@@ -33,11 +42,54 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7402";
 /// Largest request the gateway decodes (a KYT import chunk is the largest).
 pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 
+/// The gateway's resource limits. A flood of clients is bounded by them; normal loads (the
+/// benchmark: 64 concurrent clients on 4 HTTP/2 connections) stay far below.
+///
+/// * `max_connections`: TCP connections served at once; one accepted past that is closed at
+///   once (logged at warn, at most once a second). An accept error (`EMFILE`, ...) is logged and
+///   retried after 100 ms; it never ends the server.
+/// * `max_concurrent_streams`: HTTP/2 streams a client may open on one connection
+///   (advertised in SETTINGS; the client queues past it).
+/// * `concurrency_limit_per_connection`: requests handled at once per connection (more wait).
+/// * `max_enclave_in_flight`: requests in flight to the enclave, all clients together; a call
+///   that finds no free slot within [`enclave_client::DEFAULT_QUEUE_WAIT`] fails with
+///   `UNAVAILABLE` / `ENCLAVE_UNAVAILABLE` ("the gateway is saturated").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP connections served at once.
+    pub max_connections: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Requests handled at once per connection.
+    pub concurrency_limit_per_connection: usize,
+    /// Requests in flight to the enclave.
+    pub max_enclave_in_flight: usize,
+}
+
+/// Default [`Limits::max_connections`] (below the common 1024 soft limit on descriptors).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default [`Limits::max_concurrent_streams`] and [`Limits::concurrency_limit_per_connection`].
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            concurrency_limit_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION as usize,
+            max_enclave_in_flight: enclave_client::DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+/// How long the accept loop pauses after a failed `accept` (for example `EMFILE`).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// An error of the gateway server.
 pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs the gateway on `listener` until `shutdown` resolves, relaying to the enclave at
-/// `enclave`.
+/// `enclave`, within the default [`Limits`].
 ///
 /// # Errors
 /// When the server fails.
@@ -47,12 +99,30 @@ pub async fn serve_gateway(
     data_dir: String,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let client = Arc::new(EnclaveClient::new(enclave));
-    serve_incoming(nodelay_incoming(listener), client, data_dir, shutdown).await
+    serve_gateway_with(listener, enclave, data_dir, Limits::default(), shutdown).await
+}
+
+/// [`serve_gateway`] within `limits`.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_gateway_with(
+    listener: tokio::net::TcpListener,
+    enclave: EnclaveAddress,
+    data_dir: String,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let client =
+        Arc::new(EnclaveClient::new(enclave).with_max_in_flight(limits.max_enclave_in_flight));
+    let incoming = limited_incoming(listener, limits.max_connections);
+    serve_incoming_with(incoming, client, data_dir, limits, shutdown).await
 }
 
 /// Runs the gateway (with gRPC health and reflection) on any stream of connections, e.g. an
-/// in-memory `tokio::io::duplex` transport in tests, until `shutdown` resolves.
+/// in-memory `tokio::io::duplex` transport in tests, until `shutdown` resolves, with the default
+/// per-connection [`Limits`] (the connection cap and the enclave link's cap are the caller's:
+/// the stream and the client).
 ///
 /// # Errors
 /// When the server fails.
@@ -60,6 +130,25 @@ pub async fn serve_incoming<I, IO, IE>(
     incoming: I,
     enclave: Arc<EnclaveClient>,
     data_dir: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<ServeError>,
+{
+    serve_incoming_with(incoming, enclave, data_dir, Limits::default(), shutdown).await
+}
+
+/// [`serve_incoming`] with the per-connection limits of `limits` (streams and concurrency).
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_incoming_with<I, IO, IE>(
+    incoming: I,
+    enclave: Arc<EnclaveClient>,
+    data_dir: String,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
 where
@@ -76,6 +165,8 @@ where
         .register_encoded_file_descriptor_set(wallet_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams.max(1))
+        .concurrency_limit_per_connection(limits.concurrency_limit_per_connection.max(1))
         .add_service(health)
         .add_service(reflection)
         .add_service(service)
@@ -84,19 +175,127 @@ where
     Ok(())
 }
 
-/// Accepted connections with `TCP_NODELAY`: without it, the small trailers frame of each gRPC
-/// response waits for the client's delayed ACK (~40 ms a call). `serve_with_incoming` ignores
-/// the builder's own nodelay setting.
-fn nodelay_incoming(
+/// Accepted connections with `TCP_NODELAY` (without it, the small trailers frame of each gRPC
+/// response waits for the client's delayed ACK, ~40 ms a call; `serve_with_incoming` ignores the
+/// builder's own nodelay setting), at most `max` at once: one accepted past that is closed at
+/// once. Accept errors are logged and retried after a pause (tonic would retry at once, spinning
+/// while descriptors are exhausted); they never end the server. The accept task ends when the
+/// server drops the stream.
+fn limited_incoming(
     listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-        if let Ok(s) = &s {
-            let _ = s.set_nodelay(true);
+    max: usize,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Limited>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let slots = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
+    tokio::spawn(async move {
+        let (mut refused, mut failed) = (Throttle::default(), Throttle::default());
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        drop(stream);
+                        if let Some(n) = refused.tick() {
+                            tracing::warn!(
+                                max_connections = max,
+                                refused = n,
+                                "connection limit reached: closing new connections"
+                            );
+                        }
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    if tx.send(Ok(Limited { stream, _slot: slot })).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if let Some(n) = failed.tick() {
+                        tracing::error!(error = %e, failures = n, "accept failed; retrying");
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
         }
-        s
-    })
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Rate-limited warnings: at most one a second, with how many were folded into it.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    folded: u64,
+}
+
+impl Throttle {
+    fn tick(&mut self) -> Option<u64> {
+        self.folded += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.folded))
+    }
+}
+
+/// A TCP connection holding one of the gateway's connection slots until it is dropped.
+#[derive(Debug)]
+struct Limited {
+    stream: tokio::net::TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Limited {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Whether an address is loopback. The gateway listens only on loopback unless told otherwise:

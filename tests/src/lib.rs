@@ -75,6 +75,20 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
+/// How to start a [`Stack`] ([`Stack::start_with`]); the default is [`Stack::start`]'s.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// `RUST_LOG` for both processes [default: `info`].
+    pub log_level: Option<String>,
+    /// Start the enclave under `ulimit -n N` (its own descriptor limit, set in a shell that then
+    /// `exec`s it; nothing system-wide changes).
+    pub enclave_nofile: Option<u32>,
+    /// Start the gateway under `ulimit -n N`, likewise.
+    pub gateway_nofile: Option<u32>,
+    /// Extra arguments for `wallet-gateway` (for example its limits).
+    pub gateway_args: Vec<String>,
+}
+
 /// A running local stack.
 #[derive(Debug)]
 pub struct Stack {
@@ -91,6 +105,7 @@ pub struct Stack {
     /// The enclave's identity (audit public key) pinned by `walletctl init`.
     pub enclave_id: Vec<u8>,
     admin_last: std::sync::atomic::AtomicU64,
+    options: StackOptions,
 }
 
 impl Stack {
@@ -109,9 +124,24 @@ impl Stack {
     /// When either fails to start.
     #[must_use]
     pub fn start_logging(level: &str) -> Self {
+        Self::start_with(StackOptions {
+            log_level: Some(level.to_owned()),
+            ..StackOptions::default()
+        })
+    }
+
+    /// Starts the stack with `options` (descriptor limits, gateway flags, log level).
+    ///
+    /// # Panics
+    /// When either fails to start.
+    #[must_use]
+    pub fn start_with(options: StackOptions) -> Self {
+        let level = options.log_level.clone().unwrap_or_else(|| "info".to_owned());
+        let level = level.as_str();
         let dir = tempfile::tempdir().expect("tempdir");
-        let enclave = start_enclave(dir.path(), level);
-        let (gateway, url) = start_gateway_logging(dir.path(), level);
+        let enclave = start_enclave_limited(dir.path(), level, options.enclave_nofile);
+        let (gateway, url) =
+            start_gateway_with(dir.path(), level, options.gateway_nofile, &options.gateway_args);
         let home = dir.path().join("home");
         let init = Command::new(bin("walletctl"))
             .arg("init")
@@ -141,6 +171,7 @@ impl Stack {
             admin,
             enclave_id,
             admin_last: std::sync::atomic::AtomicU64::new(0),
+            options,
         }
     }
 
@@ -175,7 +206,7 @@ impl Stack {
     /// Kills the enclave with SIGKILL and starts it again on the same state.
     pub fn crash_and_restart_enclave(&mut self) {
         self.enclave.kill();
-        self.enclave = start_enclave(self.dir.path(), "info");
+        self.enclave = start_enclave_limited(self.dir.path(), "info", self.options.enclave_nofile);
     }
 
     /// A gRPC client.
@@ -317,6 +348,32 @@ impl Stack {
 /// When it does not open its socket within 20 s.
 #[must_use]
 pub fn start_enclave(dir: &Path, log_level: &str) -> ChildGuard {
+    start_enclave_limited(dir, log_level, None)
+}
+
+/// A command running `program`, under `ulimit -n N` when `nofile` is given: a shell lowers its
+/// own limit and `exec`s the program (same pid, so [`ChildGuard`] stops the program itself).
+fn command_limited(program: &Path, nofile: Option<u32>) -> Command {
+    match nofile {
+        None => Command::new(program),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(r#"ulimit -n "$1" || exit 97; shift; exec "$@""#)
+                .arg("sh")
+                .arg(n.to_string())
+                .arg(program);
+            c
+        }
+    }
+}
+
+/// [`start_enclave`] under `ulimit -n nofile` when given.
+///
+/// # Panics
+/// When it does not open its socket within 20 s.
+#[must_use]
+pub fn start_enclave_limited(dir: &Path, log_level: &str, nofile: Option<u32>) -> ChildGuard {
     let data = dir.join("data");
     let sock = dir.join("enclave.sock");
     let _ = std::fs::remove_file(&sock);
@@ -325,7 +382,7 @@ pub fn start_enclave(dir: &Path, log_level: &str) -> ChildGuard {
         .append(true)
         .open(dir.join("enclave.log"))
         .expect("log file");
-    let child = Command::new(bin("wallet-enclave"))
+    let child = command_limited(&bin("wallet-enclave"), nofile)
         .args(["--simulated", "--data-dir"])
         .arg(&data)
         .arg("--socket")
@@ -362,16 +419,31 @@ pub fn start_gateway(dir: &Path) -> (ChildGuard, String) {
 /// When it does not announce its address.
 #[must_use]
 pub fn start_gateway_logging(dir: &Path, level: &str) -> (ChildGuard, String) {
+    start_gateway_with(dir, level, None, &[])
+}
+
+/// [`start_gateway_logging`] under `ulimit -n nofile` when given, with extra arguments.
+///
+/// # Panics
+/// When it does not announce its address.
+#[must_use]
+pub fn start_gateway_with(
+    dir: &Path,
+    level: &str,
+    nofile: Option<u32>,
+    extra_args: &[String],
+) -> (ChildGuard, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("gateway.log"))
         .expect("log file");
-    let mut child = Command::new(bin("wallet-gateway"))
+    let mut child = command_limited(&bin("wallet-gateway"), nofile)
         .args(["--listen", "127.0.0.1:0", "--enclave-socket"])
         .arg(dir.join("enclave.sock"))
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(extra_args)
         .env("RUST_LOG", level)
         .stdout(Stdio::piped())
         .stderr(log)

@@ -25,6 +25,24 @@ struct Args {
     /// plaintext: put the gateway behind TLS and access control.
     #[arg(long)]
     allow_non_loopback: bool,
+    /// TCP connections served at once; one past that is closed at once.
+    #[arg(long, env = "WALLET_GATEWAY_MAX_CONNECTIONS", default_value_t = wallet_host::DEFAULT_MAX_CONNECTIONS, value_parser = positive)]
+    max_connections: usize,
+    /// HTTP/2 streams (concurrent calls) per connection.
+    #[arg(long, env = "WALLET_GATEWAY_MAX_STREAMS", default_value_t = wallet_host::DEFAULT_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
+    /// Requests in flight to the enclave, all clients together; a call that waits 2 s for a
+    /// slot fails with UNAVAILABLE (ENCLAVE_UNAVAILABLE).
+    #[arg(long, env = "WALLET_GATEWAY_MAX_ENCLAVE_IN_FLIGHT", default_value_t = wallet_host::enclave_client::DEFAULT_MAX_IN_FLIGHT, value_parser = positive)]
+    max_enclave_in_flight: usize,
+}
+
+/// A whole number above zero.
+fn positive(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| "expected a whole number above 0".to_owned())
 }
 
 fn default_data_dir() -> PathBuf {
@@ -73,8 +91,21 @@ async fn main() -> ExitCode {
         }
         tracing::info!("shutting down");
     };
-    match wallet_host::serve_gateway(listener, enclave, data_dir.display().to_string(), shutdown)
-        .await
+    let limits = wallet_host::Limits {
+        max_connections: args.max_connections,
+        max_concurrent_streams: args.max_streams_per_connection,
+        concurrency_limit_per_connection: args.max_streams_per_connection as usize,
+        max_enclave_in_flight: args.max_enclave_in_flight,
+    };
+    tracing::info!(?limits, "limits");
+    match wallet_host::serve_gateway_with(
+        listener,
+        enclave,
+        data_dir.display().to_string(),
+        limits,
+        shutdown,
+    )
+    .await
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
