@@ -26,6 +26,9 @@ pub struct Credential {
     pub gateway: String,
     /// Unix seconds.
     pub expires_at: u64,
+    /// The enclave's identity (Ed25519 public key, hex) pinned when the session was issued:
+    /// answers are checked against it. Empty in credentials issued before signed answers.
+    pub enclave_id: String,
     key: SigningKey,
 }
 
@@ -46,6 +49,9 @@ struct CredentialFile {
     wallet_address: String,
     gateway: String,
     expires_at: u64,
+    /// The enclave's identity, hex (absent in older files).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    enclave_id: String,
     /// Ed25519 private key, hex. The file is 0600.
     session_secret: String,
 }
@@ -73,7 +79,23 @@ impl Credential {
         expires_at: u64,
         key: SigningKey,
     ) -> Self {
-        Self { session_id, wallet_id, wallet_address, gateway, expires_at, key }
+        Self {
+            session_id,
+            wallet_id,
+            wallet_address,
+            gateway,
+            expires_at,
+            enclave_id: String::new(),
+            key,
+        }
+    }
+
+    /// Pins the enclave identity (hex Ed25519 public key) whose signed answers this credential
+    /// accepts.
+    #[must_use]
+    pub fn with_enclave_id(mut self, enclave_id: &str) -> Self {
+        enclave_id.trim().clone_into(&mut self.enclave_id);
+        self
     }
 
     /// The session's public key (what the enclave holds).
@@ -95,6 +117,7 @@ impl Credential {
             wallet_address: self.wallet_address.clone(),
             gateway: self.gateway.clone(),
             expires_at: self.expires_at,
+            enclave_id: self.enclave_id.clone(),
             session_secret: hex::encode(self.key.to_bytes()),
         };
         let body = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?);
@@ -135,6 +158,7 @@ impl Credential {
             wallet_address: file.wallet_address.clone(),
             gateway: file.gateway.clone(),
             expires_at: file.expires_at,
+            enclave_id: file.enclave_id.clone(),
             key,
         })
     }

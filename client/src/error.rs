@@ -16,6 +16,8 @@ enum Origin {
     Connect,
     /// The gateway URL is malformed.
     BadUrl,
+    /// The answer did not verify against the pinned enclave identity.
+    Untrusted,
 }
 
 /// A failed call: the gRPC code, the reason code (if the error carried one) and the message.
@@ -65,6 +67,26 @@ impl ClientError {
         }
     }
 
+    /// The answer to `rpc` is not signed by the pinned enclave (`DataLoss`,
+    /// [`Reason::UntrustedAnswer`], exit code 5): `why` says what was wrong.
+    #[must_use]
+    pub fn untrusted(rpc: &str, why: &str) -> Self {
+        Self {
+            code: Code::DataLoss,
+            reason_code: Some(Reason::UntrustedAnswer.as_str().to_owned()),
+            message: format!(
+                "UNTRUSTED_ANSWER: the answer to {rpc} is not signed by the pinned enclave ({why}): the host (gateway) invented, replayed or altered it, and whether the request took effect is unknown. Do not trust this host"
+            ),
+            origin: Origin::Untrusted,
+        }
+    }
+
+    /// Whether the answer failed verification against the pinned enclave identity.
+    #[must_use]
+    pub fn is_untrusted(&self) -> bool {
+        self.origin == Origin::Untrusted
+    }
+
     /// The gRPC code.
     #[must_use]
     pub fn code(&self) -> Code {
@@ -95,13 +117,17 @@ impl ClientError {
         self.origin == Origin::Connect
     }
 
-    /// `walletctl`'s exit code for this error: 6 held for approval (`APPROVAL_PENDING`);
+    /// `walletctl`'s exit code for this error: 6 held for approval (`APPROVAL_PENDING`); 5 an
+    /// answer not signed by the pinned enclave (`UNTRUSTED_ANSWER`);
     /// 3 denied (`PermissionDenied`); 2 bad input (`InvalidArgument`, `FailedPrecondition`);
     /// 4 not authenticated; 1 anything else.
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         if self.reason() == Some(Reason::ApprovalPending) {
             return 6;
+        }
+        if self.origin == Origin::Untrusted {
+            return 5;
         }
         match self.code {
             Code::PermissionDenied => 3,
@@ -132,6 +158,7 @@ impl fmt::Display for ClientError {
         match self.origin {
             Origin::BadUrl => f.write_str(&self.message),
             Origin::Status | Origin::Connect => write!(f, "{}: {}", self.label(), self.message),
+            Origin::Untrusted => write!(f, "untrusted: {}", self.message),
         }
     }
 }

@@ -2,8 +2,16 @@
 //! message and returns the response message, or a [`ClientError`] with the gRPC code, the
 //! [`Reason`](wallet_proto::Reason) and the exit code.
 
-use tonic::transport::{Channel, Endpoint};
-use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
+use ed25519_dalek::{Signature, VerifyingKey};
+use prost::Message as _;
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+use wallet_proto::{
+    answer::{answer_message, CHALLENGE_METADATA, ERROR_KIND, ERROR_METADATA, SIGNATURE_METADATA},
+    gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient},
+};
 
 use crate::ClientError;
 
@@ -11,26 +19,59 @@ use crate::ClientError;
 pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
 /// A connection to the gateway. Cloning is cheap (the channel is shared).
+///
+/// With a pinned enclave identity ([`Self::with_identity`]), every call sends a fresh challenge
+/// and checks the enclave's signature over it, the request and the answer
+/// (`wallet_proto::answer`): a success answer that does not verify is refused with
+/// [`ClientError::untrusted`]; an error the enclave signed is checked the same way; an unsigned
+/// error is the gateway's own (the enclave unreachable, ...) and reported as such.
 #[derive(Debug, Clone)]
 pub struct GatewayClient {
     inner: WalletGatewayClient<Channel>,
     url: String,
+    identity: Option<VerifyingKey>,
 }
 
 macro_rules! calls {
-    ($( $(#[doc = $doc:literal])* $name:ident($req:ty) -> $resp:ty; )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident($req:ty) -> $resp:ty = $kind:ident => $answer:ident; )*) => {
         impl GatewayClient {
             $(
                 $(#[doc = $doc])*
                 ///
                 /// # Errors
-                /// The gateway's error status, as a [`ClientError`].
+                /// The gateway's error status, as a [`ClientError`]; an answer not signed by
+                /// the pinned enclave, [`ClientError::untrusted`].
                 pub async fn $name(&mut self, request: $req) -> Result<$resp, ClientError> {
-                    Ok(self.inner.$name(request).await?.into_inner())
+                    let challenge = fresh_challenge();
+                    let request_bytes = request.encode_to_vec();
+                    let mut call = tonic::Request::new(request);
+                    call.metadata_mut()
+                        .insert_bin(CHALLENGE_METADATA, MetadataValue::from_bytes(&challenge));
+                    let kind = stringify!($kind);
+                    match self.inner.$name(call).await {
+                        Ok(response) => {
+                            let signature = signature_of(response.metadata());
+                            let body = response.into_inner();
+                            self.verify(kind, &challenge, &request_bytes, stringify!($answer), &body.encode_to_vec(), signature.as_deref())?;
+                            Ok(body)
+                        }
+                        Err(status) => Err(self.verify_error(kind, &challenge, &request_bytes, &status)),
+                    }
                 }
             )*
         }
     };
+}
+
+/// 16 random bytes.
+fn fresh_challenge() -> [u8; 16] {
+    let mut c = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut c);
+    c
+}
+
+fn signature_of(metadata: &tonic::metadata::MetadataMap) -> Option<Vec<u8>> {
+    metadata.get_bin(SIGNATURE_METADATA).and_then(|v| v.to_bytes().ok()).map(|b| b.to_vec())
 }
 
 impl GatewayClient {
@@ -51,7 +92,78 @@ impl GatewayClient {
     #[must_use]
     pub fn from_channel(channel: Channel, url: &str) -> Self {
         let inner = WalletGatewayClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
-        Self { inner, url: url.to_owned() }
+        Self { inner, url: url.to_owned(), identity: None }
+    }
+
+    /// Checks every answer against the enclave identity `key` (its Ed25519 public key, as
+    /// `walletctl init` pins it).
+    ///
+    /// # Errors
+    /// `key` is not an Ed25519 public key.
+    pub fn with_identity(mut self, key: &[u8]) -> Result<Self, ClientError> {
+        let key: [u8; 32] = key.try_into().map_err(|_| {
+            ClientError::untrusted("(setup)", "the pinned identity is not 32 bytes")
+        })?;
+        self.identity = Some(VerifyingKey::from_bytes(&key).map_err(|_| {
+            ClientError::untrusted("(setup)", "the pinned identity is not an Ed25519 key")
+        })?);
+        Ok(self)
+    }
+
+    /// Whether answers are checked against a pinned identity.
+    #[must_use]
+    pub fn verifies_answers(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    fn verify(
+        &self,
+        kind: &str,
+        challenge: &[u8],
+        request: &[u8],
+        answer_kind: &str,
+        answer: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<(), ClientError> {
+        let Some(key) = &self.identity else { return Ok(()) };
+        let signature =
+            signature.ok_or_else(|| ClientError::untrusted(kind, "it carries no signature"))?;
+        let signature = Signature::from_slice(signature)
+            .map_err(|_| ClientError::untrusted(kind, "its signature is malformed"))?;
+        let message = answer_message(challenge, kind, request, answer_kind, answer);
+        key.verify_strict(&message, &signature).map_err(|_| {
+            ClientError::untrusted(
+                kind,
+                "its signature does not verify over this request, this challenge and this answer",
+            )
+        })
+    }
+
+    /// An error status: signed by the enclave (checked, and then its reason is the enclave's),
+    /// or the gateway's own (unsigned: the host's word, e.g. the enclave is unreachable).
+    fn verify_error(
+        &self,
+        kind: &str,
+        challenge: &[u8],
+        request: &[u8],
+        status: &tonic::Status,
+    ) -> ClientError {
+        let signature = signature_of(status.metadata());
+        let error = status
+            .metadata()
+            .get_bin(ERROR_METADATA)
+            .and_then(|v| v.to_bytes().ok())
+            .map(|b| b.to_vec());
+        match (signature, error) {
+            (Some(signature), Some(error)) => {
+                match self.verify(kind, challenge, request, ERROR_KIND, &error, Some(&signature)) {
+                    Ok(()) => ClientError::from_status(status),
+                    Err(untrusted) => untrusted,
+                }
+            }
+            (Some(_), None) => ClientError::untrusted(kind, "a signed error without its body"),
+            _ => ClientError::from_status(status),
+        }
     }
 
     /// The gateway's URL.
@@ -68,53 +180,53 @@ impl GatewayClient {
 
 calls! {
     /// Agent: signs a payment if the policy allows it (`SignPayment`).
-    sign_payment(gw::SignPaymentRequest) -> gw::SignPaymentResponse;
+    sign_payment(gw::SignPaymentRequest) -> gw::SignPaymentResponse = SignPayment => SignPayment;
     /// Creates a wallet (admin-signed).
-    create_wallet(gw::CreateWalletRequest) -> gw::Wallet;
+    create_wallet(gw::CreateWalletRequest) -> gw::Wallet = CreateWallet => Wallet;
     /// Lists wallets.
-    list_wallets(gw::ListWalletsRequest) -> gw::ListWalletsResponse;
+    list_wallets(gw::ListWalletsRequest) -> gw::ListWalletsResponse = ListWallets => Wallets;
     /// Replaces a wallet's policy (admin-signed).
-    set_policy(gw::SetPolicyRequest) -> gw::Policy;
+    set_policy(gw::SetPolicyRequest) -> gw::Policy = SetPolicy => Policy;
     /// Reads a wallet's policy.
-    get_policy(gw::GetPolicyRequest) -> gw::Policy;
+    get_policy(gw::GetPolicyRequest) -> gw::Policy = GetPolicy => Policy;
     /// Registers an asset (admin-signed).
-    add_asset(gw::AddAssetRequest) -> gw::Asset;
+    add_asset(gw::AddAssetRequest) -> gw::Asset = AddAsset => Asset;
     /// Lists registered assets.
-    list_assets(gw::ListAssetsRequest) -> gw::ListAssetsResponse;
+    list_assets(gw::ListAssetsRequest) -> gw::ListAssetsResponse = ListAssets => Assets;
     /// Adds KYT denylist entries (admin-signed).
-    add_kyt(gw::KytRequest) -> gw::KytResponse;
+    add_kyt(gw::KytRequest) -> gw::KytResponse = AddKyt => Kyt;
     /// Removes KYT denylist entries (admin-signed).
-    remove_kyt(gw::KytRequest) -> gw::KytResponse;
+    remove_kyt(gw::KytRequest) -> gw::KytResponse = RemoveKyt => Kyt;
     /// One page of the KYT denylist.
-    list_kyt(gw::ListKytRequest) -> gw::ListKytResponse;
+    list_kyt(gw::ListKytRequest) -> gw::ListKytResponse = ListKyt => KytList;
     /// One chunk of a KYT import (admin-signed).
-    import_kyt(gw::ImportKytRequest) -> gw::ImportKytResponse;
+    import_kyt(gw::ImportKytRequest) -> gw::ImportKytResponse = ImportKyt => KytImport;
     /// Lists approval holds.
-    list_approvals(gw::ListApprovalsRequest) -> gw::ListApprovalsResponse;
+    list_approvals(gw::ListApprovalsRequest) -> gw::ListApprovalsResponse = ListApprovals => Approvals;
     /// Approves or denies a hold (admin-signed).
-    decide_approval(gw::DecideApprovalRequest) -> gw::Approval;
+    decide_approval(gw::DecideApprovalRequest) -> gw::Approval = DecideApproval => Approval;
     /// Issues a session (admin-signed).
-    issue_session(gw::IssueSessionRequest) -> gw::Session;
+    issue_session(gw::IssueSessionRequest) -> gw::Session = IssueSession => Session;
     /// Lists sessions.
-    list_sessions(gw::ListSessionsRequest) -> gw::ListSessionsResponse;
+    list_sessions(gw::ListSessionsRequest) -> gw::ListSessionsResponse = ListSessions => Sessions;
     /// Revokes a session (admin-signed).
-    revoke_session(gw::RevokeSessionRequest) -> gw::Session;
+    revoke_session(gw::RevokeSessionRequest) -> gw::Session = RevokeSession => Session;
     /// Freezes a wallet (admin-signed).
-    freeze_wallet(gw::FreezeWalletRequest) -> gw::Wallet;
+    freeze_wallet(gw::FreezeWalletRequest) -> gw::Wallet = FreezeWallet => Wallet;
     /// Lifts a freeze (admin-signed).
-    unfreeze_wallet(gw::FreezeWalletRequest) -> gw::Wallet;
+    unfreeze_wallet(gw::FreezeWalletRequest) -> gw::Wallet = UnfreezeWallet => Wallet;
     /// Adds an admin key (admin-signed).
-    add_admin(gw::AddAdminRequest) -> gw::Admin;
+    add_admin(gw::AddAdminRequest) -> gw::Admin = AddAdmin => Admin;
     /// Removes an admin key (admin-signed).
-    remove_admin(gw::RemoveAdminRequest) -> gw::Admin;
+    remove_admin(gw::RemoveAdminRequest) -> gw::Admin = RemoveAdmin => Admin;
     /// Lists admin keys.
-    list_admins(gw::ListAdminsRequest) -> gw::ListAdminsResponse;
+    list_admins(gw::ListAdminsRequest) -> gw::ListAdminsResponse = ListAdmins => Admins;
     /// The audit head, signed by the enclave over the caller's challenge.
-    get_audit_head(gw::GetAuditHeadRequest) -> gw::AuditHead;
+    get_audit_head(gw::GetAuditHeadRequest) -> gw::AuditHead = GetAuditHead => AuditHead;
     /// One page of audit records.
-    list_audit(gw::ListAuditRequest) -> gw::ListAuditResponse;
+    list_audit(gw::ListAuditRequest) -> gw::ListAuditResponse = ListAudit => Audit;
     /// The gateway's and the enclave's status.
-    get_status(gw::GetStatusRequest) -> gw::Status;
+    get_status(gw::GetStatusRequest) -> gw::Status = GetStatus => Status;
 }
 
 #[cfg(test)]

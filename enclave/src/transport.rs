@@ -176,6 +176,7 @@ async fn serve_limited<S>(
                     enclave.handle(req).await
                 }
                 Err(e) => en::EnclaveResponse {
+                    answer_signature: Vec::new(),
                     request_id: 0,
                     body: Some(Resp::Error(en::EnclaveError {
                         code: ErrorCode::InvalidArgument.into(),
@@ -340,6 +341,7 @@ mod tests {
 
     fn status_frame(id: u64) -> Vec<u8> {
         encode_frame(&en::EnclaveRequest {
+            challenge: Vec::new(),
             protocol_version: wallet_proto::ENCLAVE_PROTOCOL_VERSION,
             request_id: id,
             body: Some(en::enclave_request::Body::GetStatus(GetStatusRequest {})),

@@ -61,6 +61,7 @@ struct Admin {
 async fn enclave_id(e: &Enclave) -> Vec<u8> {
     let r = e
         .handle(EnclaveRequest {
+            challenge: Vec::new(),
             protocol_version: 1,
             request_id: 1,
             body: Some(Req::GetAuditHead(gw::GetAuditHeadRequest::default())),
@@ -175,7 +176,12 @@ impl Harness {
     async fn raw(&self, body: Req) -> Result<Resp, Failure> {
         let resp = self
             .enclave
-            .handle(EnclaveRequest { protocol_version: 1, request_id: 1, body: Some(body) })
+            .handle(EnclaveRequest {
+                challenge: Vec::new(),
+                protocol_version: 1,
+                request_id: 1,
+                body: Some(body),
+            })
             .await;
         match resp.body.unwrap() {
             Resp::Error(e) => Err(Failure {
@@ -246,6 +252,7 @@ impl Harness {
         let pending = tokio::spawn(async move {
             enclave
                 .handle(EnclaveRequest {
+                    challenge: Vec::new(),
                     protocol_version: 1,
                     request_id: 1,
                     body: Some(Req::SignPayment(req)),
@@ -381,6 +388,7 @@ async fn concurrent_requests_never_exceed_the_cap() {
         tasks.push(tokio::spawn(async move {
             enclave
                 .handle(EnclaveRequest {
+                    challenge: Vec::new(),
                     protocol_version: 1,
                     request_id: i,
                     body: Some(Req::SignPayment(req)),
@@ -773,6 +781,7 @@ async fn concurrent_retries_with_one_key_share_one_charge() {
         tasks.push(tokio::spawn(async move {
             enclave
                 .handle(EnclaveRequest {
+                    challenge: Vec::new(),
                     protocol_version: 1,
                     request_id: i,
                     body: Some(Req::SignPayment(req)),
@@ -1009,7 +1018,12 @@ async fn an_enclave_without_admin_accepts_only_a_self_signed_first_admin() {
     let now = Arc::new(AtomicU64::new(T0_MS));
     let (enclave, _) = open(dir.path(), &now).await;
     let send = |body| {
-        enclave.handle(EnclaveRequest { protocol_version: 1, request_id: 1, body: Some(body) })
+        enclave.handle(EnclaveRequest {
+            challenge: Vec::new(),
+            protocol_version: 1,
+            request_id: 1,
+            body: Some(body),
+        })
     };
     let a = Admin::new(&enclave_id(&enclave).await);
     let mut create = gw::CreateWalletRequest { auth: None, label: "x".into() };

@@ -282,6 +282,19 @@ impl EnclaveClient {
     /// link stays saturated (all in-flight slots taken) for the queue wait; `InvalidArgument`
     /// when the request is too large for a frame; `DeadlineExceeded` after the timeout.
     pub async fn call(&self, body: Req) -> Result<Resp, Status> {
+        self.call_signed(Vec::new(), body).await.map(|(resp, _)| resp)
+    }
+
+    /// [`Self::call`] with the caller's challenge (`wallet_proto::answer`): returns the answer
+    /// and the enclave's signature over it.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn call_signed(
+        &self,
+        challenge: Vec<u8>,
+        body: Req,
+    ) -> Result<(Resp, Vec<u8>), Status> {
         let saturated = || {
             reason_status(
                 tonic::Code::Unavailable,
@@ -299,6 +312,7 @@ impl EnclaveClient {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(&EnclaveRequest {
+            challenge,
             protocol_version: ENCLAVE_PROTOCOL_VERSION,
             request_id: id,
             body: Some(body),
@@ -350,9 +364,11 @@ impl EnclaveClient {
                 ))
             }
         };
-        resp.body.ok_or_else(|| {
+        let signature = resp.answer_signature;
+        let body = resp.body.ok_or_else(|| {
             reason_status(tonic::Code::Internal, Reason::Internal, "enclave sent an empty response")
-        })
+        })?;
+        Ok((body, signature))
     }
 }
 

@@ -9,6 +9,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use prost::Message as _;
+
 use tonic::{
     metadata::{MetadataMap, MetadataValue},
     Code, Request, Response, Status,
@@ -16,6 +18,7 @@ use tonic::{
 use tonic_types::{ErrorDetails, StatusExt as _};
 use wallet_policy::x402::MAX_HEADER_LEN;
 use wallet_proto::{
+    answer::{CHALLENGE_METADATA, ERROR_METADATA, SIGNATURE_METADATA},
     enclave::v1::{
         enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveError, ErrorCode,
     },
@@ -86,10 +89,36 @@ impl Gateway {
         Self { enclave, data_dir }
     }
 
-    async fn relay(&self, body: Req) -> Result<Resp, Status> {
-        match self.enclave.call(body).await? {
-            Resp::Error(e) => Err(status_from(&e)),
-            ok => Ok(ok),
+    /// Relays one request with the caller's challenge (from [`CHALLENGE_METADATA`]) and returns
+    /// the answer with the enclave's signature in [`SIGNATURE_METADATA`] — for an error, also
+    /// the enclave's error encoding in [`ERROR_METADATA`], which the signature covers.
+    async fn relay<T>(
+        &self,
+        request: Request<T>,
+        wrap: fn(T) -> Req,
+    ) -> Result<(Resp, MetadataMap), Status> {
+        let challenge = request
+            .metadata()
+            .get_bin(CHALLENGE_METADATA)
+            .and_then(|v| v.to_bytes().ok())
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        let (resp, signature) =
+            self.enclave.call_signed(challenge, wrap(request.into_inner())).await?;
+        let mut metadata = MetadataMap::new();
+        metadata.insert_bin(SIGNATURE_METADATA, MetadataValue::from_bytes(&signature));
+        match resp {
+            Resp::Error(e) => {
+                let mut status = status_from(&e);
+                status
+                    .metadata_mut()
+                    .insert_bin(SIGNATURE_METADATA, MetadataValue::from_bytes(&signature));
+                status
+                    .metadata_mut()
+                    .insert_bin(ERROR_METADATA, MetadataValue::from_bytes(&e.encode_to_vec()));
+                Err(status)
+            }
+            ok => Ok((ok, metadata)),
         }
     }
 }
@@ -119,8 +148,12 @@ fn wrong_message() -> Status {
 
 macro_rules! relay {
     ($self:ident, $req:ident, $variant:ident => $out:ident) => {{
-        match $self.relay(Req::$variant($req.into_inner())).await? {
-            Resp::$out(v) => Ok(Response::new(v)),
+        match $self.relay($req, Req::$variant).await? {
+            (Resp::$out(v), metadata) => {
+                let mut response = Response::new(v);
+                *response.metadata_mut() = metadata;
+                Ok(response)
+            }
             _ => Err(wrong_message()),
         }
     }};
@@ -278,8 +311,12 @@ impl WalletGateway for Gateway {
         &self,
         request: Request<gw::GetStatusRequest>,
     ) -> Result<Response<gw::Status>, Status> {
-        match self.relay(Req::GetStatus(request.into_inner())).await {
-            Ok(Resp::Status(s)) => Ok(Response::new(s)),
+        match self.relay(request, Req::GetStatus).await {
+            Ok((Resp::Status(s), metadata)) => {
+                let mut response = Response::new(s);
+                *response.metadata_mut() = metadata;
+                Ok(response)
+            }
             Ok(_) => Err(wrong_message()),
             // The gateway is up; say plainly that the enclave is not.
             Err(s) if s.code() == Code::Unavailable => Ok(Response::new(gw::Status {

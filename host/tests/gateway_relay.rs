@@ -45,6 +45,7 @@ fn fake_enclave(socket: &Path, answer: Answer) -> Arc<AtomicUsize> {
                     assert_eq!(req.protocol_version, ENCLAVE_PROTOCOL_VERSION);
                     counter.fetch_add(1, Ordering::SeqCst);
                     let resp = EnclaveResponse {
+                        answer_signature: Vec::new(),
                         request_id: req.request_id,
                         body: Some(answer(req.body.unwrap())),
                     };

@@ -112,6 +112,7 @@ mod tests {
     #[test]
     fn frame_round_trip_and_cap() {
         let req = EnclaveRequest {
+            challenge: Vec::new(),
             protocol_version: 1,
             request_id: 7,
             body: Some(Body::GetStatus(GetStatusRequest {})),
@@ -129,7 +130,12 @@ mod tests {
     #[cfg(feature = "io")]
     #[tokio::test]
     async fn read_frame_reads_back_to_back_frames_and_refuses_oversized_ones() {
-        let req = EnclaveRequest { protocol_version: 1, request_id: 9, body: None };
+        let req = EnclaveRequest {
+            challenge: Vec::new(),
+            protocol_version: 1,
+            request_id: 9,
+            body: None,
+        };
         let mut bytes = encode_frame(&req).unwrap();
         bytes.extend(encode_frame(&req).unwrap());
         let mut rd = bytes.as_slice();

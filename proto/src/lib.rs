@@ -6,6 +6,7 @@
 //!   length-prefixed frames.
 //!
 //! * [`reason`]: the stable reason codes of every error ([`Reason`]).
+//! * [`answer`]: the enclave's signed answers (the envelope, end to end).
 //! * [`auth`]: what session and admin keys sign ([`AdminRpc`], [`AdminSigned`]).
 //! * [`frame`]: the host<->enclave frame codec used by both ends (with feature `io`, an async
 //!   frame reader).
@@ -16,6 +17,7 @@
 //!
 //! Code is generated at build time by protox + tonic-prost-build; no `protoc` is needed.
 
+pub mod answer;
 pub mod auth;
 pub mod frame;
 pub mod reason;

@@ -184,6 +184,10 @@ reasons! {
     /// The enclave did not answer in time (the request may still complete: retry with the
     /// same idempotency key).
     EnclaveTimeout = "ENCLAVE_TIMEOUT",
+    /// Found by the client, not sent: the answer is not signed by the pinned enclave identity
+    /// over this request and challenge — the host invented, replayed or altered it. Whether the
+    /// request took effect is unknown.
+    UntrustedAnswer = "UNTRUSTED_ANSWER",
 }
 
 impl fmt::Display for Reason {

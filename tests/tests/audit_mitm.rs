@@ -1,5 +1,8 @@
-//! `walletctl audit verify` against a compromised gateway that tampers with what it relays: an
-//! old signed head replayed, a head signed by another key, an edited record. Each must fail.
+//! walletctl against a compromised gateway that tampers with what it relays: an old signed head
+//! replayed, a head signed by another key, an edited record, a revocation or a freeze answered
+//! by the gateway itself without reaching the enclave, an invented status. Each must fail with
+//! the host named as untrusted (the enclave signs every answer, bound to the request and the
+//! caller's challenge) — and a faithful relay must work.
 
 use std::sync::{Arc, Mutex};
 use wallet_proto::AdminRpc;
@@ -18,13 +21,25 @@ enum Mode {
     ReplayHead,
     ForeignKeyHead,
     EditRecord,
+    /// Answers revocations, freezes and status itself, never reaching the enclave.
+    ForgeAnswers,
+}
+
+/// The request as the client sent it, metadata (its challenge) included, for the upstream call.
+fn forward<T>(r: Request<T>) -> Request<T> {
+    let (metadata, _, message) = r.into_parts();
+    let mut out = Request::new(message);
+    if let Some(c) = metadata.get_bin(wallet_proto::answer::CHALLENGE_METADATA) {
+        out.metadata_mut().insert_bin(wallet_proto::answer::CHALLENGE_METADATA, c.clone());
+    }
+    out
 }
 
 #[derive(Clone)]
 struct Mitm {
     upstream: WalletGatewayClient<Channel>,
     mode: Arc<Mutex<Mode>>,
-    saved: Arc<Mutex<Option<gw::AuditHead>>>,
+    saved: Arc<Mutex<Option<(tonic::metadata::MetadataMap, gw::AuditHead)>>>,
 }
 
 #[tonic::async_trait]
@@ -33,133 +48,156 @@ impl WalletGateway for Mitm {
         &self,
         r: Request<gw::SignPaymentRequest>,
     ) -> Result<Response<gw::SignPaymentResponse>, Status> {
-        self.upstream.clone().sign_payment(r.into_inner()).await
+        self.upstream.clone().sign_payment(forward(r)).await
     }
     async fn create_wallet(
         &self,
         r: Request<gw::CreateWalletRequest>,
     ) -> Result<Response<gw::Wallet>, Status> {
-        self.upstream.clone().create_wallet(r.into_inner()).await
+        self.upstream.clone().create_wallet(forward(r)).await
     }
     async fn list_wallets(
         &self,
         r: Request<gw::ListWalletsRequest>,
     ) -> Result<Response<gw::ListWalletsResponse>, Status> {
-        self.upstream.clone().list_wallets(r.into_inner()).await
+        self.upstream.clone().list_wallets(forward(r)).await
     }
     async fn set_policy(
         &self,
         r: Request<gw::SetPolicyRequest>,
     ) -> Result<Response<gw::Policy>, Status> {
-        self.upstream.clone().set_policy(r.into_inner()).await
+        self.upstream.clone().set_policy(forward(r)).await
     }
     async fn get_policy(
         &self,
         r: Request<gw::GetPolicyRequest>,
     ) -> Result<Response<gw::Policy>, Status> {
-        self.upstream.clone().get_policy(r.into_inner()).await
+        self.upstream.clone().get_policy(forward(r)).await
     }
     async fn add_asset(
         &self,
         r: Request<gw::AddAssetRequest>,
     ) -> Result<Response<gw::Asset>, Status> {
-        self.upstream.clone().add_asset(r.into_inner()).await
+        self.upstream.clone().add_asset(forward(r)).await
     }
     async fn list_assets(
         &self,
         r: Request<gw::ListAssetsRequest>,
     ) -> Result<Response<gw::ListAssetsResponse>, Status> {
-        self.upstream.clone().list_assets(r.into_inner()).await
+        self.upstream.clone().list_assets(forward(r)).await
     }
     async fn add_kyt(
         &self,
         r: Request<gw::KytRequest>,
     ) -> Result<Response<gw::KytResponse>, Status> {
-        self.upstream.clone().add_kyt(r.into_inner()).await
+        self.upstream.clone().add_kyt(forward(r)).await
     }
     async fn remove_kyt(
         &self,
         r: Request<gw::KytRequest>,
     ) -> Result<Response<gw::KytResponse>, Status> {
-        self.upstream.clone().remove_kyt(r.into_inner()).await
+        self.upstream.clone().remove_kyt(forward(r)).await
     }
     async fn list_kyt(
         &self,
         r: Request<gw::ListKytRequest>,
     ) -> Result<Response<gw::ListKytResponse>, Status> {
-        self.upstream.clone().list_kyt(r.into_inner()).await
+        self.upstream.clone().list_kyt(forward(r)).await
     }
     async fn import_kyt(
         &self,
         r: Request<gw::ImportKytRequest>,
     ) -> Result<Response<gw::ImportKytResponse>, Status> {
-        self.upstream.clone().import_kyt(r.into_inner()).await
+        self.upstream.clone().import_kyt(forward(r)).await
     }
     async fn list_approvals(
         &self,
         r: Request<gw::ListApprovalsRequest>,
     ) -> Result<Response<gw::ListApprovalsResponse>, Status> {
-        self.upstream.clone().list_approvals(r.into_inner()).await
+        self.upstream.clone().list_approvals(forward(r)).await
     }
     async fn decide_approval(
         &self,
         r: Request<gw::DecideApprovalRequest>,
     ) -> Result<Response<gw::Approval>, Status> {
-        self.upstream.clone().decide_approval(r.into_inner()).await
+        self.upstream.clone().decide_approval(forward(r)).await
     }
     async fn issue_session(
         &self,
         r: Request<gw::IssueSessionRequest>,
     ) -> Result<Response<gw::Session>, Status> {
-        self.upstream.clone().issue_session(r.into_inner()).await
+        self.upstream.clone().issue_session(forward(r)).await
     }
     async fn list_sessions(
         &self,
         r: Request<gw::ListSessionsRequest>,
     ) -> Result<Response<gw::ListSessionsResponse>, Status> {
-        self.upstream.clone().list_sessions(r.into_inner()).await
+        self.upstream.clone().list_sessions(forward(r)).await
     }
     async fn revoke_session(
         &self,
         r: Request<gw::RevokeSessionRequest>,
     ) -> Result<Response<gw::Session>, Status> {
-        self.upstream.clone().revoke_session(r.into_inner()).await
+        if *self.mode.lock().unwrap() == Mode::ForgeAnswers {
+            let r = r.into_inner();
+            return Ok(Response::new(gw::Session {
+                session_id: r.session_id,
+                revoked: true,
+                ..Default::default()
+            }));
+        }
+        self.upstream.clone().revoke_session(forward(r)).await
     }
     async fn freeze_wallet(
         &self,
         r: Request<gw::FreezeWalletRequest>,
     ) -> Result<Response<gw::Wallet>, Status> {
-        self.upstream.clone().freeze_wallet(r.into_inner()).await
+        if *self.mode.lock().unwrap() == Mode::ForgeAnswers {
+            let r = r.into_inner();
+            return Ok(Response::new(gw::Wallet {
+                wallet_id: r.wallet_id,
+                frozen: true,
+                ..Default::default()
+            }));
+        }
+        self.upstream.clone().freeze_wallet(forward(r)).await
     }
     async fn unfreeze_wallet(
         &self,
         r: Request<gw::FreezeWalletRequest>,
     ) -> Result<Response<gw::Wallet>, Status> {
-        self.upstream.clone().unfreeze_wallet(r.into_inner()).await
+        self.upstream.clone().unfreeze_wallet(forward(r)).await
     }
     async fn get_status(
         &self,
         r: Request<gw::GetStatusRequest>,
     ) -> Result<Response<gw::Status>, Status> {
-        self.upstream.clone().get_status(r.into_inner()).await
+        if *self.mode.lock().unwrap() == Mode::ForgeAnswers {
+            return Ok(Response::new(gw::Status {
+                mode: "nitro".into(),
+                enclave_reachable: true,
+                ..Default::default()
+            }));
+        }
+        self.upstream.clone().get_status(forward(r)).await
     }
     async fn add_admin(
         &self,
         r: Request<gw::AddAdminRequest>,
     ) -> Result<Response<gw::Admin>, Status> {
-        self.upstream.clone().add_admin(r.into_inner()).await
+        self.upstream.clone().add_admin(forward(r)).await
     }
     async fn remove_admin(
         &self,
         r: Request<gw::RemoveAdminRequest>,
     ) -> Result<Response<gw::Admin>, Status> {
-        self.upstream.clone().remove_admin(r.into_inner()).await
+        self.upstream.clone().remove_admin(forward(r)).await
     }
     async fn list_admins(
         &self,
         r: Request<gw::ListAdminsRequest>,
     ) -> Result<Response<gw::ListAdminsResponse>, Status> {
-        self.upstream.clone().list_admins(r.into_inner()).await
+        self.upstream.clone().list_admins(forward(r)).await
     }
 
     async fn get_audit_head(
@@ -169,24 +207,34 @@ impl WalletGateway for Mitm {
         let mode = *self.mode.lock().unwrap();
         match mode {
             Mode::ReplayHead => {
-                Ok(Response::new(self.saved.lock().unwrap().clone().expect("a head was saved")))
+                let (metadata, head) =
+                    self.saved.lock().unwrap().clone().expect("a head was saved");
+                let mut replayed = Response::new(head);
+                *replayed.metadata_mut() = metadata;
+                Ok(replayed)
             }
             Mode::ForeignKeyHead => {
                 use ed25519_dalek::Signer as _;
-                let real = self.upstream.clone().get_audit_head(r.into_inner()).await?.into_inner();
+                let real = self.upstream.clone().get_audit_head(forward(r)).await?;
+                let (metadata, real, _) = real.into_parts();
                 let other = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
                 let hash: [u8; 32] = real.hash.as_slice().try_into().unwrap();
                 let sig = other.sign(&wallet_policy::audit::head_message(real.count, &hash, &[]));
-                Ok(Response::new(gw::AuditHead {
+                let mut forged = Response::new(gw::AuditHead {
                     signature: sig.to_bytes().to_vec(),
                     public_key: other.verifying_key().to_bytes().to_vec(),
                     ..real
-                }))
+                });
+                *forged.metadata_mut() = metadata;
+                Ok(forged)
             }
             _ => {
-                let head = self.upstream.clone().get_audit_head(r.into_inner()).await?.into_inner();
-                *self.saved.lock().unwrap() = Some(head.clone());
-                Ok(Response::new(head))
+                let head = self.upstream.clone().get_audit_head(forward(r)).await?;
+                let (metadata, head, _) = head.into_parts();
+                *self.saved.lock().unwrap() = Some((metadata.clone(), head.clone()));
+                let mut out = Response::new(head);
+                *out.metadata_mut() = metadata;
+                Ok(out)
             }
         }
     }
@@ -195,13 +243,16 @@ impl WalletGateway for Mitm {
         &self,
         r: Request<gw::ListAuditRequest>,
     ) -> Result<Response<gw::ListAuditResponse>, Status> {
-        let mut page = self.upstream.clone().list_audit(r.into_inner()).await?.into_inner();
+        let (metadata, mut page, _) =
+            self.upstream.clone().list_audit(forward(r)).await?.into_parts();
         if *self.mode.lock().unwrap() == Mode::EditRecord {
             if let Some(first) = page.records.get_mut(1) {
                 *first = first.replacen("CreateWallet", "CreateWalleT", 1);
             }
         }
-        Ok(Response::new(page))
+        let mut out = Response::new(page);
+        *out.metadata_mut() = metadata;
+        Ok(out)
     }
 }
 
@@ -254,29 +305,51 @@ async fn verify_rejects_what_a_compromised_gateway_fakes() {
     *mode.lock().unwrap() = Mode::ReplayHead;
     let out = verify(Arc::clone(&stack), mitm_url.clone()).await;
     assert_eq!(out.status.code(), Some(5));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("challenge"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("UNTRUSTED_ANSWER") && err.contains("challenge"), "{err}");
 
     *mode.lock().unwrap() = Mode::ForeignKeyHead;
     let out = verify(Arc::clone(&stack), mitm_url.clone()).await;
     assert_eq!(out.status.code(), Some(5));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("audit key changed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("UNTRUSTED_ANSWER") && err.contains("GetAuditHead"), "{err}");
 
     *mode.lock().unwrap() = Mode::EditRecord;
     let out = verify(Arc::clone(&stack), mitm_url.clone()).await;
     assert_eq!(out.status.code(), Some(5));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("record 1"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("UNTRUSTED_ANSWER") && err.contains("ListAudit"), "{err}");
+
+    // The kill switches answered by the gateway itself: walletctl must not say "revoked" or
+    // "frozen", and the agent must still be able to pay (the enclave never saw them).
+    *mode.lock().unwrap() = Mode::ForgeAnswers;
+    let walletctl = |stack: Arc<Stack>, args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            stack.walletctl(&args, "")
+        })
+        .await
+        .unwrap()
+    };
+    for args in [
+        vec!["session".to_owned(), "revoke".to_owned(), cred.session_id.clone()],
+        vec!["wallet".to_owned(), "freeze".to_owned(), w.wallet_id.clone()],
+        vec!["status".to_owned()],
+    ] {
+        let mut full = vec!["--gateway".to_owned(), mitm_url.clone()];
+        full.extend(args.iter().cloned());
+        let out = walletctl(Arc::clone(&stack), full).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        assert!(err.contains("UNTRUSTED_ANSWER"), "{args:?}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("revoked"), "{args:?}");
+    }
+    stack
+        .client()
+        .await
+        .sign_payment(cred.sign_request(&header("10000"), "", "", "after-forgery", now_ms()))
+        .await
+        .expect("the enclave never saw the forged revocation");
 
     *mode.lock().unwrap() = Mode::Pass;
     let out = verify(Arc::clone(&stack), mitm_url).await;

@@ -45,6 +45,7 @@ use ed25519_dalek::VerifyingKey;
 use sha2::{Digest as _, Sha256};
 use wallet_policy::{address::parse_address, amount::parse_human, registry::chain_id};
 use wallet_proto::{
+    answer,
     enclave::v1::{self as en, enclave_request::Body as Req, enclave_response::Body as Resp},
     gateway::v1 as gw,
     AdminRpc, Reason, ENCLAVE_PROTOCOL_VERSION,
@@ -104,12 +105,14 @@ impl std::fmt::Debug for Enclave {
 
 impl Enclave {
     /// Handles one request from the host: checks the protocol version, dispatches, and answers
-    /// with the result or an `EnclaveError` carrying the failure's [`Reason`].
+    /// with the result or an `EnclaveError` carrying the failure's [`Reason`] — signed by the
+    /// enclave's identity key over the caller's challenge, the request and the answer
+    /// (`wallet_proto::answer`), so the host can neither invent nor replay an answer.
     pub async fn handle(&self, req: en::EnclaveRequest) -> en::EnclaveResponse {
         let request_id = req.request_id;
-        let result = if req.protocol_version == ENCLAVE_PROTOCOL_VERSION {
-            self.dispatch(req.body).await
-        } else {
+        let challenge = req.challenge;
+        let request = req.body.as_ref().map(answer::request::parts);
+        let result = if req.protocol_version != ENCLAVE_PROTOCOL_VERSION {
             Err(Failure::invalid(
                 Reason::ProtocolVersion,
                 format!(
@@ -117,9 +120,26 @@ impl Enclave {
                     req.protocol_version
                 ),
             ))
+        } else if challenge.len() > 64 {
+            Err(Failure::invalid(Reason::InvalidNonce, "challenge may be at most 64 bytes"))
+        } else {
+            self.dispatch(req.body).await
         };
         let body = result.unwrap_or_else(|f| Resp::Error(f.into_wire()));
-        en::EnclaveResponse { request_id, body: Some(body) }
+        let answer_signature = {
+            use ed25519_dalek::Signer as _;
+            let (request_kind, request_bytes) = request.unwrap_or(("", Vec::new()));
+            let (answer_kind, answer_bytes) = answer::response::parts(&body);
+            let message = answer::answer_message(
+                &challenge,
+                request_kind,
+                &request_bytes,
+                answer_kind,
+                &answer_bytes,
+            );
+            self.identity_key.sign(&message).to_bytes().to_vec()
+        };
+        en::EnclaveResponse { request_id, body: Some(body), answer_signature }
     }
 
     /// Sends a request to its flow. State changes are admin-signed and applied one at a time.
@@ -268,6 +288,13 @@ impl Enclave {
             None => 0,
         };
         let replay_floor = crate::platform::UnixMillis(stored_floor).max(summary.last_at);
+        // The floor is at most a margin ahead of the last request accepted: wait that out (in
+        // real time) before serving, so that requests signed after the restart are not refused.
+        // A floor further ahead (an agent's clock ran fast) is not waited for.
+        let ahead = replay_floor.as_millis().saturating_sub(clock.now().as_millis());
+        if ahead > 0 && ahead <= 2 * auth::REPLAY_FLOOR_MARGIN_MS {
+            tokio::time::sleep(std::time::Duration::from_millis(ahead + 1)).await;
+        }
         if inner.admins.is_empty()
             && (!inner.wallets.is_empty()
                 || !inner.sessions.is_empty()

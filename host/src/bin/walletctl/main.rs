@@ -92,8 +92,30 @@ impl From<ClientError> for Fail {
 pub(crate) type Out = Result<(), Fail>;
 
 /// Connects to the gateway.
+/// walletctl's home, for the enclave identity pinned there (`audit.pub`).
+static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// The enclave identity pinned in walletctl's home, if any (hex in `audit.pub`).
+pub(crate) fn pinned_identity() -> Option<String> {
+    let path = HOME.get()?.join("audit.pub");
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+/// A gateway client that checks every answer against the pinned enclave identity (when one is
+/// pinned: before `walletctl init`, the first contact, there is none).
 pub(crate) async fn client(url: &str) -> Result<GatewayClient, Fail> {
-    Ok(GatewayClient::connect(url).await?)
+    let cl = GatewayClient::connect(url).await?;
+    match pinned_identity() {
+        Some(id) => with_identity(cl, &id),
+        None => Ok(cl),
+    }
+}
+
+/// `cl`, checking answers against the hex identity `id`.
+pub(crate) fn with_identity(cl: GatewayClient, id: &str) -> Result<GatewayClient, Fail> {
+    let key = hex::decode(id)
+        .map_err(|_| Fail(5, format!("the pinned enclave identity {id:?} is not hex")))?;
+    Ok(cl.with_identity(&key)?)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -110,6 +132,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Out {
     let home = cli.home.clone().unwrap_or_else(default_home);
+    let _ = HOME.set(home.clone());
     match cli.command {
         Command::Init => setup::init(&cli.gateway, &home).await,
         Command::Status => setup::status(&cli.gateway, &home).await,

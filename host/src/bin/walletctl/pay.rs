@@ -53,7 +53,15 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
             cred.gateway.clone()
         };
     let req = cred.sign_request(header, &a.network, &a.asset, &idem, now_ms());
-    let resp = match client(&url).await?.sign_payment(req).await {
+    let mut cl = client(&url).await?;
+    if cred.enclave_id.is_empty() {
+        if !cl.verifies_answers() {
+            eprintln!("walletctl: warning: this credential does not pin the enclave's identity (issued before signed answers), so the answer cannot be checked; issue a new session to pin it");
+        }
+    } else {
+        cl = crate::with_identity(cl, &cred.enclave_id)?;
+    }
+    let resp = match cl.sign_payment(req).await {
         Ok(r) => r,
         Err(e) if e.reason() == Some(Reason::ApprovalPending) => {
             return Err(Fail(

@@ -101,7 +101,8 @@ pub(crate) async fn run(url: &str, home: &Path, c: SessionCmd) -> Out {
                 url.to_owned(),
                 s.expires_at,
                 key,
-            );
+            )
+            .with_enclave_id(&crate::pinned_identity().unwrap_or_default());
             cred.write(&path).map_err(|e| Fail(1, format!("session {} was issued but its credential could not be written to {}: {e}; revoke it with: walletctl session revoke {}", s.session_id, path.display(), s.session_id)))?;
             println!(
                 "session {}  wallet {}  cap {}  expires {}",
