@@ -234,6 +234,42 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn answers_are_checked_against_the_pinned_identity() {
+        use ed25519_dalek::Signer as _;
+        let enclave = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let unpinned = GatewayClient::from_channel(channel, "test");
+        let pinned = unpinned.clone().with_identity(&enclave.verifying_key().to_bytes()).unwrap();
+        let sign = |c: &[u8], kind: &str, req: &[u8], ans_kind: &str, ans: &[u8]| {
+            enclave.sign(&answer_message(c, kind, req, ans_kind, ans)).to_bytes().to_vec()
+        };
+        let good = sign(b"c1", "RevokeSession", b"req", "Session", b"ans");
+        let check = |cl: &GatewayClient, c: &[u8], ans: &[u8], sig: Option<&[u8]>| {
+            cl.verify("RevokeSession", c, b"req", "Session", ans, sig)
+        };
+        assert!(check(&pinned, b"c1", b"ans", Some(&good)).is_ok());
+        for (what, result) in [
+            ("no signature", check(&pinned, b"c1", b"ans", None)),
+            ("another challenge (a replay)", check(&pinned, b"c2", b"ans", Some(&good))),
+            ("another answer", check(&pinned, b"c1", b"forged", Some(&good))),
+            ("malformed", check(&pinned, b"c1", b"ans", Some(&good[..10]))),
+        ] {
+            let e = result.expect_err(what);
+            assert!(e.is_untrusted() && e.exit_code() == 5, "{what}: {e}");
+            assert_eq!(e.reason(), Some(wallet_proto::Reason::UntrustedAnswer));
+        }
+        // Another key's signature over the same answer.
+        let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        let theirs = other
+            .sign(&answer_message(b"c1", "RevokeSession", b"req", "Session", b"ans"))
+            .to_bytes();
+        assert!(check(&pinned, b"c1", b"ans", Some(&theirs)).is_err());
+        // Without a pinned identity (first contact) nothing is checked.
+        assert!(check(&unpinned, b"c1", b"forged", None).is_ok());
+        assert!(!unpinned.verifies_answers() && pinned.verifies_answers());
+    }
+
+    #[tokio::test]
     async fn connect_errors_are_clear() {
         let e = GatewayClient::connect("not a url").await.unwrap_err();
         assert_eq!((e.code(), e.exit_code()), (tonic::Code::InvalidArgument, 2));
