@@ -18,6 +18,8 @@ enum Origin {
     BadUrl,
     /// The answer did not verify against the pinned enclave identity.
     Untrusted,
+    /// An error the enclave signed, verified against the pinned identity.
+    Enclave,
 }
 
 /// A failed call: the gRPC code, the reason code (if the error carried one) and the message.
@@ -41,6 +43,26 @@ impl ClientError {
             message: status.message().to_owned(),
             origin: Origin::Status,
         }
+    }
+
+    /// An error the enclave signed and the client verified: its code, reason and message are the
+    /// enclave's, not the gateway's.
+    #[must_use]
+    pub fn from_enclave(e: &wallet_proto::enclave::v1::EnclaveError) -> Self {
+        Self {
+            code: wallet_proto::answer::grpc_code(e.code()),
+            reason_code: Some(e.reason.clone()).filter(|r| is_code(r)),
+            message: format!("{}: {}", e.reason, e.message),
+            origin: Origin::Enclave,
+        }
+    }
+
+    /// Whether this error is the enclave's own, signed and verified (else it is the gateway's
+    /// word: an error the gateway made itself, or one that could not be checked because no
+    /// enclave identity is pinned).
+    #[must_use]
+    pub fn is_enclave_signed(&self) -> bool {
+        self.origin == Origin::Enclave
     }
 
     /// The gateway at `url` could not be reached (`Unavailable`).
@@ -157,7 +179,9 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.origin {
             Origin::BadUrl => f.write_str(&self.message),
-            Origin::Status | Origin::Connect => write!(f, "{}: {}", self.label(), self.message),
+            Origin::Status | Origin::Connect | Origin::Enclave => {
+                write!(f, "{}: {}", self.label(), self.message)
+            }
             Origin::Untrusted => write!(f, "untrusted: {}", self.message),
         }
     }

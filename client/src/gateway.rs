@@ -155,9 +155,18 @@ impl GatewayClient {
             .and_then(|v| v.to_bytes().ok())
             .map(|b| b.to_vec());
         match (signature, error) {
-            (Some(signature), Some(error)) => {
+            (Some(signature), Some(error)) if self.identity.is_some() => {
                 match self.verify(kind, challenge, request, ERROR_KIND, &error, Some(&signature)) {
-                    Ok(()) => ClientError::from_status(status),
+                    // The enclave's own error: take its code and reason from the signed bytes,
+                    // not from the status the gateway wrote around them.
+                    Ok(()) => {
+                        match wallet_proto::enclave::v1::EnclaveError::decode(error.as_slice()) {
+                            Ok(e) => ClientError::from_enclave(&e),
+                            Err(_) => {
+                                ClientError::untrusted(kind, "its signed error does not decode")
+                            }
+                        }
+                    }
                     Err(untrusted) => untrusted,
                 }
             }

@@ -206,6 +206,10 @@ pub struct HeadHook {
 pub struct Journal {
     /// Records in the file (recovered and appended).
     records: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Records known durable (recovered, then advanced by each round): each record's watermark.
+    durable_records: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whether rounds write the commit head yet (see [`Self::arm_head`]).
+    head_armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     writer: Mutex<Writer>,
     sealer: Sealer,
     commit: GroupCommit,
@@ -275,12 +279,19 @@ impl Journal {
         let round_faults = std::sync::Arc::clone(&faults);
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(records.len() as u64));
         let round_count = std::sync::Arc::clone(&count);
+        // Records known durable, counted from the start of the file: what each new record's
+        // watermark says (never a count of rounds or of this run's writes).
+        let durable = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(records.len() as u64));
+        let round_durable = std::sync::Arc::clone(&durable);
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let round_armed = std::sync::Arc::clone(&armed);
         let commit = GroupCommit::spawn("journal-sync", move || {
             use std::sync::atomic::Ordering as O;
             // What this round covers, read before its syncs: every record and audit line counted
             // here is already written, so the syncs below make it durable.
+            let covered = round_count.load(O::SeqCst);
             let facts = head.as_ref().map(|h| crate::head::Facts {
-                journal_records: round_count.load(O::SeqCst),
+                journal_records: covered,
                 audit_records: h.audit_records.load(O::SeqCst),
                 store_seq: h.store_seq.load(O::SeqCst),
             });
@@ -307,10 +318,16 @@ impl Journal {
                 })?,
                 None => sync_file.sync_data()?,
             }
-            // Then, and only then, the head: nothing of this round is released before it.
+            // Then, and only then, the head: nothing of this round is released before it. Only
+            // once armed: until the enclave has verified the stores (audit MACs, ledger), a round
+            // — such as the last one when a refused start drops the journal — must not record
+            // what they hold.
             if let (Some(h), Some(facts)) = (head.as_mut(), facts) {
-                h.head.write(facts)?;
+                if round_armed.load(O::SeqCst) {
+                    h.head.write(facts)?;
+                }
             }
+            round_durable.fetch_max(covered, O::SeqCst);
             Ok(())
         })
         .map_err(io)?;
@@ -319,6 +336,8 @@ impl Journal {
         Ok((
             Self {
                 records: count,
+                durable_records: durable,
+                head_armed: armed,
                 writer,
                 sealer,
                 commit,
@@ -341,7 +360,9 @@ impl Journal {
             ));
         }
         let mut body = Zeroizing::new(Vec::with_capacity(8 + plaintext.len()));
-        body.extend_from_slice(&self.commit.durable_count().to_be_bytes());
+        body.extend_from_slice(
+            &self.durable_records.load(std::sync::atomic::Ordering::SeqCst).to_be_bytes(),
+        );
         body.extend_from_slice(plaintext);
         let sealed = self.sealer.seal(&aad(w.next), &body);
         if sealed.len() > MAX_RECORD {
@@ -386,6 +407,12 @@ impl Journal {
     #[must_use]
     pub fn faults(&self) -> std::sync::Arc<Faults> {
         std::sync::Arc::clone(&self.faults)
+    }
+
+    /// From now on, every durability round writes the commit head. Call once the stores were
+    /// verified (until then a round records nothing, so a refused start cannot move the head).
+    pub fn arm_head(&self) {
+        self.head_armed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Runs a durability round now, whether or not anything was appended: the audit log is
@@ -517,6 +544,27 @@ mod tests {
         let mut edited_last_but_one = full.clone();
         edited_last_but_one[3 * frame + 20] ^= 1;
         assert_eq!(corrupt_at(reopen(&p, &edited_last_but_one)), 3);
+    }
+
+    /// Rounds that wrote no record (checkpoints) must not raise watermarks: a record torn by a
+    /// crash after them is still a torn tail, cleared, not "tampering" that bricks the enclave.
+    #[tokio::test]
+    async fn rounds_without_records_do_not_make_a_torn_tail_look_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("spends.journal");
+        {
+            let (j, _) = Journal::open(&p, sealer()).unwrap();
+            for _ in 0..10 {
+                j.checkpoint().await.unwrap();
+            }
+            j.append(&[1; 50]).unwrap();
+            j.durable().await.unwrap();
+        }
+        let full = std::fs::read(&p).unwrap();
+        let frame = 4 + u32::from_be_bytes(full[..4].try_into().unwrap()) as usize;
+        let mut torn = full[..frame].to_vec();
+        torn.extend_from_slice(&full[..frame / 2]);
+        assert_eq!(reopen(&p, &torn).unwrap(), 1, "the torn second record is cleared");
     }
 
     #[tokio::test]

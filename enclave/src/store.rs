@@ -38,6 +38,9 @@ pub enum Table {
     Admins,
     /// Payments held for a human's approval.
     Approvals,
+    /// Monotonic floors (the replay floor): covered by the digest, so one cannot be deleted or
+    /// put back on its own.
+    Floors,
 }
 
 impl Table {
@@ -52,6 +55,7 @@ impl Table {
             Self::Sessions => b"session/",
             Self::Admins => b"admin/",
             Self::Approvals => b"approval/",
+            Self::Floors => b"floor/",
         }
     }
 }
@@ -152,7 +156,7 @@ impl Digest {
 }
 
 /// Tables covered by the state digest (everything but `Meta`).
-const DIGESTED: [Table; 8] = [
+const DIGESTED: [Table; 9] = [
     Table::Wallets,
     Table::Keys,
     Table::Policies,
@@ -161,6 +165,7 @@ const DIGESTED: [Table; 8] = [
     Table::Sessions,
     Table::Admins,
     Table::Approvals,
+    Table::Floors,
 ];
 const DIGEST_KEY: &[u8] = b"state-digest";
 

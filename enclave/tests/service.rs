@@ -806,6 +806,10 @@ async fn a_failed_fsync_withholds_the_signature_and_keeps_the_charge() {
     let h = Harness::new().await;
     let w = h.wallet("1").await;
     let agent = h.session(&w, "1").await;
+    // A first request (denied) advances the replay floor, so the failure injected next hits the
+    // spend's own durability round.
+    let e = h.pay(agent.request(&header("2000000"), "warm-up")).await.unwrap_err();
+    assert_eq!(e.reason, "PER_TX_LIMIT");
     h.faults.fail.store(true, Ordering::SeqCst);
     let e = h.pay(agent.request(&header("10000"), "k")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Internal, "no signature without a durable record");
@@ -1695,4 +1699,61 @@ async fn a_deleted_commit_head_is_refused() {
     std::fs::remove_file(dir.path().join("commit.head")).unwrap();
     let why = refused(dir.path()).await;
     assert!(why.contains("commit head (commit.head) is missing"), "{why}");
+}
+
+/// The host steps the clock forward (so the nonce of a captured, denied request is pruned from
+/// the replay cache) and back (so the request looks fresh again), within one run, after the
+/// admin raised the limit. The request is not signed.
+#[tokio::test]
+async fn stepping_the_clock_forward_and_back_does_not_reopen_a_replay() {
+    let h = Harness::new().await;
+    let w = h.wallet("0.001").await;
+    let agent = h.session(&w, "1").await;
+    let captured = agent.request(&header("10000"), "k");
+    assert_eq!(h.pay(captured.clone()).await.unwrap_err().reason, "PER_TX_LIMIT");
+    h.call(Req::SetPolicy(gw::SetPolicyRequest {
+        auth: None,
+        policy: Some(gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: "1".into(),
+            ..Default::default()
+        }),
+    }))
+    .await
+    .unwrap();
+    h.now.fetch_add(241_000, Ordering::SeqCst);
+    h.pay(agent.request(&header("10000"), "prunes-the-cache")).await.unwrap();
+    h.now.fetch_sub(181_000, Ordering::SeqCst);
+    let e = h.pay(captured).await.unwrap_err();
+    assert_eq!((e.code, e.reason.as_str()), (ErrorCode::Unauthenticated, "STALE_REQUEST"));
+    assert_eq!(h.spent(&agent.id).await, "0.01", "only the fresh payment was charged");
+}
+
+/// Audit lines with forged MACs appended at rest: the enclave refuses to start — and once they
+/// are removed, it starts again (it must not have counted them in its commit head first).
+#[tokio::test]
+async fn forged_audit_lines_are_refused_without_bricking_the_enclave() {
+    let (dir, _) = stopped_with_history().await;
+    let path = dir.path().join("audit.log");
+    let genuine = std::fs::read_to_string(&path).unwrap();
+    let last: wallet_policy::audit::Record =
+        serde_json::from_str(genuine.lines().last().unwrap()).unwrap();
+    let mut forged = wallet_policy::audit::Record {
+        seq: last.seq + 1,
+        at_ms: last.at_ms + 1,
+        kind: "admin".into(),
+        detail: "forged".into(),
+        prev: last.hash.clone(),
+        ..Default::default()
+    };
+    forged.hash = hex::encode(forged.compute_hash());
+    forged.mac = "00".repeat(32);
+    std::fs::write(&path, format!("{genuine}{}\n", serde_json::to_string(&forged).unwrap()))
+        .unwrap();
+    let why = refused(dir.path()).await;
+    assert!(why.contains("audit log"), "{why}");
+    std::fs::write(&path, &genuine).unwrap();
+    let now = Arc::new(AtomicU64::new(T0_MS + 10_000));
+    let (platform, _) = simulated::platform(dir.path(), Arc::new(TestClock(now))).unwrap();
+    Enclave::open(platform).await.expect("the genuine log opens again");
 }

@@ -19,9 +19,7 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 use wallet_policy::x402::MAX_HEADER_LEN;
 use wallet_proto::{
     answer::{CHALLENGE_METADATA, ERROR_METADATA, SIGNATURE_METADATA},
-    enclave::v1::{
-        enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveError, ErrorCode,
-    },
+    enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp, EnclaveError},
     gateway::v1::{self as gw, wallet_gateway_server::WalletGateway},
     Reason, ERROR_DOMAIN,
 };
@@ -127,16 +125,7 @@ impl Gateway {
 /// with the stable reason as [`status_with_reason`] puts it.
 #[must_use]
 pub fn status_from(e: &EnclaveError) -> Status {
-    let code = match e.code() {
-        ErrorCode::InvalidArgument => Code::InvalidArgument,
-        ErrorCode::Denied => Code::PermissionDenied,
-        ErrorCode::Unauthenticated => Code::Unauthenticated,
-        ErrorCode::NotFound => Code::NotFound,
-        ErrorCode::AlreadyExists => Code::AlreadyExists,
-        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
-        ErrorCode::Aborted => Code::Aborted,
-        ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
-    };
+    let code = wallet_proto::answer::grpc_code(e.code());
     let reason = if e.reason.is_empty() { Reason::Internal.as_str() } else { e.reason.as_str() };
     status_with_reason(code, reason, &e.message)
 }

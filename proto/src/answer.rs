@@ -94,6 +94,24 @@ pub mod response {
         Approval);
 }
 
+/// The gRPC status code of an enclave error code (the gateway answers with it; a client that
+/// verified the enclave's signed error takes it from there).
+#[cfg(feature = "grpc")]
+#[must_use]
+pub fn grpc_code(code: crate::enclave::v1::ErrorCode) -> tonic::Code {
+    use crate::enclave::v1::ErrorCode;
+    match code {
+        ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorCode::Denied => tonic::Code::PermissionDenied,
+        ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorCode::Aborted => tonic::Code::Aborted,
+        ErrorCode::Internal | ErrorCode::Unspecified => tonic::Code::Internal,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

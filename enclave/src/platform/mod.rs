@@ -81,6 +81,8 @@ pub trait SpendLog: Send + Sync + Debug {
     /// # Errors
     /// [`JournalError::Io`] when the round failed.
     fn checkpoint(&self) -> BoxFuture<'_, Result<(), JournalError>>;
+    /// Starts recording the commit head in every round: call once the stores were verified.
+    fn arm_head(&self);
 }
 
 /// The audit log: hash-chained records, MACed under a key derived from the sealed audit key.
@@ -257,6 +259,9 @@ impl SpendLog for Journal {
     }
     fn checkpoint(&self) -> BoxFuture<'_, Result<(), JournalError>> {
         Box::pin(Journal::checkpoint(self))
+    }
+    fn arm_head(&self) {
+        Journal::arm_head(self);
     }
 }
 

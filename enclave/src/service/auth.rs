@@ -57,7 +57,8 @@ pub(crate) struct AdminAuthorized {
 /// this interval (one state-store sync, which the request that crosses it waits for).
 pub const REPLAY_FLOOR_MARGIN_MS: u64 = 100;
 
-/// The state-store key (meta table) of the replay floor: Unix ms, JSON.
+/// The state-store key (floors table, covered by the state digest) of the replay floor: Unix
+/// ms, JSON.
 pub(super) const REPLAY_FLOOR_KEY: &[u8] = b"replay-floor";
 
 fn valid_idempotency_key(k: &str) -> bool {
@@ -104,7 +105,9 @@ impl Enclave {
                 "request signature does not verify with the session key",
             )
         })?;
-        let now = self.clock.now();
+        // Time never goes back for freshness and the replay cache: a host that steps the clock
+        // forward (so a nonce is pruned) and back (so its request looks fresh) gets nothing.
+        let now = self.monotonic_now();
         if now.as_millis().abs_diff(r.timestamp_ms) > FRESHNESS_WINDOW_MS {
             return Err(Failure::unauthenticated(
                 Reason::StaleRequest,
@@ -130,6 +133,13 @@ impl Enclave {
         Ok(Authenticated { request: r, preferred_asset, now })
     }
 
+    /// The clock, but never earlier than it has read before in this run.
+    fn monotonic_now(&self) -> UnixMillis {
+        use std::sync::atomic::Ordering;
+        let now = self.clock.now().as_millis();
+        UnixMillis(self.max_now.fetch_max(now, Ordering::SeqCst).max(now))
+    }
+
     /// Makes sure a request signed at `timestamp_ms` would be refused after a restart: the
     /// enclave keeps a durable high-water mark of request timestamps (in the state store, advanced
     /// [`REPLAY_FLOOR_MARGIN_MS`] ahead at a time, so about ten times a second under load), and at
@@ -145,8 +155,9 @@ impl Enclave {
             return Ok(());
         }
         let mark = timestamp_ms.max(now.as_millis()).saturating_add(REPLAY_FLOOR_MARGIN_MS);
-        self.persist_state(vec![Op::Put(Table::Meta, REPLAY_FLOOR_KEY.to_vec(), json(&mark))])
-            .await?;
+        // Durable and covered by the commit head before the request goes on: a state store put
+        // back by one batch would otherwise lower the floor.
+        self.persist(vec![Op::Put(Table::Floors, REPLAY_FLOOR_KEY.to_vec(), json(&mark))]).await?;
         self.replay_high_water.store(mark, Ordering::Release);
         Ok(())
     }

@@ -20,6 +20,9 @@ pub struct Failure {
     pub message: String,
 }
 
+/// Longest error message that leaves the enclave, in bytes.
+pub const MAX_WIRE_MESSAGE: usize = 1024;
+
 /// Results of the enclave's request handling.
 pub type Result<T, E = Failure> = std::result::Result<T, E>;
 
@@ -50,13 +53,24 @@ impl Failure {
         Self::new(ErrorCode::Internal, Reason::Internal, message)
     }
 
-    /// The error as it crosses the boundary.
+    /// The error as it crosses the boundary. The message is clipped to
+    /// [`MAX_WIRE_MESSAGE`] bytes (it may echo a long request field, and it travels in gRPC
+    /// trailers, which clients cap).
     #[must_use]
     pub fn into_wire(self) -> en::EnclaveError {
+        let mut message = self.message;
+        if message.len() > MAX_WIRE_MESSAGE {
+            let mut end = MAX_WIRE_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
         en::EnclaveError {
             code: self.code.into(),
             reason: self.reason.as_str().to_owned(),
-            message: self.message,
+            message,
         }
     }
 }

@@ -88,6 +88,9 @@ pub struct Enclave {
     /// The durable high-water mark of request timestamps, Unix ms (see `auth.rs`).
     replay_high_water: AtomicU64,
     replay_high_water_lock: tokio::sync::Mutex<()>,
+    /// The latest time the clock showed in this run (Unix ms): freshness and the replay cache
+    /// use it, so stepping the clock back does not make an old request fresh again.
+    max_now: AtomicU64,
     /// A KYT import being uploaded: its id and the addresses so far.
     kyt_staging: Mutex<Option<(String, HashSet<Address>)>>,
 }
@@ -239,12 +242,41 @@ impl Enclave {
     pub async fn open(platform: Platform) -> std::result::Result<Self, StoreError> {
         let Platform { nsm, clock, state, spend_log, spends, audit, location } = platform;
         let entropy = Entropy::new(Arc::clone(&nsm));
-        // The commit head exists (and covers the stores as they are) before anything is written.
         let checkpoint = |e: crate::journal::JournalError| StoreError::Sync(e.to_string());
+        // Verify before anything is written: the identity key (read only here) and, with it, the
+        // MAC of every audit record — so a log with forged lines appended is refused before a
+        // commit head could count them.
+        let stored_identity =
+            match state.get(Table::Keys, IDENTITY_KEY_ID)? {
+                Some(bytes) => {
+                    let secret: Zeroizing<[u8; 32]> =
+                        Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
+                            StoreError::Engine("identity key is not 32 bytes".into())
+                        })?);
+                    Some(ed25519_dalek::SigningKey::from_bytes(&secret))
+                }
+                None => None,
+            };
+        let mac_key = |key: &ed25519_dalek::SigningKey| -> Zeroizing<[u8; 32]> {
+            Zeroizing::new(
+                Sha256::new()
+                    .chain_update(b"x402-wallet/audit-mac-key/v1\0")
+                    .chain_update(key.to_bytes())
+                    .finalize()
+                    .into(),
+            )
+        };
+        if let Some(key) = &stored_identity {
+            audit.attach_key(mac_key(key)).map_err(|e| StoreError::Engine(e.to_string()))?;
+        }
+        let recovered = ledger::recover(&spends)?;
+        drop(spends);
+        // The stores are verified: the commit head exists (and covers them as they are) before
+        // anything is written.
+        spend_log.arm_head();
         spend_log.checkpoint().await.map_err(checkpoint)?;
         let mut inner = state::Inner::load(&*state, clock.now()).await?;
-        let summary = inner.replay_ledger(ledger::recover(&spends)?)?;
-        drop(spends);
+        let summary = inner.replay_ledger(recovered)?;
         tracing::info!(
             wallets = inner.wallets.len(),
             sessions = inner.sessions.len(),
@@ -253,37 +285,25 @@ impl Enclave {
             kyt = inner.kyt.len(),
             "state loaded"
         );
-        let identity_key =
-            match state.get(Table::Keys, IDENTITY_KEY_ID)? {
-                Some(bytes) => {
-                    let secret: Zeroizing<[u8; 32]> =
-                        Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
-                            StoreError::Engine("identity key is not 32 bytes".into())
-                        })?);
-                    ed25519_dalek::SigningKey::from_bytes(&secret)
-                }
-                None => {
-                    let key = ed25519_dalek::SigningKey::generate(&mut entropy.clone());
-                    state.apply(vec![Op::Put(
-                        Table::Keys,
-                        IDENTITY_KEY_ID.to_vec(),
-                        Zeroizing::new(key.to_bytes().to_vec()),
-                    )])?;
-                    state.sync().await?;
-                    key
-                }
-            };
-        let mac_key: Zeroizing<[u8; 32]> = Zeroizing::new(
-            Sha256::new()
-                .chain_update(b"x402-wallet/audit-mac-key/v1\0")
-                .chain_update(identity_key.to_bytes())
-                .finalize()
-                .into(),
-        );
-        audit.attach_key(mac_key).map_err(|e| StoreError::Engine(e.to_string()))?;
+        let identity_key = match stored_identity {
+            Some(key) => key,
+            None => {
+                // A fresh enclave (or one whose identity record is gone: then the audit log's
+                // MACs do not verify below, and it refuses to start).
+                let key = ed25519_dalek::SigningKey::generate(&mut entropy.clone());
+                state.apply(vec![Op::Put(
+                    Table::Keys,
+                    IDENTITY_KEY_ID.to_vec(),
+                    Zeroizing::new(key.to_bytes().to_vec()),
+                )])?;
+                state.sync().await?;
+                audit.attach_key(mac_key(&key)).map_err(|e| StoreError::Engine(e.to_string()))?;
+                key
+            }
+        };
         // Requests of the previous run must not be replayed into this one: refuse everything
         // signed up to the durable high-water mark, or up to the last spend if that is later.
-        let stored_floor = match state.get(Table::Meta, auth::REPLAY_FLOOR_KEY)? {
+        let stored_floor = match state.get(Table::Floors, auth::REPLAY_FLOOR_KEY)? {
             Some(v) => records::from_json::<u64>("replay floor", &v)?,
             None => 0,
         };
@@ -323,6 +343,7 @@ impl Enclave {
             replay_floor,
             replay_high_water: AtomicU64::new(replay_floor.as_millis()),
             replay_high_water_lock: tokio::sync::Mutex::new(()),
+            max_now: AtomicU64::new(0),
             kyt_staging: Mutex::new(None),
         })
     }

@@ -100,7 +100,12 @@ impl Inner {
     /// Loads the state store (initializing a fresh one with the default asset registry).
     pub async fn load(store: &dyn StateStore, now: UnixMillis) -> Result<Self, StoreError> {
         let mut inner = Self::default();
-        if store.get(Table::Meta, b"initialized")?.is_none() {
+        // A fresh store gets the default registry. (The marker is not covered by the state
+        // digest, so a store that already has assets is taken as initialized whatever the
+        // marker says: deleting it must not put the defaults back over an admin's changes.)
+        if store.get(Table::Meta, b"initialized")?.is_none()
+            && store.scan(Table::Assets)?.is_empty()
+        {
             let mut ops: Vec<Op> = default_assets()
                 .into_iter()
                 .map(|a| Op::Put(Table::Assets, asset_key(&a.network, &a.address), json(&a)))

@@ -99,17 +99,21 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
     Ok(())
 }
 
-/// Whether the request may have reached the enclave and been signed without the answer coming
-/// back (so only a retry with the same idempotency key is safe).
+/// Whether the request may have reached the enclave and been signed without its answer coming
+/// back (so only a retry with the same idempotency key is safe): the answer was lost, the
+/// enclave said the attempt is still in flight, or the error is not the enclave's signed word
+/// (a gateway can turn a signed payment into a made-up denial to get it paid twice).
 fn outcome_unknown(e: &ClientError) -> bool {
     use tonic::Code;
     !e.is_connect()
-        && (matches!(
-            e.code(),
-            Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::Unknown
-                | Code::Cancelled
-                | Code::Internal
-        ) || e.reason() == Some(Reason::IdempotencyInProgress))
+        && (!e.is_enclave_signed()
+            || matches!(
+                e.code(),
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::Internal
+            )
+            || e.reason() == Some(Reason::IdempotencyInProgress))
 }

@@ -54,7 +54,22 @@ pub(crate) async fn init(url: &str, home: &Path) -> Out {
 
 pub(crate) async fn status(url: &str, home: &Path) -> Out {
     let mut cl = client(url).await?;
-    let s = cl.get_status(gw::GetStatusRequest {}).await?;
+    let s = match cl.get_status(gw::GetStatusRequest {}).await {
+        Ok(s) => s,
+        // The gateway answers for itself when it cannot reach the enclave: unsigned, so it is
+        // only the host's word — report that, not a forgery.
+        Err(e) if e.is_untrusted() => {
+            let raw =
+                cl.raw().get_status(gw::GetStatusRequest {}).await.map(tonic::Response::into_inner);
+            match raw {
+                Ok(s) if !s.enclave_reachable => {
+                    return Err(Fail(1, format!("unavailable: the gateway says it cannot reach the enclave (data dir {}; an unsigned answer: the host's word)", s.data_dir)));
+                }
+                _ => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     println!("gateway:  {url} (up)");
     if !s.enclave_reachable {
         return Err(Fail(
