@@ -57,6 +57,26 @@ struct Admin {
     last: AtomicU64,
 }
 
+/// A request denied for `PER_TX_LIMIT` (a 0.01 payment on a wallet limited to 0.001 a payment),
+/// after which the admin raises the limit to 1: a captured copy of it must never be signed.
+async fn denied_then_allowed(h: &Harness) -> (Agent, gw::SignPaymentRequest) {
+    let w = h.wallet("0.001").await;
+    let agent = h.session(&w, "1").await;
+    let req = agent.request(&header("10000"), "k");
+    assert_eq!(h.pay(req.clone()).await.unwrap_err().reason, "PER_TX_LIMIT");
+    h.call(Req::SetPolicy(gw::SetPolicyRequest {
+        auth: None,
+        policy: Some(gw::Policy {
+            wallet_id: w.wallet_id.clone(),
+            max_per_payment: "1".into(),
+            ..Default::default()
+        }),
+    }))
+    .await
+    .unwrap();
+    (agent, req)
+}
+
 /// The enclave's identity (audit public key), as walletctl init pins it.
 async fn enclave_id(e: &Enclave) -> Vec<u8> {
     let r = e
@@ -712,20 +732,7 @@ async fn revoked_in_flight_is_withheld_for_good_even_after_restart() {
 #[tokio::test]
 async fn a_denied_request_cannot_be_replayed_after_the_policy_changes() {
     let h = Harness::new().await;
-    let w = h.wallet("0.001").await;
-    let agent = h.session(&w, "1").await;
-    let req = agent.request(&header("10000"), "k");
-    assert_eq!(h.pay(req.clone()).await.unwrap_err().reason, "PER_TX_LIMIT");
-    h.call(Req::SetPolicy(gw::SetPolicyRequest {
-        auth: None,
-        policy: Some(gw::Policy {
-            wallet_id: w.wallet_id.clone(),
-            max_per_payment: "1".into(),
-            ..Default::default()
-        }),
-    }))
-    .await
-    .unwrap();
+    let (agent, req) = denied_then_allowed(&h).await;
     assert_eq!(h.pay(req).await.unwrap_err().reason, "REPLAYED_REQUEST");
     assert_eq!(h.spent(&agent.id).await, "0");
 }
@@ -737,20 +744,7 @@ async fn a_denied_request_cannot_be_replayed_after_the_policy_changes() {
 async fn a_denied_request_cannot_be_replayed_after_a_restart_even_with_the_clock_set_back() {
     for clock_back_ms in [0, 30_000] {
         let h = Harness::new().await;
-        let w = h.wallet("0.001").await;
-        let agent = h.session(&w, "1").await;
-        let req = agent.request(&header("10000"), "k");
-        assert_eq!(h.pay(req.clone()).await.unwrap_err().reason, "PER_TX_LIMIT");
-        h.call(Req::SetPolicy(gw::SetPolicyRequest {
-            auth: None,
-            policy: Some(gw::Policy {
-                wallet_id: w.wallet_id.clone(),
-                max_per_payment: "1".into(),
-                ..Default::default()
-            }),
-        }))
-        .await
-        .unwrap();
+        let (agent, req) = denied_then_allowed(&h).await;
         let id = agent.id.clone();
         let h = h.restart().await;
         h.now.fetch_sub(clock_back_ms, Ordering::SeqCst);
@@ -1707,20 +1701,7 @@ async fn a_deleted_commit_head_is_refused() {
 #[tokio::test]
 async fn stepping_the_clock_forward_and_back_does_not_reopen_a_replay() {
     let h = Harness::new().await;
-    let w = h.wallet("0.001").await;
-    let agent = h.session(&w, "1").await;
-    let captured = agent.request(&header("10000"), "k");
-    assert_eq!(h.pay(captured.clone()).await.unwrap_err().reason, "PER_TX_LIMIT");
-    h.call(Req::SetPolicy(gw::SetPolicyRequest {
-        auth: None,
-        policy: Some(gw::Policy {
-            wallet_id: w.wallet_id.clone(),
-            max_per_payment: "1".into(),
-            ..Default::default()
-        }),
-    }))
-    .await
-    .unwrap();
+    let (agent, captured) = denied_then_allowed(&h).await;
     h.now.fetch_add(241_000, Ordering::SeqCst);
     h.pay(agent.request(&header("10000"), "prunes-the-cache")).await.unwrap();
     h.now.fetch_sub(181_000, Ordering::SeqCst);

@@ -336,7 +336,9 @@ pub(crate) enum Recovered {
     },
 }
 
-fn hash_of(h: &str) -> [u8; 32] {
+/// A request hash as stored (hex) back to its 32 bytes (zeros if malformed: it then matches no
+/// request, so the key cannot be reused).
+pub(crate) fn hash_of(h: &str) -> [u8; 32] {
     hex::decode(h).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()).unwrap_or_default()
 }
 

@@ -164,10 +164,7 @@ impl Inner {
                 stale.push(Op::Delete(Table::Approvals, k));
                 continue;
             }
-            let hash = hex::decode(&a.request_hash)
-                .ok()
-                .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                .unwrap_or_default();
+            let hash = super::ledger::hash_of(&a.request_hash);
             inner.idem.start(
                 (a.session_id.clone(), a.idempotency_key.clone()),
                 IdemEntry { hash, stage: Stage::Held { approval_id: a.id.clone() } },

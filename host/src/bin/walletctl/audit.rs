@@ -52,6 +52,30 @@ pub(crate) async fn audit_records(cl: &mut GatewayClient) -> Result<Vec<String>,
     }
 }
 
+/// The enclave's audit head over a fresh challenge: `check_key` vets the key that signed it
+/// (pinned, or pinned now), then the signature is verified. Returns the head and its hash.
+async fn signed_head(
+    cl: &mut wallet_client::GatewayClient,
+    check_key: impl FnOnce(&[u8]) -> Result<(), Fail>,
+) -> Result<(gw::AuditHead, [u8; 32]), Fail> {
+    let mut challenge = [0u8; 16];
+    OsRng.fill_bytes(&mut challenge);
+    let head = cl.get_audit_head(gw::GetAuditHeadRequest { challenge: challenge.to_vec() }).await?;
+    check_key(&head.public_key)?;
+    let malformed = |what: &str| Fail(5, format!("malformed {what}"));
+    let hash: [u8; 32] = head.hash.as_slice().try_into().map_err(|_| malformed("audit head"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(
+        &head.public_key.as_slice().try_into().map_err(|_| malformed("audit key"))?,
+    )
+    .map_err(|_| malformed("audit key"))?;
+    let sig = ed25519_dalek::Signature::from_slice(&head.signature)
+        .map_err(|_| malformed("head signature"))?;
+    key.verify(&head_message(head.count, &hash, &challenge), &sig).map_err(|_| {
+        Fail(5, "the audit head's signature does not verify with the pinned enclave key and this challenge: the answer did not come from the enclave (the host is not to be trusted)".into())
+    })?;
+    Ok((head, hash))
+}
+
 /// The enclave's audit head, signed over a fresh challenge and checked against the key pinned in
 /// `HOME/audit.pub`, compared with the head this machine verified last (`HOME/audit.head`).
 /// `Ok(None)` when nothing is pinned yet. A head with fewer records than the last verified one
@@ -69,27 +93,14 @@ pub(crate) async fn check_against_last_verified(
     };
     let last_count =
         last.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
-    let mut challenge = [0u8; 16];
-    OsRng.fill_bytes(&mut challenge);
-    let head = cl.get_audit_head(gw::GetAuditHeadRequest { challenge: challenge.to_vec() }).await?;
-    if hex::encode(&head.public_key) != pinned.trim() {
-        return Err(Fail(5, format!("the enclave's identity changed (pinned {}, now {}): a different enclave, or its state was replaced; the host is not to be trusted", pinned.trim(), hex::encode(&head.public_key))));
-    }
-    let key = ed25519_dalek::VerifyingKey::from_bytes(
-        &head
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Fail(5, "malformed audit key".into()))?,
-    )
-    .map_err(|_| Fail(5, "malformed audit key".into()))?;
-    let hash: [u8; 32] =
-        head.hash.as_slice().try_into().map_err(|_| Fail(5, "malformed audit head".into()))?;
-    let sig = ed25519_dalek::Signature::from_slice(&head.signature)
-        .map_err(|_| Fail(5, "malformed head signature".into()))?;
-    key.verify(&head_message(head.count, &hash, &challenge), &sig).map_err(|_| {
-        Fail(5, "the audit head's signature does not verify with the pinned enclave key and this challenge: the answer did not come from the enclave (the host is not to be trusted)".into())
-    })?;
+    let (head, _) = signed_head(cl, |key| {
+        if hex::encode(key) == pinned.trim() {
+            Ok(())
+        } else {
+            Err(Fail(5, format!("the enclave's identity changed (pinned {}, now {}): a different enclave, or its state was replaced; the host is not to be trusted", pinned.trim(), hex::encode(key))))
+        }
+    })
+    .await?;
     if head.count < last_count {
         return Err(Fail(
             5,
@@ -151,28 +162,7 @@ pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
             }
         }
         AuditCmd::Verify => {
-            let mut challenge = [0u8; 16];
-            OsRng.fill_bytes(&mut challenge);
-            let head = cl
-                .get_audit_head(gw::GetAuditHeadRequest { challenge: challenge.to_vec() })
-                .await?;
-            pin_audit_key(home, &head.public_key)?;
-            let hash: [u8; 32] = head
-                .hash
-                .as_slice()
-                .try_into()
-                .map_err(|_| Fail(5, "malformed audit head".into()))?;
-            let key = ed25519_dalek::VerifyingKey::from_bytes(
-                &head
-                    .public_key
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Fail(5, "malformed audit key".into()))?,
-            )
-            .map_err(|_| Fail(5, "malformed audit key".into()))?;
-            let sig = ed25519_dalek::Signature::from_slice(&head.signature)
-                .map_err(|_| Fail(5, "malformed head signature".into()))?;
-            key.verify(&head_message(head.count, &hash, &challenge), &sig).map_err(|_| Fail(5, "the audit head's signature does not verify with the pinned enclave key and this challenge".into()))?;
+            let (head, hash) = signed_head(&mut cl, |key| pin_audit_key(home, key)).await?;
             let mut records = audit_records(&mut cl).await.map_err(|Fail(_, m)| Fail(5, m))?;
             // Payments may have been audited since the head was read: check up to the head.
             let n = usize::try_from(head.count).unwrap_or(usize::MAX);
