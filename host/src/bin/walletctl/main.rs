@@ -6,7 +6,9 @@ mod admin;
 mod approvals;
 mod asset;
 mod audit;
+mod fetch;
 mod kyt;
+mod mcp;
 mod output;
 mod pay;
 mod policy;
@@ -77,6 +79,11 @@ enum Command {
     /// 4 session not accepted; 6 held for a human's approval (retry with the idempotency key
     /// printed on stderr once `walletctl approvals approve` was run); 1 anything else.
     Pay(pay::PayArgs),
+    /// Agent: a paying curl for x402 endpoints (v1 and v2), within the session's policy.
+    Fetch(fetch::FetchArgs),
+    /// Agent: an MCP server with the wallet's payment tools (stdio), or a paying proxy for a
+    /// remote paid MCP server (--upstream).
+    Mcp(mcp::McpArgs),
 }
 
 /// A failure with its exit code.
@@ -145,6 +152,8 @@ async fn run(cli: Cli) -> Out {
         Command::Audit(c) => audit::run(&cli.gateway, &home, c).await,
         Command::Session(c) => session::run(&cli.gateway, &home, c).await,
         Command::Pay(a) => pay::run(&cli.gateway, a).await,
+        Command::Fetch(a) => fetch::run(&cli.gateway, a).await,
+        Command::Mcp(a) => mcp::run(&cli.gateway, a).await,
     }
 }
 
