@@ -178,6 +178,7 @@ impl DurableSpend {
             payer: r.payer.clone(),
             valid_before: r.valid_before,
             replayed: false,
+            x402_version: 2,
         }
     }
 }
