@@ -2,19 +2,32 @@
 
 use alloy_primitives::Address;
 
-/// Parses a `0x`-prefixed 20-byte hex address.
+/// Parses a `0x`-prefixed 20-byte hex address, exactly as strictly as the official x402 code
+/// reads one (viem `getAddress`/`isAddress`, used by `@x402/evm` 2.27.0 on `payTo`, `asset` and
+/// the authorization's addresses):
 ///
-/// All-lowercase and all-uppercase forms are accepted as is. A mixed-case form must carry a valid
-/// EIP-55 checksum, as the official clients require (`getAddress`): a typo in a mixed-case
-/// address is an error, not a different payee.
+/// * the prefix is `0x` with a lowercase `x` (viem's `^0x[a-fA-F0-9]{40}$`): `0X…` is refused,
+///   because the official verifier throws on it, so a payment to it could never settle;
+/// * then exactly 40 hex digits;
+/// * all-lowercase and all-uppercase digits are accepted as they are; a mixed-case form must
+///   carry a valid EIP-55 checksum (as viem's strict `isAddress`): a typo in a mixed-case
+///   address is an error, not a different payee.
+///
+/// Callers that want to accept any spelling of a trusted input (the owner's policy document,
+/// KYT lists) lower-case it first.
 ///
 /// # Errors
 /// A sentence naming what is wrong.
 pub fn parse_address(s: &str) -> Result<Address, String> {
-    let hex = s
-        .strip_prefix("0x")
-        .or_else(|| s.strip_prefix("0X"))
-        .ok_or_else(|| format!("address {s:?} must start with 0x"))?;
+    let hex = match s.strip_prefix("0x") {
+        Some(hex) => hex,
+        None if s.starts_with("0X") => {
+            return Err(format!(
+            "address {s:?} must start with a lowercase 0x (the official x402 verifier refuses 0X)"
+        ))
+        }
+        None => return Err(format!("address {s:?} must start with 0x")),
+    };
     if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("address {s:?} is not 40 hex digits"));
     }
@@ -56,5 +69,21 @@ mod tests {
         assert!(parse_address("209693Bc6afc0C5328bA36FaF03C514EF312287C").is_err());
         assert!(parse_address("0x209693Bc6afc0C5328bA36FaF03C514EF312287").is_err());
         assert!(parse_address("0xg09693bc6afc0c5328ba36faf03c514ef312287c").is_err());
+        assert!(parse_address("0x209693Bc6afc0C5328bA36FaF03C514EF312287C0").is_err());
+        assert!(parse_address(" 0x209693Bc6afc0C5328bA36FaF03C514EF312287C").is_err());
+    }
+
+    /// Issue 10, item 5: `0X` is what viem's `getAddress` throws on, so the official verifier
+    /// never accepts a payment to it: refused in every case, with a sentence that says why.
+    #[test]
+    fn rejects_an_uppercase_0x_prefix_like_viem() {
+        for s in [
+            "0X209693Bc6afc0C5328bA36FaF03C514EF312287C",
+            "0X209693bc6afc0c5328ba36faf03c514ef312287c",
+            "0X209693BC6AFC0C5328BA36FAF03C514EF312287C",
+        ] {
+            let e = parse_address(s).unwrap_err();
+            assert!(e.contains("lowercase 0x"), "{e}");
+        }
     }
 }

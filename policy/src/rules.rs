@@ -13,7 +13,10 @@ use crate::{
     document::Budget,
     registry::AssetInfo,
     window::Totals,
-    x402::{parse_requirement, PaymentRequired, Requirement, RequirementError, TransferMethod},
+    x402::{
+        caip2_network, option_network, parse_requirement_for, PaymentFlow, PaymentRequired,
+        Requirement, RequirementError, TransferMethod, V1_VALID_AFTER_LEEWAY_SECONDS,
+    },
 };
 
 pub use crate::document::{
@@ -140,6 +143,10 @@ pub enum DenyReason {
     PayeeCap,
     /// Too many payments in the last minute.
     RateLimited,
+    /// The request asked for a network or asset (its preference) that no `accepts[]` option
+    /// offers, or a preference that names no network this wallet knows. Preferences filter the
+    /// options; they never fall back silently to another network or asset.
+    PreferenceNotOffered,
 }
 
 impl DenyReason {
@@ -167,11 +174,12 @@ impl DenyReason {
             Self::SessionBudget => "SESSION_BUDGET",
             Self::PayeeCap => "PAYEE_CAP",
             Self::RateLimited => "RATE_LIMITED",
+            Self::PreferenceNotOffered => "PREFERENCE_NOT_OFFERED",
         }
     }
 
     /// Every reason, for tests and docs.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::NoPolicy,
         Self::PerTxLimit,
         Self::SessionCap,
@@ -192,6 +200,7 @@ impl DenyReason {
         Self::SessionBudget,
         Self::PayeeCap,
         Self::RateLimited,
+        Self::PreferenceNotOffered,
     ];
 }
 
@@ -249,7 +258,12 @@ pub struct Approval {
     pub asset: AssetInfo,
     /// Cost in units (what the session and limits are charged).
     pub charge: U256,
-    /// `validBefore` of the authorization.
+    /// `validAfter` of the authorization, unix seconds: 0 for x402 v2 (as the current official
+    /// client), `now - 600` for x402 v1 (as the official v1 client,
+    /// [`V1_VALID_AFTER_LEEWAY_SECONDS`]).
+    pub valid_after: u64,
+    /// `validBefore` of the authorization, unix seconds: `now + min(maxTimeoutSeconds, the
+    /// policy's max validity)`, at least `now + 10`.
     pub valid_before: u64,
     /// Why it must wait for a human's approval (`None`: sign now).
     pub hold: Option<String>,
@@ -362,101 +376,221 @@ fn no_rule(policy: &Policy, req: &Requirement, symbol: &str, charge: U256, payin
 /// and a reason to hold it for approval.
 type Allowed = (AssetInfo, U256, u64, Option<String>);
 
+/// How far the evaluation of one option got before it was denied, in evaluation order (later is
+/// further). When no option is allowed, [`choose`] reports the reason of the option that got
+/// furthest: that is the limit that actually bound the payment (an option refused for its
+/// per-payment limit tells more than one on a network the policy never allows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// The `accepts[]` entry could not be read (scheme, network, fields).
+    Parse,
+    /// `extra.paymentFlow` the official client does not know.
+    Flow,
+    /// Not EIP-3009.
+    Transfer,
+    /// Not in the asset registry.
+    Registry,
+    /// The EIP-712 domain disagrees with the registry.
+    Domain,
+    /// The wallet has no policy.
+    Policy,
+    /// The payee is on the KYT list.
+    Kyt,
+    /// Outside the session's scope.
+    SessionScope,
+    /// The policy's payee deny and allow lists.
+    PayeeLists,
+    /// The amount cannot be charged.
+    Amount,
+    /// No rule matches.
+    Rules,
+    /// A deny rule matches.
+    DenyRule,
+    /// Over a per-payment limit.
+    PerPayment,
+    /// Over the session's cap.
+    SessionCap,
+    /// Over the session's windows.
+    SessionBudget,
+    /// Over the wallet's windows.
+    WalletBudget,
+    /// Over a per-payee window.
+    PayeeBudget,
+    /// Over a rate limit.
+    Rate,
+}
+
+/// A denial and how far the evaluation got.
+#[derive(Debug, Clone)]
+struct Ranked {
+    stage: Stage,
+    denial: Denial,
+}
+
+fn at(stage: Stage, denial: Denial) -> Ranked {
+    Ranked { stage, denial }
+}
+
 /// Evaluates one parsed requirement.
 ///
 /// # Errors
 /// The first rule that denies it.
-#[allow(clippy::too_many_lines)]
 pub fn evaluate(
     ctx: &Context<'_>,
     ledger: &mut dyn Ledger,
     req: &Requirement,
 ) -> Result<Allowed, Denial> {
+    evaluate_ranked(ctx, ledger, req).map_err(|r| r.denial)
+}
+
+/// [`evaluate`], with how far it got when it denies.
+#[allow(clippy::too_many_lines)]
+fn evaluate_ranked(
+    ctx: &Context<'_>,
+    ledger: &mut dyn Ledger,
+    req: &Requirement,
+) -> Result<Allowed, Ranked> {
+    match &req.payment_flow {
+        PaymentFlow::Authorization | PaymentFlow::Upfront => {}
+        PaymentFlow::Escrow => {
+            return Err(at(
+                Stage::Flow,
+                deny(
+                    DenyReason::UnsupportedScheme,
+                    "extra.paymentFlow \"escrow\" is not supported by the exact scheme (the official server accepts authorization and upfront only)",
+                ),
+            ))
+        }
+        PaymentFlow::Unknown(flow) => {
+            return Err(at(
+                Stage::Flow,
+                deny(
+                    DenyReason::UnsupportedScheme,
+                    format!(
+                        "extra.paymentFlow {flow} is not a flow the official client knows (authorization, upfront, escrow); such options are dropped"
+                    ),
+                ),
+            ))
+        }
+    }
     if req.transfer_method != TransferMethod::Eip3009 {
-        return Err(deny(
-            DenyReason::UnsupportedScheme,
-            "only EIP-3009 transfers are signed (not Permit2)",
+        return Err(at(
+            Stage::Transfer,
+            deny(DenyReason::UnsupportedScheme, "only EIP-3009 transfers are signed (not Permit2)"),
         ));
     }
     let asset = ctx.registry.lookup(&req.network, &req.asset).ok_or_else(|| {
-        deny(
-            DenyReason::AssetNotAllowed,
-            format!(
-                "asset {} on {} is not in the asset registry",
-                req.asset.to_checksum(None),
-                req.network
+        at(
+            Stage::Registry,
+            deny(
+                DenyReason::AssetNotAllowed,
+                format!(
+                    "asset {} on {} is not in the asset registry",
+                    req.asset.to_checksum(None),
+                    req.network
+                ),
             ),
         )
     })?;
     if req.extra_name.as_deref() != Some(asset.name.as_str())
         || req.extra_version.as_deref() != Some(asset.version.as_str())
     {
-        return Err(deny(
-            DenyReason::DomainMismatch,
-            format!(
-                "extra.name/version {:?}/{:?} differ from the registry's {:?}/{:?} for {}",
-                req.extra_name.as_deref().unwrap_or(""),
-                req.extra_version.as_deref().unwrap_or(""),
-                asset.name,
-                asset.version,
-                asset.symbol
+        return Err(at(
+            Stage::Domain,
+            deny(
+                DenyReason::DomainMismatch,
+                format!(
+                    "extra.name/version {:?}/{:?} differ from the registry's {:?}/{:?} for {}",
+                    req.extra_name.as_deref().unwrap_or(""),
+                    req.extra_version.as_deref().unwrap_or(""),
+                    asset.name,
+                    asset.version,
+                    asset.symbol
+                ),
             ),
         ));
     }
     let Some(policy) = ctx.policy else {
-        return Err(deny(
-            DenyReason::NoPolicy,
-            "the wallet has no policy; nothing is signed until one is set",
+        return Err(at(
+            Stage::Policy,
+            deny(
+                DenyReason::NoPolicy,
+                "the wallet has no policy; nothing is signed until one is set",
+            ),
         ));
     };
     // Formatted only when a message needs them (checksumming costs a keccak).
     let payee = Checksummed(&req.pay_to);
     if ctx.kyt.is_denied(&req.pay_to) {
-        return Err(deny(DenyReason::KytDenied, format!("payee {payee} is on the KYT denylist")));
+        return Err(at(
+            Stage::Kyt,
+            deny(DenyReason::KytDenied, format!("payee {payee} is on the KYT denylist")),
+        ));
     }
     if !allowed(&ctx.session.scope.networks, &req.network) {
-        return Err(deny(
-            DenyReason::NetworkNotAllowed,
-            format!("network {} is not allowed for this session", req.network),
+        return Err(at(
+            Stage::SessionScope,
+            deny(
+                DenyReason::NetworkNotAllowed,
+                format!("network {} is not allowed for this session", req.network),
+            ),
         ));
     }
     if !allowed(&ctx.session.scope.assets, &req.asset) {
-        return Err(deny(
-            DenyReason::AssetNotAllowed,
-            format!("asset {} is not allowed for this session", req.asset.to_checksum(None)),
+        return Err(at(
+            Stage::SessionScope,
+            deny(
+                DenyReason::AssetNotAllowed,
+                format!("asset {} is not allowed for this session", req.asset.to_checksum(None)),
+            ),
         ));
     }
     if !allowed(&ctx.session.scope.payees, &req.pay_to) {
-        return Err(deny(
-            DenyReason::PayeeNotAllowed,
-            format!("payee {payee} is not allowed for this session"),
+        return Err(at(
+            Stage::SessionScope,
+            deny(
+                DenyReason::PayeeNotAllowed,
+                format!("payee {payee} is not allowed for this session"),
+            ),
         ));
     }
     if policy.deny_payees.contains(&req.pay_to) {
-        return Err(deny(
-            DenyReason::PayeeDenied,
-            format!("payee {payee} is on the policy's denylist"),
+        return Err(at(
+            Stage::PayeeLists,
+            deny(DenyReason::PayeeDenied, format!("payee {payee} is on the policy's denylist")),
         ));
     }
     if !policy.allow_payees.is_empty() && !policy.allow_payees.contains(&req.pay_to) {
-        return Err(deny(
-            DenyReason::PayeeNotAllowed,
-            format!("payee {payee} is not on the policy's payee allowlist"),
+        return Err(at(
+            Stage::PayeeLists,
+            deny(
+                DenyReason::PayeeNotAllowed,
+                format!("payee {payee} is not on the policy's payee allowlist"),
+            ),
         ));
     }
-    let charge = atomic_to_units(req.amount, asset.decimals)
-        .ok_or_else(|| deny(DenyReason::InvalidRequirement, "amount is too large"))?;
+    let charge = atomic_to_units(req.amount, asset.decimals).ok_or_else(|| {
+        at(Stage::Amount, deny(DenyReason::InvalidRequirement, "amount is too large"))
+    })?;
     let paying = Paying { amount: req.amount, asset };
     // Ordered rules: the first that matches decides; none: deny.
     let rule = policy
         .rules
         .iter()
         .find(|r| r.matches(&req.network, &req.asset, &asset.symbol, &req.pay_to, charge))
-        .ok_or_else(|| no_rule(policy, req, &asset.symbol, charge, &paying.to_string()))?;
+        .ok_or_else(|| {
+            at(Stage::Rules, no_rule(policy, req, &asset.symbol, charge, &paying.to_string()))
+        })?;
     if rule.action == Action::Deny {
-        return Err(deny(
-            DenyReason::RuleDenied,
-            format!("policy rule {:?} (line {}) denies {paying} to {payee}", rule.name, rule.line),
+        return Err(at(
+            Stage::DenyRule,
+            deny(
+                DenyReason::RuleDenied,
+                format!(
+                    "policy rule {:?} (line {}) denies {paying} to {payee}",
+                    rule.name, rule.line
+                ),
+            ),
         ));
     }
     for (limit, from) in [
@@ -464,21 +598,27 @@ pub fn evaluate(
         (rule.max_per_payment, format!("the per-payment limit of rule {:?}", rule.name)),
     ] {
         if let Some(limit) = limit.filter(|l| charge > *l) {
-            return Err(deny(
-                DenyReason::PerTxLimit,
-                format!("{paying} is above {from} of {}", format_units(limit)),
+            return Err(at(
+                Stage::PerPayment,
+                deny(
+                    DenyReason::PerTxLimit,
+                    format!("{paying} is above {from} of {}", format_units(limit)),
+                ),
             ));
         }
     }
     let cap = policy.session.cap.map_or(ctx.session.cap, |c| c.min(ctx.session.cap));
     if ctx.session.spent.checked_add(charge).is_none_or(|a| a > cap) {
         let left = cap.saturating_sub(ctx.session.spent);
-        return Err(deny(
-            DenyReason::SessionCap,
-            format!(
-                "{paying} is more than the {} the session has left of its {} cap",
-                format_units(left),
-                format_units(cap)
+        return Err(at(
+            Stage::SessionCap,
+            deny(
+                DenyReason::SessionCap,
+                format!(
+                    "{paying} is more than the {} the session has left of its {} cap",
+                    format_units(left),
+                    format_units(cap)
+                ),
             ),
         ));
     }
@@ -486,38 +626,47 @@ pub fn evaluate(
     if let Some((b, spent)) =
         over_budget(&policy.session.budgets, charge, |w| ledger.session(w, now))
     {
-        return Err(deny(
-            DenyReason::SessionBudget,
-            format!(
-                "{paying} would take the session past its budget of {} per {} ({} spent)",
-                format_units(b.max),
-                window_name(b.per_seconds),
-                format_units(spent)
+        return Err(at(
+            Stage::SessionBudget,
+            deny(
+                DenyReason::SessionBudget,
+                format!(
+                    "{paying} would take the session past its budget of {} per {} ({} spent)",
+                    format_units(b.max),
+                    window_name(b.per_seconds),
+                    format_units(spent)
+                ),
             ),
         ));
     }
     if let Some((b, spent)) = over_budget(&policy.wallet.budgets, charge, |w| ledger.wallet(w, now))
     {
-        return Err(deny(
-            DenyReason::WalletBudget,
-            format!(
-                "{paying} would take the wallet past its budget of {} per {} ({} spent)",
-                format_units(b.max),
-                window_name(b.per_seconds),
-                format_units(spent)
+        return Err(at(
+            Stage::WalletBudget,
+            deny(
+                DenyReason::WalletBudget,
+                format!(
+                    "{paying} would take the wallet past its budget of {} per {} ({} spent)",
+                    format_units(b.max),
+                    window_name(b.per_seconds),
+                    format_units(spent)
+                ),
             ),
         ));
     }
     if let Some((b, spent)) =
         over_budget(&policy.wallet.per_payee, charge, |w| ledger.payee(&req.pay_to, w, now))
     {
-        return Err(deny(
-            DenyReason::PayeeCap,
-            format!(
-                "{paying} would take payments to {payee} past {} per {} ({} paid)",
-                format_units(b.max),
-                window_name(b.per_seconds),
-                format_units(spent)
+        return Err(at(
+            Stage::PayeeBudget,
+            deny(
+                DenyReason::PayeeCap,
+                format!(
+                    "{paying} would take payments to {payee} past {} per {} ({} paid)",
+                    format_units(b.max),
+                    window_name(b.per_seconds),
+                    format_units(spent)
+                ),
             ),
         ));
     }
@@ -526,9 +675,12 @@ pub fn evaluate(
         (policy.wallet.payments_per_minute, ledger.wallet(60, now).count, "wallet"),
     ] {
         if let Some(limit) = limit.filter(|l| count >= *l) {
-            return Err(deny(
-                DenyReason::RateLimited,
-                format!("the {whose} made {count} payments in the last minute (limit {limit})"),
+            return Err(at(
+                Stage::Rate,
+                deny(
+                    DenyReason::RateLimited,
+                    format!("the {whose} made {count} payments in the last minute (limit {limit})"),
+                ),
             ));
         }
     }
@@ -549,12 +701,44 @@ pub fn evaluate(
     Ok((asset.clone(), charge, valid_before, hold))
 }
 
-/// Chooses the first `accepts[]` option that policy allows, options matching the preferred
-/// network/asset first, and otherwise in the server's order.
+/// What an `accepts[]` option offers, read leniently, for matching a preference: its CAIP-2
+/// network and its asset, when they can be read (an option whose other fields are malformed
+/// still matches, and is then denied for what is malformed).
+fn offered(x402_version: u64, v: &serde_json::Value) -> (Option<String>, Option<Address>) {
+    let network = v
+        .get("network")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|n| option_network(x402_version, n).ok())
+        .map(|(n, _)| n);
+    let asset = v
+        .get("asset")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|a| crate::address::parse_address(a).ok());
+    (network, asset)
+}
+
+/// Chooses the `accepts[]` option to sign, as the official client selects one
+/// (`@x402/core` 2.27.0 `x402Client.selectPaymentRequirements`), with this wallet's policy as
+/// the client's policy:
+///
+/// 1. **Preferences filter.** `preferred_network` (a CAIP-2 id such as `eip155:84532`, or an
+///    x402 v1 name such as `base-sepolia`, mapped by the official table) and `preferred_asset`
+///    keep only the options on that network and in that token. When no option matches, or the
+///    network preference cannot be read, the payment is refused with `PREFERENCE_NOT_OFFERED`:
+///    a preference never falls back to another network or asset.
+/// 2. **Flows.** An option whose `extra.paymentFlow` the official client does not know is
+///    dropped (denied `UNSUPPORTED_SCHEME`), and so is `escrow`, which the official `exact`
+///    server refuses. Options with the `authorization` flow (or none) are tried before
+///    `upfront` ones, as the official client prefers them; then the server's order.
+/// 3. **Policy.** The first option the policy allows and that can be signed now is chosen; one
+///    held for approval is chosen only when no option can be signed now.
+///
+/// `validAfter` is 0 for x402 v2 and `now - 600` for v1 (the official clients' values).
 ///
 /// # Errors
-/// When no option is allowed: the most telling denial (a policy reason over a structural one),
-/// with every option's reason in the message.
+/// When no option is allowed: the reason of the option whose evaluation got furthest through
+/// the checks (in the order [`evaluate`] makes them; the first such option on a tie), with
+/// every option's reason in the message.
 pub fn choose(
     ctx: &Context<'_>,
     ledger: &mut dyn Ledger,
@@ -563,63 +747,132 @@ pub fn choose(
     preferred_asset: Option<&Address>,
 ) -> Result<Approval, Denial> {
     check_session(ctx)?;
-    let parsed: Vec<Result<Requirement, Denial>> = required
-        .accepts
-        .iter()
-        .map(|v| {
-            parse_requirement(v).map_err(|e| match e {
-                RequirementError::UnsupportedScheme(_) => {
-                    deny(DenyReason::UnsupportedScheme, e.to_string())
-                }
-                RequirementError::UnsupportedNetwork(_) => {
-                    deny(DenyReason::NetworkNotAllowed, e.to_string())
-                }
-                RequirementError::Invalid(_) => deny(DenyReason::InvalidRequirement, e.to_string()),
+    let version = required.x402_version;
+    let preferred_network = preferred_network
+        .map(|n| {
+            caip2_network(n).map_err(|e| {
+                deny(DenyReason::PreferenceNotOffered, format!("preferred network: {e}"))
             })
         })
+        .transpose()?;
+    let wanted = |v: &serde_json::Value| {
+        let (network, asset) = offered(version, v);
+        preferred_network.as_ref().is_none_or(|p| network.as_ref() == Some(p))
+            && preferred_asset.is_none_or(|p| asset.as_ref() == Some(p))
+    };
+    let candidates: Vec<usize> =
+        (0..required.accepts.len()).filter(|&i| wanted(&required.accepts[i])).collect();
+    if candidates.is_empty() {
+        return Err(not_offered(required, preferred_network.as_deref(), preferred_asset));
+    }
+    let skipped = required.accepts.len() - candidates.len();
+    let parsed: Vec<(usize, Result<Requirement, Ranked>)> = candidates
+        .into_iter()
+        .map(|i| {
+            let r = parse_requirement_for(version, &required.accepts[i]).map_err(|e| {
+                let reason = match e {
+                    RequirementError::UnsupportedScheme(_) => DenyReason::UnsupportedScheme,
+                    RequirementError::UnsupportedNetwork(_) => DenyReason::NetworkNotAllowed,
+                    RequirementError::Invalid(_) => DenyReason::InvalidRequirement,
+                };
+                at(Stage::Parse, deny(reason, e.to_string()))
+            });
+            (i, r)
+        })
         .collect();
-    let mut order: Vec<usize> = (0..parsed.len()).collect();
-    order.sort_by_key(|&i| {
-        let r = parsed[i].as_ref().ok();
-        let net_miss = preferred_network.is_some_and(|n| r.is_none_or(|r| r.network != n));
-        let asset_miss = preferred_asset.is_some_and(|a| r.is_none_or(|r| r.asset != *a));
-        (net_miss, asset_miss)
-    });
-    let mut denials: Vec<(usize, Denial)> = Vec::new();
+    let mut order: Vec<&(usize, Result<Requirement, Ranked>)> = parsed.iter().collect();
+    // Stable: within a flow rank, the server's order.
+    order.sort_by_key(|(_, r)| r.as_ref().map_or(u8::MAX, |r| r.payment_flow.rank()));
+    let mut denials: Vec<(usize, Ranked)> = Vec::new();
     // An option that can be signed now wins over one that must wait for approval.
     let mut held: Option<Approval> = None;
-    for i in order {
+    let valid_after =
+        if version == 1 { ctx.now.saturating_sub(V1_VALID_AFTER_LEEWAY_SECONDS) } else { 0 };
+    for (i, parsed) in order {
         let outcome =
-            parsed[i].clone().and_then(|req| evaluate(ctx, ledger, &req).map(|ok| (req, ok)));
+            parsed.clone().and_then(|req| evaluate_ranked(ctx, ledger, &req).map(|ok| (req, ok)));
         match outcome {
             Ok((requirement, (asset, charge, valid_before, hold))) => {
-                let a = Approval { index: i, requirement, asset, charge, valid_before, hold };
+                let a = Approval {
+                    index: *i,
+                    requirement,
+                    asset,
+                    charge,
+                    valid_after,
+                    valid_before,
+                    hold,
+                };
                 if a.hold.is_none() {
                     return Ok(a);
                 }
                 held.get_or_insert(a);
             }
-            Err(d) => denials.push((i, d)),
+            Err(d) => denials.push((*i, d)),
         }
     }
     if let Some(a) = held {
         return Ok(a);
     }
-    let structural =
-        |r: DenyReason| matches!(r, DenyReason::UnsupportedScheme | DenyReason::InvalidRequirement);
+    // The option that got furthest; the first of them on a tie.
     let best = denials
         .iter()
-        .find(|(_, d)| !structural(d.reason))
-        .or_else(|| denials.first())
-        .map(|(_, d)| d.clone());
-    let best = best.unwrap_or_else(|| deny(DenyReason::InvalidRequirement, "no accepts[] options"));
+        .fold(None::<&(usize, Ranked)>, |best, d| match best {
+            Some(b) if b.1.stage >= d.1.stage => Some(b),
+            _ => Some(d),
+        })
+        .map(|(_, r)| r.denial.clone())
+        .unwrap_or_else(|| deny(DenyReason::InvalidRequirement, "no accepts[] options"));
+    let not_considered = if skipped > 0 {
+        format!(
+            " ({skipped} option{} not on the preferred network/asset not considered)",
+            if skipped == 1 { "" } else { "s" }
+        )
+    } else {
+        String::new()
+    };
     if denials.len() == 1 {
-        return Err(best);
+        return Err(deny(best.reason, format!("{}{not_considered}", best.message)));
     }
     let mut all: Vec<String> =
-        denials.iter().take(8).map(|(i, d)| format!("accepts[{i}] {d}")).collect();
+        denials.iter().take(8).map(|(i, d)| format!("accepts[{i}] {}", d.denial)).collect();
     if denials.len() > 8 {
         all.push(format!("and {} more", denials.len() - 8));
     }
-    Err(deny(best.reason, format!("no accepts[] option is allowed: {}", all.join("; "))))
+    Err(deny(
+        best.reason,
+        format!("no accepts[] option is allowed: {}{not_considered}", all.join("; ")),
+    ))
+}
+
+/// The refusal when no option matches the preferences: what was asked, and what is offered.
+fn not_offered(
+    required: &PaymentRequired,
+    network: Option<&str>,
+    asset: Option<&Address>,
+) -> Denial {
+    let wanted = match (network, asset) {
+        (Some(n), Some(a)) => format!("on {n} in asset {}", a.to_checksum(None)),
+        (Some(n), None) => format!("on {n}"),
+        (None, Some(a)) => format!("in asset {}", a.to_checksum(None)),
+        (None, None) => "at all".to_owned(),
+    };
+    let mut offers: Vec<String> = required
+        .accepts
+        .iter()
+        .take(8)
+        .map(|v| {
+            let s = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("?");
+            format!("{} {}", s("network"), s("asset"))
+        })
+        .collect();
+    if required.accepts.len() > 8 {
+        offers.push(format!("and {} more", required.accepts.len() - 8));
+    }
+    deny(
+        DenyReason::PreferenceNotOffered,
+        format!(
+            "no accepts[] option is {wanted} (the preference filters the options, it never falls back); offered: {}",
+            offers.join(", ")
+        ),
+    )
 }

@@ -53,6 +53,8 @@ struct Fixture {
     wallet_history: WalletHistory,
     session_history: History,
     approved: bool,
+    /// The request's network preference.
+    prefer_network: Option<&'static str>,
 }
 
 impl Fixture {
@@ -72,6 +74,7 @@ impl Fixture {
             wallet_history: WalletHistory::default(),
             session_history: History::new(),
             approved: false,
+            prefer_network: None,
         }
     }
 
@@ -112,7 +115,7 @@ impl Fixture {
         let mut wallet = self.wallet_history.clone();
         let mut session = self.session_history.clone();
         let mut ledger = ScopeLedger { wallet: &mut wallet, session: &mut session };
-        choose(&ctx, &mut ledger, &required, None, None)
+        choose(&ctx, &mut ledger, &required, self.prefer_network, None)
     }
 
     fn deny(&self, accepts: Vec<Value>) -> DenyReason {
@@ -242,6 +245,11 @@ fn every_reason_is_reachable() {
         vec![good()],
         DenyReason::RateLimited,
     );
+    check(
+        &Fixture { prefer_network: Some("eip155:8453"), ..Fixture::new() },
+        vec![good()],
+        DenyReason::PreferenceNotOffered,
+    );
     for r in DenyReason::ALL {
         assert!(seen.contains(&r), "{r:?} has no test");
     }
@@ -316,9 +324,9 @@ fn preference_reorders_options() {
         1
     );
     assert_eq!(
-        choose(&ctx, l, &required, Some("eip155:1"), None).unwrap().index,
-        0,
-        "no match: server order"
+        choose(&ctx, l, &required, Some("eip155:1"), None).unwrap_err().reason,
+        DenyReason::PreferenceNotOffered,
+        "no match: refused, never a silent fallback to another network (issue 10)"
     );
 }
 

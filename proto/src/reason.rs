@@ -90,6 +90,9 @@ reasons! {
     PayeeCap = "PAYEE_CAP",
     /// Over a payments-per-minute limit.
     RateLimited = "RATE_LIMITED",
+    /// The request's network or asset preference matches no `accepts[]` option, or names no
+    /// network the wallet knows (preferences filter the options; they never fall back).
+    PreferenceNotOffered = "PREFERENCE_NOT_OFFERED",
     /// A human denied the held payment.
     ApprovalDenied = "APPROVAL_DENIED",
     /// The hold expired before it was decided or used.

@@ -164,7 +164,7 @@ async fn malformed_input_gets_clear_errors_and_changes_nothing() {
         ("%%% not base64 %%%".into(), Code::InvalidArgument, "MALFORMED_HEADER"),
         (header_json("{not json"), Code::InvalidArgument, "MALFORMED_HEADER"),
         (
-            header_json(r#"{"x402Version":1,"accepts":[]}"#),
+            header_json(r#"{"x402Version":3,"accepts":[]}"#),
             Code::InvalidArgument,
             "UNSUPPORTED_VERSION",
         ),

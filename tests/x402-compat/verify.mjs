@@ -1,7 +1,19 @@
 #!/usr/bin/env node
-// Offline x402 v2 compatibility check for payments produced by our wallet.
+// Offline x402 compatibility check for payments produced by our wallet.
 //
 //   node verify.mjs [--now <unix seconds>] <PAYMENT-REQUIRED value> <PAYMENT-SIGNATURE value>
+//   node verify.mjs [--now <unix seconds>] '<x402 v1 402 JSON body>' <X-PAYMENT value>
+//
+// The first argument is read as the official client reads what a server sent
+// (x402HTTPClient.getPaymentRequiredResponse): a value starting with "{" is the JSON itself (the
+// v1 402 body, x402Version 1), anything else the base64 PAYMENT-REQUIRED header.
+//
+// x402 v1: the v2 resource server does not read X-PAYMENT (v1 servers are the legacy packages),
+// so the v1 path matches the payment to the offered requirement by scheme and network, as the
+// legacy servers do, and runs the official v1 facilitator in-process:
+//   x402Facilitator.registerV1 (@x402/core/facilitator) + ExactEvmSchemeV1
+//   (@x402/evm/exact/v1/facilitator) -> verify: scheme, network (v1 name), EIP-712 signature,
+//   recipient, validBefore >= now + 6, validAfter <= now, value == maxAmountRequired, simulation.
 //
 // Runs the OFFICIAL code of @x402/core and @x402/evm (versions pinned in package.json)
 // in the same order as x402HTTPResourceServer.processHTTPRequest (@x402/core 2.27.0):
@@ -28,6 +40,8 @@ import { x402ResourceServer } from "@x402/core/server";
 import { x402Facilitator } from "@x402/core/facilitator";
 import { ExactEvmScheme as ExactEvmServerScheme } from "@x402/evm/exact/server";
 import { ExactEvmScheme as ExactEvmFacilitatorScheme } from "@x402/evm/exact/facilitator";
+import { ExactEvmSchemeV1 as ExactEvmFacilitatorSchemeV1 } from "@x402/evm/exact/v1/facilitator";
+import { EVM_NETWORK_CHAIN_ID_MAP } from "@x402/evm/v1";
 import { toFacilitatorEvmSigner, authorizationTypes } from "@x402/evm";
 import { getAddress, isAddressEqual, recoverTypedDataAddress, verifyTypedData } from "viem";
 
@@ -121,7 +135,7 @@ function makeOfflineChain() {
   const useToken = (req) => {
     requirements = req;
     asset = getAddress(req.asset);
-    chainId = Number(String(req.network).split(":")[1]);
+    chainId = EVM_NETWORK_CHAIN_ID_MAP[req.network] ?? Number(String(req.network).split(":")[1]);
   };
   return { signer: toFacilitatorEvmSigner(client), calls, unexpected, useToken };
 }
@@ -129,7 +143,9 @@ function makeOfflineChain() {
 // ---- 1. decode (official helpers) -----------------------------------------------
 let paymentRequired, paymentPayload;
 try {
-  paymentRequired = decodePaymentRequiredHeader(paymentRequiredHeader);
+  paymentRequired = paymentRequiredHeader.trimStart().startsWith("{")
+    ? JSON.parse(paymentRequiredHeader)
+    : decodePaymentRequiredHeader(paymentRequiredHeader);
 } catch (e) {
   out({ ok: false, stage: "decode", invalidReason: `PAYMENT-REQUIRED: ${e.message}` }, 1);
 }
@@ -141,6 +157,43 @@ try {
 }
 if (!Array.isArray(paymentRequired?.accepts)) {
   out({ ok: false, stage: "decode", invalidReason: "PAYMENT-REQUIRED has no accepts[]" }, 1);
+}
+
+if (paymentRequired.x402Version === 1) {
+  try {
+    // ---- x402 v1: legacy matching + the official v1 facilitator, in-process -----------
+    const chain = makeOfflineChain();
+    const v1Networks = [...new Set(paymentRequired.accepts.map((r) => r.network).filter((n) => n in EVM_NETWORK_CHAIN_ID_MAP))];
+    const facilitator = new x402Facilitator();
+    if (v1Networks.length) facilitator.registerV1(v1Networks, new ExactEvmFacilitatorSchemeV1(chain.signer));
+    if (paymentPayload?.x402Version !== 1) {
+      out({ ok: false, stage: "match", invalidReason: `X-PAYMENT carries x402Version ${paymentPayload?.x402Version}, not 1` }, 1);
+    }
+    const matched = paymentRequired.accepts.find((r) => r.scheme === paymentPayload.scheme && r.network === paymentPayload.network);
+    if (!matched) {
+      out({ ok: false, stage: "match", invalidReason: "No matching payment requirements" }, 1);
+    }
+    const matchedIndex = paymentRequired.accepts.indexOf(matched);
+    chain.useToken(matched);
+    const result = await facilitator.verify(paymentPayload, matched);
+    const report = { stage: "verify", x402Version: 1, matchedIndex, now, clock: nowOverride !== undefined ? "--now" : "system", chainCalls: chain.calls };
+    if (chain.unexpected.length) report.unmockedChainCalls = chain.unexpected;
+    if (!result.isValid) {
+      out({ ok: false, ...report, invalidReason: result.invalidReason, invalidMessage: result.invalidMessage, payer: result.payer }, 1);
+    }
+    out({
+      ok: true,
+      payer: result.payer,
+      scheme: matched.scheme,
+      network: matched.network,
+      asset: matched.asset,
+      amount: matched.maxAmountRequired,
+      payTo: matched.payTo,
+      ...report,
+    }, 0);
+  } catch (e) {
+    out({ ok: false, stage: "exception", invalidReason: e?.message ?? String(e) }, 1);
+  }
 }
 
 try {

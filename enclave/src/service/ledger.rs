@@ -85,6 +85,19 @@ struct SpendRecord {
     session_spent: String,
     session_remaining: String,
     payer: String,
+    /// The x402 version of the payment (1: `X-PAYMENT`, 2: `PAYMENT-SIGNATURE`). Records
+    /// written before x402 v1 support have none: they are v2.
+    #[serde(default = "x402_v2")]
+    x402_version: u32,
+    /// The chosen `accepts[]` entry as echoed, for a v1 payment (whose payload does not carry
+    /// it); `None` for v2, whose payload's `accepted` is it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accepted_json: Option<String>,
+}
+
+/// The x402 version of a spend record that does not say (written before v1 support).
+fn x402_v2() -> u32 {
+    2
 }
 
 /// A record of the spend log.
@@ -159,9 +172,11 @@ impl DurableSpend {
     #[must_use]
     pub fn response(&self) -> gw::SignPaymentResponse {
         let r = &self.0;
-        let accepted_json = serde_json::from_str::<serde_json::Value>(&r.payload_json)
-            .map(|v| v["accepted"].to_string())
-            .unwrap_or_default();
+        let accepted_json = r.accepted_json.clone().unwrap_or_else(|| {
+            serde_json::from_str::<serde_json::Value>(&r.payload_json)
+                .map(|v| v["accepted"].to_string())
+                .unwrap_or_default()
+        });
         gw::SignPaymentResponse {
             payment_signature: encode_header(&r.payload_json),
             payment_payload_json: r.payload_json.clone(),
@@ -178,7 +193,7 @@ impl DurableSpend {
             payer: r.payer.clone(),
             valid_before: r.valid_before,
             replayed: false,
-            x402_version: 2,
+            x402_version: r.x402_version,
         }
     }
 }
@@ -200,7 +215,9 @@ pub(crate) struct SignContext<'a> {
 }
 
 /// Step "sign": a fresh 32-byte EIP-3009 nonce, the EIP-712 digest with the registry's domain,
-/// a k256 signature, and the payload JSON as the official client writes it.
+/// a k256 signature, and the payload JSON as the official client of the requirement's x402
+/// version writes it (v2: `validAfter` 0, the `PAYMENT-SIGNATURE` payload; v1: `validAfter`
+/// `now - 600`, the `X-PAYMENT` payload), `validAfter`/`validBefore` as the decision set them.
 ///
 /// # Errors
 /// A k256 failure (never expected).
@@ -218,19 +235,16 @@ pub(crate) fn sign(
         from: key.address(),
         to: req.pay_to,
         value: req.amount,
-        valid_after: 0,
+        valid_after: approval.valid_after,
         valid_before: approval.valid_before,
         nonce,
     };
     let digest = auth.signing_hash(&charge.domain);
     let signature = key.sign_digest(&digest).map_err(|e| e.to_string())?;
-    let payload_json = payment_payload_json(
-        cx.required,
-        &cx.required.accepts[approval.index],
-        &auth,
-        &signature,
-        cx.payment_id,
-    );
+    let accepted = &cx.required.accepts[approval.index];
+    let payload_json =
+        payment_payload_json(cx.required, accepted, &auth, &signature, cx.payment_id);
+    let x402_version = u32::try_from(cx.required.x402_version).unwrap_or(u32::MAX);
     let record = SpendRecord {
         seq: cx.seq,
         session_id: cx.session_id.to_owned(),
@@ -251,6 +265,8 @@ pub(crate) fn sign(
         session_spent: format_units(cx.session_spent),
         session_remaining: format_units(cx.session_cap.saturating_sub(cx.session_spent)),
         payer: key.address().to_checksum(None),
+        x402_version,
+        accepted_json: (x402_version == 1).then(|| accepted.to_string()),
     };
     Ok((SignedSpend { record }, nonce))
 }
@@ -378,3 +394,78 @@ pub(crate) fn recover(records: &[Zeroizing<Vec<u8>>]) -> Result<Vec<Recovered>, 
 
 /// The domain separator a reservation signs under (from the registry).
 pub(crate) type Domain = B256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spend-log record as the enclave wrote it before x402 v1 support: no `x402_version`,
+    /// no `accepted_json`.
+    fn legacy_record() -> serde_json::Value {
+        serde_json::json!({
+            "kind": "spend",
+            "seq": 7,
+            "session_id": "s_1",
+            "wallet_id": "w_1",
+            "charge": "0x2386f26fc10000",
+            "amount": "0x2710",
+            "network": "eip155:84532",
+            "asset": "0x036cbd53842c5426634e7929541ec2318f3dcf7e",
+            "pay_to": "0x209693bc6afc0c5328ba36faf03c514ef312287c",
+            "valid_before": 1_800_000_060u64,
+            "at_ms": 1_800_000_000_000u64,
+            "idempotency_key": "k",
+            "request_hash": "00".repeat(32),
+            "payload_json": r#"{"x402Version":2,"payload":{},"accepted":{"scheme":"exact","network":"eip155:84532"}}"#,
+            "accepted_index": 0,
+            "charged": "0.01",
+            "asset_symbol": "USDC",
+            "session_spent": "0.01",
+            "session_remaining": "0.99",
+            "payer": "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
+        })
+    }
+
+    fn recovered(record: &serde_json::Value) -> DurableSpend {
+        let bytes = Zeroizing::new(serde_json::to_vec(record).unwrap());
+        match recover(&[bytes]).unwrap().pop().unwrap() {
+            Recovered::Posted { spend, .. } => spend,
+            Recovered::Withheld { .. } => panic!("a spend record"),
+        }
+    }
+
+    /// Records written before v1 support stay readable, and are v2 payments.
+    #[test]
+    fn a_legacy_spend_record_is_read_as_x402_v2() {
+        let resp = recovered(&legacy_record()).response();
+        assert_eq!(resp.x402_version, 2);
+        assert_eq!(resp.accepted_json, r#"{"scheme":"exact","network":"eip155:84532"}"#);
+        assert_eq!(resp.charged, "0.01");
+    }
+
+    /// A v1 spend keeps its version and its option across the log (replays after a restart
+    /// answer with `X-PAYMENT`'s version and the option paid).
+    #[test]
+    fn a_v1_spend_record_round_trips_its_version_and_option() {
+        let mut v1 = legacy_record();
+        v1["x402_version"] = 1.into();
+        v1["accepted_json"] = r#"{"network":"base-sepolia"}"#.into();
+        v1["payload_json"] =
+            r#"{"x402Version":1,"scheme":"exact","network":"base-sepolia","payload":{}}"#.into();
+        let spend = recovered(&v1);
+        let resp = spend.response();
+        assert_eq!(resp.x402_version, 1);
+        assert_eq!(resp.accepted_json, r#"{"network":"base-sepolia"}"#);
+        // Written back as it was read.
+        let again: serde_json::Value =
+            serde_json::from_slice(&json(&Entry::Spend(Box::new((*spend.0).clone())))).unwrap();
+        assert_eq!(again["x402_version"], 1);
+        assert_eq!(again["accepted_json"], v1["accepted_json"]);
+        let v2_written: serde_json::Value = serde_json::from_slice(&json(&Entry::Spend(Box::new(
+            (*recovered(&legacy_record()).0).clone(),
+        ))))
+        .unwrap();
+        assert_eq!(v2_written["x402_version"], 2);
+        assert!(v2_written.get("accepted_json").is_none(), "v2 records do not repeat accepted");
+    }
+}

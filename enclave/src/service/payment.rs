@@ -3,7 +3,8 @@
 //!
 //! 1. **authenticate** ([`Enclave::authenticate`]): the session's signature, freshness, the
 //!    nonce used once → [`Authenticated`];
-//! 2. **decode** the `PAYMENT-REQUIRED` value the enclave will sign for → [`Decoded`];
+//! 2. **decode** what the enclave will sign for — an x402 v2 `PAYMENT-REQUIRED` value or an
+//!    x402 v1 402 body — and the request's network preference → [`Decoded`];
 //! 3. **decide and reserve** under the state lock: an idempotent replay of a posted spend, a
 //!    wait for the same request in flight, a hold for a human's approval, a denial, or the
 //!    charge reserved → [`Reservation`];
@@ -26,7 +27,7 @@ use wallet_policy::{
     audit::Record as AuditRecord,
     rules::{self, Context, SessionState},
     window::{ScopeLedger, WalletHistory},
-    x402::{decode_payment_required, PaymentRequired},
+    x402::{caip2_network, decode_payment_required, PaymentRequired},
 };
 use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
 
@@ -72,16 +73,32 @@ impl Enclave {
 #[derive(Debug)]
 pub(crate) struct Decoded {
     auth: Authenticated,
+    /// x402 v2 (`PAYMENT-REQUIRED` value) or v1 (402 body): see `wallet_policy::x402`.
     required: PaymentRequired,
+    /// The network preference as a CAIP-2 id (a v1 name mapped by the official table).
+    preferred_network: Option<String>,
     /// What an idempotency key is bound to: the header bytes and the preferences.
     hash: [u8; 32],
     key: IdemKey,
 }
 
 impl Decoded {
+    /// Decodes the payment requirements (`payment_required`: the JSON itself when it starts
+    /// with `{` — an x402 v1 402 body or a v2 `PaymentRequired` — else the base64
+    /// `PAYMENT-REQUIRED` value) and reads the network preference. A preference the wallet
+    /// cannot read is refused here (`INVALID_ARGUMENT`), never ignored: the request is the
+    /// agent's, signed by its session key, so this is where it is enforced.
     fn new(auth: Authenticated) -> Result<Self> {
         let r = auth.request();
         let required = decode_payment_required(&r.payment_required)?;
+        let preferred_network = if r.preferred_network.is_empty() {
+            None
+        } else {
+            Some(
+                caip2_network(&r.preferred_network)
+                    .map_err(|e| Failure::bad_argument(format!("preferred_network: {e}")))?,
+            )
+        };
         let hash: [u8; 32] = Sha256::new()
             .chain_update(b"idem/v1\0")
             .chain_update((r.payment_required.len() as u64).to_be_bytes())
@@ -92,7 +109,7 @@ impl Decoded {
             .finalize()
             .into();
         let key = (r.session_id.clone(), r.idempotency_key.clone());
-        Ok(Self { auth, required, hash, key })
+        Ok(Self { auth, required, preferred_network, hash, key })
     }
     fn session_id(&self) -> &str {
         &self.auth.request().session_id
@@ -420,8 +437,7 @@ fn reserve(
         now: now.as_secs(),
         approved: approved.is_some(),
     };
-    let preferred_network =
-        (!r.preferred_network.is_empty()).then_some(r.preferred_network.as_str());
+    let preferred_network = p.preferred_network.as_deref();
     let wallet_spends: &mut WalletHistory =
         wallet_history.entry(wallet.record.id.clone()).or_default();
     let mut ledger = ScopeLedger { wallet: wallet_spends, session: history };

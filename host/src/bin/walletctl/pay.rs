@@ -1,4 +1,7 @@
-//! `walletctl pay`: the agent's command (PAYMENT-REQUIRED on stdin, PAYMENT-SIGNATURE out).
+//! `walletctl pay`: the agent's command. On stdin, what the server asked for: an x402 v2
+//! `PAYMENT-REQUIRED` value (base64; a `PAYMENT-REQUIRED:` prefix is ignored) or an x402 v1 402
+//! JSON body (anything starting with `{`). On stdout, exactly the header value to send back:
+//! `PAYMENT-SIGNATURE` for v2, `X-PAYMENT` for v1 (`-v` says which on stderr).
 
 use std::{io::Read as _, path::PathBuf};
 
@@ -6,7 +9,10 @@ use clap::Args;
 use wallet_client::{
     clean_header_input, now_ms, random_idempotency_key, ClientError, Credential, Reason,
 };
-use wallet_policy::x402::MAX_HEADER_LEN;
+use wallet_policy::{
+    address::parse_address,
+    x402::{caip2_network, payment_header_name, MAX_HEADER_LEN},
+};
 
 use crate::{client, Fail, Out};
 
@@ -18,19 +24,42 @@ pub(crate) struct PayArgs {
     /// Reuse on retries: the same key and header return the same signature, charged once.
     #[arg(long)]
     idempotency_key: Option<String>,
-    /// Prefer this network among the server's options.
+    /// Pay only an option on this network: a CAIP-2 id (eip155:84532) or an x402 v1 name
+    /// (base-sepolia). When the server offers none, nothing is paid (PREFERENCE_NOT_OFFERED).
     #[arg(long, default_value = "")]
     network: String,
-    /// Prefer this token address among the server's options.
+    /// Pay only an option in this token (its contract address, 0x…). When the server offers
+    /// none, nothing is paid (PREFERENCE_NOT_OFFERED).
     #[arg(long, default_value = "")]
     asset: String,
-    /// Also print what was paid (to stderr).
+    /// Also print what was paid, and which header to send the value in, to stderr.
     #[arg(long, short)]
     verbose: bool,
 }
 
-/// Signs the payment on stdin with the session key and prints the PAYMENT-SIGNATURE value.
+/// The network preference as sent to the enclave: a CAIP-2 id (a v1 name mapped by the official
+/// table), or empty for none. The enclave checks it again; this is for a clear message early.
+fn preferred_network(network: &str) -> Result<String, Fail> {
+    if network.is_empty() {
+        return Ok(String::new());
+    }
+    caip2_network(network).map_err(|e| Fail(2, format!("invalid: --network: {e}")))
+}
+
+/// The asset preference, checked as the enclave will check it (`0x` + 40 hex, EIP-55 checksum
+/// when mixed case).
+fn preferred_asset(asset: &str) -> Result<String, Fail> {
+    if !asset.is_empty() {
+        parse_address(asset).map_err(|e| Fail(2, format!("invalid: --asset: {e}")))?;
+    }
+    Ok(asset.to_owned())
+}
+
+/// Signs the payment on stdin with the session key and prints the header value to send back
+/// (`PAYMENT-SIGNATURE` for x402 v2, `X-PAYMENT` for v1).
 pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
+    let network = preferred_network(&a.network)?;
+    let asset = preferred_asset(&a.asset)?;
     let cred = Credential::read(&a.session).map_err(|e| Fail(2, e))?;
     let mut input = String::new();
     std::io::stdin()
@@ -39,10 +68,13 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
         .map_err(|e| Fail(2, format!("invalid: cannot read stdin: {e}")))?;
     let header = clean_header_input(&input);
     if header.is_empty() {
-        return Err(Fail(2, "invalid: no PAYMENT-REQUIRED value on stdin".into()));
+        return Err(Fail(
+            2,
+            "invalid: nothing on stdin: expected a PAYMENT-REQUIRED value (x402 v2) or a 402 JSON body (x402 v1)".into(),
+        ));
     }
     if header.len() > MAX_HEADER_LEN {
-        return Err(Fail(2, format!("invalid: HEADER_TOO_LARGE: the PAYMENT-REQUIRED value is larger than {MAX_HEADER_LEN} bytes")));
+        return Err(Fail(2, format!("invalid: HEADER_TOO_LARGE: the payment requirements on stdin are larger than {MAX_HEADER_LEN} bytes")));
     }
     let idem = a.idempotency_key.unwrap_or_else(random_idempotency_key);
     // The gateway flag/env wins over the one recorded in the credential only when set explicitly.
@@ -52,7 +84,7 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
         } else {
             cred.gateway.clone()
         };
-    let req = cred.sign_request(header, &a.network, &a.asset, &idem, now_ms());
+    let req = cred.sign_request(header, &network, &asset, &idem, now_ms());
     let mut cl = client(&url).await?;
     if cred.enclave_id.is_empty() {
         if !cl.verifies_answers() {
@@ -84,6 +116,12 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
     };
     println!("{}", resp.payment_signature);
     if a.verbose {
+        // 0: an enclave from before x402 v1 support, which signs v2 only.
+        let version = if resp.x402_version == 0 { 2 } else { resp.x402_version };
+        eprintln!(
+            "send it in the {} header (x402 v{version})",
+            payment_header_name(u64::from(version))
+        );
         eprintln!(
             "paid {} {} to {} on {} from {} (session spent {}, {} left){}",
             resp.charged,
