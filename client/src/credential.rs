@@ -1,13 +1,23 @@
 //! The agent's session credential: a 0600 JSON file with the session id and the session's
 //! Ed25519 private key, written where the admin runs `walletctl session issue`. The enclave only
 //! ever holds the public key.
+//!
+//! The credential signs the agent's requests, each fresh (a timestamp and a random nonce, usable
+//! once) and under its RPC's own domain tag: [`Credential::sign_request`] (a payment),
+//! [`Credential::budget_request`], [`Credential::payments_request`] and
+//! [`Credential::preview_request`] (read-only).
 
 use std::{fs, io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path};
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use rand_core::{OsRng, RngCore as _};
 use serde::{Deserialize, Serialize};
-use wallet_proto::{auth::sign_payment_message, gateway::v1::SignPaymentRequest};
+use wallet_proto::{
+    gateway::v1::{
+        GetBudgetRequest, ListPaymentsRequest, PreviewPaymentRequest, SignPaymentRequest,
+    },
+    SessionSigned,
+};
 use zeroize::{Zeroize as _, Zeroizing};
 
 /// Version of the credential file format.
@@ -163,8 +173,59 @@ impl Credential {
         })
     }
 
+    /// Signs `r` with the session key over its [`SessionSigned::signed_message`], after filling
+    /// in the session id, `now_ms` and a fresh random 16-byte nonce.
+    fn signed<R: SessionSigned + SessionFields>(&self, mut r: R, now_ms: u64) -> R {
+        let mut nonce = [0u8; 16];
+        OsRng.fill_bytes(&mut nonce);
+        r.set(self.session_id.clone(), now_ms, nonce.to_vec());
+        *r.signature_mut() = self.key.sign(&r.signed_message()).to_bytes().to_vec();
+        r
+    }
+
+    /// A signed `GetBudgetRequest` (for [`GatewayClient::get_budget`](crate::GatewayClient::get_budget)):
+    /// this session's budget as the enclave enforces it. `now_ms` is the time of signing (unix
+    /// milliseconds, [`now_ms`](crate::now_ms)); the enclave refuses it 120 s later, and once it
+    /// was used.
+    #[must_use]
+    pub fn budget_request(&self, now_ms: u64) -> GetBudgetRequest {
+        self.signed(GetBudgetRequest::default(), now_ms)
+    }
+
+    /// A signed `ListPaymentsRequest` (for
+    /// [`GatewayClient::list_payments`](crate::GatewayClient::list_payments)): this session's
+    /// newest `limit` payments, denials and holds (0: 20; at most 200).
+    #[must_use]
+    pub fn payments_request(&self, limit: u32, now_ms: u64) -> ListPaymentsRequest {
+        self.signed(ListPaymentsRequest { limit, ..Default::default() }, now_ms)
+    }
+
+    /// A signed `PreviewPaymentRequest` (for
+    /// [`GatewayClient::preview_payment`](crate::GatewayClient::preview_payment)): what a
+    /// payment of `payment_required` (the `PAYMENT-REQUIRED` value as received) with these
+    /// preferences (empty: none) would do, without paying.
+    #[must_use]
+    pub fn preview_request(
+        &self,
+        payment_required: &str,
+        preferred_network: &str,
+        preferred_asset: &str,
+        now_ms: u64,
+    ) -> PreviewPaymentRequest {
+        self.signed(
+            PreviewPaymentRequest {
+                payment_required: payment_required.to_owned(),
+                preferred_network: preferred_network.to_owned(),
+                preferred_asset: preferred_asset.to_owned(),
+                ..Default::default()
+            },
+            now_ms,
+        )
+    }
+
     /// Builds a `SignPaymentRequest` signed by the session key over
-    /// [`sign_payment_message`], fresh (the given timestamp, a random 16-byte nonce).
+    /// [`wallet_proto::auth::sign_payment_message`], fresh (the given timestamp, a random
+    /// 16-byte nonce).
     #[must_use]
     pub fn sign_request(
         &self,
@@ -174,27 +235,43 @@ impl Credential {
         idempotency_key: &str,
         now_ms: u64,
     ) -> SignPaymentRequest {
-        let mut nonce = [0u8; 16];
-        OsRng.fill_bytes(&mut nonce);
-        let mut r = SignPaymentRequest {
-            session_id: self.session_id.clone(),
-            payment_required: payment_required.to_owned(),
-            preferred_network: preferred_network.to_owned(),
-            preferred_asset: preferred_asset.to_owned(),
-            idempotency_key: idempotency_key.to_owned(),
-            timestamp_ms: now_ms,
-            request_nonce: nonce.to_vec(),
-            signature: Vec::new(),
-        };
-        r.signature = self.key.sign(&sign_payment_message(&r)).to_bytes().to_vec();
-        r
+        self.signed(
+            SignPaymentRequest {
+                payment_required: payment_required.to_owned(),
+                preferred_network: preferred_network.to_owned(),
+                preferred_asset: preferred_asset.to_owned(),
+                idempotency_key: idempotency_key.to_owned(),
+                ..Default::default()
+            },
+            now_ms,
+        )
     }
 }
+
+/// The fields every session-signed request carries, filled in before signing.
+trait SessionFields {
+    fn set(&mut self, session_id: String, timestamp_ms: u64, request_nonce: Vec<u8>);
+}
+
+macro_rules! session_fields {
+    ($($t:ty),*) => {$(
+        impl SessionFields for $t {
+            fn set(&mut self, session_id: String, timestamp_ms: u64, request_nonce: Vec<u8>) {
+                self.session_id = session_id;
+                self.timestamp_ms = timestamp_ms;
+                self.request_nonce = request_nonce;
+            }
+        }
+    )*};
+}
+
+session_fields!(SignPaymentRequest, GetBudgetRequest, ListPaymentsRequest, PreviewPaymentRequest);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ed25519_dalek::Verifier as _;
+    use wallet_proto::auth::sign_payment_message;
 
     #[test]
     fn credential_file_round_trip_is_0600_and_redacted() {
@@ -223,6 +300,35 @@ mod tests {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         let err = Credential::read(&p).unwrap_err();
         assert!(err.contains("chmod 600") && !err.contains(&secret_hex));
+    }
+
+    #[test]
+    fn read_requests_verify_over_their_own_messages_only() {
+        use wallet_proto::auth::{get_budget_message, list_payments_message};
+        let key = new_session_key();
+        let vk = key.verifying_key();
+        let c = Credential::new("s".into(), "w".into(), String::new(), String::new(), 0, key);
+        let b = c.budget_request(7);
+        let l = c.payments_request(5, 7);
+        let p = c.preview_request("hdr", "eip155:84532", "", 7);
+        for r in [&b.request_nonce, &l.request_nonce, &p.request_nonce] {
+            assert_eq!(r.len(), 16);
+        }
+        assert_eq!((b.session_id.as_str(), b.timestamp_ms, l.limit), ("s", 7, 5));
+        let sig = |s: &[u8]| ed25519_dalek::Signature::from_slice(s).unwrap();
+        vk.verify(&b.signed_message(), &sig(&b.signature)).unwrap();
+        vk.verify(&l.signed_message(), &sig(&l.signature)).unwrap();
+        vk.verify(&p.signed_message(), &sig(&p.signature)).unwrap();
+        // A budget signature is not a list signature, even over the same session and nonce.
+        let as_list = ListPaymentsRequest {
+            session_id: b.session_id.clone(),
+            limit: 0,
+            timestamp_ms: b.timestamp_ms,
+            request_nonce: b.request_nonce.clone(),
+            signature: b.signature.clone(),
+        };
+        assert!(vk.verify(&list_payments_message(&as_list), &sig(&b.signature)).is_err());
+        assert!(vk.verify(&get_budget_message(&b), &sig(&b.signature)).is_ok());
     }
 
     #[test]

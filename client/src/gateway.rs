@@ -190,6 +190,17 @@ impl GatewayClient {
 calls! {
     /// Agent: signs a payment if the policy allows it (`SignPayment`).
     sign_payment(gw::SignPaymentRequest) -> gw::SignPaymentResponse = SignPayment => SignPayment;
+    /// Agent: its session's budget — limits, cap, rolling windows, expiry (`GetBudget`; build
+    /// the request with [`Credential::budget_request`](crate::Credential::budget_request)).
+    /// Read-only; answered for a revoked or expired session too.
+    get_budget(gw::GetBudgetRequest) -> gw::SessionBudget = GetBudget => SessionBudget;
+    /// Agent: its session's recent payments, denials and holds, newest first (`ListPayments`;
+    /// [`Credential::payments_request`](crate::Credential::payments_request)). Read-only.
+    list_payments(gw::ListPaymentsRequest) -> gw::ListPaymentsResponse = ListPayments => Payments;
+    /// Agent: what `SignPayment` would do with a `PAYMENT-REQUIRED` value — the option chosen,
+    /// allowed, held or denied — without signing or reserving anything (`PreviewPayment`;
+    /// [`Credential::preview_request`](crate::Credential::preview_request)).
+    preview_payment(gw::PreviewPaymentRequest) -> gw::PaymentPreview = PreviewPayment => PaymentPreview;
     /// Creates a wallet (admin-signed).
     create_wallet(gw::CreateWalletRequest) -> gw::Wallet = CreateWallet => Wallet;
     /// Lists wallets.

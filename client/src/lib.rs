@@ -2,7 +2,9 @@
 //! the gateway (`wallet.gateway.v1`).
 //!
 //! * [`credential`]: the agent's session [`Credential`] (a 0600 file holding the session's
-//!   Ed25519 key) and the signed `SignPaymentRequest` it makes.
+//!   Ed25519 key) and the signed requests it makes: `SignPaymentRequest`, and the read-only
+//!   `GetBudgetRequest`, `ListPaymentsRequest` and `PreviewPaymentRequest` (its own budget,
+//!   history and a dry run, answered by the enclave for its session).
 //! * [`admin`]: the admin's [`AdminKey`] and the `AdminAuth` it puts on state-changing requests.
 //! * [`gateway`]: [`GatewayClient`], a typed client whose errors ([`ClientError`]) carry the gRPC
 //!   code, the stable [`Reason`](wallet_proto::Reason) and `walletctl`'s exit code.

@@ -130,6 +130,21 @@ pub fn status_from(e: &EnclaveError) -> Status {
     status_with_reason(code, reason, &e.message)
 }
 
+/// A `PAYMENT-REQUIRED` value larger than the enclave reads is refused here, before the relay.
+fn header_fits(payment_required: &str) -> Result<(), Status> {
+    let len = payment_required.len();
+    if len > MAX_HEADER_LEN {
+        return Err(reason_status(
+            Code::InvalidArgument,
+            Reason::HeaderTooLarge,
+            &format!(
+                "PAYMENT-REQUIRED value is {len} bytes, more than the {MAX_HEADER_LEN}-byte limit"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The enclave answered a request with a response of another type.
 fn wrong_message() -> Status {
     reason_status(Code::Internal, Reason::Internal, "enclave answered with the wrong message")
@@ -154,15 +169,27 @@ impl WalletGateway for Gateway {
         &self,
         request: Request<gw::SignPaymentRequest>,
     ) -> Result<Response<gw::SignPaymentResponse>, Status> {
-        let len = request.get_ref().payment_required.len();
-        if len > MAX_HEADER_LEN {
-            return Err(reason_status(
-                Code::InvalidArgument,
-                Reason::HeaderTooLarge,
-                &format!("PAYMENT-REQUIRED value is {len} bytes, more than the {MAX_HEADER_LEN}-byte limit"),
-            ));
-        }
+        header_fits(&request.get_ref().payment_required)?;
         relay!(self, request, SignPayment => SignPayment)
+    }
+    async fn get_budget(
+        &self,
+        request: Request<gw::GetBudgetRequest>,
+    ) -> Result<Response<gw::SessionBudget>, Status> {
+        relay!(self, request, GetBudget => SessionBudget)
+    }
+    async fn list_payments(
+        &self,
+        request: Request<gw::ListPaymentsRequest>,
+    ) -> Result<Response<gw::ListPaymentsResponse>, Status> {
+        relay!(self, request, ListPayments => Payments)
+    }
+    async fn preview_payment(
+        &self,
+        request: Request<gw::PreviewPaymentRequest>,
+    ) -> Result<Response<gw::PaymentPreview>, Status> {
+        header_fits(&request.get_ref().payment_required)?;
+        relay!(self, request, PreviewPayment => PaymentPreview)
     }
     async fn create_wallet(
         &self,

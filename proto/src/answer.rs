@@ -83,7 +83,8 @@ pub mod request {
     kinds!(Req: SignPayment, CreateWallet, ListWallets, SetPolicy, GetPolicy, AddAsset,
         ListAssets, AddKyt, RemoveKyt, ListKyt, IssueSession, ListSessions, RevokeSession,
         GetStatus, FreezeWallet, UnfreezeWallet, AddAdmin, RemoveAdmin, ListAdmins, GetAuditHead,
-        ListAudit, ImportKyt, ListApprovals, DecideApproval);
+        ListAudit, ImportKyt, ListApprovals, DecideApproval, GetBudget, ListPayments,
+        PreviewPayment);
 }
 
 /// The answer side of [`answer_message`].
@@ -91,7 +92,7 @@ pub mod response {
     use super::Resp;
     kinds!(Resp: Error, SignPayment, Wallet, Wallets, Policy, Asset, Assets, Kyt, KytList,
         Session, Sessions, Status, Admin, Admins, AuditHead, Audit, KytImport, Approvals,
-        Approval);
+        Approval, SessionBudget, Payments, PaymentPreview);
 }
 
 /// The gRPC status code of an enclave error code (the gateway answers with it; a client that

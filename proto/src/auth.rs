@@ -1,7 +1,10 @@
 //! What agents and admins sign, built in one place for both ends of the trust boundary.
 //!
 //! * A session key (Ed25519) signs [`sign_payment_message`]: a canonical, unambiguous encoding
-//!   of the whole `SignPaymentRequest`, so a relaying host can neither forge nor alter it.
+//!   of the whole `SignPaymentRequest`, so a relaying host can neither forge nor alter it. The
+//!   agent's read-only calls are signed the same way, each under its own domain tag
+//!   ([`get_budget_message`], [`list_payments_message`], [`preview_payment_message`]), so a
+//!   signature made for one RPC is useless for another; [`SessionSigned`] is what they share.
 //! * An admin key (Ed25519) signs [`AdminSigned::signed_message`]: the enclave's identity, the
 //!   [`AdminRpc`], a timestamp, a nonce and the request's protobuf encoding without `auth`.
 //!
@@ -14,6 +17,15 @@ use crate::gateway::v1 as gw;
 
 /// Domain tag of session signatures over payment requests.
 pub const SIGN_PAYMENT_TAG: &[u8] = b"x402-wallet/sign-payment/v1\0";
+
+/// Domain tag of session signatures over `GetBudget` requests.
+pub const GET_BUDGET_TAG: &[u8] = b"x402-wallet/get-budget/v1\0";
+
+/// Domain tag of session signatures over `ListPayments` requests.
+pub const LIST_PAYMENTS_TAG: &[u8] = b"x402-wallet/list-payments/v1\0";
+
+/// Domain tag of session signatures over `PreviewPayment` requests.
+pub const PREVIEW_PAYMENT_TAG: &[u8] = b"x402-wallet/preview-payment/v1\0";
 
 /// Domain tag of admin signatures.
 pub const ADMIN_TAG: &[u8] = b"x402-wallet/admin/v1\0";
@@ -41,6 +53,100 @@ pub fn sign_payment_message(r: &gw::SignPaymentRequest) -> Vec<u8> {
     buf.extend_from_slice(&r.timestamp_ms.to_be_bytes());
     push(&mut buf, &r.request_nonce);
     buf
+}
+
+/// The bytes a session key signs for a `GetBudgetRequest`: [`GET_BUDGET_TAG`], the session id,
+/// the timestamp and the nonce.
+#[must_use]
+pub fn get_budget_message(r: &gw::GetBudgetRequest) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(GET_BUDGET_TAG.len() + 128);
+    buf.extend_from_slice(GET_BUDGET_TAG);
+    push(&mut buf, r.session_id.as_bytes());
+    buf.extend_from_slice(&r.timestamp_ms.to_be_bytes());
+    push(&mut buf, &r.request_nonce);
+    buf
+}
+
+/// The bytes a session key signs for a `ListPaymentsRequest`: [`LIST_PAYMENTS_TAG`], the
+/// session id, the limit (4 bytes big-endian), the timestamp and the nonce.
+#[must_use]
+pub fn list_payments_message(r: &gw::ListPaymentsRequest) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(LIST_PAYMENTS_TAG.len() + 128);
+    buf.extend_from_slice(LIST_PAYMENTS_TAG);
+    push(&mut buf, r.session_id.as_bytes());
+    buf.extend_from_slice(&r.limit.to_be_bytes());
+    buf.extend_from_slice(&r.timestamp_ms.to_be_bytes());
+    push(&mut buf, &r.request_nonce);
+    buf
+}
+
+/// The bytes a session key signs for a `PreviewPaymentRequest`: [`PREVIEW_PAYMENT_TAG`], then
+/// the fields of [`sign_payment_message`] without the idempotency key.
+#[must_use]
+pub fn preview_payment_message(r: &gw::PreviewPaymentRequest) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(PREVIEW_PAYMENT_TAG.len() + r.payment_required.len() + 160);
+    buf.extend_from_slice(PREVIEW_PAYMENT_TAG);
+    push(&mut buf, r.session_id.as_bytes());
+    push(&mut buf, r.payment_required.as_bytes());
+    push(&mut buf, r.preferred_network.as_bytes());
+    push(&mut buf, r.preferred_asset.as_bytes());
+    buf.extend_from_slice(&r.timestamp_ms.to_be_bytes());
+    push(&mut buf, &r.request_nonce);
+    buf
+}
+
+/// A request signed by a session key: what the enclave checks before it acts on one (the
+/// signature over [`Self::signed_message`], the timestamp's freshness, the nonce used once) and
+/// what a client fills in to sign one.
+pub trait SessionSigned {
+    /// The RPC's name as in `wallet.gateway.v1` (for messages and logs).
+    const RPC: &'static str;
+    /// The session that signs.
+    fn session_id(&self) -> &str;
+    /// Unix milliseconds when the agent signed.
+    fn timestamp_ms(&self) -> u64;
+    /// 16 to 64 random bytes, usable once.
+    fn request_nonce(&self) -> &[u8];
+    /// The Ed25519 signature (64 bytes).
+    fn signature(&self) -> &[u8];
+    /// The signature, to fill in.
+    fn signature_mut(&mut self) -> &mut Vec<u8>;
+    /// The bytes the session key signs: the RPC's own domain tag, then every field but the
+    /// signature.
+    fn signed_message(&self) -> Vec<u8>;
+}
+
+macro_rules! session_signed {
+    ($($t:ident => $rpc:literal, $message:ident;)*) => {$(
+        impl SessionSigned for gw::$t {
+            const RPC: &'static str = $rpc;
+            fn session_id(&self) -> &str {
+                &self.session_id
+            }
+            fn timestamp_ms(&self) -> u64 {
+                self.timestamp_ms
+            }
+            fn request_nonce(&self) -> &[u8] {
+                &self.request_nonce
+            }
+            fn signature(&self) -> &[u8] {
+                &self.signature
+            }
+            fn signature_mut(&mut self) -> &mut Vec<u8> {
+                &mut self.signature
+            }
+            fn signed_message(&self) -> Vec<u8> {
+                $message(self)
+            }
+        }
+    )*};
+}
+
+session_signed! {
+    SignPaymentRequest => "SignPayment", sign_payment_message;
+    GetBudgetRequest => "GetBudget", get_budget_message;
+    ListPaymentsRequest => "ListPayments", list_payments_message;
+    PreviewPaymentRequest => "PreviewPayment", preview_payment_message;
 }
 
 macro_rules! admin_rpcs {
@@ -196,6 +302,62 @@ mod tests {
         // The signature itself is not signed.
         let d = gw::SignPaymentRequest { signature: vec![9; 64], ..req() };
         assert_eq!(sign_payment_message(&a), sign_payment_message(&d));
+    }
+
+    #[test]
+    fn each_session_signed_rpc_has_its_own_domain() {
+        let budget = gw::GetBudgetRequest {
+            session_id: "s".into(),
+            timestamp_ms: 1,
+            request_nonce: vec![1; 16],
+            signature: vec![],
+        };
+        let list = gw::ListPaymentsRequest {
+            session_id: "s".into(),
+            limit: 0,
+            timestamp_ms: 1,
+            request_nonce: vec![1; 16],
+            signature: vec![],
+        };
+        let preview = gw::PreviewPaymentRequest {
+            session_id: "s".into(),
+            timestamp_ms: 1,
+            request_nonce: vec![1; 16],
+            ..Default::default()
+        };
+        let pay = gw::SignPaymentRequest {
+            session_id: "s".into(),
+            timestamp_ms: 1,
+            request_nonce: vec![1; 16],
+            ..Default::default()
+        };
+        let messages = [
+            budget.signed_message(),
+            list.signed_message(),
+            preview.signed_message(),
+            pay.signed_message(),
+        ];
+        for (i, a) in messages.iter().enumerate() {
+            for b in &messages[i + 1..] {
+                assert_ne!(a, b, "two RPCs sign the same bytes");
+                // Not even a prefix of each other: the tags differ in their first bytes.
+                assert!(!a.starts_with(b) && !b.starts_with(a));
+            }
+        }
+        assert!(budget.signed_message().starts_with(GET_BUDGET_TAG));
+        assert!(list.signed_message().starts_with(LIST_PAYMENTS_TAG));
+        assert!(preview.signed_message().starts_with(PREVIEW_PAYMENT_TAG));
+        // Every field is bound.
+        let more = gw::ListPaymentsRequest { limit: 5, ..list.clone() };
+        assert_ne!(list.signed_message(), more.signed_message());
+        let other_net =
+            gw::PreviewPaymentRequest { preferred_network: "eip155:1".into(), ..preview.clone() };
+        assert_ne!(preview.signed_message(), other_net.signed_message());
+        let later = gw::GetBudgetRequest { timestamp_ms: 2, ..budget.clone() };
+        assert_ne!(budget.signed_message(), later.signed_message());
+        // The signature is not signed.
+        let signed = gw::GetBudgetRequest { signature: vec![9; 64], ..budget.clone() };
+        assert_eq!(budget.signed_message(), signed.signed_message());
     }
 
     #[test]

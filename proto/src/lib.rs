@@ -7,7 +7,8 @@
 //!
 //! * [`reason`]: the stable reason codes of every error ([`Reason`]).
 //! * [`answer`]: the enclave's signed answers (the envelope, end to end).
-//! * [`auth`]: what session and admin keys sign ([`AdminRpc`], [`AdminSigned`]).
+//! * [`auth`]: what session and admin keys sign ([`SessionSigned`], [`AdminRpc`],
+//!   [`AdminSigned`]).
 //! * [`frame`]: the host<->enclave frame codec used by both ends (with feature `io`, an async
 //!   frame reader).
 //!
@@ -22,7 +23,7 @@ pub mod auth;
 pub mod frame;
 pub mod reason;
 
-pub use auth::{AdminRpc, AdminSigned};
+pub use auth::{AdminRpc, AdminSigned, SessionSigned};
 pub use frame::{encode_frame, frame_len, FrameError, MAX_FRAME};
 pub use reason::{Reason, ERROR_DOMAIN, REASON_METADATA};
 

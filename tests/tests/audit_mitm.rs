@@ -65,6 +65,24 @@ impl WalletGateway for Mitm {
             _ => self.upstream.clone().sign_payment(forward(r)).await,
         }
     }
+    async fn get_budget(
+        &self,
+        r: Request<gw::GetBudgetRequest>,
+    ) -> Result<Response<gw::SessionBudget>, Status> {
+        self.upstream.clone().get_budget(forward(r)).await
+    }
+    async fn list_payments(
+        &self,
+        r: Request<gw::ListPaymentsRequest>,
+    ) -> Result<Response<gw::ListPaymentsResponse>, Status> {
+        self.upstream.clone().list_payments(forward(r)).await
+    }
+    async fn preview_payment(
+        &self,
+        r: Request<gw::PreviewPaymentRequest>,
+    ) -> Result<Response<gw::PaymentPreview>, Status> {
+        self.upstream.clone().preview_payment(forward(r)).await
+    }
     async fn create_wallet(
         &self,
         r: Request<gw::CreateWalletRequest>,

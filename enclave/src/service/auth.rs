@@ -1,14 +1,13 @@
-//! Who is asking: agents' payment requests (session keys) and admins' state changes (admin
-//! keys). The proofs made here — [`Authenticated`] and [`AdminAuthorized`] — can be made nowhere
-//! else, and the steps that act on a request take them.
+//! Who is asking: agents' requests (session keys) and admins' state changes (admin keys). The
+//! proofs made here — [`Authenticated`] (a payment request), [`SessionAuthenticated`] (an
+//! agent's read) and [`AdminAuthorized`] — can be made nowhere else, and the steps that act on
+//! a request take them.
 
 use alloy_primitives::Address;
 use ed25519_dalek::{Signature, VerifyingKey};
 use wallet_policy::address::parse_address;
 use wallet_proto::{
-    auth::{sign_payment_message, FRESHNESS_WINDOW_MS},
-    gateway::v1 as gw,
-    AdminRpc, AdminSigned, Reason,
+    auth::FRESHNESS_WINDOW_MS, gateway::v1 as gw, AdminRpc, AdminSigned, Reason, SessionSigned,
 };
 
 use super::{
@@ -43,6 +42,26 @@ impl Authenticated {
     }
 }
 
+/// An agent's read-only request (`GetBudget`, `ListPayments`, `PreviewPayment`) whose session
+/// signature verified under its own RPC's domain tag, fresh, and seen for the first time. The
+/// session exists; it may be revoked or expired (reads answer with that state).
+#[derive(Debug)]
+pub(crate) struct SessionAuthenticated {
+    session_id: String,
+    now: UnixMillis,
+}
+
+impl SessionAuthenticated {
+    /// The session that signed.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+    /// When it was authenticated: the time the answer is computed for.
+    pub fn now(&self) -> UnixMillis {
+        self.now
+    }
+}
+
 /// A state change signed by an admin of this enclave, fresh and newer than every admin request
 /// accepted before.
 #[derive(Debug)]
@@ -61,6 +80,15 @@ pub const REPLAY_FLOOR_MARGIN_MS: u64 = 100;
 /// ms, JSON.
 pub(super) const REPLAY_FLOOR_KEY: &[u8] = b"replay-floor";
 
+/// A request nonce is 16 to 64 bytes.
+fn check_nonce<R: SessionSigned>(r: &R) -> Result<()> {
+    if (16..=64).contains(&r.request_nonce().len()) {
+        Ok(())
+    } else {
+        Err(Failure::invalid(Reason::InvalidNonce, "request_nonce must be 16 to 64 bytes"))
+    }
+}
+
 fn valid_idempotency_key(k: &str) -> bool {
     (1..=128).contains(&k.len())
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
@@ -78,12 +106,7 @@ impl Enclave {
                 "idempotency_key must be 1-128 characters of [A-Za-z0-9_.:-]",
             ));
         }
-        if !(16..=64).contains(&r.request_nonce.len()) {
-            return Err(Failure::invalid(
-                Reason::InvalidNonce,
-                "request_nonce must be 16 to 64 bytes",
-            ));
-        }
+        check_nonce(&r)?;
         let preferred_asset = if r.preferred_asset.is_empty() {
             None
         } else {
@@ -92,23 +115,58 @@ impl Enclave {
                     .map_err(|e| Failure::bad_argument(format!("preferred_asset: {e}")))?,
             )
         };
-        let session_key = self.lock().sessions.get(&r.session_id).map(|s| s.key);
+        let now = self.verify_session_request(&r).await?;
+        Ok(Authenticated { request: r, preferred_asset, now })
+    }
+
+    /// Authenticates an agent's read-only request exactly as a payment request is (signature
+    /// under the RPC's own domain tag, freshness, replay floor, nonce used once), so a signature
+    /// made for one RPC — a payment, a budget read — cannot be replayed as another.
+    pub(super) async fn authenticate_read<R: SessionSigned>(
+        &self,
+        r: &R,
+    ) -> Result<SessionAuthenticated> {
+        check_nonce(r)?;
+        let now = self.verify_session_request(r).await?;
+        Ok(SessionAuthenticated { session_id: r.session_id().to_owned(), now })
+    }
+
+    /// Whether `r` carries a valid signature of its session (no freshness or replay check, and
+    /// nothing recorded): for bookkeeping about requests already answered.
+    pub(super) fn session_signature_verifies<R: SessionSigned>(&self, r: &R) -> bool {
+        let Some(key) = self.lock().sessions.get(r.session_id()).map(|s| s.key) else {
+            return false;
+        };
+        Signature::from_slice(r.signature())
+            .is_ok_and(|sig| key.verify_strict(&r.signed_message(), &sig).is_ok())
+    }
+
+    /// The checks every session-signed request passes: the session's Ed25519 signature over the
+    /// request's canonical bytes (no lock held), its freshness, the replay floor, and its nonce
+    /// (recorded: a signed request is used once, whatever its outcome). Returns the time the
+    /// request is answered for.
+    async fn verify_session_request<R: SessionSigned>(&self, r: &R) -> Result<UnixMillis> {
+        let session_key = self.lock().sessions.get(r.session_id()).map(|s| s.key);
         let Some(session_key) = session_key else {
             return Err(Failure::unauthenticated(Reason::UnknownSession, "unknown session"));
         };
-        let sig = Signature::from_slice(&r.signature).map_err(|_| {
+        let sig = Signature::from_slice(r.signature()).map_err(|_| {
             Failure::unauthenticated(Reason::BadSignature, "request signature is not 64 bytes")
         })?;
-        session_key.verify_strict(&sign_payment_message(&r), &sig).map_err(|_| {
+        session_key.verify_strict(&r.signed_message(), &sig).map_err(|_| {
             Failure::unauthenticated(
                 Reason::BadSignature,
-                "request signature does not verify with the session key",
+                format!(
+                    "request signature does not verify with the session key (as a {} request)",
+                    R::RPC
+                ),
             )
         })?;
         // Time never goes back for freshness and the replay cache: a host that steps the clock
         // forward (so a nonce is pruned) and back (so its request looks fresh) gets nothing.
         let now = self.monotonic_now();
-        if now.as_millis().abs_diff(r.timestamp_ms) > FRESHNESS_WINDOW_MS {
+        let timestamp_ms = r.timestamp_ms();
+        if now.as_millis().abs_diff(timestamp_ms) > FRESHNESS_WINDOW_MS {
             return Err(Failure::unauthenticated(
                 Reason::StaleRequest,
                 format!(
@@ -117,20 +175,21 @@ impl Enclave {
                 ),
             ));
         }
-        if r.timestamp_ms <= self.replay_floor.as_millis() {
+        if timestamp_ms <= self.replay_floor.as_millis() {
             return Err(Failure::unauthenticated(
                 Reason::StaleRequest,
                 "request was signed before the enclave last started (its replay cache starts empty, so older requests are refused); sign it again",
             ));
         }
-        self.cover_by_replay_floor(r.timestamp_ms, now).await?;
-        if !self.lock().replay.first_use((r.session_id.clone(), r.request_nonce.clone()), now) {
+        self.cover_by_replay_floor(timestamp_ms, now).await?;
+        let nonce = (r.session_id().to_owned(), r.request_nonce().to_vec());
+        if !self.lock().replay.first_use(nonce, now) {
             return Err(Failure::unauthenticated(
                 Reason::ReplayedRequest,
                 "this signed request was already used",
             ));
         }
-        Ok(Authenticated { request: r, preferred_asset, now })
+        Ok(now)
     }
 
     /// The clock, but never earlier than it has read before in this run.

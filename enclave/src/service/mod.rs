@@ -4,6 +4,7 @@
 //! | flow | file |
 //! |---|---|
 //! | a payment, top to bottom | [`payment`] (steps), [`ledger`] (the spend's stages and invariants) |
+//! | an agent's own reads: budget, history, dry run (session-signed, read-only) | [`agent`] |
 //! | who is asking (session and admin signatures) | [`auth`] |
 //! | idempotency keys and the replay cache | [`idempotency`] |
 //! | holds for human approval | [`approvals`] |
@@ -14,10 +15,12 @@
 //! | the audit log's records and answers | [`audit_trail`] |
 //! | state in memory and its recovery | [`state`], [`records`] (on disk), [`wire`] (answers) |
 //!
-//! Reads are open to the host; every state change is signed by an admin and applied one at a
-//! time; every answer's failure is a [`Failure`] with a stable [`Reason`].
+//! Reads are open to the host, except an agent's reads of its own session, which its session
+//! key signs; every state change is signed by an admin and applied one at a time; every
+//! answer's failure is a [`Failure`] with a stable [`Reason`].
 
 mod admin;
+mod agent;
 mod approvals;
 mod audit_trail;
 mod auth;
@@ -52,6 +55,7 @@ use wallet_proto::{
 };
 use zeroize::Zeroizing;
 
+pub use agent::{DEFAULT_LIST_PAYMENTS, MAX_ACTIVITY_RECORDS, MAX_LIST_PAYMENTS};
 pub use auth::REPLAY_FLOOR_MARGIN_MS;
 pub use error::{Failure, Result};
 pub use idempotency::DEFAULT_IDEMPOTENCY_TTL_SECONDS;
@@ -93,6 +97,9 @@ pub struct Enclave {
     max_now: AtomicU64,
     /// A KYT import being uploaded: its id and the addresses so far.
     kyt_staging: Mutex<Option<(String, HashSet<Address>)>>,
+    /// Each session's recent payments, denials and holds (bounded; see `agent`). Never held
+    /// together with `inner`.
+    activity: Mutex<agent::Activity>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -163,7 +170,17 @@ impl Enclave {
         }
         Ok(match body {
             // Agents.
-            Req::SignPayment(r) => Resp::SignPayment(self.sign_payment(r).await?),
+            Req::SignPayment(r) => {
+                // What was asked, for the session's history (its own reads list it).
+                let asked = r.clone();
+                let result = self.sign_payment(r).await;
+                self.note_payment(&asked, &result);
+                Resp::SignPayment(result?)
+            }
+            // An agent's reads of its own session (session-signed; no state changes).
+            Req::GetBudget(r) => Resp::SessionBudget(self.get_budget(r).await?),
+            Req::ListPayments(r) => Resp::Payments(self.list_payments(r).await?),
+            Req::PreviewPayment(r) => Resp::PaymentPreview(self.preview_payment(r).await?),
             // Reads.
             Req::ListWallets(_) => Resp::Wallets(self.list_wallets()),
             Req::GetPolicy(r) => Resp::Policy(self.get_policy(&r.wallet_id)?),
@@ -276,6 +293,7 @@ impl Enclave {
         spend_log.arm_head();
         spend_log.checkpoint().await.map_err(checkpoint)?;
         let mut inner = state::Inner::load(&*state, clock.now()).await?;
+        let activity = agent::Activity::rebuild(&recovered, &inner);
         let summary = inner.replay_ledger(recovered)?;
         tracing::info!(
             wallets = inner.wallets.len(),
@@ -345,6 +363,7 @@ impl Enclave {
             replay_high_water_lock: tokio::sync::Mutex::new(()),
             max_now: AtomicU64::new(0),
             kyt_staging: Mutex::new(None),
+            activity: Mutex::new(activity),
         })
     }
 
