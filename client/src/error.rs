@@ -20,6 +20,9 @@ enum Origin {
     Untrusted,
     /// An error the enclave signed, verified against the pinned identity.
     Enclave,
+    /// The connection broke during the call (the gateway died or the network dropped): no
+    /// answer came back, so whether the call took effect is unknown.
+    Transport,
 }
 
 /// A failed call: the gRPC code, the reason code (if the error carried one) and the message.
@@ -37,12 +40,67 @@ impl ClientError {
     /// prefix of the message.
     #[must_use]
     pub fn from_status(status: &Status) -> Self {
+        let reason_code = reason_code_of(status);
+        // A status the client library made from a broken connection carries the I/O error as
+        // its source; one the gateway sent never does.
+        if reason_code.is_none() {
+            if let Some(source) = std::error::Error::source(status) {
+                return Self::transport(status, source);
+            }
+        }
         Self {
             code: status.code(),
-            reason_code: reason_code_of(status),
+            reason_code,
             message: status.message().to_owned(),
             origin: Origin::Status,
         }
+    }
+
+    /// The connection to the gateway broke during the call (`Unavailable`): what broke, and
+    /// that the service is unavailable rather than refusing anything.
+    fn transport(status: &Status, source: &(dyn std::error::Error + 'static)) -> Self {
+        let mut why = status.message().to_owned();
+        let mut next = Some(source);
+        while let Some(e) = next {
+            let text = e.to_string();
+            if !text.is_empty() && !why.contains(&text) {
+                why = format!("{why}: {text}");
+            }
+            next = e.source();
+        }
+        Self {
+            code: Code::Unavailable,
+            reason_code: None,
+            message: format!(
+                "the connection to the gateway was lost during the call ({why}). The service is unavailable (this is not a refusal): retry once it is back; whether this call took effect is unknown"
+            ),
+            origin: Origin::Transport,
+        }
+    }
+
+    /// Whether the connection broke during the call (the gateway died or the network
+    /// dropped): nothing was refused, and whether the call took effect is unknown — retry it
+    /// (a payment with the same idempotency key, so it is never charged twice).
+    #[must_use]
+    pub fn is_connection_lost(&self) -> bool {
+        self.origin == Origin::Transport
+    }
+
+    /// Whether the enclave did not accept the agent's session: revoked, expired, unknown to
+    /// this enclave, or a request signature that does not verify (exit code 4).
+    #[must_use]
+    pub fn is_session_not_accepted(&self) -> bool {
+        matches!(
+            self.reason(),
+            Some(
+                Reason::SessionRevoked
+                    | Reason::SessionExpired
+                    | Reason::UnknownSession
+                    | Reason::BadSignature
+                    | Reason::StaleRequest
+                    | Reason::ReplayedRequest
+            )
+        )
     }
 
     /// An error the enclave signed and the client verified: its code, reason and message are the
@@ -140,9 +198,12 @@ impl ClientError {
     }
 
     /// `walletctl`'s exit code for this error: 6 held for approval (`APPROVAL_PENDING`); 5 an
-    /// answer not signed by the pinned enclave (`UNTRUSTED_ANSWER`);
-    /// 3 denied (`PermissionDenied`); 2 bad input (`InvalidArgument`, `FailedPrecondition`);
-    /// 4 not authenticated; 1 anything else.
+    /// answer not signed by the pinned enclave (`UNTRUSTED_ANSWER`); 4 the session is not
+    /// accepted (`SESSION_REVOKED`, `SESSION_EXPIRED`, `UNKNOWN_SESSION`, `BAD_SIGNATURE`,
+    /// [`Self::is_session_not_accepted`]) or another authentication failure
+    /// (`Unauthenticated`); 3 denied by policy (`PermissionDenied`); 2 bad input
+    /// (`InvalidArgument`, `FailedPrecondition`); 1 anything else (unavailable, lost
+    /// connection, not found, internal).
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         if self.reason() == Some(Reason::ApprovalPending) {
@@ -150,6 +211,9 @@ impl ClientError {
         }
         if self.origin == Origin::Untrusted {
             return 5;
+        }
+        if self.is_session_not_accepted() {
+            return 4;
         }
         match self.code {
             Code::PermissionDenied => 3,
@@ -160,9 +224,13 @@ impl ClientError {
     }
 
     /// A word for the kind of failure, as `walletctl` prints it before the message:
-    /// `denied`, `unavailable`, `not authenticated`, `not found`, `invalid` or `error`.
+    /// `session not accepted`, `denied`, `unavailable`, `not authenticated`, `not found`,
+    /// `invalid` or `error`.
     #[must_use]
     pub fn label(&self) -> &'static str {
+        if self.is_session_not_accepted() {
+            return "session not accepted";
+        }
         match self.code {
             Code::PermissionDenied => "denied",
             Code::Unavailable => "unavailable",
@@ -179,7 +247,7 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.origin {
             Origin::BadUrl => f.write_str(&self.message),
-            Origin::Status | Origin::Connect | Origin::Enclave => {
+            Origin::Status | Origin::Connect | Origin::Enclave | Origin::Transport => {
                 write!(f, "{}: {}", self.label(), self.message)
             }
             Origin::Untrusted => write!(f, "untrusted: {}", self.message),
@@ -281,6 +349,18 @@ mod tests {
         assert_eq!(exit(Status::invalid_argument("MALFORMED_HEADER: x")), 2);
         assert_eq!(exit(Status::failed_precondition("APPROVAL_DECIDED: x")), 2);
         assert_eq!(exit(Status::unauthenticated("BAD_SIGNATURE: x")), 4);
+        // The session is not accepted: 4, whatever gRPC code carries it (README, pay --help).
+        for s in [
+            Status::permission_denied("SESSION_REVOKED: the session was revoked"),
+            Status::permission_denied("SESSION_EXPIRED: the session has expired"),
+            Status::unauthenticated("UNKNOWN_SESSION: unknown session"),
+        ] {
+            let e = ClientError::from_status(&s);
+            assert_eq!(e.exit_code(), 4, "{e}");
+            assert!(e.is_session_not_accepted());
+            assert!(e.to_string().starts_with("session not accepted: "), "{e}");
+        }
+        assert_eq!(exit(Status::permission_denied("WALLET_FROZEN: x")), 3);
         assert_eq!(exit(Status::failed_precondition("APPROVAL_PENDING: held")), 6);
         assert_eq!(
             exit(with_info(Code::FailedPrecondition, "held", "APPROVAL_PENDING", ERROR_DOMAIN)),
@@ -311,5 +391,29 @@ mod tests {
         assert!(e.is_connect());
         let e = ClientError::bad_url("nope", &"invalid uri");
         assert_eq!(e.to_string(), "bad gateway URL \"nope\": invalid uri");
+    }
+
+    /// A connection that breaks mid-call (the gateway died): the client library's status
+    /// carries the I/O error as its source. It reads as "unavailable", names what broke, and
+    /// says the call can be retried, not "transport error" alone.
+    #[test]
+    fn a_lost_connection_says_the_service_is_unavailable() {
+        let io =
+            std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let status = Status::from_error(Box::new(io));
+        let e = ClientError::from_status(&status);
+        assert!(e.is_connection_lost() && !e.is_connect() && !e.is_enclave_signed());
+        assert_eq!((e.code(), e.exit_code(), e.reason()), (Code::Unavailable, 1, None));
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("unavailable: the connection to the gateway was lost"),
+            "{shown}"
+        );
+        assert!(shown.contains("connection reset by peer"), "{shown}");
+        assert!(shown.contains("The service is unavailable") && shown.contains("retry"), "{shown}");
+        // A status the gateway sent (no source) is the gateway's word, as before.
+        let e = ClientError::from_status(&Status::unavailable("ENCLAVE_UNAVAILABLE: down"));
+        assert!(!e.is_connection_lost());
+        assert_eq!(e.to_string(), "unavailable: ENCLAVE_UNAVAILABLE: down");
     }
 }

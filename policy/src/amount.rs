@@ -18,7 +18,7 @@ pub enum AmountError {
     #[error("amount is empty")]
     Empty,
     /// A character other than digits and one decimal point.
-    #[error("amount {0:?} is not a decimal number (write it like 0.25, 0.25 USDC or $0.25)")]
+    #[error("amount {0:?} is not a decimal number (write it like 0.25)")]
     NotDecimal(String),
     /// More fractional digits than the unit can represent.
     #[error("amount {0:?} has more than {1} decimal places")]
@@ -26,6 +26,27 @@ pub enum AmountError {
     /// Larger than 2^256 - 1 in the target unit.
     #[error("amount {0:?} is too large")]
     Overflow(String),
+    /// A minus sign: limits, caps and payments are never negative.
+    #[error("amount {0:?}: amount must not be negative")]
+    Negative(String),
+    /// A unit after the number that is neither `USD` nor the symbol of a registered asset
+    /// (`1 FOO`, `0.5 ETH`): refused rather than dropped.
+    #[error("amount {input:?}: unknown unit {unit:?}: amounts are in token units of the asset paid; write a plain number ({number}), ${number}, or {number} followed by a registered symbol ({known})")]
+    UnknownUnit {
+        /// The text as given.
+        input: String,
+        /// The unit written after the number.
+        unit: String,
+        /// The number without its unit.
+        number: String,
+        /// The units accepted, comma-separated.
+        known: String,
+    },
+    /// A unit where only plain numbers are read (the policy document).
+    #[error(
+        "amount {0:?}: write a plain decimal in the token's units, such as \"0.25\" (no symbol)"
+    )]
+    UnitNotAllowed(String),
 }
 
 /// A human amount as typed: the value in 18-decimal units and the symbol, if one was given.
@@ -37,24 +58,81 @@ pub struct HumanAmount {
     pub symbol: Option<String>,
 }
 
-/// Parses `0.25`, `0.25 USDC`, `$0.25`, `1_000` or `1000.5` into 18-decimal units.
+/// The unit `$` stands for; accepted written out too (`0.25 USD`).
+pub const USD: &str = "USD";
+
+/// The units [`parse_human`] accepts after a number: `USD` and the symbols of the built-in asset
+/// registry ([`crate::registry::DEFAULT_ASSETS`]), without duplicates.
+#[must_use]
+pub fn default_units() -> Vec<String> {
+    let mut units = vec![USD.to_owned()];
+    for (.., symbol) in crate::registry::DEFAULT_ASSETS {
+        let s = symbol.to_uppercase();
+        if !units.contains(&s) {
+            units.push(s);
+        }
+    }
+    units
+}
+
+/// Parses `0.25`, `0.25 USDC`, `$0.25`, `1_000` or `1000.5` into 18-decimal units. A unit after
+/// the number must be `USD` or a symbol of the built-in registry ([`default_units`]); use
+/// [`parse_human_in`] to check it against another registry (the enclave's own, with the assets
+/// an admin added).
 ///
 /// # Errors
-/// [`AmountError`] for anything that is not a non-negative decimal number.
+/// [`AmountError`] for anything that is not a non-negative decimal number with a known unit.
 pub fn parse_human(input: &str) -> Result<HumanAmount, AmountError> {
+    parse_human_in(input, &default_units())
+}
+
+/// [`parse_human`] with the units of a given registry: `units` are the accepted symbols
+/// (compared case-insensitively; `USD`, which `$` stands for, is always accepted). This is the
+/// one parser of amounts people type: walletctl's flags and the enclave's requests use it, and the
+/// policy document reads its plain numbers with [`parse_plain`].
+///
+/// # Errors
+/// [`AmountError`]: not a decimal number, negative, too precise, too large, or a unit that is
+/// not in `units` ([`AmountError::UnknownUnit`], never silently dropped).
+pub fn parse_human_in<S: AsRef<str>>(input: &str, units: &[S]) -> Result<HumanAmount, AmountError> {
     let mut s = input.trim();
     let mut symbol = None;
+    if s.starts_with('-') {
+        return Err(AmountError::Negative(input.to_owned()));
+    }
     if let Some(rest) = s.strip_prefix('$') {
         s = rest.trim_start();
-        symbol = Some("USD".to_owned());
+        symbol = Some(USD.to_owned());
     }
     if let Some((num, sym)) = s.split_once(char::is_whitespace) {
         let sym = sym.trim();
-        if sym.is_empty() || !sym.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+        if sym.is_empty() || sym.contains(char::is_whitespace) {
             return Err(AmountError::NotDecimal(input.to_owned()));
         }
-        symbol = Some(sym.to_ascii_uppercase());
+        let upper = sym.to_uppercase();
+        if upper != USD && !units.iter().any(|u| u.as_ref().to_uppercase() == upper) {
+            if num.starts_with('-') {
+                return Err(AmountError::Negative(input.to_owned()));
+            }
+            let mut known: Vec<String> = vec![USD.to_owned()];
+            for u in units {
+                let u = u.as_ref().to_uppercase();
+                if !known.contains(&u) {
+                    known.push(u);
+                }
+            }
+            return Err(AmountError::UnknownUnit {
+                input: input.to_owned(),
+                unit: sym.to_owned(),
+                number: num.to_owned(),
+                known: known.join(", "),
+            });
+        }
+        symbol = Some(upper);
         s = num;
+    }
+    if s.starts_with('-') {
+        return Err(AmountError::Negative(input.to_owned()));
     }
     let units = parse_decimal(s, UNIT_DECIMALS).map_err(|e| match e {
         AmountError::Empty if !input.trim().is_empty() => AmountError::NotDecimal(input.to_owned()),
@@ -62,6 +140,26 @@ pub fn parse_human(input: &str) -> Result<HumanAmount, AmountError> {
         other => other,
     })?;
     Ok(HumanAmount { units, symbol })
+}
+
+/// A plain amount as the policy document writes it (`"0.25"`, no `$` and no symbol), in
+/// 18-decimal units: the same grammar as [`parse_human`] without the unit.
+///
+/// # Errors
+/// [`AmountError`]: [`AmountError::UnitNotAllowed`] for `$0.25` or `0.25 USDC`,
+/// [`AmountError::Negative`] for `-1`, and the number's own errors.
+pub fn parse_plain(input: &str) -> Result<U256, AmountError> {
+    let t = input.trim();
+    if t.starts_with('-') {
+        return Err(AmountError::Negative(input.to_owned()));
+    }
+    if t.starts_with('$') || t.contains(char::is_whitespace) {
+        return Err(AmountError::UnitNotAllowed(input.to_owned()));
+    }
+    parse_decimal(t, UNIT_DECIMALS).map_err(|e| match e {
+        AmountError::NotDecimal(_) => AmountError::NotDecimal(input.to_owned()),
+        other => other,
+    })
 }
 
 /// Parses a plain decimal number (`12.345`, `_` allowed between digits) into an integer with
@@ -192,6 +290,53 @@ mod tests {
         }
         assert!(matches!(parse_human("0.0000000000000000001"), Err(AmountError::TooPrecise(..))));
         assert!(matches!(parse_human(&"9".repeat(80)), Err(AmountError::Overflow(_))));
+    }
+
+    /// A unit is checked, never dropped (`--cap "1 FOO"` was read as 1); a minus sign is
+    /// "must not be negative" wherever it is (`-1`, `$-1`, `-1 USDC`).
+    #[test]
+    fn units_are_checked_and_negatives_named() {
+        for (bad, unit) in [("1 FOO", "FOO"), ("0.5 ETH", "ETH"), ("$1 DAI", "DAI")] {
+            let e = parse_human(bad).unwrap_err();
+            assert!(
+                matches!(&e, AmountError::UnknownUnit { unit: u, .. } if u == unit),
+                "{bad}: {e:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("unknown unit") && msg.contains("USDC"), "{msg}");
+        }
+        for neg in ["-1", " -0.5 ", "$-1", "-$1", "-1 USDC", "-1 FOO", "$ -2"] {
+            let e = parse_human(neg).unwrap_err();
+            assert_eq!(e, AmountError::Negative(neg.to_owned()), "{neg}");
+            assert!(e.to_string().contains("amount must not be negative"), "{e}");
+            assert!(parse_plain(neg).is_err(), "{neg}");
+        }
+        assert!(matches!(parse_plain("-1"), Err(AmountError::Negative(_))));
+        // Every registry symbol and USD, in any letter case.
+        assert_eq!(parse_human("1 usdt0").unwrap().symbol.as_deref(), Some("USDT0"));
+        assert_eq!(parse_human("1 usd").unwrap().symbol.as_deref(), Some("USD"));
+        assert!(default_units().iter().any(|u| u == "USDC"));
+        // Another registry (the enclave's, with an asset an admin added).
+        assert_eq!(parse_human_in("2 tusd", &["TUSD"]).unwrap().units, units("2"));
+        assert!(matches!(
+            parse_human_in("2 USDC", &["TUSD"]),
+            Err(AmountError::UnknownUnit { .. })
+        ));
+        assert_eq!(parse_human_in("$2", &[] as &[&str]).unwrap().units, units("2"));
+    }
+
+    /// The policy document's amounts: the same numbers, no unit.
+    #[test]
+    fn plain_amounts() {
+        assert_eq!(parse_plain(" 0.25 ").unwrap(), units("0.25"));
+        assert_eq!(parse_plain("1_000").unwrap(), units("1000"));
+        for unit in ["$0.25", "0.25 USDC", "1 FOO"] {
+            let e = parse_plain(unit).unwrap_err();
+            assert_eq!(e, AmountError::UnitNotAllowed(unit.to_owned()));
+            assert!(e.to_string().contains("plain decimal"), "{e}");
+        }
+        assert!(matches!(parse_plain("1.2.3"), Err(AmountError::NotDecimal(_))));
+        assert_eq!(parse_plain(""), Err(AmountError::Empty));
     }
 
     #[test]

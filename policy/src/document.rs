@@ -41,8 +41,8 @@ use serde::{de, Deserialize, Deserializer};
 
 use crate::{
     address::parse_address,
-    amount::{format_units, parse_decimal, UNIT_DECIMALS},
-    registry::chain_id,
+    amount::{format_units, parse_plain, AmountError, UNIT_DECIMALS},
+    registry::{chain_id, AssetInfo},
     window::MAX_WINDOW_SECONDS,
 };
 
@@ -259,19 +259,11 @@ impl<'de> Deserialize<'de> for Amount {
                 f.write_str("an amount in human units as a string, such as \"0.25\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Amount, E> {
-                let t = s.trim();
-                if t.starts_with('$') || t.contains(char::is_whitespace) {
-                    return Err(E::custom(format!(
-                        "amount {s:?}: write a plain decimal in the token's units, such as \"0.25\" (no symbol)"
-                    )));
-                }
-                parse_decimal(t, UNIT_DECIMALS)
-                    .map(Amount)
-                    .map_err(|e| E::custom(format!("amount {s:?}: {e}")))
+                parse_plain(s).map(Amount).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Amount, E> {
                 u64::try_from(n)
-                    .map_err(|_| E::custom("amounts cannot be negative"))
+                    .map_err(|_| E::custom(AmountError::Negative(n.to_string())))
                     .and_then(|n| self.visit_u64(n))
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Amount, E> {
@@ -651,6 +643,61 @@ impl Policy {
         })
     }
 
+    /// What a valid document probably does not mean to do, checked against an asset
+    /// `registry` (the enclave's, or [`crate::registry::default_assets`] offline): no rule at
+    /// all, or none that lets a payment through (every payment is denied); a rule's network
+    /// with no registered asset, an asset that is not registered, or assets none of which is on
+    /// the rule's networks (the rule can never match). Sentences for people, in document order.
+    #[must_use]
+    pub fn warnings(&self, registry: &[AssetInfo]) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.rules.is_empty() {
+            out.push("no [[rule]]: every payment is denied (NO_MATCHING_RULE); add a rule with action = \"allow\" or \"approve\"".to_owned());
+        } else if self.rules.iter().all(|r| r.action == Action::Deny) {
+            out.push("every rule is action = \"deny\": every payment is denied".to_owned());
+        }
+        let registered = |a: &AssetMatch, asset: &AssetInfo| match a {
+            AssetMatch::Address(x) => *x == asset.address,
+            AssetMatch::Symbol(s) => s.eq_ignore_ascii_case(&asset.symbol),
+        };
+        for r in &self.rules {
+            let at = format!("rule {:?} (line {})", r.name, r.line);
+            let mut lone = false;
+            for n in &r.networks {
+                if !registry.iter().any(|a| &a.network == n) {
+                    lone = true;
+                    out.push(format!(
+                        "{at}: network {n} has no registered asset, so the rule matches no payment there (register one with walletctl asset add --network {n} ...)"
+                    ));
+                }
+            }
+            for a in &r.assets {
+                if !registry.iter().any(|x| registered(a, x)) {
+                    lone = true;
+                    let name = match a {
+                        AssetMatch::Address(x) => x.to_checksum(None),
+                        AssetMatch::Symbol(s) => s.clone(),
+                    };
+                    out.push(format!(
+                        "{at}: asset {name} is not in the asset registry, so the rule never matches it (walletctl asset list; walletctl asset add)"
+                    ));
+                }
+            }
+            if !lone
+                && !r.networks.is_empty()
+                && !r.assets.is_empty()
+                && !registry.iter().any(|x| {
+                    r.networks.contains(&x.network) && r.assets.iter().any(|a| registered(a, x))
+                })
+            {
+                out.push(format!(
+                    "{at}: none of its assets is registered on its networks, so the rule matches no payment"
+                ));
+            }
+        }
+        out
+    }
+
     /// The document for the basic policy (one per-payment limit, optional network and asset
     /// lists, a validity bound): what `SetPolicy` without a document means.
     #[must_use]
@@ -676,5 +723,76 @@ impl Policy {
             ));
         }
         doc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::default_assets;
+
+    fn warnings(doc: &str) -> Vec<String> {
+        Policy::parse(doc).unwrap().warnings(&default_assets())
+    }
+
+    #[test]
+    fn policies_that_deny_everything_or_never_match_are_warned_about() {
+        let w = warnings("version = 1\n[wallet]\nmax_per_payment = \"1\"\n");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("no [[rule]]") && w[0].contains("every payment is denied"));
+        let w = warnings("version = 1\n[[rule]]\naction = \"deny\"\n");
+        assert!(w[0].contains("every rule is action = \"deny\""), "{w:?}");
+
+        let w = warnings(
+            "version = 1\n[[rule]]\nname = \"x\"\nassets = [\"FOO\"]\naction = \"allow\"\n",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("rule \"x\" (line 2)")
+                && w[0].contains("asset FOO is not in the asset registry"),
+            "{w:?}"
+        );
+        let w = warnings("version = 1\n[[rule]]\nassets = [\"0x5FbDB2315678afecb367f032d93F642f64180aa3\"]\naction = \"allow\"\n");
+        assert!(
+            w[0].contains(
+                "0x5FbDB2315678afecb367f032d93F642f64180aa3 is not in the asset registry"
+            ),
+            "{w:?}"
+        );
+        let w =
+            warnings("version = 1\n[[rule]]\nnetworks = [\"eip155:31337\"]\naction = \"allow\"\n");
+        assert!(w[0].contains("network eip155:31337 has no registered asset"), "{w:?}");
+        // Base mainnet USDC on Base Sepolia only.
+        let w = warnings("version = 1\n[[rule]]\nnetworks = [\"eip155:84532\"]\nassets = [\"0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913\"]\naction = \"allow\"\n");
+        assert!(w[0].contains("none of its assets is registered on its networks"), "{w:?}");
+
+        // A sound policy: nothing to say.
+        let ok = "version = 1\n[[rule]]\nnetworks = [\"eip155:84532\"]\nassets = [\"usdc\"]\naction = \"allow\"\n";
+        assert_eq!(warnings(ok), Vec::<String>::new());
+        // An asset an admin registered counts.
+        let mut registry = default_assets();
+        registry.push(
+            AssetInfo::new(
+                "eip155:31337",
+                "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+                "T",
+                "1",
+                6,
+                "TUSD",
+            )
+            .unwrap(),
+        );
+        let local = "version = 1\n[[rule]]\nnetworks = [\"eip155:31337\"]\nassets = [\"TUSD\"]\naction = \"allow\"\n";
+        assert!(Policy::parse(local).unwrap().warnings(&registry).is_empty());
+    }
+
+    #[test]
+    fn document_amounts_use_the_shared_parser() {
+        let e = Policy::parse("version = 1\n[wallet]\nmax_per_payment = \"-1\"\n").unwrap_err();
+        assert!(e.to_string().contains("amount must not be negative"), "{e}");
+        let e = Policy::parse("version = 1\n[wallet]\nmax_per_payment = -1\n").unwrap_err();
+        assert!(e.to_string().contains("amount must not be negative"), "{e}");
+        let e = Policy::parse("version = 1\n[wallet]\nmax_per_payment = \"1 FOO\"\n").unwrap_err();
+        assert!(e.to_string().contains("plain decimal"), "{e}");
     }
 }

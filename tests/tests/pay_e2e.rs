@@ -106,7 +106,7 @@ fn operator_walkthrough_pays_a_402_with_walletctl() {
     let session_id = field(&issued, "session").to_owned();
     ok(&stack.walletctl(&["session", "revoke", &session_id], ""));
     let after = stack.walletctl(&["pay", "--session", cred.to_str().unwrap()], SPEC_HEADER);
-    assert_eq!(after.status.code(), Some(3));
+    assert_eq!(after.status.code(), Some(4), "the session is not accepted: exit code 4");
     assert!(String::from_utf8_lossy(&after.stderr).contains("SESSION_REVOKED"));
 
     // Both processes stop cleanly on SIGTERM.

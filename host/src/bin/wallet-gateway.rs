@@ -8,7 +8,7 @@ use wallet_host::EnclaveAddress;
 /// The agent wallet's gRPC gateway. Agents call SignPayment here; admins use walletctl.
 /// It relays every request to the enclave, which checks and signs.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "wallet-gateway", version, about, long_about = None)]
 struct Args {
     /// Address to listen on. Only loopback unless --allow-non-loopback.
     #[arg(long, env = "WALLET_GATEWAY_LISTEN", default_value = wallet_host::DEFAULT_LISTEN)]

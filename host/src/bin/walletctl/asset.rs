@@ -3,10 +3,46 @@
 use std::path::Path;
 
 use clap::Subcommand;
-use wallet_client::AdminRpc;
+use wallet_client::{AdminRpc, GatewayClient};
+use wallet_policy::{
+    amount::{default_units, format_units, parse_human_in, AmountError},
+    registry::AssetInfo,
+};
 use wallet_proto::gateway::v1 as gw;
 
-use crate::{admin::signed, client, Out};
+use crate::{admin::signed, client, Fail, Out};
+
+/// The enclave's asset registry (`ListAssets`), as the policy engine sees it. Entries that do
+/// not validate are skipped (the enclave validated them when they were added).
+pub(crate) async fn registry(cl: &mut GatewayClient) -> Result<Vec<AssetInfo>, Fail> {
+    let assets = cl.list_assets(gw::ListAssetsRequest {}).await?.assets;
+    Ok(assets
+        .into_iter()
+        .filter_map(|a| {
+            AssetInfo::new(&a.network, &a.address, &a.name, &a.version, a.decimals, &a.symbol).ok()
+        })
+        .collect())
+}
+
+/// An amount flag (`--cap`, `--max-per-payment`) read with the one amount parser: `0.25`,
+/// `$0.25`, or `0.25 SYMBOL` where SYMBOL is `USD` or a symbol of the enclave's registry
+/// (asked only when the symbol is not a built-in one). Returns the amount as a plain decimal,
+/// which is what is sent: the unit is checked here, never dropped silently.
+pub(crate) async fn amount_flag(
+    cl: &mut GatewayClient,
+    flag: &str,
+    text: &str,
+) -> Result<String, Fail> {
+    let bad = |e: AmountError| Fail(2, format!("invalid: {flag}: {e}"));
+    let parsed = match parse_human_in(text, &default_units()) {
+        Err(AmountError::UnknownUnit { .. }) => {
+            let symbols: Vec<String> = registry(cl).await?.into_iter().map(|a| a.symbol).collect();
+            parse_human_in(text, &symbols).map_err(bad)?
+        }
+        other => other.map_err(bad)?,
+    };
+    Ok(format_units(parsed.units))
+}
 
 /// The `walletctl asset` subcommands.
 #[derive(Debug, Subcommand)]

@@ -9,25 +9,37 @@ use wallet_client::GatewayClient;
 use wallet_policy::audit::{head_message, verify_chain, Record};
 use wallet_proto::gateway::v1 as gw;
 
-use crate::{client, output::at_ms, Fail, Out};
+use crate::{
+    client,
+    output::{at_ms, humanize_times, Format},
+    Fail, Out,
+};
+
+/// The kinds of audit record the enclave writes.
+pub(crate) const KINDS: [&str; 5] = ["payment", "deny", "withheld", "hold", "admin"];
 
 /// The `walletctl audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCmd {
-    /// Show audit records, newest last.
+    /// Show audit records, newest last (times in RFC 3339; --output json for the stored
+    /// records, one JSON object per line, times in Unix milliseconds).
     Show {
-        /// Only this session.
-        #[arg(long)]
+        /// Only this session (it must exist).
+        #[arg(long, value_parser = crate::session_id)]
         session: Option<String>,
-        /// Only this wallet.
-        #[arg(long)]
+        /// Only this wallet (it must exist).
+        #[arg(long, value_parser = crate::wallet_id)]
         wallet: Option<String>,
-        /// Only this kind: payment, deny, withheld or admin.
-        #[arg(long)]
+        /// Only this kind: payment (signed), deny (refused), withheld (signed but not released:
+        /// revoked or frozen in flight), hold (held for approval) or admin (a signed change).
+        #[arg(long, value_parser = KINDS)]
         kind: Option<String>,
         /// How many of the newest matching records.
         #[arg(long, default_value_t = 20)]
         last: usize,
+        /// text: for people; json: the stored records, one per line.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        output: Format,
     },
     /// Check the whole chain, the enclave's signature on its head (key pinned at init), and that
     /// it still contains the head verified last time. Names the first bad record. Exit code 5 on
@@ -76,6 +88,15 @@ async fn signed_head(
     Ok((head, hash))
 }
 
+/// The identity the enclave at `url` presents (hex): the key that signs its audit head over a
+/// fresh challenge, checked, so whoever answers holds that key. Nothing is pinned or trusted by
+/// this: it is compared with the pinned identity.
+pub(crate) async fn presented_identity(url: &str) -> Result<String, Fail> {
+    let mut cl = crate::unpinned_client(url).await?;
+    let (head, _) = signed_head(&mut cl, |_| Ok(())).await?;
+    Ok(hex::encode(head.public_key))
+}
+
 /// The enclave's audit head, signed over a fresh challenge and checked against the key pinned in
 /// `HOME/audit.pub`, compared with the head this machine verified last (`HOME/audit.head`).
 /// `Ok(None)` when nothing is pinned yet. A head with fewer records than the last verified one
@@ -97,7 +118,7 @@ pub(crate) async fn check_against_last_verified(
         if hex::encode(key) == pinned.trim() {
             Ok(())
         } else {
-            Err(Fail(5, format!("the enclave's identity changed (pinned {}, now {}): a different enclave, or its state was replaced; the host is not to be trusted", pinned.trim(), hex::encode(key))))
+            Err(Fail(5, format!("the enclave's identity changed (pinned {}, now {}): a different enclave, or its state was replaced. If you started it over yourself with a new data directory, pin the new identity with: walletctl init --reset-identity; otherwise the host is not to be trusted", pinned.trim(), hex::encode(key))))
         }
     })
     .await?;
@@ -118,7 +139,7 @@ pub(crate) fn pin_audit_key(home: &Path, key: &[u8]) -> Result<(), Fail> {
     let path = home.join("audit.pub");
     match std::fs::read_to_string(&path) {
         Ok(pinned) if pinned.trim() == hex::encode(key) => Ok(()),
-        Ok(pinned) => Err(Fail(5, format!("the enclave's audit key changed (pinned {} in {}, now {}): a different enclave or its state was replaced", pinned.trim(), path.display(), hex::encode(key)))),
+        Ok(pinned) => Err(Fail(5, format!("the enclave's identity (audit key) changed (pinned {} in {}, now {}): a different enclave, or its state was replaced. If you started it over yourself with a new data directory, pin the new identity with: walletctl init --reset-identity; otherwise do not use this host", pinned.trim(), path.display(), hex::encode(key)))),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Fail(1, format!("cannot read {}: {e}", path.display()))),
         Err(_) => {
             std::fs::write(&path, format!("{}\n", hex::encode(key))).map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))?;
@@ -132,18 +153,52 @@ pub(crate) fn pin_audit_key(home: &Path, key: &[u8]) -> Result<(), Fail> {
 pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
     let mut cl = client(url).await?;
     match c {
-        AuditCmd::Show { session, wallet, kind, last } => {
+        AuditCmd::Show { session, wallet, kind, last, output } => {
+            // A filter naming nothing printed nothing: say so instead.
+            if let Some(w) = &wallet {
+                let wallets = cl.list_wallets(gw::ListWalletsRequest {}).await?.wallets;
+                if !wallets.iter().any(|x| &x.wallet_id == w) {
+                    return Err(Fail(
+                        1,
+                        format!(
+                            "not found: no wallet {w:?} in this enclave (walletctl wallet list)"
+                        ),
+                    ));
+                }
+            }
+            if let Some(s) = &session {
+                let sessions = cl
+                    .list_sessions(gw::ListSessionsRequest { wallet_id: String::new() })
+                    .await?
+                    .sessions;
+                if !sessions.iter().any(|x| &x.session_id == s) {
+                    return Err(Fail(
+                        1,
+                        format!(
+                            "not found: no session {s:?} in this enclave (walletctl session list)"
+                        ),
+                    ));
+                }
+            }
             let records = audit_records(&mut cl).await?;
-            let matching: Vec<Record> = records
+            let matching: Vec<(&String, Record)> = records
                 .iter()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .filter(|r: &Record| {
+                .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l, r)))
+                .filter(|(_, r): &(&String, Record)| {
                     session.as_ref().is_none_or(|s| &r.session == s)
                         && wallet.as_ref().is_none_or(|w| &r.wallet == w)
                         && kind.as_ref().is_none_or(|k| &r.kind == k)
                 })
                 .collect();
-            for r in &matching[matching.len().saturating_sub(last)..] {
+            if matching.is_empty() || last == 0 {
+                eprintln!("no audit records match");
+                return Ok(());
+            }
+            for (line, r) in &matching[matching.len().saturating_sub(last)..] {
+                if output == Format::Json {
+                    crate::output::print_line(line);
+                    continue;
+                }
                 let mut who = String::new();
                 if !r.wallet.is_empty() {
                     who.push_str(&format!(" wallet {}", r.wallet));
@@ -157,7 +212,7 @@ pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
                     at_ms(r.at_ms),
                     r.kind,
                     r.reason,
-                    r.detail
+                    humanize_times(&r.detail)
                 );
             }
         }

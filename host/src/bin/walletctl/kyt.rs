@@ -27,7 +27,8 @@ pub(crate) enum KytCmd {
         #[arg(required = true)]
         addresses: Vec<String>,
     },
-    /// List denied addresses (every page).
+    /// List denied addresses (every page), one per line on stdout; an empty list is said on
+    /// stderr.
     List,
     /// Load a denylist file: plain (one address per line, # comments), CSV (a column named
     /// address, or --column) or JSON (an array of addresses, as in the published lists of
@@ -83,12 +84,19 @@ pub(crate) async fn run(url: &str, home: &Path, c: KytCmd) -> Out {
                 let page = cl.list_kyt(gw::ListKytRequest { offset, limit: 10_000 }).await?;
                 let n = page.addresses.len() as u64;
                 for a in page.addresses {
-                    println!("{a}");
+                    crate::output::print_line(&a);
                 }
                 offset += n;
                 if n == 0 || offset >= page.total {
                     break;
                 }
+            }
+            // The addresses alone go to stdout (one per line, for scripts); an empty list says
+            // so on stderr.
+            if offset == 0 {
+                eprintln!(
+                    "the KYT denylist is empty (walletctl kyt add ADDRESS, or kyt import FILE)"
+                );
             }
         }
         KytCmd::Import { file, format, column, replace, strict, dry_run } => {

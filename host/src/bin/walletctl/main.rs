@@ -16,10 +16,13 @@ mod session;
 mod setup;
 mod wallet;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
-use wallet_client::{default_home, ClientError, GatewayClient};
+use wallet_client::{default_home, util::normalize_gateway_url, ClientError, GatewayClient};
 
 /// Admin and agent CLI of the agent wallet.
 ///
@@ -28,9 +31,9 @@ use wallet_client::{default_home, ClientError, GatewayClient};
 ///
 /// Amounts are written in token units: 0.25, "0.25 USDC" or $0.25.
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(name = "walletctl", version, propagate_version = true)]
 struct Cli {
-    /// Gateway URL.
+    /// Gateway URL (HOST:PORT is read as http://HOST:PORT).
     #[arg(long, global = true, env = "WALLET_GATEWAY", default_value = "http://127.0.0.1:7402")]
     gateway: String,
     /// walletctl's own directory (config and issued credentials).
@@ -43,8 +46,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Set up walletctl: create the admin key (HOME/admin.key, 0600), check the gateway and
-    /// enclave, and register the key as the enclave's first admin if it has none.
-    Init,
+    /// enclave, pin the enclave's identity (HOME/audit.pub), and register the key as the
+    /// enclave's first admin if it has none.
+    ///
+    /// A new data directory is a new enclave with a new identity; `init` then refuses it (exit
+    /// code 5) until you confirm it is one you started: `walletctl init --reset-identity`.
+    Init(setup::InitArgs),
     /// Show the gateway and enclave status (simulated or Nitro).
     Status,
     /// Create and list wallets.
@@ -86,6 +93,26 @@ enum Command {
     Mcp(mcp::McpArgs),
 }
 
+/// An id given on the command line, refused when empty: an empty `$WALLET` or `$SESSION` (left
+/// by a command that failed) is named as such, not sent to the enclave as `""`.
+fn non_empty(what: &str, list: &str, s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err(format!("the {what} id is empty (was the variable holding it set by a command that failed?); list them with: walletctl {list}"))
+    } else {
+        Ok(s.trim().to_owned())
+    }
+}
+
+/// `--wallet` and the other wallet-id arguments ([`non_empty`]).
+pub(crate) fn wallet_id(s: &str) -> Result<String, String> {
+    non_empty("wallet", "wallet list", s)
+}
+
+/// `--session` and the other session-id arguments ([`non_empty`]).
+pub(crate) fn session_id(s: &str) -> Result<String, String> {
+    non_empty("session", "session list", s)
+}
+
 /// A failure with its exit code.
 pub(crate) struct Fail(pub(crate) u8, pub(crate) String);
 
@@ -98,7 +125,6 @@ impl From<ClientError> for Fail {
 /// What a command returns.
 pub(crate) type Out = Result<(), Fail>;
 
-/// Connects to the gateway.
 /// walletctl's home, for the enclave identity pinned there (`audit.pub`).
 static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
@@ -108,10 +134,23 @@ pub(crate) fn pinned_identity() -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
+/// The gateway URL as given (`--gateway`, `WALLET_GATEWAY`, a credential), normalised:
+/// `HOST:PORT` becomes `http://HOST:PORT`; what cannot be a gateway URL is refused (exit 2)
+/// with the reason, instead of a failed connection.
+pub(crate) fn gateway_url(url: &str) -> Result<String, Fail> {
+    normalize_gateway_url(url)
+        .map_err(|e| Fail(2, format!("invalid: --gateway (or WALLET_GATEWAY): {e}")))
+}
+
+/// A gateway client that checks nothing (first contact, and identity probes).
+pub(crate) async fn unpinned_client(url: &str) -> Result<GatewayClient, Fail> {
+    Ok(GatewayClient::connect(&gateway_url(url)?).await?)
+}
+
 /// A gateway client that checks every answer against the pinned enclave identity (when one is
 /// pinned: before `walletctl init`, the first contact, there is none).
 pub(crate) async fn client(url: &str) -> Result<GatewayClient, Fail> {
-    let cl = GatewayClient::connect(url).await?;
+    let cl = unpinned_client(url).await?;
     match pinned_identity() {
         Some(id) => with_identity(cl, &id),
         None => Ok(cl),
@@ -128,20 +167,38 @@ pub(crate) fn with_identity(cl: GatewayClient, id: &str) -> Result<GatewayClient
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    let _ = HOME.set(home.clone());
+    let url = gateway_url(&cli.gateway).unwrap_or_else(|_| cli.gateway.clone());
+    let init = matches!(cli.command, Command::Init(_));
+    match run(cli, &home).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
+            // An answer that does not verify, or an admin signature refused: when the enclave
+            // now presents another identity than the pinned one, say that, and what to do.
+            let msg = match code {
+                4 | 5 if !init => identity_change(&url, &home).await.unwrap_or(msg),
+                _ => msg,
+            };
             eprintln!("walletctl: {msg}");
             ExitCode::from(code)
         }
     }
 }
 
-async fn run(cli: Cli) -> Out {
-    let home = cli.home.clone().unwrap_or_else(default_home);
-    let _ = HOME.set(home.clone());
+/// When an identity is pinned and the enclave at `url` presents another one (proven by its
+/// signature over a fresh challenge): the explanation of [`setup::identity_changed`].
+async fn identity_change(url: &str, home: &Path) -> Option<String> {
+    let pinned = pinned_identity()?;
+    let presented = audit::presented_identity(url).await.ok()?;
+    (presented != pinned).then(|| setup::identity_changed(url, home, &pinned, &presented))
+}
+
+async fn run(mut cli: Cli, home: &Path) -> Out {
+    cli.gateway = gateway_url(&cli.gateway)?;
+    let home = home.to_path_buf();
     match cli.command {
-        Command::Init => setup::init(&cli.gateway, &home).await,
+        Command::Init(a) => setup::init(&cli.gateway, &home, &a).await,
         Command::Status => setup::status(&cli.gateway, &home).await,
         Command::Wallet(c) => wallet::run(&cli.gateway, &home, c).await,
         Command::Policy(c) => policy::run(&cli.gateway, &home, c).await,
@@ -164,6 +221,14 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    /// `--version` named the package (`wallet-host`), not the program.
+    #[test]
+    fn the_program_is_named_walletctl() {
+        let cmd = super::Cli::command();
+        assert_eq!(cmd.get_name(), "walletctl");
+        assert!(cmd.render_version().starts_with("walletctl "), "{}", cmd.render_version());
     }
 
     /// walletctl parses `--ttl` and `--max-validity` with the policy document's own parser.

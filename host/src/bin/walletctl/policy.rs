@@ -4,10 +4,17 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use wallet_client::AdminRpc;
-use wallet_policy::document::parse_duration;
+use wallet_policy::{
+    document::{parse_duration, Policy},
+    registry::{default_assets, AssetInfo},
+};
 use wallet_proto::gateway::v1 as gw;
 
-use crate::{admin::signed, client, Fail, Out};
+use crate::{
+    admin::signed,
+    asset::{amount_flag, registry},
+    client, Fail, Out,
+};
 
 /// The `walletctl policy` subcommands.
 #[derive(Debug, Subcommand)]
@@ -23,13 +30,14 @@ pub(crate) enum PolicyCmd {
     )]
     Set {
         /// Wallet id (from `wallet create`).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::wallet_id)]
         wallet: String,
         /// Policy document (TOML). Replaces the flags below.
         #[arg(long, short, conflicts_with_all = ["max_per_payment", "networks", "assets", "max_validity"])]
         file: Option<PathBuf>,
-        /// Largest single payment, e.g. 0.25 or "$0.25".
-        #[arg(long, required_unless_present = "file")]
+        /// Largest single payment, e.g. 0.25, "$0.25" or "0.25 USDC" (the unit must be USD or a
+        /// registered asset's symbol).
+        #[arg(long, required_unless_present = "file", allow_negative_numbers = true)]
         max_per_payment: Option<String>,
         /// Allowed networks, comma-separated CAIP-2 ids (eip155:8453). Default: every network in the registry.
         #[arg(long, value_delimiter = ',')]
@@ -44,13 +52,25 @@ pub(crate) enum PolicyCmd {
     /// Print a wallet's policy document (valid TOML: `policy show > policy.toml` to edit it).
     Show {
         /// Wallet id.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::wallet_id)]
         wallet: String,
     },
     /// Check a policy document without sending it (exit code 2 with line and reason if bad).
+    ///
+    /// Also warns (on stderr, exit code still 0) about a valid document that denies every
+    /// payment (no rule, or only deny rules) or has a rule that can never match (a network
+    /// with no registered asset, an asset not in the registry). The registry is the enclave's
+    /// (asked through the gateway); when the gateway cannot be reached, or with --offline,
+    /// the built-in registry is used and the output says so.
     Check {
         /// Policy document (TOML).
         file: PathBuf,
+        /// Fail (exit code 2) on warnings too.
+        #[arg(long)]
+        strict: bool,
+        /// Do not ask the gateway: check against the built-in asset registry.
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -70,12 +90,33 @@ pub(crate) fn read_policy_file(path: &Path) -> Result<String, Fail> {
     Ok(text)
 }
 
+/// The asset registry a `policy check` compares against: the enclave's, or the built-in one
+/// (offline, or when the gateway does not answer), with words saying which.
+async fn check_registry(url: &str, offline: bool) -> (Vec<AssetInfo>, String) {
+    if !offline {
+        let ask = async {
+            let mut cl = client(url).await?;
+            registry(&mut cl).await
+        };
+        let asked = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
+            .await
+            .unwrap_or_else(|_| Err(Fail(1, "no answer within 5 s".into())));
+        match asked {
+            Ok(assets) => return (assets, format!("the enclave's asset registry at {url}")),
+            Err(Fail(_, why)) => {
+                eprintln!("note: the gateway did not answer ({why}): checking against the built-in asset registry");
+            }
+        }
+    }
+    (default_assets(), "the built-in asset registry (offline: assets added with `walletctl asset add` are not known)".to_owned())
+}
+
 /// Runs one `walletctl policy` subcommand.
 pub(crate) async fn run(url: &str, home: &Path, c: PolicyCmd) -> Out {
-    if let PolicyCmd::Check { file } = &c {
+    if let PolicyCmd::Check { file, strict, offline } = &c {
         let text = read_policy_file(file)?;
-        let p =
-            wallet_policy::document::Policy::parse(&text).map_err(|e| Fail(2, e.to_string()))?;
+        let p = Policy::parse(&text).map_err(|e| Fail(2, e.to_string()))?;
+        let (assets, source) = check_registry(url, *offline).await;
         println!(
             "{}: ok ({} rules, {} wallet budgets, {} session budgets, approval {})",
             file.display(),
@@ -84,6 +125,16 @@ pub(crate) async fn run(url: &str, home: &Path, c: PolicyCmd) -> Out {
             p.session.budgets.len(),
             if p.approval.above.is_some() || p.approval.first_time_payee { "on" } else { "off" }
         );
+        let warnings = p.warnings(&assets);
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        if !warnings.is_empty() || *offline {
+            eprintln!("(assets checked against {source})");
+        }
+        if *strict && !warnings.is_empty() {
+            return Err(Fail(2, format!("invalid: {} warnings (--strict)", warnings.len())));
+        }
         return Ok(());
     }
     let mut cl = client(url).await?;
@@ -96,10 +147,14 @@ pub(crate) async fn run(url: &str, home: &Path, c: PolicyCmd) -> Out {
                 .transpose()
                 .map_err(|e| Fail(2, e))?
                 .unwrap_or(0);
+            let max_per_payment = match max_per_payment {
+                Some(m) => amount_flag(&mut cl, "--max-per-payment", &m).await?,
+                None => String::new(),
+            };
             let p = gw::Policy {
                 wallet_id: wallet,
                 version: 0,
-                max_per_payment: max_per_payment.unwrap_or_default(),
+                max_per_payment,
                 networks,
                 assets,
                 max_validity_seconds,
@@ -113,6 +168,12 @@ pub(crate) async fn run(url: &str, home: &Path, c: PolicyCmd) -> Out {
                 )?)
                 .await?;
             eprintln!("policy version {} set for wallet {}", p.version, p.wallet_id);
+            // The enclave took it; say what it will not do as its author may think.
+            if let (Ok(doc), Ok(assets)) = (Policy::parse(&p.document), registry(&mut cl).await) {
+                for w in doc.warnings(&assets) {
+                    eprintln!("warning: {w}");
+                }
+            }
             print_policy(&p);
         }
         PolicyCmd::Show { wallet } => {

@@ -2,12 +2,79 @@
 
 use std::path::Path;
 
+use clap::Args;
 use wallet_client::{now_ms, AdminKey, AdminRpc};
 use wallet_proto::gateway::v1 as gw;
 
-use crate::{admin::admin_key, audit::pin_audit_key, client, Fail, Out};
+use crate::{
+    admin::admin_key,
+    audit::{pin_audit_key, presented_identity},
+    client, pinned_identity, Fail, Out,
+};
 
-pub(crate) async fn init(url: &str, home: &Path) -> Out {
+/// `walletctl init` flags.
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// The enclave presents a new identity because you started it over with a new data
+    /// directory: pin the new one. The old pin (HOME/audit.pub) and the audit head verified
+    /// with it (HOME/audit.head) are kept beside them as *.replaced-TIME. Use it only for an
+    /// enclave you started yourself: a changed identity is also what a host you do not control
+    /// would present.
+    #[arg(long)]
+    reset_identity: bool,
+}
+
+/// What happened when the enclave presents `presented` while `pinned` is pinned in
+/// `HOME/audit.pub`, and what to do.
+pub(crate) fn identity_changed(url: &str, home: &Path, pinned: &str, presented: &str) -> String {
+    format!(
+        "the enclave at {url} presents a new identity ({presented}), not the one pinned in {} ({pinned}).\n\
+         A new data directory makes a new enclave with a new identity: that is what happens when you start over (dev-up.sh with another WALLET_DATA_DIR, or after removing the old one). A host you do not control would look exactly the same, so walletctl does not re-pin by itself.\n\
+         If you started this enclave yourself, pin the new identity with:\n\
+         \x20 walletctl init --reset-identity\n\
+         (the wallets, sessions and credentials of the old enclave do not exist in the new one). Otherwise, do not use this host.",
+        home.join("audit.pub").display()
+    )
+}
+
+/// Moves `HOME/NAME` aside as `NAME.replaced-UNIX_SECONDS` (if it exists); returns the new path.
+fn move_aside(home: &Path, name: &str) -> Result<Option<std::path::PathBuf>, Fail> {
+    let from = home.join(name);
+    if !from.exists() {
+        return Ok(None);
+    }
+    let to = home.join(format!("{name}.replaced-{}", now_ms() / 1000));
+    std::fs::rename(&from, &to)
+        .map_err(|e| Fail(1, format!("cannot move {} to {}: {e}", from.display(), to.display())))?;
+    Ok(Some(to))
+}
+
+/// Compares the identity the enclave presents with the pinned one; with `reset`, re-pins a
+/// changed one (moving the old pin aside), else refuses it (exit code 5) saying what to do.
+async fn check_identity(url: &str, home: &Path, reset: bool) -> Out {
+    let Some(pinned) = pinned_identity() else {
+        return Ok(());
+    };
+    let presented = presented_identity(url).await?;
+    if presented == pinned {
+        if reset {
+            println!("identity:       unchanged ({presented}); nothing to reset");
+        }
+        return Ok(());
+    }
+    if !reset {
+        return Err(Fail(5, identity_changed(url, home, &pinned, &presented)));
+    }
+    let old_pin = move_aside(home, "audit.pub")?;
+    move_aside(home, "audit.head")?;
+    println!(
+        "identity:       the enclave's identity changed from {pinned} to {presented}; re-pinning it as you asked (--reset-identity){}",
+        old_pin.map(|p| format!("; the old pin is in {}", p.display())).unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub(crate) async fn init(url: &str, home: &Path, args: &InitArgs) -> Out {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -26,6 +93,7 @@ pub(crate) async fn init(url: &str, home: &Path) -> Out {
         k
     };
     println!("admin public:   {}", key.public_key_hex());
+    check_identity(url, home, args.reset_identity).await?;
     status(url, home).await?;
     let mut cl = client(url).await?;
     let head = cl.get_audit_head(gw::GetAuditHeadRequest::default()).await?;

@@ -22,11 +22,13 @@ pub(crate) enum WalletCmd {
     /// Kill switch: no signature is released for the wallet once this returns.
     Freeze {
         /// Wallet id.
+        #[arg(value_parser = crate::wallet_id)]
         wallet: String,
     },
     /// Lift a freeze.
     Unfreeze {
         /// Wallet id.
+        #[arg(value_parser = crate::wallet_id)]
         wallet: String,
     },
 }
