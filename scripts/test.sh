@@ -11,6 +11,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 if [ -z "${WALLET_SKIP_X402_COMPAT:-}" ]; then
   command -v npm >/dev/null || { echo "npm is required for the official x402 check (or set WALLET_SKIP_X402_COMPAT=1)" >&2; exit 1; }
   npm ci --prefix tests/x402-compat --no-audit --no-fund --loglevel=error
+  npm ci --prefix tests/x402-e2e --no-audit --no-fund --loglevel=error
   npm test --prefix tests/x402-compat --silent   # the harness itself: official vectors + tamper cases
 fi
 # A production build of the enclave (default features): lint it as built, and check it contains no

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use wallet_client::{AdminKey, AdminRpc, Credential};
 use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
 use wallet_proto::AdminSigned;
+pub mod peers;
 
 /// The Base Sepolia USDC of the official vectors.
 pub const USDC_BASE_SEPOLIA: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
