@@ -81,10 +81,14 @@ impl GatewayClient {
     /// [`ClientError::bad_url`] for a malformed URL; [`ClientError::connect`] (`Unavailable`,
     /// saying how to start the stack) when nothing answers there.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        // `HOST:PORT` is read as `http://HOST:PORT` (util::normalize_gateway_url), for every
+        // client: walletctl, fetch and the MCP server alike.
+        let url = crate::util::normalize_gateway_url(url)
+            .map_err(|e| ClientError::bad_url(url, &e as &dyn std::fmt::Display))?;
         let endpoint =
-            Endpoint::from_shared(url.to_owned()).map_err(|e| ClientError::bad_url(url, &e))?;
-        let channel = endpoint.connect().await.map_err(|e| ClientError::connect(url, &e))?;
-        Ok(Self::from_channel(channel, url))
+            Endpoint::from_shared(url.clone()).map_err(|e| ClientError::bad_url(&url, &e))?;
+        let channel = endpoint.connect().await.map_err(|e| ClientError::connect(&url, &e))?;
+        Ok(Self::from_channel(channel, &url))
     }
 
     /// A client over an existing channel (an in-memory transport in tests, a custom TLS

@@ -1738,3 +1738,17 @@ async fn forged_audit_lines_are_refused_without_bricking_the_enclave() {
     let (platform, _) = simulated::platform(dir.path(), Arc::new(TestClock(now))).unwrap();
     Enclave::open(platform).await.expect("the genuine log opens again");
 }
+
+/// What is left of a session is reported against the cap in force: the policy's session cap
+/// when it is lower than the cap the session was issued with (as `GetBudget` reports it).
+#[tokio::test]
+async fn session_remaining_is_reported_against_the_policy_cap_when_lower() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    h.set_document(&w, "version = 1\n[session]\ncap = \"0.5\"\n[[rule]]\naction = \"allow\"\n")
+        .await
+        .unwrap();
+    let a = h.session(&w, "5").await;
+    let resp = h.pay(a.request(&header("100000"), "k")).await.unwrap();
+    assert_eq!((resp.session_spent.as_str(), resp.session_remaining.as_str()), ("0.1", "0.4"));
+}

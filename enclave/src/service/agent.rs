@@ -41,7 +41,7 @@ use super::{
     idempotency::{IdemEntry, Stage},
     ledger::Recovered,
     records::{ApprovalRecord, SessionRecord},
-    state::{Inner, SessionEntry, WalletEntry},
+    state::{Inner, Registry, SessionEntry, WalletEntry},
     Enclave, Failure, Result,
 };
 use crate::platform::UnixMillis;
@@ -86,11 +86,13 @@ pub(super) struct DecisionInputs<'a> {
     pub wallet: &'a WalletEntry,
     /// The wallet's policy, if it has one.
     pub policy: Option<&'a rules::Policy>,
+    /// The asset registry with its EIP-712 domain separators.
+    pub registry: &'a Registry,
 }
 
 /// Builds the decision's inputs for `session_id` at `now`, as a payment does (`approved`: the
 /// request is the retry of a hold a human approved). `payment.rs`'s reservation builds the same
-/// [`Context`]; it can call this instead.
+/// [`Context`] with it.
 ///
 /// # Errors
 /// `UNKNOWN_SESSION`; `INTERNAL` when the session's wallet is missing.
@@ -133,7 +135,7 @@ pub(super) fn decision_inputs<'a>(
         wallet: wallet_history.entry(wallet.record.id.clone()).or_default(),
         session: history,
     };
-    Ok(DecisionInputs { ctx, ledger, spent, session: record, wallet, policy })
+    Ok(DecisionInputs { ctx, ledger, spent, session: record, wallet, policy, registry })
 }
 
 /// What a payment request asks, as the decision takes it: the payment requirements and the
@@ -160,7 +162,7 @@ pub(super) fn read_payment_ask(
 }
 
 /// The session cap in force: the lower of the issued cap and the policy's session cap.
-fn effective_cap(session: &SessionRecord, policy: Option<&rules::Policy>) -> U256 {
+pub(super) fn effective_cap(session: &SessionRecord, policy: Option<&rules::Policy>) -> U256 {
     policy.and_then(|p| p.session.cap).map_or(session.cap, |c| c.min(session.cap))
 }
 

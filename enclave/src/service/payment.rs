@@ -25,8 +25,7 @@ use tokio::sync::watch;
 use wallet_policy::{
     amount::format_decimal,
     audit::Record as AuditRecord,
-    rules::{self, Context, SessionState},
-    window::{ScopeLedger, WalletHistory},
+    rules,
     x402::{caip2_network, decode_payment_required, PaymentRequired},
 };
 use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
@@ -36,7 +35,7 @@ use super::{
     idempotency::{IdemEntry, IdemKey, Stage},
     ledger::{self, DurableSpend, SignContext, SignedSpend},
     records::{ApprovalRecord, HoldState},
-    state::{Inner, SessionEntry},
+    state::Inner,
     Enclave, Failure, Result,
 };
 use crate::{
@@ -413,34 +412,7 @@ fn reserve(
 ) -> Result<Reserved> {
     let now = p.now();
     let r = p.auth.request();
-    let Inner { sessions, wallets, policies, kyt, registry, wallet_history, .. } = &mut *inner;
-    let session = sessions
-        .get_mut(&r.session_id)
-        .ok_or_else(|| Failure::unauthenticated(Reason::UnknownSession, "unknown session"))?;
-    let wallet = wallets
-        .get(&session.record.wallet_id)
-        .ok_or_else(|| Failure::internal("session's wallet is missing"))?;
-    let policy = policies.get(&wallet.record.id);
-    let SessionEntry { record, spent, history, .. } = session;
-    let ctx = Context {
-        policy,
-        wallet_frozen: wallet.record.frozen,
-        session: SessionState {
-            cap: record.cap,
-            spent: *spent,
-            expires_at: record.expires_at,
-            revoked: record.revoked,
-            scope: &record.scope,
-        },
-        kyt: &*kyt,
-        registry: &*registry,
-        now: now.as_secs(),
-        approved: approved.is_some(),
-    };
-    let preferred_network = p.preferred_network.as_deref();
-    let wallet_spends: &mut WalletHistory =
-        wallet_history.entry(wallet.record.id.clone()).or_default();
-    let mut ledger = ScopeLedger { wallet: wallet_spends, session: history };
+    let mut d = super::agent::decision_inputs(inner, &r.session_id, now, approved.is_some())?;
     let only_held;
     let options = match approved {
         Some(hold) => {
@@ -455,21 +427,21 @@ fn reserve(
         None => &p.required,
     };
     let mut decision = rules::choose(
-        &ctx,
-        &mut ledger,
+        &d.ctx,
+        &mut d.ledger,
         options,
-        preferred_network,
+        p.preferred_network.as_deref(),
         p.auth.preferred_asset(),
     )
-    .inspect_err(|d| {
-        tracing::debug!(session = %r.session_id, reason = d.reason.code(), "payment denied");
+    .inspect_err(|e| {
+        tracing::debug!(session = %r.session_id, reason = e.reason.code(), "payment denied");
     })?;
     if let Some(hold) = approved {
         decision.index = hold.accepted_index;
     }
-    let wallet_id = wallet.record.id.clone();
+    let wallet_id = d.wallet.record.id.clone();
     if let Some(reason) = decision.hold.clone() {
-        let hold_ms = policy.map_or(0, |p| p.approval.expires_seconds).saturating_mul(1000);
+        let hold_ms = d.policy.map_or(0, |p| p.approval.expires_seconds).saturating_mul(1000);
         let req = &decision.requirement;
         let hold = ApprovalRecord {
             id: super::random_id(entropy, "ap_"),
@@ -498,17 +470,20 @@ fn reserve(
         inner.approvals.insert(hold.id.clone(), hold.clone());
         return Ok(Reserved::Hold(Box::new(hold)));
     }
-    let key = Arc::clone(&wallet.key);
-    let domain = *registry
+    let key = Arc::clone(&d.wallet.key);
+    let domain = *d
+        .registry
         .domains
         .get(&(decision.asset.network.clone(), decision.asset.address))
         .ok_or_else(|| Failure::internal("registry domain missing"))?;
     // Reserve: the session total, and the windows of the wallet, the session and the payee.
-    *spent =
-        spent.checked_add(decision.charge).ok_or_else(|| Failure::internal("spend overflow"))?;
-    let (session_spent, session_cap) = (*spent, record.cap);
-    ledger.session.record(now.as_secs(), decision.charge);
-    ledger.wallet.record(decision.requirement.pay_to, now.as_secs(), decision.charge);
+    *d.spent =
+        d.spent.checked_add(decision.charge).ok_or_else(|| Failure::internal("spend overflow"))?;
+    // What is left is reported against the cap in force (the policy's session cap may be lower
+    // than the issued one), as `GetBudget` reports it.
+    let (session_spent, session_cap) = (*d.spent, super::agent::effective_cap(d.session, d.policy));
+    d.ledger.session.record(now.as_secs(), decision.charge);
+    d.ledger.wallet.record(decision.requirement.pay_to, now.as_secs(), decision.charge);
     let (done, rx) = watch::channel(false);
     inner
         .idem

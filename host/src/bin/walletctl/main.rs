@@ -78,7 +78,11 @@ enum Command {
     /// The tamper-evident audit log of every decision.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
-    /// Agent: read a PAYMENT-REQUIRED value on stdin, print the PAYMENT-SIGNATURE value.
+    /// Agent: read what a 402 asked on stdin, print the payment header value to send back.
+    ///
+    /// x402 v2: the PAYMENT-REQUIRED value in, the PAYMENT-SIGNATURE value out. x402 v1: the
+    /// 402's JSON body in, the X-PAYMENT value out (-v says which header). To fetch and pay in
+    /// one step, use `walletctl fetch`.
     ///
     /// Example: curl -si URL | grep -i '^payment-required:' | walletctl pay --session agent.json
     ///
