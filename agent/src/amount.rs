@@ -176,13 +176,16 @@ mod tests {
         }
     }
 
+    /// v2 options (`amount`), or v1 ones (`maxAmountRequired`) for a v1 network name.
     fn priced(amounts: &[(&str, &str, &str)], assets: &[gw::Asset]) -> Vec<Priced> {
         amounts
             .iter()
             .enumerate()
             .map(|(i, (net, a, amount))| {
-                let v = serde_json::json!({"network": net, "asset": a, "amount": amount});
-                Priced::new(offer(i, &v), assets)
+                let v1 = !net.starts_with("eip155:");
+                let key = if v1 { "maxAmountRequired" } else { "amount" };
+                let v = serde_json::json!({"network": net, "asset": a, key: amount});
+                Priced::new(offer(if v1 { 1 } else { 2 }, i, &v), assets)
             })
             .collect()
     }
@@ -239,5 +242,36 @@ mod tests {
         let p = priced(&[("eip155:1", OTHER, "1")], &assets);
         assert_eq!(plan(&p, Some(&max)), Plan::AsIs, "the enclave refuses unknown assets");
         assert_eq!(p[0].describe(), format!("1 atomic units of {OTHER} on eip155:1"));
+    }
+
+    /// The pre-check prices what the enclave charges: a v1 server's `maxAmountRequired`, never
+    /// a small `amount` beside it; an option whose price cannot be read is never within the
+    /// limit, and the enclave is not asked to sign it.
+    #[test]
+    fn a_v1_server_cannot_show_one_price_and_charge_another() {
+        let assets = [asset("eip155:84532", USDC, 6, "USDC")];
+        let max = MaxAmount::parse("0.05", &["USDC"]).unwrap();
+        let trick = serde_json::json!({
+            "network": "base-sepolia", "asset": USDC, "amount": "1", "maxAmountRequired": "60000"
+        });
+        let p = vec![Priced::new(offer(1, 0, &trick), &assets)];
+        assert_eq!(p[0].within(&max), Some(false));
+        assert_eq!(plan(&p, Some(&max)), Plan::Over(Some("0.06 USDC on base-sepolia".into())));
+        // Only `amount` in v1: unreadable, so not priced, so refused under a limit.
+        let only_amount =
+            serde_json::json!({"network": "base-sepolia", "asset": USDC, "amount": "1"});
+        let p = vec![Priced::new(offer(1, 0, &only_amount), &assets)];
+        assert_eq!(p[0].within(&max), None);
+        assert_eq!(plan(&p, Some(&max)), Plan::Over(None));
+        // Beside a fitting option, it is left out.
+        let fits = serde_json::json!({"network": "base-sepolia", "asset": USDC, "maxAmountRequired": "10000"});
+        let p = vec![
+            Priced::new(offer(1, 0, &trick), &assets),
+            Priced::new(offer(1, 1, &fits), &assets),
+        ];
+        assert_eq!(plan(&p, Some(&max)), Plan::Only(vec![1]));
+        // A v1 name in a v2 option is not what the enclave pays on: not priced.
+        let v2_named = serde_json::json!({"network": "base-sepolia", "asset": USDC, "amount": "1"});
+        assert_eq!(Priced::new(offer(2, 0, &v2_named), &assets).asset, None);
     }
 }

@@ -72,16 +72,16 @@ pub enum PayError {
         message: String,
     },
     /// Every option the server offers costs more than `max_amount`: refused before signing,
-    /// nothing charged (or, if `signed_not_sent`, signed by the enclave but never sent to the
-    /// server, so no money moved).
+    /// nothing charged (or, if `signed_not_sent`, signed by the enclave, so charged to the
+    /// session's budget, but never sent to the server, so no money moved).
     OverMaxAmount {
         /// The limit as given.
         max_amount: String,
         /// The cheapest price asked, human units with its symbol (`0.10 USDC`), if known.
         asked: String,
-        /// The enclave signed a payment above the limit (the session's budget counts it) but it
-        /// was not sent: no money moved. Only when the enclave chose an option the pre-check
-        /// could not price.
+        /// The enclave signed a payment above the limit, so the session's budget was charged
+        /// with it, but it was not sent: no money moved. Only when the enclave chose an option
+        /// the pre-check could not price.
         signed_not_sent: bool,
     },
     /// The paid server could not be reached, or its answer was lost.
@@ -226,7 +226,7 @@ impl fmt::Display for PayError {
             }
             Self::OverMaxAmount { max_amount, asked, signed_not_sent } => {
                 if *signed_not_sent {
-                    write!(f, "over --max-amount {max_amount}: the wallet signed {asked}; it was NOT sent, so no money moved (the session's budget counts it)")
+                    write!(f, "over --max-amount {max_amount}: the enclave signed a payment of {asked}, so the session's budget was charged with it, but it was NOT sent: nothing was sent to the server and no money moved")
                 } else if asked.is_empty() {
                     write!(f, "over --max-amount {max_amount}: no option the server offers can be priced within it; nothing was signed or charged")
                 } else {
@@ -349,6 +349,24 @@ mod tests {
             &tonic::Status::unauthenticated("UNKNOWN_SESSION: who"),
         ));
         assert_eq!(unauth.exit_code(), exit::SESSION);
+    }
+
+    #[test]
+    fn a_payment_signed_but_not_sent_says_the_budget_was_charged() {
+        let e = PayError::OverMaxAmount {
+            max_amount: "0.05".into(),
+            asked: "0.06 USDC".into(),
+            signed_not_sent: true,
+        };
+        let s = e.to_string();
+        assert!(s.contains("the session's budget was charged"), "{s}");
+        assert!(s.contains("nothing was sent") && s.contains("no money moved"), "{s}");
+        let e = PayError::OverMaxAmount {
+            max_amount: "0.05".into(),
+            asked: "0.06 USDC".into(),
+            signed_not_sent: false,
+        };
+        assert!(e.to_string().contains("nothing was signed or charged"), "{e}");
     }
 
     #[test]

@@ -141,8 +141,10 @@ fn is_payment_header(name: &HeaderName) -> bool {
         || n.eq_ignore_ascii_case(crate::wire::X_PAYMENT)
 }
 
-/// Headers never carried to another origin on a redirect (as curl does for credentials).
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+/// The only caller headers carried to another origin on a redirect: none of them can hold a
+/// secret. Every other header (`Authorization`, `Cookie`, `X-Api-Key`, `X-Auth-Token`, ...)
+/// stays with the origin it was meant for, and so does the payment header.
+const CROSS_ORIGIN_HEADERS: &[&str] = &["accept", "accept-language", "content-type", "user-agent"];
 
 /// A response, its body read, and the request that produced it (after redirects: the one
 /// to repeat with a payment).
@@ -217,8 +219,16 @@ pub(crate) async fn exchange(
                         current.url
                     )))
                 })?;
-            current = redirected(current, status, next);
-            continue;
+            let cross_origin = next.origin() != current.url.origin();
+            let next = redirected(current.clone(), status, next);
+            if cross_origin && next.body_bytes.as_ref().is_some_and(|b| !b.is_empty()) {
+                // A 307/308 (or 301/302 of a PUT, ...) would carry the body to another origin:
+                // not followed; the redirect is the answer, as without -L.
+                tracing::warn!(from = %current.url, to = %next.url, %status, "not following a redirect that would send the request body to another origin");
+            } else {
+                current = next;
+                continue;
+            }
         }
         let headers = resp.headers().clone();
         let version = resp.version();
@@ -239,7 +249,8 @@ pub(crate) fn settlement_header(headers: &HeaderMap) -> Option<&HeaderValue> {
 }
 
 /// The request after a redirect: 303 (and 301/302 of a POST, as curl and browsers do) becomes
-/// a GET without a body; 307/308 keep the method and body. Credentials stay with their origin.
+/// a GET without a body; 307/308 keep the method and body. To another origin only the
+/// [`CROSS_ORIGIN_HEADERS`] go: credentials and every custom header stay with their origin.
 fn redirected(mut req: Prepared, status: StatusCode, next: Url) -> Prepared {
     let to_get = status == StatusCode::SEE_OTHER
         || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
@@ -253,8 +264,14 @@ fn redirected(mut req: Prepared, status: StatusCode, next: Url) -> Prepared {
         req.headers.remove(reqwest::header::CONTENT_LENGTH);
     }
     if next.origin() != req.url.origin() {
-        for h in CREDENTIAL_HEADERS {
-            req.headers.remove(*h);
+        let private: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| !CROSS_ORIGIN_HEADERS.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for name in private {
+            req.headers.remove(name);
         }
     }
     req.url = next;
@@ -343,6 +360,42 @@ mod tests {
             let e = Prepared::new(m, u, &headers, None, "ua").unwrap_err();
             assert!(matches!(e, PayError::Usage(_)) && e.to_string().contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn only_harmless_headers_cross_origins() {
+        let p = Prepared::new(
+            "GET",
+            "http://a.example/x",
+            &[
+                ("Authorization".into(), "Bearer t".into()),
+                ("Cookie".into(), "c=1".into()),
+                ("Proxy-Authorization".into(), "Basic x".into()),
+                ("X-Api-Key".into(), "k".into()),
+                ("X-Auth-Token".into(), "t".into()),
+                ("Accept".into(), "text/plain".into()),
+                ("Accept".into(), "application/json".into()),
+                ("Accept-Language".into(), "fr".into()),
+                ("User-Agent".into(), "me".into()),
+            ],
+            None,
+            "ua",
+        )
+        .unwrap();
+        let other =
+            redirected(p.clone(), StatusCode::FOUND, Url::parse("http://b.example/y").unwrap());
+        let mut names: Vec<&str> = other.headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "accept-language", "user-agent"]);
+        assert_eq!(other.headers.get_all("accept").iter().count(), 2, "repeated values kept");
+        assert_eq!(other.headers["user-agent"], "me");
+        // Another port or scheme is another origin too; the same origin keeps everything.
+        for url in ["http://a.example:8080/y", "https://a.example/y"] {
+            let o = redirected(p.clone(), StatusCode::FOUND, Url::parse(url).unwrap());
+            assert!(!o.headers.contains_key("x-api-key"), "{url}");
+        }
+        let same = redirected(p, StatusCode::FOUND, Url::parse("http://a.example/z").unwrap());
+        assert_eq!((same.headers["x-api-key"].to_str().unwrap(), same.headers.len()), ("k", 9));
     }
 
     #[test]

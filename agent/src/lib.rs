@@ -34,8 +34,10 @@
 //! 1. Buffers the request (method, headers, body) so that the paid retry sends **the same
 //!    bytes** (the lost-body-on-retry bug of other clients cannot happen here), and sends it.
 //!    Redirects are followed only with [`FetchRequest::follow_redirects`], by hand: a `POST`
-//!    becomes a `GET` on 301/302/303 as in curl, credentials (`Authorization`, `Cookie`) and the
-//!    payment header never go to another origin.
+//!    becomes a `GET` on 301/302/303 as in curl. To another origin only `Accept`,
+//!    `Accept-Language`, `Content-Type` and `User-Agent` go: every other header (`Authorization`,
+//!    `Cookie`, `X-Api-Key`, ...) and the payment header never do, and a redirect that would
+//!    carry the request body to another origin (307/308) is not followed (it is the answer).
 //! 2. Anything but 402 is returned as is ([`FetchOutcome`], `payment: None`).
 //! 3. A 402 is read: the `PAYMENT-REQUIRED` header (v2, at most
 //!    [`wallet_policy::x402::MAX_HEADER_LEN`] bytes), else a JSON body with `x402Version` (v1).
@@ -46,6 +48,11 @@
 //!    some fit, the enclave is asked to choose among those only (the requirement is passed on
 //!    with the other options removed; `resource`, `extensions` and each option stay verbatim).
 //!    The enclave's answer is checked again, and a payment above the limit is never sent.
+//!    Prices and the signed amount are read from the enclave's signed answers, so
+//!    `max_amount` needs a credential that pins the enclave's identity: without one it is
+//!    refused ([`PayError::Usage`]) before anything is sent, rather than claimed and unchecked.
+//!    The amount priced is the one the enclave charges: `maxAmountRequired` in x402 v1,
+//!    `amount` in v2.
 //! 5. The enclave signs (`SignPayment`, signed with the session key, with the idempotency key
 //!    [`PayOptions::idempotency_key`] or a fresh one): it chooses the option within policy,
 //!    echoes `resource` and `extensions`, fills the `payment-identifier` extension when the
@@ -152,7 +159,9 @@ pub struct FetchRequest {
     pub body: Option<Vec<u8>>,
     /// Payment options.
     pub options: PayOptions,
-    /// Follow redirects (curl's `-L`); the payment header never follows to another origin.
+    /// Follow redirects (curl's `-L`). To another origin only `Accept`, `Accept-Language`,
+    /// `Content-Type` and `User-Agent` follow (never the payment header, credentials or custom
+    /// headers), and a redirect that would carry the body there is not followed.
     pub follow_redirects: bool,
 }
 

@@ -120,6 +120,7 @@ impl Payer {
         // Bad options are the caller's mistake: refused before anything is sent.
         if let Some(m) = req.options.max_amount.as_deref() {
             MaxAmount::check_syntax(m)?;
+            self.max_amount_checkable(m)?;
         }
         let first = self.send(&prepared, None, req.follow_redirects).await?;
         if first.status != StatusCode::PAYMENT_REQUIRED || req.options.dry_run {
@@ -320,6 +321,21 @@ impl Payer {
         })
     }
 
+    /// Refuses `max_amount` when the enclave's answers are not checked against a pinned
+    /// identity: the asset registry (the decimals prices are read with) and the signed
+    /// payment's amounts would then be the gateway's unverified word, and a hostile host could
+    /// make any payment look within the limit. Claiming a limit that cannot be checked is worse
+    /// than refusing it.
+    fn max_amount_checkable(&self, max_amount: &str) -> Result<(), PayError> {
+        if self.gateway.verifies_answers() {
+            return Ok(());
+        }
+        Err(PayError::Usage(format!(
+            "--max-amount {:?} cannot be enforced with this credential: it pins no enclave identity (it was issued before signed answers), so the prices and the signed amount would be the gateway's unverified word. Issue a new session (`walletctl session issue`) to pin the enclave's identity, or go without --max-amount (the session's policy and cap still apply)",
+            max_amount.trim()
+        )))
+    }
+
     /// The enclave's asset registry (an open read; signed by the enclave when the identity is
     /// pinned).
     async fn assets(&self) -> Result<Vec<gw::Asset>, PayError> {
@@ -338,6 +354,9 @@ impl Payer {
         required: &Requirement,
         max_amount: Option<&str>,
     ) -> Result<(Vec<Priced>, Option<MaxAmount>), PayError> {
+        if let Some(m) = max_amount {
+            self.max_amount_checkable(m)?;
+        }
         let assets = self.assets().await?;
         let max = match max_amount {
             Some(m) => {
@@ -346,12 +365,7 @@ impl Payer {
             }
             None => None,
         };
-        let priced = required
-            .accepts()
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Priced::new(wire::offer(i, v), &assets))
-            .collect();
+        let priced = required.offers().into_iter().map(|o| Priced::new(o, &assets)).collect();
         Ok((priced, max))
     }
 
@@ -407,8 +421,8 @@ impl Payer {
         };
         if let Some(max) = &max {
             // The pre-check priced every option the enclave was offered; this catches an
-            // option it could not price (a registry changed in between). Not sent: no money
-            // moves, though the session's budget counts it.
+            // option it could not price (a registry changed in between). The enclave has
+            // signed it and charged the session's budget; it is not sent, so no money moves.
             if max.allows_human(&signed.charged, &signed.asset_symbol) != Some(true) {
                 return Err(PayError::OverMaxAmount {
                     max_amount: max.text.clone(),

@@ -6,11 +6,12 @@
 //! and to show people what a server asks.
 
 use base64::{
-    engine::general_purpose::{STANDARD, STANDARD_NO_PAD},
+    alphabet,
+    engine::{general_purpose::STANDARD, DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
     Engine as _,
 };
 use serde_json::{Map, Value};
-use wallet_policy::x402::{MAX_ACCEPTS, MAX_HEADER_LEN};
+use wallet_policy::x402::{decode_payment_required, option_network, MAX_HEADER_LEN};
 
 use crate::PayError;
 
@@ -26,15 +27,22 @@ pub const PAYMENT_RESPONSE: &str = "PAYMENT-RESPONSE";
 pub const X_PAYMENT_RESPONSE: &str = "X-PAYMENT-RESPONSE";
 
 /// The header a payment of x402 version `version` is sent in (`X-PAYMENT` for 1,
-/// `PAYMENT-SIGNATURE` otherwise; 0, from enclaves older than v1 support, means 2).
+/// `PAYMENT-SIGNATURE` otherwise; 0, from enclaves older than v1 support, means 2):
+/// [`wallet_policy::x402::payment_header_name`], the enclave's own rule.
 #[must_use]
 pub fn payment_header_name(version: u32) -> &'static str {
-    if version == 1 {
-        X_PAYMENT
-    } else {
-        PAYMENT_SIGNATURE
-    }
+    wallet_policy::x402::payment_header_name(u64::from(version))
 }
+
+/// Standard base64, `=` padding optional, unused trailing bits ignored: used only on a value
+/// [`decode_payment_required`] (the official decoder's rules) has already accepted, to keep
+/// its JSON object for display.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 /// A server's payment requirement, as read from its 402.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,12 +119,14 @@ pub fn read_requirement(header: Option<&[u8]>, body: &[u8]) -> Result<Requiremen
         let value = std::str::from_utf8(h)
             .map_err(|_| bad("the PAYMENT-REQUIRED header is not text".to_owned()))?
             .trim();
-        let bytes = STANDARD.decode(value).map_err(|e| {
-            bad(format!("the PAYMENT-REQUIRED header is not standard base64 ({e})"))
-        })?;
-        let json = object(&bytes, "the PAYMENT-REQUIRED header")?;
-        let x402_version = version(&json, "the PAYMENT-REQUIRED header")?;
-        return Ok(Requirement { x402_version, enclave_value: value.to_owned(), json });
+        if value.starts_with('{') {
+            // The official client base64-decodes the header; JSON there is not a requirement.
+            return Err(bad(
+                "the PAYMENT-REQUIRED header is JSON; it must be standard base64 of the JSON"
+                    .to_owned(),
+            ));
+        }
+        return validated(value, "the PAYMENT-REQUIRED header");
     }
     let text = std::str::from_utf8(body).map(str::trim).unwrap_or("");
     if !text.starts_with('{') {
@@ -138,8 +148,7 @@ pub fn read_requirement(header: Option<&[u8]>, body: &[u8]) -> Result<Requiremen
                 .to_owned(),
         ));
     }
-    let x402_version = version(&json, "the 402 body")?;
-    Ok(Requirement { x402_version, enclave_value: text.to_owned(), json })
+    validated(text, "the 402 body")
 }
 
 /// Reads a payment requirement handed over directly (an MCP tool result): JSON text, or the
@@ -156,11 +165,29 @@ pub fn parse_requirement_text(text: &str) -> Result<Requirement, PayError> {
                 t.len()
             )));
         }
-        let json = object(t.as_bytes(), "the payment requirement")?;
-        let x402_version = version(&json, "the payment requirement")?;
-        return Ok(Requirement { x402_version, enclave_value: t.to_owned(), json });
+        return validated(t, "the payment requirement");
     }
     read_requirement(Some(t.as_bytes()), b"")
+}
+
+/// Validates `value` (JSON text, or base64 of it) with [`decode_payment_required`], the
+/// enclave's own decoder (it accepts exactly what the official client's decoder does:
+/// unpadded base64, `"x402Version": 2.0`, ...), and keeps its JSON object for display.
+fn validated(value: &str, what: &str) -> Result<Requirement, PayError> {
+    let decoded = decode_payment_required(value)
+        .map_err(|e| PayError::BadRequirement(format!("{what}: {e}")))?;
+    let x402_version = u32::try_from(decoded.x402_version).map_err(|_| {
+        PayError::BadRequirement(format!("{what} has x402Version {}", decoded.x402_version))
+    })?;
+    let json = if value.trim_start().starts_with('{') {
+        object(value.as_bytes(), what)?
+    } else {
+        let bytes = LENIENT
+            .decode(value.trim_end_matches('='))
+            .map_err(|e| PayError::BadRequirement(format!("{what} is not base64 ({e})")))?;
+        object(&bytes, what)?
+    };
+    Ok(Requirement { x402_version, enclave_value: value.to_owned(), json })
 }
 
 fn object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, PayError> {
@@ -168,28 +195,6 @@ fn object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, PayError> {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(PayError::BadRequirement(format!("{what} is not a JSON object"))),
         Err(e) => Err(PayError::BadRequirement(format!("{what} is not JSON ({e})"))),
-    }
-}
-
-fn version(json: &Map<String, Value>, what: &str) -> Result<u32, PayError> {
-    let v = json.get("x402Version").cloned().unwrap_or(Value::Null);
-    match v.as_u64() {
-        Some(n @ (1 | 2)) => {
-            let accepts = json.get("accepts").and_then(Value::as_array);
-            match accepts {
-                Some(a) if !a.is_empty() && a.len() <= MAX_ACCEPTS => {
-                    Ok(u32::try_from(n).unwrap_or(2))
-                }
-                Some(a) if a.len() > MAX_ACCEPTS => Err(PayError::BadRequirement(format!(
-                    "{what} offers {} options, more than the {MAX_ACCEPTS} this wallet considers",
-                    a.len()
-                ))),
-                _ => Err(PayError::BadRequirement(format!("{what} has no accepts[] options"))),
-            }
-        }
-        _ => Err(PayError::BadRequirement(format!(
-            "{what} has x402Version {v}; this wallet speaks x402 v1 and v2"
-        ))),
     }
 }
 
@@ -213,21 +218,28 @@ pub struct Offer {
     pub pay_to: String,
 }
 
-/// Reads option `index` of `accepts`.
+impl Requirement {
+    /// Every `accepts[]` option, read for this requirement's x402 version.
+    #[must_use]
+    pub fn offers(&self) -> Vec<Offer> {
+        self.accepts().iter().enumerate().map(|(i, v)| offer(self.x402_version, i, v)).collect()
+    }
+}
+
+/// Reads option `index` of the `accepts` of an x402 `version` requirement, with the fields the
+/// enclave reads for that version (`wallet_policy::x402::parse_requirement_for`): the amount
+/// is `maxAmountRequired` in v1 and `amount` in v2, never the other (a server cannot show one
+/// price and be charged another); the network is a v1 name in v1 and a CAIP-2 id in v2. A
+/// missing amount is left empty: such an option cannot be priced.
 #[must_use]
-pub fn offer(index: usize, v: &Value) -> Offer {
+pub fn offer(version: u32, index: usize, v: &Value) -> Offer {
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-    let amount = v
-        .get("amount")
-        .or_else(|| v.get("maxAmountRequired"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let amount = s(if version == 1 { "maxAmountRequired" } else { "amount" });
     let network = s("network");
     Offer {
         index,
         scheme: s("scheme"),
-        caip2: caip2(&network),
+        caip2: caip2(version, &network),
         network,
         asset: s("asset"),
         amount,
@@ -235,41 +247,13 @@ pub fn offer(index: usize, v: &Value) -> Offer {
     }
 }
 
-/// The official v1 network names of EVM chains and their chain ids (`@x402/evm`
-/// `EVM_NETWORK_CHAIN_ID_MAP`, x402-next.md §2.3).
-pub const V1_NETWORKS: &[(&str, u64)] = &[
-    ("ethereum", 1),
-    ("sepolia", 11_155_111),
-    ("abstract", 2741),
-    ("abstract-testnet", 11_124),
-    ("base-sepolia", 84_532),
-    ("base", 8453),
-    ("avalanche-fuji", 43_113),
-    ("avalanche", 43_114),
-    ("iotex", 4689),
-    ("sei", 1329),
-    ("sei-testnet", 1328),
-    ("polygon", 137),
-    ("polygon-amoy", 80_002),
-    ("peaq", 3338),
-    ("story", 1514),
-    ("educhain", 41_923),
-    ("skale-base-sepolia", 324_705_682),
-    ("megaeth", 4326),
-    ("monad", 143),
-    ("stable", 988),
-    ("stable-testnet", 2201),
-    ("celo", 42_220),
-    ("flare", 14),
-];
-
-/// The CAIP-2 id of a network as a server writes it: `eip155:<id>` as is, a v1 name mapped.
+/// The CAIP-2 id of an option's `network` under x402 `version`, as the enclave reads it
+/// ([`option_network`]): in v1 an official v1 name
+/// ([`wallet_policy::x402::V1_EVM_NETWORKS`]) mapped to `eip155:<id>`; in v2 an `eip155:<id>`
+/// as is. `None` for anything else (a CAIP-2 id in v1, a v1 name in v2, a non-EVM network).
 #[must_use]
-pub fn caip2(network: &str) -> Option<String> {
-    if wallet_policy::registry::chain_id(network).is_ok() {
-        return Some(network.to_owned());
-    }
-    V1_NETWORKS.iter().find(|(n, _)| *n == network).map(|(_, id)| format!("eip155:{id}"))
+pub fn caip2(version: u32, network: &str) -> Option<String> {
+    option_network(u64::from(version), network).ok().map(|(caip2, _)| caip2)
 }
 
 /// Decodes a `PAYMENT-RESPONSE` / `X-PAYMENT-RESPONSE` value (base64 JSON `SettleResponse`).
@@ -280,8 +264,7 @@ pub fn decode_settle_response(value: &[u8]) -> Option<Value> {
     if v.len() > MAX_HEADER_LEN {
         return None;
     }
-    let bytes =
-        STANDARD.decode(v).or_else(|_| STANDARD_NO_PAD.decode(v.trim_end_matches('='))).ok()?;
+    let bytes = LENIENT.decode(v.trim_end_matches('=')).ok()?;
     serde_json::from_slice::<Value>(&bytes).ok().filter(Value::is_object)
 }
 
@@ -309,7 +292,7 @@ mod tests {
         assert_eq!(r.accepts().len(), 1);
         assert_eq!(r.resource().unwrap()["url"], "https://api.example.com/premium-data");
         assert_eq!(r.error(), Some("PAYMENT-SIGNATURE header is required"));
-        let o = offer(0, &r.accepts()[0]);
+        let o = offer(2, 0, &r.accepts()[0]);
         assert_eq!(
             (o.amount.as_str(), o.caip2.as_deref(), o.pay_to.as_str()),
             ("10000", Some("eip155:84532"), "0x209693Bc6afc0C5328bA36FaF03C514EF312287C")
@@ -321,8 +304,9 @@ mod tests {
         let r = read_requirement(None, format!("  {V1_BODY}\n").as_bytes()).unwrap();
         assert_eq!(r.x402_version, 1);
         assert_eq!(r.enclave_value, V1_BODY, "the enclave gets the JSON text");
-        let o = offer(0, &r.accepts()[0]);
+        let o = offer(1, 0, &r.accepts()[0]);
         assert_eq!((o.amount.as_str(), o.network.as_str()), ("10000", "base-sepolia"));
+        assert_eq!(r.offers(), vec![o.clone()]);
         assert_eq!(o.caip2.as_deref(), Some("eip155:84532"));
         // The header wins over the body.
         let r = read_requirement(Some(SPEC_HEADER.as_bytes()), V1_BODY.as_bytes()).unwrap();
@@ -338,7 +322,11 @@ mod tests {
             (None, &b"Pay us"[..], "no PAYMENT-REQUIRED header"),
             (None, b"{\"error\":\"pay\"}", "no x402Version"),
             (Some(&b"not base64!"[..]), b"", "not standard base64"),
-            (Some(b"e30="), b"", "x402Version null"),
+            (Some(b"e30="), b"", "x402Version (missing)"),
+            (Some(b"e30"), b"", "x402Version (missing)"),
+            (Some(b"{\"x402Version\":2}"), b"", "header is JSON"),
+            (Some(b"e30=="), b"", "not standard base64"),
+            (Some(b"e 30="), b"", "not standard base64"),
             (None, b"{\"x402Version\":3,\"accepts\":[{}]}", "x402Version 3"),
             (None, b"{\"x402Version\":1,\"accepts\":[]}", "no accepts"),
         ] {
@@ -391,10 +379,57 @@ mod tests {
     }
 
     #[test]
-    fn v1_network_names() {
-        assert_eq!(caip2("base").as_deref(), Some("eip155:8453"));
-        assert_eq!(caip2("eip155:1").as_deref(), Some("eip155:1"));
-        assert_eq!(caip2("solana"), None);
-        assert_eq!(caip2("eip155:"), None);
+    fn networks_are_read_per_version() {
+        assert_eq!(caip2(1, "base").as_deref(), Some("eip155:8453"));
+        assert_eq!(caip2(2, "eip155:1").as_deref(), Some("eip155:1"));
+        // Each version's form only, as the enclave (and the official client) reads them.
+        assert_eq!(caip2(2, "base"), None, "a v1 name in v2");
+        assert_eq!(caip2(1, "eip155:8453"), None, "a CAIP-2 id in v1");
+        assert_eq!(caip2(1, "solana"), None);
+        assert_eq!(caip2(2, "eip155:"), None);
+        // The table is the policy's (no copy of it here).
+        for (name, id) in wallet_policy::x402::V1_EVM_NETWORKS {
+            assert_eq!(caip2(1, name), Some(format!("eip155:{id}")));
+        }
+    }
+
+    /// A v1 server showing a small `amount` beside a large `maxAmountRequired` (which the
+    /// enclave charges) is priced at `maxAmountRequired`; a v2 server the other way round at
+    /// `amount`. An option without its version's amount field has no amount (not priced).
+    #[test]
+    fn the_amount_is_the_field_the_enclave_charges() {
+        let both = serde_json::json!({"network": "base-sepolia", "amount": "1", "maxAmountRequired": "60000"});
+        assert_eq!(offer(1, 0, &both).amount, "60000");
+        let both = serde_json::json!({"network": "eip155:84532", "amount": "60000", "maxAmountRequired": "1"});
+        assert_eq!(offer(2, 0, &both).amount, "60000");
+        assert_eq!(offer(1, 0, &serde_json::json!({"amount": "1"})).amount, "");
+        assert_eq!(offer(2, 0, &serde_json::json!({"maxAmountRequired": "1"})).amount, "");
+    }
+
+    /// What the official decoder (and the enclave) accepts is read: unpadded base64 and a
+    /// whole `2.0` version.
+    #[test]
+    fn unpadded_headers_and_whole_float_versions_are_read() {
+        use base64::engine::general_purpose::STANDARD_NO_PAD;
+        let json = String::from_utf8(STANDARD.decode(SPEC_HEADER).unwrap()).unwrap();
+        // `2.0` is 2 (JSON.parse); the JSON is then 440 bytes, so its base64 has padding.
+        let float = json.replacen("\"x402Version\":2", "\"x402Version\":2.0", 1);
+        assert_ne!(float, json);
+        let padded = STANDARD.encode(&float);
+        let unpadded = STANDARD_NO_PAD.encode(&float);
+        assert!(padded.ends_with('=') && !unpadded.ends_with('='));
+        for value in [&padded, &unpadded] {
+            let r = read_requirement(Some(value.as_bytes()), b"").unwrap();
+            assert_eq!((r.x402_version, r.enclave_value.as_str()), (2, value.as_str()));
+            assert_eq!(r.error(), Some("PAYMENT-SIGNATURE header is required"));
+            assert_eq!(offer(r.x402_version, 0, &r.accepts()[0]).amount, "10000");
+        }
+        assert_eq!(parse_requirement_text(&float).unwrap().x402_version, 2);
+        assert_eq!(parse_requirement_text(&unpadded).unwrap().x402_version, 2);
+        let v1 = V1_BODY.replacen("\"x402Version\":1", "\"x402Version\":1.0", 1);
+        assert_eq!(read_requirement(None, v1.as_bytes()).unwrap().x402_version, 1);
+        let half = json.replacen("\"x402Version\":2", "\"x402Version\":2.5", 1);
+        let e = parse_requirement_text(&half).unwrap_err();
+        assert!(e.to_string().contains("x402Version 2.5"), "{e}");
     }
 }

@@ -2,8 +2,10 @@
 //! gateway, and a small x402 server in the test that checks every payment it is sent: the
 //! enclave's signature, that the retry carries the same body, that a lost answer is retried
 //! with the identical payment and charged once, that a refused payment is not paid again, that
-//! a denial, a hold, `--max-amount` and `--dry-run` charge nothing, and that a redirect to
-//! another origin does not carry the payment.
+//! a denial, a hold, `--max-amount` and `--dry-run` charge nothing (`--max-amount` prices what
+//! the enclave charges, and needs a pinned enclave identity), that what the official decoder
+//! accepts is paid, and that a redirect to another origin carries neither the payment, nor
+//! secret headers, nor the body.
 //!
 //! The v1 test needs the enclave's x402 v1 support (a JSON `payment_required`); it fails until
 //! that is in.
@@ -58,7 +60,9 @@ struct ServerState {
 ///   `PAYMENT-RESPONSE` and the body `paid:` + the request body. `&drop=N`: the first N paid
 ///   requests are answered by closing the connection. `&refuse=1`: a paid request gets 402
 ///   again with a failed settlement. `&redirect=URL`: a paid request gets 307 to URL.
+///   `&nopad=1`: the header's base64 without `=` padding. `&float=1`: `"x402Version": 2.0`.
 /// * `/v1/...?amount=A`: the same in x402 v1 (402 JSON body, `X-PAYMENT`, `X-PAYMENT-RESPONSE`).
+///   `&trick=1`: each option also shows `"amount": "1"` (v1 charges `maxAmountRequired`).
 /// * `/free`: 200 `free`. `/landing`: 200 `landed`. `/to?url=URL`: 307 to URL.
 #[derive(Debug, Clone)]
 struct X402Server {
@@ -149,7 +153,23 @@ impl X402Server {
             return respond(307, &[("location", query["url"].clone())], Vec::new());
         }
         let v1 = path.starts_with("/v1/");
-        let required = if v1 { v1_required(&amounts) } else { v2_required(&amounts) };
+        let mut required = if v1 { v1_required(&amounts) } else { v2_required(&amounts) };
+        if query.contains_key("trick") {
+            for o in required["accepts"].as_array_mut().expect("accepts") {
+                o["amount"] = json!("1");
+            }
+        }
+        if query.contains_key("float") {
+            required["x402Version"] = json!(2.0);
+        }
+        let encode = |v: &Value| {
+            let b64 = STANDARD.encode(v.to_string());
+            if query.contains_key("nopad") {
+                b64.trim_end_matches('=').to_owned()
+            } else {
+                b64
+            }
+        };
         let Some(payment) = seen.payment() else {
             return if v1 {
                 respond(
@@ -161,7 +181,7 @@ impl X402Server {
                 respond(
                     402,
                     &[
-                        ("payment-required", STANDARD.encode(required.to_string())),
+                        ("payment-required", encode(&required)),
                         ("content-type", "application/json".into()),
                     ],
                     b"{}".to_vec(),
@@ -241,7 +261,9 @@ impl X402Server {
             }
             return Ok(());
         }
-        if payload["x402Version"] != 2 || payload["resource"] != required["resource"] {
+        if payload["x402Version"].as_f64() != Some(2.0)
+            || payload["resource"] != required["resource"]
+        {
             return Err(format!("not a v2 payload echoing the resource: {payload}"));
         }
         let accepts = required["accepts"].as_array().expect("accepts");
@@ -453,6 +475,32 @@ async fn pays_a_v1_402_with_x_payment() {
     assert_eq!(a.spent().await, "0.01");
 }
 
+/// What the official client's decoder (and the enclave) accepts is paid: a `PAYMENT-REQUIRED`
+/// header without its `=` padding, and `"x402Version": 2.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpadded_headers_and_a_float_version_are_paid() {
+    let a = agent(None).await;
+    let srv = X402Server::start(&a.address).await;
+    // Both unpadded requirements below would be padded: their JSON is not a multiple of 3.
+    let plain = v2_required(&["10000".to_owned()]);
+    let mut float = v2_required(&["9000".to_owned()]);
+    float["x402Version"] = json!(2.0);
+    for r in [plain, float] {
+        assert!(STANDARD.encode(r.to_string()).ends_with('='), "the test needs padding: {r}");
+    }
+    for (path, want) in [
+        ("/v2/nopad?amount=10000&nopad=1", "0.01"),
+        ("/v2/float?amount=10000&float=1", "0.02"),
+        ("/v2/both?amount=9000&float=1&nopad=1", "0.029"),
+    ] {
+        let o = a.fetch(&["--max-amount", "0.01", &srv.url(path)]);
+        assert_eq!(o.status.code(), Some(0), "{path}: {}", text(&o));
+        assert_eq!(o.stdout, b"paid:", "{path}");
+        assert_eq!(a.spent().await, want, "{path}");
+    }
+    assert_eq!(srv.paid("/v2/both").len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_answer_is_retried_with_the_identical_payment_and_charged_once() {
     let a = agent(None).await;
@@ -548,6 +596,22 @@ async fn denials_max_amount_and_dry_runs_charge_nothing() {
     let o = a.fetch(&["--dry-run", "--max-amount", "0.005", &srv.url("/v2/dry?amount=10000")]);
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
 
+    // A v1 server showing `"amount": "1"` beside `"maxAmountRequired": "60000"` (0.06, what
+    // the enclave charges, within the policy's 0.10): priced at 0.06, refused before signing,
+    // so the session's budget is not charged either.
+    let o = a.fetch(&[
+        "--max-amount",
+        "0.05",
+        "--output",
+        "json",
+        &srv.url("/v1/trick?amount=60000&trick=1"),
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    let v = stdout_json(&o);
+    assert_eq!(v["signed_not_sent"], false, "refused before signing: {v}");
+    assert_eq!(v["asked"], "0.06 USDC on base-sepolia", "{v}");
+    assert!(srv.paid("/v1/trick").is_empty());
+
     assert!(srv.seen("/v2/").iter().all(|s| s.payment().is_none()), "no payment was ever sent");
     assert_eq!(a.spent().await, "0", "nothing charged");
 
@@ -618,7 +682,21 @@ async fn the_payment_header_never_follows_a_redirect_to_another_origin() {
     // The paid request is answered with a redirect to another origin: followed with -L, and
     // the other origin sees neither the payment nor the Authorization header.
     let url = srv.url(&format!("/v2/r?amount=10000&redirect={landing}"));
-    let o = a.fetch(&["-L", "-v", "-H", "Authorization: Bearer secret", &url]);
+    let o = a.fetch(&[
+        "-L",
+        "-v",
+        "-H",
+        "Authorization: Bearer secret",
+        "-H",
+        "X-Api-Key: key",
+        "-H",
+        "X-Auth-Token: token",
+        "-H",
+        "Cookie: c=1",
+        "-H",
+        "Accept: text/plain",
+        &url,
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(o.stdout, b"landed");
     assert!(String::from_utf8_lossy(&o.stderr).contains("transaction 0x"), "{}", text(&o));
@@ -626,13 +704,35 @@ async fn the_payment_header_never_follows_a_redirect_to_another_origin() {
     let landed = other.seen("/landing");
     assert_eq!(landed.len(), 1);
     assert!(landed[0].payment().is_none(), "no payment header at the other origin");
-    assert!(!landed[0].headers.contains_key("authorization"));
+    for secret in ["authorization", "x-api-key", "x-auth-token", "cookie"] {
+        assert!(!landed[0].headers.contains_key(secret), "{secret} went to the other origin");
+    }
+    assert_eq!(landed[0].headers["accept"], "text/plain", "harmless headers do go");
+    assert!(landed[0].headers["user-agent"].starts_with("walletctl/"));
+    let paid = &srv.paid("/v2/r")[0];
+    assert_eq!(
+        (paid.headers["x-api-key"].as_str(), paid.headers["cookie"].as_str()),
+        ("key", "c=1")
+    );
 
     // Without -L the redirect is the answer.
     let o = a.fetch(&["-i", &url]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("HTTP/1.1 307"), "{}", text(&o));
     assert_eq!(other.seen("/landing").len(), 1);
+
+    // A 307 would carry the body to another origin: not followed, the redirect is the answer.
+    // To the same origin it is followed, body and all.
+    let to_other = srv.url(&format!("/to?url={}", other.url("/landing")));
+    let o = a.fetch(&["-L", "-i", "-d", "secret body", "-H", "X-Api-Key: key", &to_other]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("HTTP/1.1 307"), "{}", text(&o));
+    assert_eq!(other.seen("/landing").len(), 1, "the body did not go to the other origin");
+    let o =
+        a.fetch(&["-L", "-d", "secret body", &srv.url(&format!("/to?url={}", srv.url("/free")))]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.stdout, b"free");
+    assert_eq!(srv.seen("/free")[0].body, b"secret body");
 
     // A redirect before the 402: the origin that asks is the one paid.
     let o = a.fetch(&["-L", &srv.url(&format!("/to?url={}", other.url("/v2/there?amount=10000")))]);
@@ -675,4 +775,22 @@ async fn the_library_inspects_and_signs_for_other_transports() {
     assert_eq!(recover_payer(&s.header_value), a.address);
     assert_eq!(a.spent().await, "0.01");
     assert!(srv.seen("/v2/i").iter().all(|s| s.payment().is_none()), "inspect pays nothing");
+
+    // A credential that pins no enclave identity (issued before signed answers): prices and
+    // signed amounts would be the gateway's unverified word, so --max-amount is refused before
+    // anything is sent, rather than claimed and unchecked.
+    let old = wallet_client::Credential::read(a.session.as_ref()).expect("credential");
+    let unpinned = Payer::connect(old.with_enclave_id(""), Some(&a.stack.url)).await.unwrap();
+    assert!(!unpinned.verifies_answers());
+    let limited = || PayOptions { max_amount: Some("0.05".into()), ..Default::default() };
+    let e = unpinned
+        .fetch(FetchRequest { options: limited(), ..FetchRequest::get(&srv.url("/v2/u?amount=1")) })
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, wallet_agent::PayError::Usage(_)), "{e:?}");
+    assert!(e.to_string().contains("pins no enclave identity"), "{e}");
+    assert!(srv.seen("/v2/u").is_empty(), "refused before anything is sent");
+    let e = unpinned.sign(&required, &limited()).await.expect_err("refused");
+    assert!(e.to_string().contains("Issue a new session"), "{e}");
+    assert_eq!(a.spent().await, "0.01", "nothing charged");
 }

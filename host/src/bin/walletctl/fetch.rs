@@ -35,6 +35,16 @@ handled; the paid retry sends the same method, headers and body. If its answer i
 identical payment is sent again (never a second charge); a 402 to the paid request means the
 server refused the payment, and nothing is paid again.
 
+Redirects (-L) to another origin (scheme, host or port) carry only the Accept, Accept-Language,
+Content-Type and User-Agent headers: Authorization, Cookie, X-Api-Key and every other -H
+header stay with the origin they were given for, and the payment header is only ever sent to
+the origin that asked for it. A redirect that would send the request body to another origin
+(307/308) is not followed: it is the answer, as without -L.
+
+--max-amount is checked against the enclave's signed answers (the asset registry and the
+signed amount), so it needs a session credential that pins the enclave's identity; with an
+older credential that pins none it is refused (exit 2): issue a new session.
+
 Exit codes:
   0  the request was made (paid or not; any HTTP status)
   1  other error (a 402 that is not an x402 requirement, the gateway unreachable)
@@ -43,7 +53,9 @@ Exit codes:
   4  the session was not accepted (revoked, expired, unknown)
   5  the gateway's answer is not signed by the pinned enclave: do not trust this host
   6  held for a human's approval: once approved, retry with the printed --idempotency-key
-  7  over --max-amount: refused before signing, nothing charged
+  7  over --max-amount: refused before signing, nothing charged (in the rare case the enclave
+     chose an option that could not be priced beforehand, it was signed, so the session's
+     budget was charged, but it was NOT sent: no money moved; the message says which)
   8  network error talking to the server (if a payment was sent: retry with the printed
      --idempotency-key, the same payment is resent, never charged twice)
   9  the server refused the payment (it answered 402 again); not paid again
@@ -94,16 +106,21 @@ pub(crate) struct FetchArgs {
     /// Say on stderr what was asked and what was paid (amount, payee, network, settlement).
     #[arg(short = 'v', long)]
     verbose: bool,
-    /// Follow redirects (the payment header is never sent to another origin).
+    /// Follow redirects. To another origin only Accept, Accept-Language, Content-Type and
+    /// User-Agent are sent (never the payment, Authorization, Cookie or custom headers), and a
+    /// redirect that would carry the body there is not followed.
     #[arg(short = 'L', long = "location")]
     location: bool,
-    /// The most to pay for this request: 0.05, "0.05 USDC" or $0.05. Checked before signing.
+    /// The most to pay for this request: 0.05, "0.05 USDC" or $0.05. Checked before signing
+    /// (needs a session credential that pins the enclave's identity).
     #[arg(long, value_name = "AMOUNT", env = "WALLET_MAX_AMOUNT")]
     max_amount: Option<String>,
-    /// Prefer this network among the server's options (eip155:84532).
+    /// Pay only an option on this network: a CAIP-2 id (eip155:84532) or an x402 v1 name
+    /// (base-sepolia). When the server offers none, nothing is paid (PREFERENCE_NOT_OFFERED).
     #[arg(long)]
     network: Option<String>,
-    /// Prefer this token address among the server's options.
+    /// Pay only an option in this token (its contract address). When the server offers none,
+    /// nothing is paid (PREFERENCE_NOT_OFFERED).
     #[arg(long)]
     asset: Option<String>,
     /// Idempotency key: the same key and the same 402 return the same payment, charged once.
