@@ -185,7 +185,7 @@ impl PayError {
                 message: e.message().to_owned(),
             };
         }
-        if outcome_unknown(&e) {
+        if e.outcome_unknown() {
             return Self::OutcomeUnknown { error: e, idempotency_key: idempotency_key.to_owned() };
         }
         Self::from_client(e)
@@ -262,26 +262,6 @@ impl From<ClientError> for PayError {
     fn from(e: ClientError) -> Self {
         Self::from_client(e)
     }
-}
-
-/// Whether a signing call may have reached the enclave and been signed without its answer
-/// coming back (only a retry with the same idempotency key is safe then): the answer was lost,
-/// the enclave said the attempt is still in flight, or the error is not the enclave's signed
-/// word (a gateway can turn a signed payment into a made-up denial to get it paid twice).
-/// `walletctl pay` applies the same rule.
-pub(crate) fn outcome_unknown(e: &ClientError) -> bool {
-    use tonic::Code;
-    !e.is_connect()
-        && (!e.is_enclave_signed()
-            || matches!(
-                e.code(),
-                Code::Unavailable
-                    | Code::DeadlineExceeded
-                    | Code::Unknown
-                    | Code::Cancelled
-                    | Code::Internal
-            )
-            || e.reason() == Some(Reason::IdempotencyInProgress))
 }
 
 /// Whether a signing error is worth retrying at once with the same idempotency key (the answer

@@ -123,6 +123,28 @@ impl ClientError {
         self.origin == Origin::Enclave
     }
 
+    /// Whether a `SignPayment` call that failed this way may have reached the enclave and been
+    /// signed without its answer coming back, so that only a retry with the same idempotency
+    /// key is safe: the answer was lost (`Unavailable`, `DeadlineExceeded`, `Unknown`,
+    /// `Cancelled`, `Internal`), the enclave said the attempt is still in flight
+    /// (`IDEMPOTENCY_IN_PROGRESS`), or the error is not the enclave's signed word (a gateway can
+    /// turn a signed payment into a made-up denial to get it paid twice). False when the gateway
+    /// was never reached.
+    #[must_use]
+    pub fn outcome_unknown(&self) -> bool {
+        !self.is_connect()
+            && (!self.is_enclave_signed()
+                || matches!(
+                    self.code(),
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::Unknown
+                        | Code::Cancelled
+                        | Code::Internal
+                )
+                || self.reason() == Some(Reason::IdempotencyInProgress))
+    }
+
     /// The gateway at `url` could not be reached (`Unavailable`).
     #[must_use]
     pub fn connect(url: &str, err: &dyn fmt::Display) -> Self {

@@ -44,6 +44,14 @@ const PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How many remembered keys at most (the oldest go first).
 const PENDING_MAX: usize = 1024;
 
+/// How long one request to the upstream may take by default (`--upstream-timeout`): listing
+/// its tools, or one call (the unpaid call and the paid retry each get this much).
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The largest message read from the upstream: a JSON response body, or one SSE event. rmcp
+/// refuses a larger one (its own default is the same 16 MiB; set here so it stays bounded).
+pub const UPSTREAM_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// The idempotency keys of calls whose payment is held or whose outcome is unknown, by the
 /// call's fingerprint (tool or URL, arguments): the agent's retry of the same call reuses the
 /// key, so it is paid once.
@@ -102,6 +110,7 @@ pub struct Upstream {
     url: String,
     service: RunningService<RoleClient, ClientConfig>,
     names: Mutex<HashSet<String>>,
+    timeout: Duration,
 }
 
 /// The proxy's client identity towards the upstream.
@@ -116,11 +125,17 @@ pub fn client_config() -> ClientConfig {
 
 impl Upstream {
     /// Connects to the MCP server at `url` over streamable HTTP, sending `headers` (for
-    /// example its own `Authorization`) with every request.
+    /// example its own `Authorization`) with every request. Each request to it (the handshake,
+    /// a listing, a call) must be answered within `timeout`; a message larger than
+    /// [`UPSTREAM_MAX_MESSAGE_BYTES`] is refused.
     ///
     /// # Errors
     /// A sentence: a bad URL or header, or the server did not complete the MCP handshake.
-    pub async fn connect(url: &str, headers: &[(String, String)]) -> Result<Self, String> {
+    pub async fn connect(
+        url: &str,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Self, String> {
         use reqwest::header::{HeaderName, HeaderValue};
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| format!("--upstream {url:?} is not a URL: {e}"))?;
@@ -144,25 +159,62 @@ impl Upstream {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned())
             .custom_headers(custom)
+            .max_json_response_size(UPSTREAM_MAX_MESSAGE_BYTES)
+            .max_sse_event_size(UPSTREAM_MAX_MESSAGE_BYTES)
             .reinit_on_expired_session(true);
         let transport = StreamableHttpClientTransport::with_client(http, config);
-        let service = client_config()
-            .serve(transport)
+        let service = tokio::time::timeout(timeout, client_config().serve(transport))
             .await
+            .map_err(|_| {
+                format!(
+                    "the MCP server at {url} did not complete the handshake within {} s",
+                    timeout.as_secs_f64()
+                )
+            })?
             .map_err(|e| format!("cannot connect to the MCP server at {url}: {e}"))?;
-        let upstream = Self::new(url, service);
-        // Learn the upstream's tool names now, so that a call made before any listing still
-        // goes to the upstream's tool when it shadows one of the wallet's.
+        let upstream = Self::new(url, service).with_timeout(timeout);
+        // Learn the upstream's tool names now, so that `upstream_<name>` (an upstream tool
+        // named like one of the wallet's) is routed before any listing.
         upstream.tools().await.map_err(|e| {
             format!("the MCP server at {url} did not list its tools: {}", e.message)
         })?;
         Ok(upstream)
     }
 
-    /// An upstream over an already running client `service` (`url` is for messages).
+    /// An upstream over an already running client `service` (`url` is for messages), with
+    /// [`DEFAULT_UPSTREAM_TIMEOUT`].
     #[must_use]
     pub fn new(url: &str, service: RunningService<RoleClient, ClientConfig>) -> Self {
-        Self { url: url.to_owned(), service, names: Mutex::new(HashSet::new()) }
+        Self {
+            url: url.to_owned(),
+            service,
+            names: Mutex::new(HashSet::new()),
+            timeout: DEFAULT_UPSTREAM_TIMEOUT,
+        }
+    }
+
+    /// Each request to the upstream must be answered within `timeout` (at least 1 ms).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long one request to the upstream may take.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// One `tools/call`, within the timeout; `Err(None)` when it timed out (the request is
+    /// cancelled: rmcp sends `notifications/cancelled` when its future is dropped).
+    async fn call_tool(
+        &self,
+        params: CallToolRequestParams,
+    ) -> Result<Result<CallToolResponse, ServiceError>, Duration> {
+        tokio::time::timeout(self.timeout, self.peer().call_tool_once(params))
+            .await
+            .map_err(|_| self.timeout)
     }
 
     /// The upstream's URL.
@@ -182,7 +234,19 @@ impl Upstream {
     /// # Errors
     /// The upstream's error, as a protocol error.
     pub async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
-        let tools = self.peer().list_all_tools().await.map_err(|e| self.unavailable(&e))?;
+        let tools = tokio::time::timeout(self.timeout, self.peer().list_all_tools())
+            .await
+            .map_err(|_| {
+                ErrorData::internal_error(
+                    format!(
+                        "the upstream MCP server {} did not list its tools within {} s",
+                        self.url,
+                        self.timeout.as_secs_f64()
+                    ),
+                    None,
+                )
+            })?
+            .map_err(|e| self.unavailable(&e))?;
         let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         names.clear();
         names.extend(tools.iter().map(|t| t.name.to_string()));
@@ -244,7 +308,18 @@ pub async fn call<W: Wallet>(
         name.as_bytes(),
         args_json.as_deref().unwrap_or("").as_bytes(),
     ]);
-    let required = match upstream.peer().call_tool_once(base.clone()).await {
+    let first = upstream.call_tool(base.clone()).await.map_err(|t| {
+        // Nothing was paid yet: a protocol error, as when the upstream cannot be reached.
+        ErrorData::internal_error(
+            format!(
+                "the upstream MCP server {} did not answer the call to {name} within {} s (--upstream-timeout); nothing was paid",
+                upstream.url(),
+                t.as_secs_f64()
+            ),
+            None,
+        )
+    })?;
+    let required = match first {
         Ok(CallToolResponse::Complete(result)) => match detect(&result) {
             Some(r) => r,
             None => return Ok(result.into()),
@@ -284,7 +359,23 @@ pub async fn call<W: Wallet>(
     options.encoding.insert(&mut meta, &signed.payload, &signed.header_value);
     let mut paid = base;
     paid.meta = Some(RequestMetaObject::from(meta));
-    match upstream.peer().call_tool_once(paid).await {
+    let answer = match upstream.call_tool(paid).await {
+        Ok(a) => a,
+        // The key stays: calling again resends this same payment.
+        Err(t) => {
+            return Ok(lost(
+                &format!(
+                    "the paid call to {} got no answer within {} s (--upstream-timeout)",
+                    upstream.url(),
+                    t.as_secs_f64()
+                ),
+                signed.payment,
+                &key,
+            )
+            .into())
+        }
+    };
+    match answer {
         Ok(CallToolResponse::Complete(result)) => {
             pending.forget(fingerprint);
             match detect(&result) {

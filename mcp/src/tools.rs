@@ -36,7 +36,7 @@ Use maxAmount (in the token's units, e.g. \"0.05\" for 0.05 USDC) to refuse anyt
 If the payment is held for a human's approval, the result has outcome \"held\" with a holdId and an idempotencyKey: tell the user the hold id, and once they have approved it call x402_fetch again with the same arguments plus that idempotencyKey (the approved payment is used; nothing is paid twice). \
 A payment denied by policy is an error result with a reason code (PER_TX_LIMIT, SESSION_CAP, SESSION_BUDGET, NETWORK_NOT_ALLOWED, ...): do not retry it unchanged.";
 
-const INSPECT_DESCRIPTION: &str = "See what a URL costs without paying: sends the request once, unpaid (as the first attempt of x402_fetch would), and if the server answers 402 Payment Required reports what it asks (x402 version, each accepted option with its price in the token's units, network, asset and payee) and what the wallet's policy would do: whether the payment would be allowed, held for a human's approval or denied (with the reason code), and which option it would pay. Signs and pays nothing.";
+const INSPECT_DESCRIPTION: &str = "See what a URL costs without paying: sends one unpaid GET (or HEAD) request, with no body (as the first attempt of x402_fetch would), and if the server answers 402 Payment Required reports what it asks (x402 version, each accepted option with its price in the token's units, network, asset and payee) and what the wallet's policy would do: whether the payment would be allowed, held for a human's approval or denied (with the reason code), and which option it would pay. Signs and pays nothing. Only GET and HEAD are sent (other methods are refused, so this tool changes nothing on the server); to price an endpoint that needs another method, use x402_fetch with a maxAmount.";
 
 const BUDGET_DESCRIPTION: &str = "The spending limits of this agent session and what is left, answered by the wallet's enclave: the per-payment limit, the session cap (spent and left), each rolling time window (spent and left), the allowed networks and the session's expiry. Read-only; call it before paying to know what you can afford.";
 
@@ -95,9 +95,9 @@ pub fn definitions() -> Vec<Tool> {
             "type": "object",
             "properties": {
                 "url": url,
-                "method": method,
+                "method": {"type": "string", "enum": ["GET", "HEAD"], "description": "GET (the default) or HEAD: the only methods this read-only tool sends."},
                 "headers": headers_schema(),
-                "body": body
+                "maxAmount": {"type": "string", "description": "Report whether the price is within this amount, in the token's units (\"0.05\", \"0.05 USDC\" or \"$0.05\")."}
             },
             "required": ["url"]
         })),
@@ -236,6 +236,30 @@ pub fn http_call(arguments: Option<&JsonObject>) -> Result<HttpCall, String> {
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty()),
     })
+}
+
+/// Reads `x402_inspect` arguments: as [`http_call`], but only `GET` (the default) or `HEAD`
+/// and no body, so the tool's read-only annotation holds.
+///
+/// # Errors
+/// A sentence for the model: another method, a body, or what [`http_call`] refuses.
+pub fn inspect_call(arguments: Option<&JsonObject>) -> Result<HttpCall, String> {
+    let mut call = http_call(arguments)?;
+    match call.method.as_str() {
+        "" | "GET" => call.method = "GET".to_owned(),
+        "HEAD" => {}
+        other => {
+            return Err(format!(
+                "invalid arguments: {X402_INSPECT} only sends GET or HEAD (it is read-only), not {other}; to price an endpoint that needs {other}, use {X402_FETCH} with a maxAmount"
+            ))
+        }
+    }
+    if call.body.is_some() {
+        return Err(format!(
+            "invalid arguments: {X402_INSPECT} sends no body (it only sends GET or HEAD); use {X402_FETCH} with a maxAmount for a request with a body"
+        ));
+    }
+    Ok(call)
 }
 
 /// Reads `list_payments`' `limit` (default [`DEFAULT_PAYMENTS_LIMIT`], at most
@@ -547,7 +571,12 @@ mod tests {
             (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint),
             (Some(false), Some(true), Some(false), Some(true))
         );
-        let a = by(X402_INSPECT).annotations.unwrap();
+        let inspect = by(X402_INSPECT);
+        let props: Vec<_> =
+            inspect.input_schema["properties"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(props, ["url", "method", "headers", "maxAmount"]);
+        assert_eq!(inspect.input_schema["properties"]["method"]["enum"], json!(["GET", "HEAD"]));
+        let a = inspect.annotations.unwrap();
         assert_eq!((a.read_only_hint, a.open_world_hint), (Some(true), Some(true)));
         for n in [GET_BUDGET, LIST_PAYMENTS] {
             let a = by(n).annotations.unwrap();
@@ -593,6 +622,24 @@ mod tests {
         assert!(http_call(Some(&args(json!({"url": "  "})))).is_err());
         assert!(http_call(Some(&args(json!({"url": "http://x", "headers": {"A": {}}})))).is_err());
         assert!(http_call(Some(&args(json!({"url": "http://x", "headers": ["nocolon"]})))).is_err());
+    }
+
+    /// Finding: x402_inspect was annotated read-only but sent any method and body.
+    #[test]
+    fn inspect_sends_only_get_or_head() {
+        let c = inspect_call(Some(&args(json!({"url": "http://x"})))).unwrap();
+        assert_eq!(c.method, "GET", "explicit: never the payer's POST-with-a-body default");
+        let c = inspect_call(Some(&args(json!({"url": "http://x", "method": "head"})))).unwrap();
+        assert_eq!(c.method, "HEAD");
+        for m in ["POST", "delete", "PUT", "PATCH", "OPTIONS"] {
+            let e = inspect_call(Some(&args(json!({"url": "http://x", "method": m})))).unwrap_err();
+            assert!(e.contains("only sends GET or HEAD"), "{m}: {e}");
+        }
+        let e = inspect_call(Some(&args(json!({"url": "http://x", "body": "{}"})))).unwrap_err();
+        assert!(e.contains("sends no body"), "{e}");
+        let e = inspect_call(Some(&args(json!({"url": "http://x", "method": "GET", "body": "x"}))))
+            .unwrap_err();
+        assert!(e.contains("sends no body"), "{e}");
     }
 
     #[test]

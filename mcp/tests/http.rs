@@ -15,7 +15,7 @@ use wallet_mcp::{
     http::{router, MCP_PATH},
     proxy::client_config,
     wallet::{Fetched, HttpCall, Signed},
-    HttpOptions, McpServer, Options, Wallet, WalletError,
+    HttpOptions, HttpServer, McpServer, Options, Wallet, WalletError,
 };
 
 #[derive(Debug)]
@@ -112,4 +112,34 @@ async fn browser_requests_are_refused() {
     assert_eq!(from_page.status(), 403, "a web page cannot drive the wallet");
     let from_tool = send(None).await.unwrap();
     assert!(from_tool.status().is_success(), "{}", from_tool.status());
+}
+
+/// Finding: `--http` without `--http-token` served the spending tools to anyone on the host.
+#[tokio::test]
+async fn without_a_token_one_is_generated_and_required() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = McpServer::new(BudgetOnly, Options::default());
+    let bound = HttpServer::bind(server, "127.0.0.1:0".parse().unwrap(), HttpOptions::default())
+        .await
+        .expect("binds");
+    let token = bound.token().to_owned();
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let url = format!("http://{}{MCP_PATH}", bound.local_addr());
+    tokio::spawn(bound.serve());
+    assert!(connect(&url, None).await.is_err(), "no token: refused");
+    assert!(connect(&url, Some("guess")).await.is_err(), "wrong token: refused");
+    let client = connect(&url, Some(&token)).await.expect("the generated token");
+    assert_eq!(client.peer().list_all_tools().await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn non_loopback_needs_an_explicit_token() {
+    let server = McpServer::new(BudgetOnly, Options::default());
+    let open = HttpOptions { allow_non_loopback: true, token: None };
+    let e = HttpServer::bind(server.clone(), "0.0.0.0:0".parse().unwrap(), open).await.unwrap_err();
+    assert!(e.contains("explicit bearer token"), "{e}");
+    let empty = HttpOptions { allow_non_loopback: false, token: Some(String::new()) };
+    let e = HttpServer::bind(server, "127.0.0.1:0".parse().unwrap(), empty).await.unwrap_err();
+    assert!(e.contains("empty"), "{e}");
 }

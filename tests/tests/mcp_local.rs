@@ -73,6 +73,53 @@ async fn mcp(stack: &Stack, session: &Path, args: &[&str]) -> RunningService<Rol
         .expect("MCP handshake with walletctl mcp")
 }
 
+/// [`mcp`], with what it writes on stderr collected (and passed on to the test's stderr).
+async fn mcp_logged(
+    stack: &Stack,
+    session: &Path,
+    args: &[&str],
+) -> (RunningService<RoleClient, ()>, Arc<Mutex<String>>) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut cmd = tokio::process::Command::new(bin("walletctl"));
+    cmd.arg("mcp")
+        .arg("--session")
+        .arg(session)
+        .args(args)
+        .env("WALLET_GATEWAY", &stack.url)
+        .env("WALLETCTL_HOME", stack.dir.path().join("home"))
+        .env_remove("WALLET_SESSION");
+    let (transport, stderr) = TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn walletctl mcp");
+    let log = Arc::new(Mutex::new(String::new()));
+    if let Some(stderr) = stderr {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[walletctl mcp] {line}");
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let client = ().serve(transport).await.expect("MCP handshake with walletctl mcp");
+    (client, log)
+}
+
+/// Waits (a few seconds at most) until `log` contains `needle`.
+async fn wait_for(log: &Mutex<String>, needle: &str) -> String {
+    for _ in 0..100 {
+        if log.lock().unwrap().contains(needle) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    log.lock().unwrap().clone()
+}
+
 async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
     let mut p = CallToolRequestParams::new(tool.to_owned());
     p.arguments = args.as_object().cloned();
@@ -357,8 +404,10 @@ async fn the_proxy_pays_a_paid_mcp_tool_through_the_enclave() {
     let upstream = paid_mcp_server(PaidTools {
         payer: w.address.clone(),
         // weather 0.01; report 0.06 (above the approval threshold); premium 0.08 (over the
-        // proxy's --max-amount 0.07); snack 0.04 (over what the session cap leaves by then).
+        // proxy's --max-amount 0.07); snack 0.04 (over what the session cap leaves by then);
+        // get_budget 0.01, named like the wallet's own tool.
         prices: HashMap::from([
+            ("get_budget", "10000"),
             ("weather", "10000"),
             ("report", "60000"),
             ("premium", "80000"),
@@ -367,13 +416,17 @@ async fn the_proxy_pays_a_paid_mcp_tool_through_the_enclave() {
         paid: paid.clone(),
     })
     .await;
-    let client = mcp(&stack, &path, &["--upstream", &upstream, "--max-amount", "0.07"]).await;
+    let (client, log) =
+        mcp_logged(&stack, &path, &["--upstream", &upstream, "--max-amount", "0.07"]).await;
 
     let tools = client.peer().list_all_tools().await.expect("tools/list");
     let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+    // The upstream's paid get_budget cannot take the wallet's over: it is renamed, and the
+    // operator is told on stderr (stdout is the MCP channel).
     assert_eq!(
         names,
         [
+            "upstream_get_budget",
             "premium",
             "report",
             "snack",
@@ -384,6 +437,13 @@ async fn the_proxy_pays_a_paid_mcp_tool_through_the_enclave() {
             "list_payments"
         ]
     );
+    let said = wait_for(&log, "upstream_get_budget").await;
+    assert!(
+        said.contains("lists a tool named \"get_budget\"") && said.contains("upstream_get_budget"),
+        "{said}"
+    );
+    let renamed = tools.iter().find(|t| t.name == "upstream_get_budget").unwrap();
+    assert!(renamed.description.as_deref().unwrap().contains("NOT the wallet's"), "{renamed:?}");
 
     // Paid within policy: the tool's result, the settlement kept in _meta, the payment told.
     let r = call(&client, "weather", json!({})).await;
@@ -464,4 +524,78 @@ async fn the_proxy_pays_a_paid_mcp_tool_through_the_enclave() {
     assert_eq!(outcomes[0], ("denied".to_owned(), "SESSION_CAP".to_owned()), "{outcomes:?}");
     assert_eq!(outcomes.iter().filter(|(o, _)| o == "paid").count(), 2, "{outcomes:?}");
     client.cancel().await.expect("close");
+}
+
+/// The status of one raw HTTP/1.1 MCP `initialize` POST to `url`, with `auth` if given.
+async fn initialize_status(url: &str, auth: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let mut req = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(t) = auth {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.expect("status line");
+    std::str::from_utf8(&head[9..12]).expect("status").parse().expect("a status code")
+}
+
+/// `--http` without a token: one is generated, printed once on stderr, and required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_without_a_token_generates_and_requires_one() {
+    use tokio::io::AsyncBufReadExt as _;
+    let (stack, _w, path, _) = setup().await;
+    let mut child = tokio::process::Command::new(bin("walletctl"))
+        .arg("mcp")
+        .arg("--session")
+        .arg(&path)
+        .args(["--http", "127.0.0.1:0"])
+        .env("WALLET_GATEWAY", &stack.url)
+        .env("WALLETCTL_HOME", stack.dir.path().join("home"))
+        .env_remove("WALLET_SESSION")
+        .env_remove("WALLET_MCP_HTTP_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn walletctl mcp --http");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut url, mut token) = (None, None);
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[walletctl mcp] {line}");
+            if let Some((_, u)) = line.split_once("(streamable HTTP) at ") {
+                url = Some(u.split_whitespace().next().unwrap().to_owned());
+            }
+            let t = line.trim();
+            if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                token = Some(t.to_owned());
+            }
+            if url.is_some() && token.is_some() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read).await.expect("serving");
+    let (url, token) = (url.expect("the URL"), token.expect("the generated token"));
+    assert_eq!(initialize_status(&url, None).await, 401, "no token: refused");
+    assert_eq!(initialize_status(&url, Some("guess")).await, 401, "wrong token: refused");
+    assert_eq!(initialize_status(&url, Some(&token)).await, 200, "the generated token");
+    child.kill().await.expect("stop");
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stdout.take().unwrap(), &mut out)
+        .await
+        .expect("stdout");
+    assert!(out.is_empty(), "nothing on stdout: {out}");
 }

@@ -32,15 +32,24 @@ pub(crate) struct McpArgs {
     #[arg(long, env = "WALLET_SESSION")]
     session: PathBuf,
     /// Serve over streamable HTTP at http://ADDR/mcp instead of stdio (e.g. 127.0.0.1:8402).
-    /// Loopback only unless --allow-non-loopback.
+    /// Loopback only unless --allow-non-loopback. A bearer token is always required: without
+    /// WALLET_MCP_HTTP_TOKEN / --http-token, one is generated and printed once on stderr.
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
     /// Allow --http on an address that is not loopback (anyone who reaches it can spend within
-    /// the session's limits: set --http-token too).
+    /// the session's limits). Requires an explicit token (WALLET_MCP_HTTP_TOKEN).
     #[arg(long, requires = "http")]
     allow_non_loopback: bool,
-    /// Require `Authorization: Bearer TOKEN` on every HTTP request.
-    #[arg(long, env = "WALLET_MCP_HTTP_TOKEN", hide_env_values = true, requires = "http")]
+    /// The bearer token HTTP clients must send (`Authorization: Bearer TOKEN`). Prefer the
+    /// environment variable WALLET_MCP_HTTP_TOKEN: a flag's value shows in `ps`. Default: a
+    /// random token for this run, printed once on stderr.
+    #[arg(
+        long,
+        env = "WALLET_MCP_HTTP_TOKEN",
+        hide_env_values = true,
+        requires = "http",
+        value_name = "TOKEN"
+    )]
     http_token: Option<String>,
     /// Proxy this remote MCP server (streamable HTTP URL): list its tools and pay its x402 tool
     /// calls through the wallet.
@@ -50,9 +59,15 @@ pub(crate) struct McpArgs {
     /// own Authorization.
     #[arg(long = "upstream-header", value_name = "HEADER", requires = "upstream")]
     upstream_headers: Vec<String>,
+    /// Seconds the upstream has to answer each request (handshake, tools/list, a call, the
+    /// paid retry). A paid retry that times out is reported as an unknown outcome: calling the
+    /// tool again resends the same payment.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0, requires = "upstream")]
+    upstream_timeout: f64,
     /// The most one paid call may cost, in token units (0.05, "0.05 USDC", $0.05): a guard on
-    /// top of the enclave's limits, for proxied calls and for x402_fetch (whose maxAmount can
-    /// only lower it).
+    /// top of the enclave's limits, for proxied calls and for x402_fetch (whose maxAmount must
+    /// hold too: it can only lower it; one in a unit no payment can satisfy with this one is
+    /// refused).
     #[arg(long, value_name = "AMOUNT")]
     max_amount: Option<String>,
     /// How proxied paid calls carry the payment. Only the spec's JSON object unless you know
@@ -60,7 +75,8 @@ pub(crate) struct McpArgs {
     #[arg(long, value_enum, default_value = "spec", requires = "upstream")]
     compat: Compat,
     /// With --upstream, list only the upstream's tools (not x402_fetch, x402_inspect,
-    /// get_budget, list_payments).
+    /// get_budget, list_payments), under their own names. Without it, an upstream tool named
+    /// like one of the wallet's is listed as upstream_<name> (said on stderr).
     #[arg(long, requires = "upstream")]
     no_wallet_tools: bool,
     /// Largest response body x402_fetch shows the model, in bytes (the rest is cut, with a
@@ -76,9 +92,21 @@ const READ_BODY_LIMIT: usize = 16 << 20;
 /// Runs the MCP server until the client goes away (stdio) or Ctrl-C (HTTP).
 pub(crate) async fn run(default_url: &str, a: McpArgs) -> Out {
     if let Some(addr) = &a.http {
-        wallet_mcp::http::check_bind(addr, a.allow_non_loopback)
+        wallet_mcp::http::check_bind(addr, a.allow_non_loopback, a.http_token.is_some())
             .map_err(|e| Fail(2, format!("mcp: {e}")))?;
+        if let Some(t) = &a.http_token {
+            wallet_mcp::http::check_token(t).map_err(|e| Fail(2, format!("mcp: {e}")))?;
+        }
     }
+    if let Some(m) = &a.max_amount {
+        wallet_mcp::server::check_max_amount(m).map_err(|e| Fail(2, format!("mcp: {e}")))?;
+    }
+    let upstream_timeout = std::time::Duration::try_from_secs_f64(a.upstream_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Fail(2, "mcp: --upstream-timeout must be a positive number of seconds".to_owned())
+        })?;
     let cred = Credential::read(&a.session).map_err(|e| Fail(2, e))?;
     // The gateway flag/env wins over the one recorded in the credential only when set explicitly.
     let explicit =
@@ -144,8 +172,9 @@ pub(crate) async fn run(default_url: &str, a: McpArgs) -> Out {
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let upstream =
-                Upstream::connect(url, &headers).await.map_err(|e| Fail(1, format!("mcp: {e}")))?;
+            let upstream = Upstream::connect(url, &headers, upstream_timeout)
+                .await
+                .map_err(|e| Fail(1, format!("mcp: {e}")))?;
             McpServer::with_upstream(wallet, options, upstream)
         }
     };

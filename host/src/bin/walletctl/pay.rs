@@ -6,9 +6,7 @@
 use std::{io::Read as _, path::PathBuf};
 
 use clap::Args;
-use wallet_client::{
-    clean_header_input, now_ms, random_idempotency_key, ClientError, Credential, Reason,
-};
+use wallet_client::{clean_header_input, now_ms, random_idempotency_key, Credential, Reason};
 use wallet_policy::{
     address::parse_address,
     x402::{caip2_network, payment_header_name, MAX_HEADER_LEN},
@@ -104,7 +102,7 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
                 ),
             ));
         }
-        Err(e) if outcome_unknown(&e) => {
+        Err(e) if e.outcome_unknown() => {
             return Err(Fail(
                 e.exit_code(),
                 format!(
@@ -135,23 +133,4 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
         );
     }
     Ok(())
-}
-
-/// Whether the request may have reached the enclave and been signed without its answer coming
-/// back (so only a retry with the same idempotency key is safe): the answer was lost, the
-/// enclave said the attempt is still in flight, or the error is not the enclave's signed word
-/// (a gateway can turn a signed payment into a made-up denial to get it paid twice).
-fn outcome_unknown(e: &ClientError) -> bool {
-    use tonic::Code;
-    !e.is_connect()
-        && (!e.is_enclave_signed()
-            || matches!(
-                e.code(),
-                Code::Unavailable
-                    | Code::DeadlineExceeded
-                    | Code::Unknown
-                    | Code::Cancelled
-                    | Code::Internal
-            )
-            || e.reason() == Some(Reason::IdempotencyInProgress))
 }
