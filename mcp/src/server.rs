@@ -333,7 +333,7 @@ impl<W: Wallet> McpServer<W> {
                 }
             ));
         }
-        s.push_str("A payment held for a human's approval returns its hold id: tell the user, and make the same call again once it is approved (it is paid once). A payment denied by policy returns its reason code: do not retry it unchanged.");
+        s.push_str("A payment held for a human's approval returns its hold id: tell the user, and once it is approved make the same call again with the idempotencyKey the held result gave (it is paid once). A payment denied by policy returns its reason code: do not retry it unchanged.");
         s
     }
 }

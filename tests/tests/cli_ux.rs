@@ -706,3 +706,48 @@ fn dev_up_finds_a_running_stack_and_says_ready_only_when_ready() {
     assert!(!stdout(&out).contains("ready"), "{}", stdout(&out));
     assert!(stderr(&out).contains("the enclave failed to start"), "{}", stderr(&out));
 }
+
+/// An agent command given `--gateway` uses it even when it equals the default (it was taken for
+/// "not given" and the credential's gateway was used instead); without it, the credential's.
+#[test]
+fn an_explicit_gateway_flag_wins_over_the_credential_even_when_it_is_the_default() {
+    let home = tempfile::tempdir().unwrap();
+    let cred = home.path().join("agent.json");
+    let credential_port = free_port();
+    std::fs::write(
+        &cred,
+        format!(
+            r#"{{"version":1,"session_id":"s_x","wallet_id":"w_x","wallet_address":"0x0000000000000000000000000000000000000001","gateway":"http://127.0.0.1:{credential_port}","expires_at":9999999999,"enclave_id":"00","session_secret":"{}"}}"#,
+            "11".repeat(32)
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cred, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let cred = cred.to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin("walletctl"))
+            .args(args)
+            .env_remove("WALLET_GATEWAY")
+            .env("WALLETCTL_HOME", home.path())
+            .env_remove("WALLET_SESSION")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run walletctl")
+    };
+    let target = "http://127.0.0.1:1/x";
+    // No flag: the credential's gateway.
+    let out = run(&["fetch", "--session", cred, "--dry-run", target]);
+    assert!(stderr(&out).contains(&format!(":{credential_port}")), "{}", stderr(&out));
+    // The flag, equal to the default, before or after the subcommand: never the credential's.
+    for args in [
+        vec!["--gateway", "127.0.0.1:7402", "fetch", "--session", cred, "--dry-run", target],
+        vec!["fetch", "--gateway", "http://127.0.0.1:7402", "--session", cred, "--dry-run", target],
+    ] {
+        let out = run(&args);
+        assert!(
+            !stderr(&out).contains(&format!(":{credential_port}")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}

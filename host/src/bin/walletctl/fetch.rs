@@ -227,13 +227,8 @@ async fn fetch(default_url: &str, a: &FetchArgs) -> Result<(), Failure> {
 /// in the credential; answers checked against the enclave identity the credential pins, else
 /// the one pinned in walletctl's home.
 async fn payer(default_url: &str, cred: Credential, a: &FetchArgs) -> Result<Payer, Failure> {
-    let explicit =
-        std::env::var_os("WALLET_GATEWAY").is_some() || default_url != "http://127.0.0.1:7402";
-    let url = if explicit || cred.gateway.is_empty() {
-        default_url.to_owned()
-    } else {
-        crate::gateway_url(&cred.gateway).map_err(|Fail(c, m)| Failure::Exit(c, m))?
-    };
+    let url = crate::agent_gateway(default_url, &cred.gateway)
+        .map_err(|Fail(c, m)| Failure::Exit(c, m))?;
     let gateway = crate::client(&url).await.map_err(|Fail(c, m)| Failure::Exit(c, m))?;
     if cred.enclave_id.is_empty() && !gateway.verifies_answers() {
         eprintln!("walletctl: warning: this credential does not pin the enclave's identity (issued before signed answers), so the answer cannot be checked; issue a new session to pin it");

@@ -21,13 +21,18 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{parser::ValueSource, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use wallet_client::{default_home, util::normalize_gateway_url, ClientError, GatewayClient};
 
 /// Admin and agent CLI of the agent wallet.
 ///
 /// Admins create wallets, set policies and issue session credentials. Agents pay x402
-/// `402 Payment Required` responses with `walletctl pay`. Keys never leave the enclave.
+/// `402 Payment Required` responses with `walletctl fetch` (a paying curl), `walletctl mcp`
+/// (payment tools for MCP clients such as Claude Desktop and Cursor) or `walletctl pay` (one
+/// header in, one out). Keys never leave the enclave.
+///
+/// Agent commands use the gateway recorded in the session credential unless --gateway or
+/// WALLET_GATEWAY is given.
 ///
 /// Amounts are written in token units: 0.25, "0.25 USDC" or $0.25.
 #[derive(Debug, Parser)]
@@ -168,9 +173,31 @@ pub(crate) fn with_identity(cl: GatewayClient, id: &str) -> Result<GatewayClient
     Ok(cl.with_identity(&key)?)
 }
 
+/// Whether `--gateway` or `WALLET_GATEWAY` was given (rather than the default).
+static GATEWAY_GIVEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// The gateway an agent command (`pay`, `fetch`, `mcp`) talks to: `--gateway` or
+/// `WALLET_GATEWAY` when given (even when equal to the default), else the one recorded in the
+/// session credential, else the default.
+pub(crate) fn agent_gateway(
+    flag_or_default: &str,
+    credential_gateway: &str,
+) -> Result<String, Fail> {
+    if GATEWAY_GIVEN.get().copied().unwrap_or(false) || credential_gateway.is_empty() {
+        gateway_url(flag_or_default)
+    } else {
+        gateway_url(credential_gateway)
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let _ = GATEWAY_GIVEN.set(matches!(
+        matches.value_source("gateway"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    ));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let home = cli.home.clone().unwrap_or_else(default_home);
     let _ = HOME.set(home.clone());
     let url = gateway_url(&cli.gateway).unwrap_or_else(|_| cli.gateway.clone());

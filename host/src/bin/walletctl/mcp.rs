@@ -108,14 +108,7 @@ pub(crate) async fn run(default_url: &str, a: McpArgs) -> Out {
             Fail(2, "mcp: --upstream-timeout must be a positive number of seconds".to_owned())
         })?;
     let cred = Credential::read(&a.session).map_err(|e| Fail(2, e))?;
-    // The gateway flag/env wins over the one recorded in the credential only when set explicitly.
-    let explicit =
-        std::env::var_os("WALLET_GATEWAY").is_some() || default_url != "http://127.0.0.1:7402";
-    let url = if explicit || cred.gateway.is_empty() {
-        default_url.to_owned()
-    } else {
-        crate::gateway_url(&cred.gateway)?
-    };
+    let url = crate::agent_gateway(default_url, &cred.gateway)?;
     // Connected lazily: an MCP host starts its servers when it starts, maybe before the wallet's
     // stack; the tools report an unreachable gateway until it is up.
     let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
@@ -139,9 +132,18 @@ pub(crate) async fn run(default_url: &str, a: McpArgs) -> Out {
     let first = probe.get_budget(payer.credential().budget_request(wallet_client::now_ms()));
     match tokio::time::timeout(std::time::Duration::from_secs(10), first).await {
         Err(_) => eprintln!("walletctl mcp: warning: the gateway at {url} did not answer within 10 s; serving anyway"),
+        Ok(Ok(b)) if b.revoked || b.expired || b.wallet_frozen => eprintln!(
+            "walletctl mcp: warning: session {} of wallet {} is {}: every payment will be refused; issue a new session (walletctl session issue)",
+            b.session_id,
+            b.wallet_id,
+            if b.revoked { "REVOKED" } else if b.expired { "EXPIRED" } else { "on a FROZEN wallet" }
+        ),
         Ok(Ok(b)) => eprintln!(
             "walletctl mcp: session {} of wallet {} ({} left of the session cap)",
             b.session_id, b.wallet_id, b.session_left
+        ),
+        Ok(Err(e)) if e.is_connection_lost() || e.is_connect() => eprintln!(
+            "walletctl mcp: warning: cannot reach the gateway at {url} (is the wallet's stack running?); serving anyway, the tools will say so until it is up"
         ),
         Ok(Err(e)) => {
             eprintln!("walletctl mcp: warning: {e}; the tools will say so until it is fixed")

@@ -75,13 +75,7 @@ pub(crate) async fn run(default_url: &str, a: PayArgs) -> Out {
         return Err(Fail(2, format!("invalid: HEADER_TOO_LARGE: the payment requirements on stdin are larger than {MAX_HEADER_LEN} bytes")));
     }
     let idem = a.idempotency_key.unwrap_or_else(random_idempotency_key);
-    // The gateway flag/env wins over the one recorded in the credential only when set explicitly.
-    let url =
-        if std::env::var_os("WALLET_GATEWAY").is_some() || default_url != "http://127.0.0.1:7402" {
-            default_url.to_owned()
-        } else {
-            cred.gateway.clone()
-        };
+    let url = crate::agent_gateway(default_url, &cred.gateway)?;
     let req = cred.sign_request(header, &network, &asset, &idem, now_ms());
     let mut cl = client(&url).await?;
     if cred.enclave_id.is_empty() {
