@@ -439,12 +439,17 @@ pub fn failure(e: &WalletError, max_body_bytes: usize) -> CallToolResult {
     }
     let advice = match e.kind {
         ErrorKind::Denied => " The wallet's policy refused this payment; nothing was signed or paid. Do not retry it unchanged: tell the user, or check get_budget.",
-        ErrorKind::OverMaxAmount => " Nothing was signed or paid.",
+        // The payer's message says what was signed or charged (nothing, or a payment signed
+        // but not sent).
+        ErrorKind::OverMaxAmount => "",
         ErrorKind::ServerRefused => " The server refused the payment; it is not paid again automatically.",
         ErrorKind::Network | ErrorKind::OutcomeUnknown => " Whether the payment went through is unknown: retry with the same idempotencyKey to resend the same payment (never charged twice).",
         ErrorKind::Held | ErrorKind::Usage | ErrorKind::Other => "",
     };
-    let mut text = format!("{}: {}{}", e.code, strip_code(&e.message, &e.code), advice);
+    let message = strip_code(&e.message, &e.code);
+    let message = message.as_str();
+    let stop = if advice.is_empty() || message.ends_with('.') { "" } else { "." };
+    let mut text = format!("{}: {message}{stop}{advice}", e.code);
     if let Some(k) = &e.idempotency_key {
         if matches!(e.kind, ErrorKind::Network | ErrorKind::OutcomeUnknown) {
             text.push_str(&format!(" idempotencyKey: {k}"));
@@ -453,9 +458,13 @@ pub fn failure(e: &WalletError, max_body_bytes: usize) -> CallToolResult {
     with_text(CallToolResult::structured_error(Value::Object(v)), text)
 }
 
-/// `message` without a leading `CODE: ` when it repeats `code`.
-fn strip_code<'a>(message: &'a str, code: &str) -> &'a str {
-    message.strip_prefix(code).and_then(|m| m.strip_prefix(": ")).unwrap_or(message)
+/// `message` without the `CODE: ` that repeats `code` (at its start, or after a label such as
+/// `session not accepted: `): the text already starts with the code.
+fn strip_code(message: &str, code: &str) -> String {
+    if code.is_empty() {
+        return message.to_owned();
+    }
+    message.replacen(&format!("{code}: "), "", 1)
 }
 
 /// A read-only tool's result: `value` as `structuredContent` (wrapped as `{"result": value}`
@@ -549,6 +558,22 @@ fn pretty(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_code_is_said_once() {
+        assert_eq!(
+            strip_code(
+                "session not accepted: SESSION_REVOKED: the session was revoked",
+                "SESSION_REVOKED"
+            ),
+            "session not accepted: the session was revoked"
+        );
+        assert_eq!(
+            strip_code("PER_TX_LIMIT: 0.2 is above 0.1", "PER_TX_LIMIT"),
+            "0.2 is above 0.1"
+        );
+        assert_eq!(strip_code("no code here", "PER_TX_LIMIT"), "no code here");
+    }
     use crate::wallet::Payment;
 
     fn args(v: Value) -> JsonObject {
