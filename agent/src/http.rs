@@ -101,7 +101,10 @@ impl Prepared {
         };
         let method = Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
             .map_err(|_| PayError::Usage(format!("{method_text:?} is not an HTTP method")))?;
-        let url = Url::parse(url).map_err(|e| PayError::Usage(format!("bad URL {url:?}: {e}")))?;
+        let url = Url::parse(url).map_err(|e| {
+            let hint = if url.contains("://") { "" } else { " (add http:// or https://)" };
+            PayError::Usage(format!("bad URL {url:?}: {e}{hint}"))
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(PayError::Usage(format!(
                 "bad URL {url}: only http and https URLs can be fetched"
