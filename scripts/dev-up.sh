@@ -74,7 +74,7 @@ fi
 # does not rebuild with other features. The enclave's simulated platform is a cargo feature, off
 # in a default (production) build. Times: README.md, "Two commands".
 if [ "$PROFILE" = release ]; then
-  echo "building ($PROFILE; the first build takes ~4-10 minutes on a 2-core machine, later ones seconds)..." >&2
+  echo "building ($PROFILE; the first build takes ~5-10 minutes on a 2-core machine, later ones seconds)..." >&2
   cargo build --release --locked --workspace --bins --features wallet-enclave/simulated
 else
   echo "building ($PROFILE; the first build takes several minutes on a 2-core machine, later ones seconds)..." >&2
