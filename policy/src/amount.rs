@@ -104,7 +104,12 @@ pub fn parse_human_in<S: AsRef<str>>(input: &str, units: &[S]) -> Result<HumanAm
         s = rest.trim_start();
         symbol = Some(USD.to_owned());
     }
-    if let Some((num, sym)) = s.split_once(char::is_whitespace) {
+    // `0.25 USDC`, or `0.25USDC` written without the space.
+    let split = s.split_once(char::is_whitespace).or_else(|| {
+        let at = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))?;
+        (at > 0 && s[at..].starts_with(char::is_alphabetic)).then(|| s.split_at(at))
+    });
+    if let Some((num, sym)) = split {
         let sym = sym.trim();
         if sym.is_empty() || sym.contains(char::is_whitespace) {
             return Err(AmountError::NotDecimal(input.to_owned()));
@@ -323,6 +328,12 @@ mod tests {
             Err(AmountError::UnknownUnit { .. })
         ));
         assert_eq!(parse_human_in("$2", &[] as &[&str]).unwrap().units, units("2"));
+        // Without the space, as people type it: the same amount and unit, checked the same way.
+        assert_eq!(parse_human("0.05USDC").unwrap(), parse_human("0.05 USDC").unwrap());
+        assert!(matches!(parse_human("1FOO"), Err(AmountError::UnknownUnit { .. })));
+        assert!(matches!(parse_human("-1FOO"), Err(AmountError::Negative(_))));
+        assert!(parse_plain("0.25USDC").is_err());
+        assert!(parse_human("1.5.2").is_err());
     }
 
     /// The policy document's amounts: the same numbers, no unit.
