@@ -104,6 +104,10 @@ pub enum PayError {
         settle_response: Option<Box<serde_json::Value>>,
         /// The payment that was sent and refused.
         payment: Box<PaymentDetails>,
+        /// The 402's HTTP version (`HTTP/1.1`) and headers, for the caller to show (`-i`).
+        http_version: String,
+        /// The 402's headers, in order.
+        headers: Vec<(String, String)>,
         /// The 402's body (bounded), for the caller to show.
         body: Vec<u8>,
     },

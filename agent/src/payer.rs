@@ -183,12 +183,16 @@ impl Payer {
                 })
                 .or_else(|| requirement_of(&answer).ok().and_then(|r| r.error().map(str::to_owned)))
                 .unwrap_or_else(|| "payment refused".to_owned());
+            let status = answer.status.as_u16();
+            let response = outcome(answer, None);
             return Err(PayError::ServerRefused {
-                status: answer.status.as_u16(),
+                status,
                 reason,
                 settle_response: settle.map(Box::new),
                 payment: Box::new(details),
-                body: answer.body,
+                http_version: response.http_version,
+                headers: response.headers,
+                body: response.body,
             });
         }
         Ok(outcome(answer, Some(details)))

@@ -97,7 +97,9 @@ pub fn wallet_error(e: PayError) -> WalletError {
             w.payment = paid.as_deref().map(payment);
             w
         }
-        PayError::ServerRefused { status, reason, settle_response, payment: paid, body } => {
+        PayError::ServerRefused {
+            status, reason, settle_response, payment: paid, body, ..
+        } => {
             let mut w = WalletError::new(
                 ErrorKind::ServerRefused,
                 &code,

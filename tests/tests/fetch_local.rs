@@ -556,6 +556,14 @@ async fn a_refused_payment_is_not_paid_again() {
     assert_eq!((v["ok"].clone(), v["reason"].clone()), (json!(false), json!("SERVER_REFUSED")));
     assert_eq!(v["settle_response"]["errorReason"], "insufficient_funds");
     assert_eq!(srv.paid("/v2/refuse2").len(), 1);
+
+    // With -i, as curl: the refusing 402's status line and headers before its body.
+    let o = a.fetch(&["-i", &srv.url("/v2/refuse3?amount=10000&refuse=1")]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("HTTP/1.1 402 Payment Required\r\n"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("\r\npayment-required: "), "{out}");
+    assert!(out.ends_with("\r\n\r\n{\"error\":\"refused\"}"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,9 +157,15 @@ pub(crate) async fn run(default_url: &str, a: FetchArgs) -> Out {
         Err(Failure::Pay(e)) => {
             if json_out {
                 print_json(&error_json(&e));
-            } else if let PayError::ServerRefused { body, .. } = &e {
-                // As curl would: the server's answer is the output, the reason on stderr.
-                let _ = write_body(a.out_file.as_ref(), body);
+            } else if let PayError::ServerRefused { status, http_version, headers, body, .. } = &e {
+                // As curl would: the server's answer is the output (with -i, its status line
+                // and headers), the reason on stderr.
+                let mut out = Vec::new();
+                if a.include {
+                    out.extend_from_slice(&head(http_version, *status, headers));
+                }
+                out.extend_from_slice(body);
+                let _ = write_body(a.out_file.as_ref(), &out);
             }
             Err(Fail(e.exit_code(), e.to_string()))
         }
@@ -408,15 +414,20 @@ fn print_outcome(o: &FetchOutcome, a: &FetchArgs) -> Result<(), Failure> {
     }
     let mut out = Vec::new();
     if a.include {
-        let reason = reqwest_reason(o.status);
-        out.extend_from_slice(format!("{} {} {reason}\r\n", o.http_version, o.status).as_bytes());
-        for (k, v) in &o.headers {
-            out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&head(&o.http_version, o.status, &o.headers));
     }
     out.extend_from_slice(&o.body);
     write_body(a.out_file.as_ref(), &out)
+}
+
+/// The status line and headers as `-i` shows them (curl's form), ending with the blank line.
+fn head(http_version: &str, status: u16, headers: &[(String, String)]) -> Vec<u8> {
+    let mut out = format!("{http_version} {status} {}\r\n", reqwest_reason(status)).into_bytes();
+    for (k, v) in headers {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// The canonical reason phrase of a status.
