@@ -145,7 +145,7 @@ fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
-        "a bearer token is required (walletctl mcp --http-token)",
+        "a bearer token is required: send Authorization: Bearer TOKEN (the token walletctl mcp --http printed, or WALLET_MCP_HTTP_TOKEN)",
     )
         .into_response()
 }

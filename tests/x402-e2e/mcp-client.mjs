@@ -3,7 +3,9 @@
 // (it spawns the given command, e.g. `walletctl mcp --session FILE`) or over streamable HTTP.
 //
 //   node mcp-client.mjs --steps '<JSON array>' -- COMMAND [ARGS...]
-//   node mcp-client.mjs --steps '<JSON array>' --url http://127.0.0.1:PORT/mcp
+//   node mcp-client.mjs --steps '<JSON array>' --url http://127.0.0.1:PORT/mcp [--token TOKEN]
+//     (TOKEN: the bearer token `walletctl mcp --http` requires; also read from
+//     WALLET_MCP_HTTP_TOKEN)
 //   node mcp-client.mjs --steps - -- COMMAND [ARGS...]   # interactive: one step per stdin line
 //
 // Steps (run in order, in one MCP session):
@@ -36,10 +38,12 @@ const fail = (msg, code = 1) => {
 const argv = process.argv.slice(2);
 let steps = null;
 let url = null;
+let token = process.env.WALLET_MCP_HTTP_TOKEN ?? null;
 let command = null;
 for (let i = 0; i < argv.length; i++) {
   if (argv[i] === "--steps") steps = argv[++i];
   else if (argv[i] === "--url") url = argv[++i];
+  else if (argv[i] === "--token") token = argv[++i];
   else if (argv[i] === "--") {
     command = argv.slice(i + 1);
     break;
@@ -62,7 +66,10 @@ const overall = setTimeout(() => {
 }, Number(process.env.X402_E2E_MCP_TIMEOUT_MS ?? 180000));
 
 const transport = url
-  ? new StreamableHTTPClientTransport(new URL(url))
+  ? new StreamableHTTPClientTransport(
+      new URL(url),
+      token ? { requestInit: { headers: { Authorization: `Bearer ${token}` } } } : undefined,
+    )
   : new StdioClientTransport({
       command: command[0],
       args: command.slice(1),
