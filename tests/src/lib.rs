@@ -20,6 +20,25 @@ pub const USDC_BASE_SEPOLIA: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 /// The payee of the official vectors.
 pub const PAYEE: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 
+/// The official x402 packages' folder (`tests/x402-compat`), or `None` when the Node checks are
+/// skipped (`WALLET_SKIP_X402_COMPAT` is set; said on stderr).
+///
+/// # Panics
+/// When the packages are not installed (`npm ci --prefix tests/x402-compat`).
+#[must_use]
+pub fn x402_compat_dir() -> Option<PathBuf> {
+    if std::env::var_os("WALLET_SKIP_X402_COMPAT").is_some() {
+        eprintln!("skipping the official x402 check (WALLET_SKIP_X402_COMPAT is set)");
+        return None;
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("x402-compat");
+    assert!(
+        dir.join("node_modules/@x402/evm").exists(),
+        "the official x402 packages are not installed: run `npm ci --prefix tests/x402-compat` (scripts/test.sh does), or set WALLET_SKIP_X402_COMPAT=1"
+    );
+    Some(dir)
+}
+
 /// Path of a workspace binary next to the running test (target/<profile>/NAME).
 ///
 /// # Panics

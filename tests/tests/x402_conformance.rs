@@ -36,16 +36,7 @@ const BASE_AND_SEPOLIA: &str = "version = 1\n[wallet]\nmax_per_payment = \"0.10\
 
 /// The x402-compat folder, or `None` when the Node checks are skipped.
 fn compat() -> Option<PathBuf> {
-    if std::env::var_os("WALLET_SKIP_X402_COMPAT").is_some() {
-        eprintln!("skipping the official x402 check (WALLET_SKIP_X402_COMPAT is set)");
-        return None;
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("x402-compat");
-    assert!(
-        dir.join("node_modules/@x402/evm").exists(),
-        "the official x402 packages are not installed: run `npm ci --prefix tests/x402-compat` (scripts/test.sh does), or set WALLET_SKIP_X402_COMPAT=1"
-    );
-    Some(dir)
+    wallet_e2e::x402_compat_dir()
 }
 
 /// Runs a script of tests/x402-compat; its one JSON line and whether it exited 0.

@@ -12,16 +12,7 @@ use wallet_e2e::{header, header_json, now_ms, Stack, PAYEE, USDC_BASE_SEPOLIA};
 use wallet_proto::gateway::v1 as gw;
 
 fn harness() -> Option<PathBuf> {
-    if std::env::var_os("WALLET_SKIP_X402_COMPAT").is_some() {
-        eprintln!("skipping the official x402 check (WALLET_SKIP_X402_COMPAT is set)");
-        return None;
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("x402-compat");
-    assert!(
-        dir.join("node_modules/@x402/evm").exists(),
-        "the official x402 packages are not installed: run `npm ci --prefix tests/x402-compat` (scripts/test.sh does), or set WALLET_SKIP_X402_COMPAT=1"
-    );
-    Some(dir.join("verify.mjs"))
+    wallet_e2e::x402_compat_dir().map(|dir| dir.join("verify.mjs"))
 }
 
 fn official_verify(script: &PathBuf, required: &str, signature: &str) -> (bool, String) {

@@ -139,8 +139,8 @@ pub(super) fn decision_inputs<'a>(
 }
 
 /// What a payment request asks, as the decision takes it: the payment requirements and the
-/// network preference as a CAIP-2 id. `SignPayment` reads its request the same way
-/// (`payment.rs` `Decoded::new`); it can call this instead.
+/// network preference as a CAIP-2 id. `SignPayment` (`payment.rs` `Decoded::new`) and
+/// `PreviewPayment` both read their request with it.
 ///
 /// # Errors
 /// The header's error (`MALFORMED_HEADER`, `UNSUPPORTED_VERSION`, ...); a network preference

@@ -23,10 +23,7 @@ use alloy_primitives::U256;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use wallet_policy::{
-    amount::format_decimal,
-    audit::Record as AuditRecord,
-    rules,
-    x402::{caip2_network, decode_payment_required, PaymentRequired},
+    amount::format_decimal, audit::Record as AuditRecord, rules, x402::PaymentRequired,
 };
 use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
 
@@ -89,15 +86,8 @@ impl Decoded {
     /// agent's, signed by its session key, so this is where it is enforced.
     fn new(auth: Authenticated) -> Result<Self> {
         let r = auth.request();
-        let required = decode_payment_required(&r.payment_required)?;
-        let preferred_network = if r.preferred_network.is_empty() {
-            None
-        } else {
-            Some(
-                caip2_network(&r.preferred_network)
-                    .map_err(|e| Failure::bad_argument(format!("preferred_network: {e}")))?,
-            )
-        };
+        let (required, preferred_network) =
+            super::agent::read_payment_ask(&r.payment_required, &r.preferred_network)?;
         let hash: [u8; 32] = Sha256::new()
             .chain_update(b"idem/v1\0")
             .chain_update((r.payment_required.len() as u64).to_be_bytes())
