@@ -18,6 +18,8 @@ markers=(
   "FileSealingKey"                # the sealing key in a file beside the data
   "SIMULATED ENCLAVE: keys are sealed with a key file" # the simulated start-up
   "injected fdatasync failure"    # journal fault injection
+  "x402-wallet TEST ROOT"         # the TEST attestation root (the simulated NSM signs under it)
+  "kms-sim TEST CA"               # the KMS stand-in's TLS CA, trusted only by simulated builds
 )
 found=()
 for m in "${markers[@]}"; do

@@ -132,7 +132,7 @@ cat <<MSG
   enclave socket:  $SOCK
   data directory:  $DATA_DIR
 
-  In another shell:   $EXPORTS; walletctl init
+  In another shell:   $EXPORTS; walletctl init --simulated
   Ctrl-C stops both.
 
 MSG

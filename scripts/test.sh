@@ -20,9 +20,17 @@ cargo clippy -p wallet-enclave --locked -- -D warnings
 cargo build -p wallet-enclave --bin wallet-enclave --locked
 cp target/debug/wallet-enclave target/wallet-enclave.production
 scripts/check-enclave-build.sh production target/wallet-enclave.production
+# Production host binaries and verifier: the TEST attestation root is not in them, and the
+# verifier built without `test-pki` refuses a document the test PKI signed.
+cargo build -p wallet-host --bins --locked
+cp target/debug/walletctl target/walletctl.production
+cp target/debug/wallet-gateway target/wallet-gateway.production
+scripts/check-test-root.sh production target/wallet-enclave.production target/walletctl.production target/wallet-gateway.production
+cargo test -p wallet-attestation --locked
 # The end-to-end tests start wallet-enclave, wallet-gateway and walletctl: `cargo test` alone does
 # not build another package's binaries, so build them first (the enclave with its simulated
 # platform, which the tests turn on; the control check shows the markers above are real).
 cargo build --workspace --bins --locked --features wallet-enclave/simulated,wallet-enclave/fault-injection
 scripts/check-enclave-build.sh simulated target/debug/wallet-enclave
+scripts/check-test-root.sh simulated target/debug/wallet-enclave target/debug/walletctl
 cargo test --workspace --locked

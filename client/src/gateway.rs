@@ -249,6 +249,9 @@ calls! {
     get_audit_head(gw::GetAuditHeadRequest) -> gw::AuditHead = GetAuditHead => AuditHead;
     /// One page of audit records.
     list_audit(gw::ListAuditRequest) -> gw::ListAuditResponse = ListAudit => Audit;
+    /// The enclave's attestation document over the caller's nonce (verify it with
+    /// wallet-attestation before trusting anything it binds).
+    get_attestation(gw::GetAttestationRequest) -> gw::Attestation = GetAttestation => Attestation;
     /// The gateway's and the enclave's status.
     get_status(gw::GetStatusRequest) -> gw::Status = GetStatus => Status;
 }

@@ -323,6 +323,12 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::ListAuditResponse>, Status> {
         relay!(self, request, ListAudit => Audit)
     }
+    async fn get_attestation(
+        &self,
+        request: Request<gw::GetAttestationRequest>,
+    ) -> Result<Response<gw::Attestation>, Status> {
+        relay!(self, request, GetAttestation => Attestation)
+    }
     async fn get_status(
         &self,
         request: Request<gw::GetStatusRequest>,

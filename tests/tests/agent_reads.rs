@@ -657,6 +657,7 @@ mitm! {
     list_admins(gw::ListAdminsRequest) -> gw::ListAdminsResponse;
     get_audit_head(gw::GetAuditHeadRequest) -> gw::AuditHead;
     list_audit(gw::ListAuditRequest) -> gw::ListAuditResponse;
+    get_attestation(gw::GetAttestationRequest) -> gw::Attestation;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

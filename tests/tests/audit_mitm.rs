@@ -272,6 +272,12 @@ impl WalletGateway for Mitm {
         }
     }
 
+    async fn get_attestation(
+        &self,
+        r: Request<gw::GetAttestationRequest>,
+    ) -> Result<Response<gw::Attestation>, Status> {
+        self.upstream.clone().get_attestation(forward(r)).await
+    }
     async fn list_audit(
         &self,
         r: Request<gw::ListAuditRequest>,

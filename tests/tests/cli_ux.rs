@@ -350,7 +350,7 @@ fn a_new_enclave_identity_is_explained_and_re_pinned_only_when_asked() {
     let url = {
         let _enclave = start_enclave(first.path(), "info");
         let (_gateway, url) = start_gateway(first.path());
-        ok(&walletctl_at(&url, &home, &["init"]));
+        ok(&walletctl_at(&url, &home, &["init", "--simulated"]));
         ok(&walletctl_at(&url, &home, &["audit", "verify"]));
         url
     };

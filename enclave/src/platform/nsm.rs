@@ -72,6 +72,17 @@ pub trait Nsm: Send + Sync + std::fmt::Debug {
 
     /// Whose chain signs this NSM's attestation documents.
     fn trust_root(&self) -> TrustRoot;
+
+    /// The measured PCRs worth reporting, as `(index, value)` in index order: PCR0 (the whole
+    /// image), PCR1 (kernel and boot ramdisk), PCR2 (the application), and on Nitro PCR3, PCR4
+    /// and PCR8 when set. Values are SHA-384 digests (48 bytes). For status and the audit head;
+    /// the attestation document is what proves them.
+    ///
+    /// # Errors
+    /// [`NsmError`] when the device fails; [`NsmError::Unsupported`] by default.
+    fn pcrs(&self) -> Result<Vec<(u32, Vec<u8>)>, NsmError> {
+        Err(NsmError::Unsupported("describing PCRs"))
+    }
 }
 
 /// The real NSM through `aws-nitro-enclaves-nsm-api` (its driver holds the only `unsafe`).
@@ -145,6 +156,27 @@ impl Nsm for NitroNsm {
     }
     fn trust_root(&self) -> TrustRoot {
         TrustRoot::AwsNitro
+    }
+    fn pcrs(&self) -> Result<Vec<(u32, Vec<u8>)>, NsmError> {
+        use aws_nitro_enclaves_nsm_api::api::{Request, Response};
+        let mut out = Vec::new();
+        for index in [0u16, 1, 2, 3, 4, 8] {
+            match aws_nitro_enclaves_nsm_api::driver::nsm_process_request(
+                self.fd,
+                Request::DescribePCR { index },
+            ) {
+                Response::DescribePCR { data, .. } => {
+                    // PCR0..2 always; the others only when something was measured into them.
+                    if index <= 2 || data.iter().any(|b| *b != 0) {
+                        out.push((u32::from(index), data));
+                    }
+                }
+                other => {
+                    return Err(NsmError::Device(format!("DescribePCR {index} failed: {other:?}")))
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The simulated platform (cargo feature `simulated`, off by default): the enclave as a local
-//! process, for development and tests. Its NSM draws randomness from the OS and cannot attest
-//! yet; its sealing key is a file beside the data. Everything it makes says SIMULATED.
+//! process, for development and tests. Its NSM draws randomness from the OS and signs real
+//! attestation documents with the project's TEST chain (which only builds with this feature
+//! accept); its sealing key is a file beside the data. Everything it makes says SIMULATED.
 
 use std::sync::Arc;
 use std::{fs, io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path, path::PathBuf};
@@ -11,10 +12,48 @@ use zeroize::Zeroizing;
 use super::{Clock, Handles, Mode, Nsm, NsmError, Platform, SealingKeySource, TrustRoot};
 use crate::seal::SealError;
 
-/// Simulated NSM: randomness from the OS CSPRNG. Attestation documents come with the Nitro
-/// issue (a test-rooted `COSE_Sign1`); until then [`Nsm::attest`] is unsupported.
+/// Simulated NSM: randomness from the OS CSPRNG, and attestation documents that are real
+/// `COSE_Sign1` (ES384) documents signed by the project's P-384 TEST chain
+/// (`wallet_attestation::test_pki`), over PCRs measured from what really runs:
+///
+/// * PCR0 and PCR2: SHA-384 of this process's executable (`/proc/self/exe`), so a changed
+///   enclave binary changes them (on Nitro, PCR0 covers the whole image and PCR2 the app);
+/// * PCR1: SHA-384 of [`SIMULATED_PCR1_INPUT`] (there is no kernel or boot ramdisk to measure).
+///
+/// Its `module_id` is [`SIMULATED_MODULE_ID`]; only a verifier built with the test root accepts
+/// its documents.
 #[derive(Debug, Default)]
 pub struct SimulatedNsm;
+
+/// The simulated NSM's `module_id` (says SIMULATED wherever it is shown).
+pub const SIMULATED_MODULE_ID: &str = "SIMULATED-x402-wallet-enclave";
+
+/// What the simulated PCR1 is the SHA-384 of.
+pub const SIMULATED_PCR1_INPUT: &[u8] =
+    b"x402-wallet SIMULATED platform: no kernel or boot ramdisk measured";
+
+/// The simulated PCRs (see [`SimulatedNsm`]), measured once per process.
+///
+/// # Errors
+/// When the executable cannot be read.
+pub fn simulated_pcrs() -> Result<&'static std::collections::BTreeMap<u8, Vec<u8>>, NsmError> {
+    use sha2::{Digest as _, Sha384};
+    static PCRS: std::sync::OnceLock<Result<std::collections::BTreeMap<u8, Vec<u8>>, String>> =
+        std::sync::OnceLock::new();
+    PCRS.get_or_init(|| {
+        let mut exe = fs::File::open("/proc/self/exe")
+            .map_err(|e| format!("cannot read the enclave executable to measure it: {e}"))?;
+        let mut h = Sha384::new();
+        std::io::copy(&mut exe, &mut h)
+            .map_err(|e| format!("cannot read the enclave executable to measure it: {e}"))?;
+        let app = h.finalize().to_vec();
+        Ok([(0u8, app.clone()), (1, Sha384::digest(SIMULATED_PCR1_INPUT).to_vec()), (2, app)]
+            .into_iter()
+            .collect())
+    })
+    .as_ref()
+    .map_err(|e| NsmError::Device(e.clone()))
+}
 
 impl Nsm for SimulatedNsm {
     fn mode(&self) -> Mode {
@@ -25,14 +64,36 @@ impl Nsm for SimulatedNsm {
     }
     fn attest(
         &self,
-        _user_data: Option<&[u8]>,
-        _nonce: Option<&[u8]>,
-        _public_key: Option<&[u8]>,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
     ) -> Result<Vec<u8>, NsmError> {
-        Err(NsmError::Unsupported("attestation (simulated)"))
+        // The NSM's own limits (aws-nitro-enclaves-nsm-api: 1 KiB per field).
+        for (name, field) in
+            [("user_data", user_data), ("nonce", nonce), ("public_key", public_key)]
+        {
+            if field.is_some_and(|f| f.len() > 1024) {
+                return Err(NsmError::Device(format!("{name} is over 1024 bytes")));
+            }
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| NsmError::Device(e.to_string()))?
+            .as_millis();
+        Ok(wallet_attestation::test_pki::sign_document(
+            SIMULATED_MODULE_ID,
+            u64::try_from(now_ms).unwrap_or(u64::MAX),
+            simulated_pcrs()?,
+            public_key,
+            user_data,
+            nonce,
+        ))
     }
     fn trust_root(&self) -> TrustRoot {
         TrustRoot::SimulatedTest
+    }
+    fn pcrs(&self) -> Result<Vec<(u32, Vec<u8>)>, NsmError> {
+        Ok(simulated_pcrs()?.iter().map(|(i, v)| (u32::from(*i), v.clone())).collect())
     }
 }
 
@@ -114,7 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn simulated_is_labelled_random_and_cannot_attest_yet() {
+    fn simulated_is_labelled_random_and_attests_under_the_test_root() {
         let n = SimulatedNsm;
         assert_eq!(n.mode().as_str(), "simulated");
         assert_eq!(n.trust_root(), TrustRoot::SimulatedTest);
@@ -122,7 +183,23 @@ mod tests {
         n.fill_random(&mut a).unwrap();
         n.fill_random(&mut b).unwrap();
         assert_ne!(a, b);
-        assert!(matches!(n.attest(None, None, None), Err(NsmError::Unsupported(_))));
+        let doc = n.attest(Some(b"user"), Some(b"nonce-0123456789"), Some(&[9; 32])).unwrap();
+        let now = u64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+        )
+        .unwrap();
+        let v = wallet_attestation::verify(&doc, now, Some(b"nonce-0123456789")).unwrap();
+        assert_eq!(v.root, wallet_attestation::Root::Test);
+        assert_eq!(v.module_id, SIMULATED_MODULE_ID);
+        assert_eq!(v.user_data.as_deref(), Some(&b"user"[..]));
+        assert_eq!(v.public_key.as_deref(), Some(&[9u8; 32][..]));
+        // PCR0 is the SHA-384 of the running executable: a changed binary changes it.
+        use sha2::{Digest as _, Sha384};
+        let exe = fs::read("/proc/self/exe").unwrap();
+        assert_eq!(v.pcrs[&0], Sha384::digest(&exe).to_vec());
+        assert_eq!(v.pcrs[&2], v.pcrs[&0]);
+        assert_eq!(n.pcrs().unwrap().len(), 3);
+        assert!(n.attest(Some(&[0; 1025]), None, None).is_err());
     }
 
     #[test]

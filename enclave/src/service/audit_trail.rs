@@ -175,6 +175,8 @@ impl Enclave {
                 .to_bytes()
                 .to_vec(),
             public_key: self.identity().to_vec(),
+            mode: self.nsm.mode().as_str().to_owned(),
+            pcrs: self.wire_pcrs(),
         }
     }
 

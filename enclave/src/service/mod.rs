@@ -13,6 +13,7 @@
 //! | the KYT list | [`kyt`] |
 //! | the admin set | [`admin`] |
 //! | the audit log's records and answers | [`audit_trail`] |
+//! | attestation documents, measurements, sealing | [`attestation`] |
 //! | state in memory and its recovery | [`state`], [`records`] (on disk), [`wire`] (answers) |
 //!
 //! Reads are open to the host, except an agent's reads of its own session, which its session
@@ -22,6 +23,7 @@
 mod admin;
 mod agent;
 mod approvals;
+mod attestation;
 mod audit_trail;
 mod auth;
 mod error;
@@ -56,6 +58,7 @@ use wallet_proto::{
 use zeroize::Zeroizing;
 
 pub use agent::{DEFAULT_LIST_PAYMENTS, MAX_ACTIVITY_RECORDS, MAX_LIST_PAYMENTS};
+pub use attestation::Sealing;
 pub use auth::REPLAY_FLOOR_MARGIN_MS;
 pub use error::{Failure, Result};
 pub use idempotency::DEFAULT_IDEMPOTENCY_TTL_SECONDS;
@@ -100,6 +103,10 @@ pub struct Enclave {
     /// Each session's recent payments, denials and holds (bounded; see `agent`). Never held
     /// together with `inner`.
     activity: Mutex<agent::Activity>,
+    /// How the state is sealed (set once after opening; see `attestation`).
+    sealing: std::sync::OnceLock<Sealing>,
+    /// The PCRs the NSM reported at start-up (index, value), for status and the audit head.
+    pcrs: Vec<(u32, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -192,6 +199,7 @@ impl Enclave {
             Req::ListAdmins(_) => Resp::Admins(self.list_admins()),
             Req::GetAuditHead(r) => Resp::AuditHead(self.audit_head(&r.challenge)),
             Req::ListAudit(r) => Resp::Audit(self.list_audit(r.from_seq, r.limit)?),
+            Req::GetAttestation(r) => Resp::Attestation(self.attestation(&r)?),
             // State changes.
             Req::CreateWallet(r) => {
                 admin!(CreateWallet, r, |by| Resp::Wallet(self.create_wallet(&by, r).await?))
@@ -344,6 +352,13 @@ impl Enclave {
             ));
         }
         spend_log.checkpoint().await.map_err(checkpoint)?;
+        let pcrs = match nsm.pcrs() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "the NSM did not report PCRs");
+                Vec::new()
+            }
+        };
         Ok(Self {
             state,
             spend_log,
@@ -364,6 +379,8 @@ impl Enclave {
             max_now: AtomicU64::new(0),
             kyt_staging: Mutex::new(None),
             activity: Mutex::new(activity),
+            sealing: std::sync::OnceLock::new(),
+            pcrs,
         })
     }
 
@@ -421,6 +438,8 @@ impl Enclave {
             payments_signed: self.signed.load(Ordering::Relaxed),
             data_dir: self.location.clone(),
             enclave_reachable: true,
+            pcrs: self.wire_pcrs(),
+            sealing: self.sealing_kind(),
         }
     }
 }

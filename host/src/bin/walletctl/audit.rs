@@ -143,7 +143,7 @@ pub(crate) fn pin_audit_key(home: &Path, key: &[u8]) -> Result<(), Fail> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Fail(1, format!("cannot read {}: {e}", path.display()))),
         Err(_) => {
             std::fs::write(&path, format!("{}\n", hex::encode(key))).map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))?;
-            println!("pinned the enclave's audit key {} in {} (trust on first use)", hex::encode(key), path.display());
+            println!("pinned the enclave's identity {} in {}", hex::encode(key), path.display());
             Ok(())
         }
     }

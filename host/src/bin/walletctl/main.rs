@@ -5,6 +5,7 @@
 mod admin;
 mod approvals;
 mod asset;
+mod attest;
 mod audit;
 mod fetch;
 mod kyt;
@@ -50,15 +51,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Set up walletctl: create the admin key (HOME/admin.key, 0600), check the gateway and
-    /// enclave, pin the enclave's identity (HOME/audit.pub), and register the key as the
+    /// Set up walletctl: create the admin key (HOME/admin.key, 0600), verify the enclave's
+    /// attestation document, pin its identity (HOME/audit.pub), and register the key as the
     /// enclave's first admin if it has none.
+    ///
+    /// The first contact trusts nothing the host says: the enclave's attestation document over a
+    /// fresh nonce must verify to a built-in root, bind the identity key, and (Nitro) match what
+    /// you expect: --expect-pcr0 HEX (PCR1, PCR2 optional) or --measurements FILE, from
+    /// scripts/build-eif.sh or nitro-cli describe-eif, and --expect-kms-key ARN and
+    /// --expect-service ID. Without them a Nitro enclave is refused; they are pinned in
+    /// HOME/enclave.json. A simulated enclave's document is signed by the project's TEST root
+    /// (only development builds accept it, with --simulated) and proves nothing.
     ///
     /// A new data directory is a new enclave with a new identity; `init` then refuses it (exit
     /// code 5) until you confirm it is one you started: `walletctl init --reset-identity`.
     Init(setup::InitArgs),
-    /// Show the gateway and enclave status (simulated or Nitro).
+    /// Show the gateway and enclave status (simulated or Nitro, measurements, sealing).
     Status,
+    /// Verify the enclave's attestation document over a fresh nonce and show what it proves:
+    /// the PCRs (what runs), the identity key it binds, how state is sealed. Checks the PCRs
+    /// against --expect-pcrN / --measurements, else those pinned by `walletctl init`, and the
+    /// identity against the pinned one. Exit code 5 when anything does not verify or match.
+    Attest(attest::AttestArgs),
     /// Create and list wallets.
     #[command(subcommand)]
     Wallet(wallet::WalletCmd),
@@ -231,6 +245,7 @@ async fn run(mut cli: Cli, home: &Path) -> Out {
     match cli.command {
         Command::Init(a) => setup::init(&cli.gateway, &home, &a).await,
         Command::Status => setup::status(&cli.gateway, &home).await,
+        Command::Attest(a) => attest::run(&cli.gateway, &home, &a).await,
         Command::Wallet(c) => wallet::run(&cli.gateway, &home, c).await,
         Command::Policy(c) => policy::run(&cli.gateway, &home, c).await,
         Command::Asset(c) => asset::run(&cli.gateway, &home, c).await,

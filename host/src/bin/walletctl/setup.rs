@@ -6,11 +6,7 @@ use clap::Args;
 use wallet_client::{now_ms, AdminKey, AdminRpc};
 use wallet_proto::gateway::v1 as gw;
 
-use crate::{
-    admin::admin_key,
-    audit::{pin_audit_key, presented_identity},
-    client, pinned_identity, Fail, Out,
-};
+use crate::{admin::admin_key, audit::pin_audit_key, client, pinned_identity, Fail, Out};
 
 /// `walletctl init` flags.
 #[derive(Debug, Args)]
@@ -22,6 +18,8 @@ pub(crate) struct InitArgs {
     /// would present.
     #[arg(long)]
     reset_identity: bool,
+    #[command(flatten)]
+    expect: crate::attest::Expect,
 }
 
 /// What happened when the enclave presents `presented` while `pinned` is pinned in
@@ -49,27 +47,44 @@ fn move_aside(home: &Path, name: &str) -> Result<Option<std::path::PathBuf>, Fai
     Ok(Some(to))
 }
 
-/// Compares the identity the enclave presents with the pinned one; with `reset`, re-pins a
-/// changed one (moving the old pin aside), else refuses it (exit code 5) saying what to do.
-async fn check_identity(url: &str, home: &Path, reset: bool) -> Out {
+/// What to do with the identity the enclave's verified attestation document binds.
+enum Pin {
+    /// It is the pinned one.
+    Keep,
+    /// Nothing is pinned yet: pin it.
+    New,
+    /// Another one is pinned and the admin asked to replace it (`--reset-identity`).
+    Replace(String),
+}
+
+/// Compares the identity the enclave's verified attestation document binds (`presented`, hex)
+/// with the pinned one. A changed one is refused (exit code 5) saying what to do, unless
+/// `reset`. Nothing is written here: the pin changes once the enclave has answered under the
+/// new identity.
+fn check_identity(url: &str, home: &Path, reset: bool, presented: &str) -> Result<Pin, Fail> {
     let Some(pinned) = pinned_identity() else {
-        return Ok(());
+        return Ok(Pin::New);
     };
-    let presented = presented_identity(url).await?;
     if presented == pinned {
         if reset {
             println!("identity:       unchanged ({presented}); nothing to reset");
         }
-        return Ok(());
+        return Ok(Pin::Keep);
     }
     if !reset {
-        return Err(Fail(5, identity_changed(url, home, &pinned, &presented)));
+        return Err(Fail(5, identity_changed(url, home, &pinned, presented)));
     }
-    let old_pin = move_aside(home, "audit.pub")?;
-    move_aside(home, "audit.head")?;
+    Ok(Pin::Replace(pinned))
+}
+
+/// Pins the attested identity `presented` (hex) in `HOME/audit.pub`.
+fn pin_identity(home: &Path, presented: &str) -> Out {
+    let path = home.join("audit.pub");
+    std::fs::write(&path, format!("{presented}\n"))
+        .map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))?;
     println!(
-        "identity:       the enclave's identity changed from {pinned} to {presented}; re-pinning it as you asked (--reset-identity){}",
-        old_pin.map(|p| format!("; the old pin is in {}", p.display())).unwrap_or_default()
+        "identity:       pinned in {} (bound by the verified attestation document)",
+        path.display()
     );
     Ok(())
 }
@@ -93,9 +108,34 @@ pub(crate) async fn init(url: &str, home: &Path, args: &InitArgs) -> Out {
         k
     };
     println!("admin public:   {}", key.public_key_hex());
-    check_identity(url, home, args.reset_identity).await?;
-    status(url, home).await?;
-    let mut cl = client(url).await?;
+    // The verified first contact: nothing the enclave says is trusted before its attestation
+    // document verifies, matches the expected measurements and binds the identity key.
+    let attested = crate::attest::first_contact(url, home, &args.expect).await?;
+    let identity = attested.identity_hex();
+    let pin = check_identity(url, home, args.reset_identity, &identity)?;
+    // Every answer from here on must be signed by the attested identity; it is pinned only
+    // once the enclave has answered under it.
+    let mut cl = crate::with_identity(crate::unpinned_client(url).await?, &identity)?;
+    println!();
+    status_with(&mut cl, url, home, matches!(pin, Pin::Keep)).await?;
+    match pin {
+        Pin::Keep => attested.pin(home)?,
+        Pin::New => {
+            pin_identity(home, &identity)?;
+            attested.pin(home)?;
+        }
+        Pin::Replace(old) => {
+            let old_pin = move_aside(home, "audit.pub")?;
+            move_aside(home, "audit.head")?;
+            move_aside(home, crate::attest::ENCLAVE_FILE)?;
+            println!(
+                "identity:       the enclave's identity changed from {old} to {identity}; re-pinning it as you asked (--reset-identity){}",
+                old_pin.map(|p| format!("; the old pin is in {}", p.display())).unwrap_or_default()
+            );
+            pin_identity(home, &identity)?;
+            attested.pin(home)?;
+        }
+    }
     let head = cl.get_audit_head(gw::GetAuditHeadRequest::default()).await?;
     pin_audit_key(home, &head.public_key)?;
     let admins = cl.list_admins(gw::ListAdminsRequest {}).await?.admins;
@@ -121,7 +161,18 @@ pub(crate) async fn init(url: &str, home: &Path, args: &InitArgs) -> Out {
 }
 
 pub(crate) async fn status(url: &str, home: &Path) -> Out {
-    let mut cl = client(url).await?;
+    status_with(&mut client(url).await?, url, home, true).await
+}
+
+/// `walletctl status` through `cl` (which checks answers against the identity it was given);
+/// `history`: also compare the audit head with the one this machine verified last (not while
+/// `init` replaces the pinned identity: that head belongs to the old enclave).
+async fn status_with(
+    cl: &mut wallet_client::GatewayClient,
+    url: &str,
+    home: &Path,
+    history: bool,
+) -> Out {
     let s = match cl.get_status(gw::GetStatusRequest {}).await {
         Ok(s) => s,
         // The gateway answers for itself when it cannot reach the enclave: unsigned, so it is
@@ -155,6 +206,21 @@ pub(crate) async fn status(url: &str, home: &Path) -> Out {
         s.mode.clone()
     };
     println!("enclave:  {mode}");
+    for p in &s.pcrs {
+        println!(
+            "PCR{}:{:width$}{}",
+            p.index,
+            "",
+            hex::encode(&p.value),
+            width = 6 - p.index.to_string().len()
+        );
+    }
+    match s.sealing.as_str() {
+        "" => {}
+        "kms" => println!("sealing:  KMS data key released only to the attested measurements"),
+        "key-file" => println!("sealing:  key file on the host (simulated)"),
+        other => println!("sealing:  {other}"),
+    }
     println!("version:  {} (protocol {})", s.enclave_version, s.protocol_version);
     println!("data dir: {}", s.data_dir);
     println!(
@@ -162,8 +228,10 @@ pub(crate) async fn status(url: &str, home: &Path) -> Out {
         s.admins, s.wallets, s.sessions, s.assets, s.kyt_entries, s.payments_signed
     );
     // Whole-directory rollback: the enclave cannot see it; the head verified last can.
-    if let Some(audit) = crate::audit::check_against_last_verified(&mut cl, home).await? {
-        println!("audit:    {audit}");
+    if history {
+        if let Some(audit) = crate::audit::check_against_last_verified(cl, home).await? {
+            println!("audit:    {audit}");
+        }
     }
     Ok(())
 }
