@@ -3,7 +3,11 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/wallet/gateway/v1/gateway.proto", "proto/wallet/enclave/v1/enclave.proto"];
+    let files = [
+        "proto/wallet/gateway/v1/gateway.proto",
+        "proto/wallet/enclave/v1/enclave.proto",
+        "proto/wallet/storage/v1/storage.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

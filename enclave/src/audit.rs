@@ -1,5 +1,6 @@
 //! The tamper-evident audit log: one hash-chained JSON line per decision (payment, denial,
-//! withheld signature, admin change), in `DATA_DIR/audit.log`. Format and chain:
+//! withheld signature, admin change), in `DATA_DIR/audit.log` (or the host's `audit.log` on host
+//! storage: a [`StorageFile`] either way). Format and chain:
 //! [`wallet_policy::audit`]. The enclave signs the head with its audit key on request.
 //!
 //! The log is for verification outside the enclave, so it is not sealed; it holds no secret
@@ -9,17 +10,16 @@
 //! under a running enclave is reported too.
 
 use std::{
-    fs::{File, OpenOptions},
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-    sync::Mutex,
+    path::Path,
+    sync::{Arc, Mutex},
 };
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 use wallet_policy::audit::{clip, verify_chain, ChainError, Record};
 use zeroize::Zeroizing;
+
+use crate::hostfile::{LocalFile, StorageFile};
 
 /// Largest page of records returned by one read, in bytes (well under a 1 MiB frame).
 const MAX_PAGE_BYTES: usize = 512 * 1024;
@@ -62,7 +62,7 @@ pub enum AuditError {
 }
 
 struct Writer {
-    file: File,
+    file: Arc<dyn StorageFile>,
     count: u64,
     last: [u8; 32],
     /// Length of the file up to the last complete record.
@@ -76,7 +76,10 @@ struct Writer {
 /// The audit log.
 pub struct AuditLog {
     writer: Mutex<Writer>,
-    path: PathBuf,
+    /// The file, for reads (which do not take the writer's lock).
+    file: Arc<dyn StorageFile>,
+    /// What to call the file in errors (its path, or its name on the host).
+    path: String,
     /// Records written (complete lines), for the commit head.
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -88,20 +91,22 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log and verifies its chain.
+    /// Opens (or creates, 0600) the log at `path` and verifies its chain.
     ///
     /// # Errors
     /// [`AuditError`] when it cannot be read or its chain is broken.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let io = |e: std::io::Error| AuditError::Io(format!("{}: {e}", path.display()));
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let text = std::fs::read(path).map_err(io)?;
+        Self::open_file(LocalFile::open(path).map_err(|e| AuditError::Io(e.to_string()))?)
+    }
+
+    /// Opens the log in `file` (local, or stored by the host) and verifies its chain.
+    ///
+    /// # Errors
+    /// [`AuditError`] when it cannot be read or its chain is broken.
+    pub fn open_file(file: Arc<dyn StorageFile>) -> Result<Self, AuditError> {
+        let path = file.label().to_owned();
+        let io = |e: std::io::Error| AuditError::Io(format!("{path}: {e}"));
+        let text = file.read_all().map_err(io)?;
         let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if complete < text.len() {
             tracing::warn!(
@@ -113,11 +118,19 @@ impl AuditLog {
         }
         let body = String::from_utf8_lossy(&text[..complete]).into_owned();
         let (count, last) = verify_chain(body.lines())
-            .map_err(|source| AuditError::Broken { path: path.display().to_string(), source })?;
-        let writer = Writer { file, count, last, len: complete as u64, poisoned: false, key: None };
+            .map_err(|source| AuditError::Broken { path: path.clone(), source })?;
+        let writer = Writer {
+            file: Arc::clone(&file),
+            count,
+            last,
+            len: complete as u64,
+            poisoned: false,
+            key: None,
+        };
         Ok(Self {
             writer: Mutex::new(writer),
-            path: path.to_owned(),
+            file,
+            path,
             count: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(count)),
         })
     }
@@ -128,8 +141,7 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError::Broken`] naming the first record whose MAC fails.
     pub fn attach_key(&self, key: Zeroizing<[u8; 32]>) -> Result<(), AuditError> {
-        let text =
-            std::fs::read_to_string(&self.path).map_err(|e| AuditError::Io(e.to_string()))?;
+        let text = self.read_text()?;
         check_macs(&key, text.lines(), &self.path)?;
         self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?.key = Some(key);
         Ok(())
@@ -155,7 +167,9 @@ impl AuditLog {
         r.mac = mac(&key, &r.hash);
         let mut line = serde_json::to_string(&r).map_err(|e| AuditError::Io(e.to_string()))?;
         line.push('\n');
-        if let Err(e) = w.file.write_all(line.as_bytes()) {
+        // At the end of the last complete record, as the enclave knows it (not wherever the
+        // file ends now: a line is never chained after bytes this enclave did not write).
+        if let Err(e) = w.file.write_all_at(line.as_bytes(), w.len) {
             // Undo a partial line, so the chain on disk stays whole; if even that fails, stop.
             let len = w.len;
             if w.file.set_len(len).is_err() {
@@ -182,13 +196,11 @@ impl AuditLog {
         self.writer.lock().map_or((0, [0; 32]), |w| (w.count, w.last))
     }
 
-    /// A handle whose `sync_data` makes appended records durable.
-    ///
-    /// # Errors
-    /// [`AuditError::Io`].
-    pub fn sync_handle(&self) -> Result<File, AuditError> {
-        let w = self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?;
-        w.file.try_clone().map_err(|e| AuditError::Io(e.to_string()))
+    /// The file, whose `sync_data` makes appended records durable (the journal's rounds sync
+    /// it).
+    #[must_use]
+    pub fn sync_handle(&self) -> Arc<dyn StorageFile> {
+        Arc::clone(&self.file)
     }
 
     /// `fdatasync` now.
@@ -196,7 +208,14 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError::Io`].
     pub fn sync(&self) -> Result<(), AuditError> {
-        self.sync_handle()?.sync_data().map_err(|e| AuditError::Io(e.to_string()))
+        self.file.sync_data().map_err(|e| AuditError::Io(e.to_string()))
+    }
+
+    /// The whole file as text.
+    fn read_text(&self) -> Result<String, AuditError> {
+        let bytes = self.file.read_all().map_err(|e| AuditError::Io(e.to_string()))?;
+        String::from_utf8(bytes)
+            .map_err(|e| AuditError::Io(format!("{}: not UTF-8: {e}", self.path)))
     }
 
     /// Reads the log from disk, checks it against what was written, and returns lines
@@ -209,10 +228,9 @@ impl AuditLog {
             let w = self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?;
             (w.count, w.last, w.key.clone())
         };
-        let text =
-            std::fs::read_to_string(&self.path).map_err(|e| AuditError::Io(e.to_string()))?;
+        let text = self.read_text()?;
         let lines: Vec<&str> = text.lines().collect();
-        let path = self.path.display().to_string();
+        let path = self.path.clone();
         let (count, _) = verify_chain(lines.iter().copied())
             .map_err(|source| AuditError::Broken { path: path.clone(), source })?;
         if let Some(key) = &key {
@@ -244,16 +262,16 @@ impl AuditLog {
 fn check_macs<'a>(
     key: &[u8; 32],
     lines: impl Iterator<Item = &'a str>,
-    path: &Path,
+    path: &str,
 ) -> Result<(), AuditError> {
     for (i, line) in lines.enumerate() {
         let r: Record = serde_json::from_str(line).map_err(|e| AuditError::Broken {
-            path: path.display().to_string(),
+            path: path.to_owned(),
             source: ChainError::Malformed { seq: i as u64, why: e.to_string() },
         })?;
         if r.mac != mac(key, &r.hash) {
             return Err(AuditError::Broken {
-                path: path.display().to_string(),
+                path: path.to_owned(),
                 source: ChainError::Broken {
                     seq: i as u64,
                     why: "MAC does not match: not written by this enclave".into(),
@@ -267,6 +285,7 @@ fn check_macs<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hoststorage::fake_host::{Files, BACKENDS};
 
     fn rec(kind: &str) -> Record {
         Record { kind: kind.into(), detail: "x".into(), ..Default::default() }
@@ -274,10 +293,25 @@ mod tests {
 
     #[test]
     fn chain_survives_reopen_torn_lines_are_cut_and_edits_refuse_to_open() {
+        for backend in BACKENDS {
+            chain_survives_reopen_torn_lines_are_cut_and_edits_refuse_to_open_on(&Files::new(
+                backend,
+            ));
+        }
+        // The local path of old opens the same format.
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.log");
+        let a = AuditLog::open(&dir.path().join("audit.log")).unwrap();
+        a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
+        a.append(rec("admin")).unwrap();
+        drop(a);
+        assert_eq!(AuditLog::open(&dir.path().join("audit.log")).unwrap().head().0, 1);
+    }
+
+    fn chain_survives_reopen_torn_lines_are_cut_and_edits_refuse_to_open_on(files: &Files) {
+        let p = files.path("audit.log");
+        let open = || AuditLog::open_file(files.file("audit.log"));
         {
-            let a = AuditLog::open(&p).unwrap();
+            let a = open().unwrap();
             a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
             for k in ["payment", "deny", "admin"] {
                 a.append(rec(k)).unwrap();
@@ -287,7 +321,7 @@ mod tests {
         let mut text = std::fs::read_to_string(&p).unwrap();
         text.push_str("{\"seq\":3,\"kind\":\"pay"); // torn
         std::fs::write(&p, &text).unwrap();
-        let a = AuditLog::open(&p).unwrap();
+        let a = open().unwrap();
         a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
         assert_eq!(a.head().0, 3);
         a.append(rec("payment")).unwrap();
@@ -302,7 +336,7 @@ mod tests {
         drop(a);
         // Edited at rest: the enclave will not start on it.
         std::fs::write(&p, good.replacen("\"deny\"", "\"admin\"", 1)).unwrap();
-        assert!(matches!(AuditLog::open(&p), Err(AuditError::Broken { .. })));
+        assert!(matches!(open(), Err(AuditError::Broken { .. })));
         // Rewritten at rest with correctly recomputed hashes: the chain verifies, the MACs do not.
         let mut prev = [0u8; 32];
         let forged: String = (0..2)
@@ -320,7 +354,7 @@ mod tests {
             })
             .collect();
         std::fs::write(&p, &forged).unwrap();
-        let reopened = AuditLog::open(&p).expect("a self-consistent chain parses");
+        let reopened = open().expect("a self-consistent chain parses");
         assert!(matches!(
             reopened.attach_key(Zeroizing::new([3u8; 32])),
             Err(AuditError::Broken { .. })

@@ -1,5 +1,6 @@
 //! The commit head: after each durability round, what the enclave knows is durable in each of
-//! its three stores, sealed in a small file of its own (`DATA_DIR/commit.head`):
+//! its three stores, sealed in a small file of its own (`DATA_DIR/commit.head`, or the host's
+//! `commit.head` on host storage: a [`StorageFile`] either way):
 //!
 //! * how many spend-journal records,
 //! * how many audit-log records,
@@ -23,13 +24,12 @@
 //! `counter ‖ journal_records ‖ audit_records ‖ store_seq` (u64 big-endian each). The newest
 //! valid slot wins; a slot that is neither zeros nor authentic is tampering.
 
-use std::{
-    fs::{File, OpenOptions},
-    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
-    path::Path,
-};
+use std::{path::Path, sync::Arc};
 
-use crate::seal::Sealer;
+use crate::{
+    hostfile::{read_up_to, LocalFile, StorageFile},
+    seal::Sealer,
+};
 
 const SLOT: u64 = 4096;
 const SECTOR: usize = 512;
@@ -59,7 +59,7 @@ pub enum HeadError {
 
 /// The commit head file.
 pub struct CommitHead {
-    file: File,
+    file: Arc<dyn StorageFile>,
     sealer: Sealer,
     counter: u64,
 }
@@ -81,19 +81,25 @@ impl CommitHead {
     /// # Errors
     /// [`HeadError`] on I/O failure or a slot that fails authentication.
     pub fn open(path: &Path, sealer: Sealer) -> Result<(Self, Option<Facts>), HeadError> {
-        let io = |e: std::io::Error| HeadError::Io(format!("{}: {e}", path.display()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
+        Self::open_file(LocalFile::open(path).map_err(|e| HeadError::Io(e.to_string()))?, sealer)
+    }
+
+    /// Opens the head in `file` (local, or stored by the host) and returns the newest facts it
+    /// holds (`None` when it was never written). Only the two slots' first sectors are read,
+    /// whatever length the file claims.
+    ///
+    /// # Errors
+    /// [`HeadError`] on I/O failure or a slot that fails authentication.
+    pub fn open_file(
+        file: Arc<dyn StorageFile>,
+        sealer: Sealer,
+    ) -> Result<(Self, Option<Facts>), HeadError> {
+        let label = file.label().to_owned();
+        let io = |e: std::io::Error| HeadError::Io(format!("{label}: {e}"));
         let mut newest: Option<(u64, Facts)> = None;
         for slot in 0..2 {
             let mut buf = [0u8; SECTOR];
-            let n = read_up_to(&file, &mut buf, slot * SLOT).map_err(io)?;
+            let n = read_up_to(file.as_ref(), &mut buf, slot * SLOT).map_err(io)?;
             if buf[..n].iter().all(|b| *b == 0) {
                 continue;
             }
@@ -146,22 +152,12 @@ impl CommitHead {
     }
 }
 
-fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], at + n as u64)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
+    use crate::hoststorage::fake_host::{Files, BACKENDS};
 
     fn sealer() -> Sealer {
         Sealer::new(&Zeroizing::new([3u8; 32]), crate::platform::nsm::test_entropy())
@@ -169,30 +165,49 @@ mod tests {
 
     #[test]
     fn the_newest_slot_wins_and_a_tampered_slot_is_refused() {
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            let p = files.path("commit.head");
+            let open = |s: Sealer| CommitHead::open_file(files.file("commit.head"), s);
+            let (mut h, none) = open(sealer()).unwrap();
+            assert_eq!(none, None);
+            for i in 1..=5 {
+                h.write(Facts { journal_records: i, audit_records: 2 * i, store_seq: 3 * i })
+                    .unwrap();
+            }
+            drop(h);
+            let (_, facts) = open(sealer()).unwrap();
+            assert_eq!(
+                facts,
+                Some(Facts { journal_records: 5, audit_records: 10, store_seq: 15 }),
+                "{backend:?}"
+            );
+            // Each slot authenticates only where it is: swapping them is tampering.
+            let bytes = std::fs::read(&p).unwrap();
+            let mut swapped = bytes[4096..].to_vec();
+            swapped.resize(4096, 0);
+            swapped.extend_from_slice(&bytes[..4096]);
+            std::fs::write(&p, &swapped).unwrap();
+            assert!(matches!(open(sealer()), Err(HeadError::Corrupt(_))), "{backend:?}");
+            let mut edited = bytes.clone();
+            edited[20] ^= 1;
+            std::fs::write(&p, &edited).unwrap();
+            assert!(matches!(open(sealer()), Err(HeadError::Corrupt(0))), "{backend:?}");
+            // Another sealing key: corrupt.
+            std::fs::write(&p, &bytes).unwrap();
+            let other =
+                Sealer::new(&Zeroizing::new([4u8; 32]), crate::platform::nsm::test_entropy());
+            assert!(open(other).is_err(), "{backend:?}");
+            // Deleted: a fresh, empty head (the platform refuses it for a store written before).
+            std::fs::remove_file(&p).unwrap();
+            assert_eq!(open(sealer()).unwrap().1, None, "{backend:?}");
+        }
+        // The local path of old reads the same format.
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("commit.head");
-        let (mut h, none) = CommitHead::open(&p, sealer()).unwrap();
-        assert_eq!(none, None);
-        for i in 1..=5 {
-            h.write(Facts { journal_records: i, audit_records: 2 * i, store_seq: 3 * i }).unwrap();
-        }
+        let (mut h, _) = CommitHead::open(&p, sealer()).unwrap();
+        h.write(Facts { journal_records: 1, audit_records: 1, store_seq: 1 }).unwrap();
         drop(h);
-        let (_, facts) = CommitHead::open(&p, sealer()).unwrap();
-        assert_eq!(facts, Some(Facts { journal_records: 5, audit_records: 10, store_seq: 15 }));
-        // Each slot authenticates only where it is: swapping them is tampering.
-        let bytes = std::fs::read(&p).unwrap();
-        let mut swapped = bytes[4096..].to_vec();
-        swapped.resize(4096, 0);
-        swapped.extend_from_slice(&bytes[..4096]);
-        std::fs::write(&p, &swapped).unwrap();
-        assert!(matches!(CommitHead::open(&p, sealer()), Err(HeadError::Corrupt(_))));
-        let mut edited = bytes.clone();
-        edited[20] ^= 1;
-        std::fs::write(&p, &edited).unwrap();
-        assert!(matches!(CommitHead::open(&p, sealer()), Err(HeadError::Corrupt(0))));
-        // Another sealing key: corrupt.
-        std::fs::write(&p, &bytes).unwrap();
-        let other = Sealer::new(&Zeroizing::new([4u8; 32]), crate::platform::nsm::test_entropy());
-        assert!(CommitHead::open(&p, other).is_err());
+        assert!(CommitHead::open(&p, sealer()).unwrap().1.is_some());
     }
 }

@@ -17,18 +17,20 @@
 //! than forget spends. Otherwise it is a *torn tail* left by a crash — never acknowledged, so no
 //! signature was released for it or anything after it — and it is cleared (and synced) before new
 //! records are written. The file is preallocated with zeros; a zero length header ends the data.
+//!
+//! The file is a [`StorageFile`]: a local file in the data directory, or the host's
+//! `spends.journal` on host storage (Nitro mode), with the same writes, syncs and recovery. The
+//! state store on host storage (`crate::logstore`) uses the same framing and recovery.
 
-use std::{
-    fs::{File, OpenOptions},
-    io::Read as _,
-    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
-    path::Path,
-    sync::Mutex,
-};
+use std::{path::Path, sync::Arc, sync::Mutex};
 
 use zeroize::Zeroizing;
 
-use crate::{commit::GroupCommit, seal::Sealer};
+use crate::{
+    commit::GroupCommit,
+    hostfile::{LocalFile, StorageFile},
+    seal::Sealer,
+};
 
 /// One record as read back on open.
 pub type Record = Zeroizing<Vec<u8>>;
@@ -71,7 +73,7 @@ const CHUNK: u64 = 8 << 20;
 /// that appends overwrite already-written blocks: the file's size and extents then do not change
 /// on the hot path, and `fdatasync` has no metadata to commit (on ext4 that halves its cost or
 /// better). Returns the new allocated size.
-fn preallocate(file: &File, allocated: u64, needed: u64) -> std::io::Result<u64> {
+fn preallocate(file: &dyn StorageFile, allocated: u64, needed: u64) -> std::io::Result<u64> {
     let target = needed.saturating_add(CHUNK);
     if allocated >= needed.saturating_add(CHUNK / 2) {
         return Ok(allocated);
@@ -88,9 +90,36 @@ fn preallocate(file: &File, allocated: u64, needed: u64) -> std::io::Result<u64>
     Ok(at)
 }
 
-/// Reads records until the end of the data (see the module docs). Returns them and where the
-/// valid data ends.
+/// How a log of sealed frames is laid out: the associated data of frame `n`, and the largest
+/// frame. The spend journal's ([`JOURNAL_FRAMING`]) and the host state log's
+/// (`crate::logstore`) share the format and [`recover_frames`].
+#[derive(Clone, Copy)]
+pub(crate) struct Framing {
+    /// Associated data of frame `n` (from 0).
+    pub aad: fn(u64) -> Vec<u8>,
+    /// Largest sealed frame, written or read.
+    pub max_record: usize,
+}
+
+/// The spend journal's framing.
+const JOURNAL_FRAMING: Framing = Framing { aad, max_record: MAX_RECORD };
+
+/// Reads the spend journal's records until the end of the data (see the module docs). Returns
+/// them and where the valid data ends.
 fn recover(bytes: &[u8], sealer: &Sealer) -> Result<(Vec<Record>, usize), JournalError> {
+    recover_frames(bytes, sealer, JOURNAL_FRAMING)
+}
+
+/// Reads frames laid out by `framing` until the end of the data, with the journal's recovery
+/// rules (see the module docs): a bad frame below the highest watermark, or vouched for by a
+/// later frame, is corruption; otherwise it is a torn tail. Returns the opened records (without
+/// their watermarks) and where the valid data ends.
+pub(crate) fn recover_frames(
+    bytes: &[u8],
+    sealer: &Sealer,
+    framing: Framing,
+) -> Result<(Vec<Record>, usize), JournalError> {
+    let Framing { aad, max_record } = framing;
     let mut records = Vec::new();
     let mut offset = 0usize;
     let mut watermark = 0u64;
@@ -103,7 +132,7 @@ fn recover(bytes: &[u8], sealer: &Sealer) -> Result<(Vec<Record>, usize), Journa
             let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
             if len == 0 && rest.iter().all(|b| *b == 0) {
                 None
-            } else if len == 0 || len > MAX_RECORD {
+            } else if len == 0 || len > max_record {
                 Some(format!("impossible record length {len}"))
             } else if rest.len() < 4 + len {
                 Some("record cut off by the end of the file".to_owned())
@@ -123,7 +152,8 @@ fn recover(bytes: &[u8], sealer: &Sealer) -> Result<(Vec<Record>, usize), Journa
         };
         match failure {
             Some(reason)
-                if index < watermark || acknowledged_later(&bytes[offset..], index, sealer) =>
+                if index < watermark
+                    || acknowledged_later(&bytes[offset..], index, sealer, framing) =>
             {
                 return Err(JournalError::Corrupt { index, offset: offset as u64, reason });
             }
@@ -144,10 +174,11 @@ const LOOKAHEAD: u64 = 64;
 /// acknowledged durable: a frame that authenticates (at any index up to [`LOOKAHEAD`] past it,
 /// to see through deletions and swaps) and carries a watermark above `index`. A crash leaves no
 /// such frame: everything after an unacknowledged record was appended before it became durable.
-fn acknowledged_later(mut rest: &[u8], index: u64, sealer: &Sealer) -> bool {
+fn acknowledged_later(mut rest: &[u8], index: u64, sealer: &Sealer, framing: Framing) -> bool {
+    let Framing { aad, max_record } = framing;
     while rest.len() >= 4 {
         let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len == 0 || len > MAX_RECORD || rest.len() < 4 + len {
+        if len == 0 || len > max_record || rest.len() < 4 + len {
             return false;
         }
         let frame = &rest[4..4 + len];
@@ -169,8 +200,22 @@ fn aad(index: u64) -> Vec<u8> {
     format!("spend-journal/v1/{index}").into_bytes()
 }
 
+/// Clears what follows the valid data (`bytes[end..]`, a torn tail) by writing zeros over it, and
+/// syncs, before anything new is written: a second crash then cannot leave a new frame on top
+/// of old bytes. Nothing is written when it is all zeros already.
+///
+/// # Errors
+/// The I/O error.
+pub(crate) fn clear_tail(file: &dyn StorageFile, bytes: &[u8], end: usize) -> std::io::Result<()> {
+    if bytes[end..].iter().any(|b| *b != 0) {
+        file.write_all_at(&vec![0u8; bytes.len() - end], end as u64)?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
 struct Writer {
-    file: File,
+    file: Arc<dyn StorageFile>,
     next: u64,
     /// End of the last record.
     pos: u64,
@@ -224,39 +269,34 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Opens the journal at `path`, returning it and every record in order (opened).
+    /// Opens the journal at `path` (a local file, created 0600), returning it and every record
+    /// in order (opened).
     ///
     /// # Errors
     /// [`JournalError`] on I/O failure or a corrupt record.
     pub fn open(path: &Path, sealer: Sealer) -> Result<(Self, Vec<Record>), JournalError> {
-        Self::open_with(path, sealer, None, None, 0)
+        let file = LocalFile::open(path).map_err(|e| JournalError::Io(e.to_string()))?;
+        Self::open_with(file, sealer, None, None, 0)
     }
 
-    /// [`Self::open`], also syncing `also` (the audit log) in every durability round, in
-    /// parallel with the journal, then writing the commit head (`head`) once both are durable.
-    /// `min_records` is what the commit head says was durable: fewer records is an error (checked
-    /// before a torn tail is cleared, so the evidence stays).
+    /// Opens the journal in `file` (local, or stored by the host), also syncing `also` (the
+    /// audit log) in every durability round, in parallel with the journal, then writing the
+    /// commit head (`head`) once both are durable. `min_records` is what the commit head says
+    /// was durable: fewer records is an error (checked before a torn tail is cleared, so the
+    /// evidence stays).
     ///
     /// # Errors
     /// As [`Self::open`]; [`JournalError::BehindHead`].
     pub fn open_with(
-        path: &Path,
+        file: Arc<dyn StorageFile>,
         sealer: Sealer,
-        also: Option<File>,
+        also: Option<Arc<dyn StorageFile>>,
         mut head: Option<HeadHook>,
         min_records: u64,
     ) -> Result<(Self, Vec<Record>), JournalError> {
-        let io = |e: std::io::Error| JournalError::Io(format!("{}: {e}", path.display()));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
+        let label = file.label().to_owned();
+        let io = |e: std::io::Error| JournalError::Io(format!("{label}: {e}"));
+        let bytes = file.read_all().map_err(io)?;
         let (records, end) = recover(&bytes, &sealer)?;
         if (records.len() as u64) < min_records {
             return Err(JournalError::BehindHead {
@@ -264,15 +304,11 @@ impl Journal {
                 durable: min_records,
             });
         }
-        if bytes[end..].iter().any(|b| *b != 0) {
-            // Synced before anything new is written, so a second crash cannot leave a new frame
-            // on top of old bytes.
-            file.write_all_at(&vec![0u8; bytes.len() - end], end as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
+        clear_tail(file.as_ref(), &bytes, end).map_err(io)?;
         let end = end as u64;
-        let allocated = preallocate(&file, bytes.len() as u64, end).map_err(io)?;
-        let sync_file = file.try_clone().map_err(io)?;
+        let allocated = preallocate(file.as_ref(), bytes.len() as u64, end).map_err(io)?;
+        drop(bytes);
+        let sync_file = Arc::clone(&file);
         #[cfg(feature = "fault-injection")]
         let faults = std::sync::Arc::new(Faults::default());
         #[cfg(feature = "fault-injection")]
@@ -382,7 +418,7 @@ impl Journal {
         // after it (recovery truncates it).
         let end = w.pos + frame.len() as u64;
         if end > w.allocated {
-            match preallocate(&w.file, w.allocated, end) {
+            match preallocate(w.file.as_ref(), w.allocated, end) {
                 Ok(a) => w.allocated = a,
                 Err(e) => {
                     w.poisoned = true;
@@ -437,142 +473,207 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
+    //! Every case runs on both backends: local files, and the same files stored by a host.
     use super::*;
+    use crate::hoststorage::fake_host::{Files, BACKENDS};
 
     fn sealer() -> Sealer {
         Sealer::new(&Zeroizing::new([9u8; 32]), crate::platform::nsm::test_entropy())
     }
 
-    #[tokio::test]
+    const NAME: &str = "spends.journal";
+
+    fn open(files: &Files) -> Result<(Journal, Vec<Record>), JournalError> {
+        Journal::open_with(files.file(NAME), sealer(), None, None, 0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_come_back_in_order_after_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("spends.journal");
-        {
-            let (j, recs) = Journal::open(&p, sealer()).unwrap();
-            assert!(recs.is_empty());
-            for i in 0..10u8 {
-                j.append(&[i; 100]).unwrap();
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            {
+                let (j, recs) = open(&files).unwrap();
+                assert!(recs.is_empty());
+                for i in 0..10u8 {
+                    j.append(&[i; 100]).unwrap();
+                }
+                j.durable().await.unwrap();
             }
+            let (j, recs) = open(&files).unwrap();
+            assert_eq!(recs.len(), 10, "{backend:?}");
+            assert!(recs
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.as_slice() == [u8::try_from(i).unwrap(); 100]));
+            j.append(b"eleventh").unwrap();
             j.durable().await.unwrap();
+            drop(j);
+            assert_eq!(open(&files).unwrap().1.len(), 11, "{backend:?}");
         }
-        let (j, recs) = Journal::open(&p, sealer()).unwrap();
-        assert_eq!(recs.len(), 10);
-        assert!(recs
-            .iter()
-            .enumerate()
-            .all(|(i, r)| r.as_slice() == [u8::try_from(i).unwrap(); 100]));
-        j.append(b"eleventh").unwrap();
-        j.durable().await.unwrap();
-        drop(j);
-        assert_eq!(Journal::open(&p, sealer()).unwrap().1.len(), 11);
+        // The local path of old still opens the same file.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(NAME);
+        Journal::open(&p, sealer()).unwrap().0.append(b"x").unwrap();
+        assert_eq!(Journal::open(&p, sealer()).unwrap().1.len(), 1);
     }
 
     /// Five records, each made durable before the next, as under real load.
-    async fn five(p: &Path) -> Vec<u8> {
-        let (j, _) = Journal::open(p, sealer()).unwrap();
+    async fn five(files: &Files) -> Vec<u8> {
+        let (j, _) = open(files).unwrap();
         for i in 0..5u8 {
             j.append(&[i + 1; 50]).unwrap();
             j.durable().await.unwrap();
         }
         drop(j);
-        let full = std::fs::read(p).unwrap();
+        let full = std::fs::read(files.path(NAME)).unwrap();
         let frame = 4 + u32::from_be_bytes(full[..4].try_into().unwrap()) as usize;
         assert!(full[5 * frame..].iter().all(|b| *b == 0), "preallocated with zeros");
         full[..5 * frame].to_vec()
     }
 
-    fn reopen(p: &Path, bytes: &[u8]) -> Result<usize, JournalError> {
+    fn reopen(files: &Files, bytes: &[u8]) -> Result<usize, JournalError> {
         let mut b = bytes.to_vec();
         b.extend_from_slice(&[0u8; 4096]);
-        std::fs::write(p, &b).unwrap();
-        Journal::open(p, sealer()).map(|(_, r)| r.len())
+        std::fs::write(files.path(NAME), &b).unwrap();
+        open(files).map(|(_, r)| r.len())
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn torn_tails_are_cleared_whatever_their_shape() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("spends.journal");
-        let full = five(&p).await;
-        let frame = full.len() / 5;
-        // A crash while writing record 5: its first half, its last few bytes missing, or only a
-        // length header.
-        for torn_len in [frame / 2, frame - 3, 4, 2] {
-            let mut torn = full.clone();
-            torn.extend_from_slice(&full[..torn_len]);
-            assert_eq!(reopen(&p, &torn).unwrap(), 5, "torn frame of {torn_len} bytes");
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            let full = five(&files).await;
+            let frame = full.len() / 5;
+            // A crash while writing record 5: its first half, its last few bytes missing, or
+            // only a length header.
+            for torn_len in [frame / 2, frame - 3, 4, 2] {
+                let mut torn = full.clone();
+                torn.extend_from_slice(&full[..torn_len]);
+                assert_eq!(reopen(&files, &torn).unwrap(), 5, "{backend:?}: torn {torn_len}");
+                let cleared = std::fs::read(files.path(NAME)).unwrap();
+                assert!(cleared[full.len()..].iter().all(|b| *b == 0), "{backend:?}: cleared");
+            }
+            // The last acknowledged record's successor lost a middle page while a later,
+            // unacknowledged one reached the disk.
+            let mut two = full.clone();
+            let mut broken = full[..frame].to_vec();
+            broken[frame / 2] ^= 0xff;
+            two.extend_from_slice(&broken);
+            two.extend_from_slice(&full[frame..2 * frame]);
+            assert_eq!(reopen(&files, &two).unwrap(), 5, "{backend:?}");
+            // After clearing, appends continue the sequence.
+            {
+                let (j, recs) = open(&files).unwrap();
+                assert_eq!(recs.len(), 5);
+                j.append(b"after the crash").unwrap();
+                j.durable().await.unwrap();
+            }
+            let recs = open(&files).unwrap().1;
+            assert_eq!(recs.len(), 6, "{backend:?}");
+            assert_eq!(recs[5].as_slice(), b"after the crash");
         }
-        // The last acknowledged record's successor lost a middle page while a later,
-        // unacknowledged one reached the disk.
-        let mut two = full.clone();
-        let mut broken = full[..frame].to_vec();
-        broken[frame / 2] ^= 0xff;
-        two.extend_from_slice(&broken);
-        two.extend_from_slice(&full[frame..2 * frame]);
-        assert_eq!(reopen(&p, &two).unwrap(), 5);
-        // After clearing, appends continue the sequence.
-        {
-            let (j, recs) = Journal::open(&p, sealer()).unwrap();
-            assert_eq!(recs.len(), 5);
-            j.append(b"after the crash").unwrap();
-            j.durable().await.unwrap();
-        }
-        let recs = Journal::open(&p, sealer()).unwrap().1;
-        assert_eq!(recs.len(), 6);
-        assert_eq!(recs[5].as_slice(), b"after the crash");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tampering_with_acknowledged_records_refuses_to_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("spends.journal");
-        let full = five(&p).await;
-        let frame = full.len() / 5;
-        let corrupt_at = |r: Result<usize, JournalError>| match r {
-            Err(JournalError::Corrupt { index, .. }) => index,
-            other => panic!("expected Corrupt, got {other:?}"),
-        };
-        let mut edited = full.clone();
-        edited[frame + 10] ^= 1;
-        assert_eq!(corrupt_at(reopen(&p, &edited)), 1, "an edited byte");
-        let mut deleted = full[..frame].to_vec();
-        deleted.extend_from_slice(&full[2 * frame..]);
-        assert_eq!(corrupt_at(reopen(&p, &deleted)), 1, "a deleted record");
-        let mut swapped = full[frame..2 * frame].to_vec();
-        swapped.extend_from_slice(&full[..frame]);
-        swapped.extend_from_slice(&full[2 * frame..]);
-        assert_eq!(corrupt_at(reopen(&p, &swapped)), 0, "two records swapped");
-        let mut edited_last_but_one = full.clone();
-        edited_last_but_one[3 * frame + 20] ^= 1;
-        assert_eq!(corrupt_at(reopen(&p, &edited_last_but_one)), 3);
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            let full = five(&files).await;
+            let frame = full.len() / 5;
+            let corrupt_at = |r: Result<usize, JournalError>| match r {
+                Err(JournalError::Corrupt { index, .. }) => index,
+                other => panic!("{backend:?}: expected Corrupt, got {other:?}"),
+            };
+            let mut edited = full.clone();
+            edited[frame + 10] ^= 1;
+            assert_eq!(corrupt_at(reopen(&files, &edited)), 1, "an edited byte");
+            let mut deleted = full[..frame].to_vec();
+            deleted.extend_from_slice(&full[2 * frame..]);
+            assert_eq!(corrupt_at(reopen(&files, &deleted)), 1, "a deleted record");
+            let mut swapped = full[frame..2 * frame].to_vec();
+            swapped.extend_from_slice(&full[..frame]);
+            swapped.extend_from_slice(&full[2 * frame..]);
+            assert_eq!(corrupt_at(reopen(&files, &swapped)), 0, "two records swapped");
+            let mut edited_last_but_one = full.clone();
+            edited_last_but_one[3 * frame + 20] ^= 1;
+            assert_eq!(corrupt_at(reopen(&files, &edited_last_but_one)), 3);
+        }
+    }
+
+    /// Fewer records than the commit head says were durable is refused before anything is
+    /// cleared (the evidence stays).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_journal_behind_the_head_is_refused_and_left_as_found() {
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            let full = five(&files).await;
+            let frame = full.len() / 5;
+            let mut torn = full[..4 * frame].to_vec();
+            torn.extend_from_slice(&full[4 * frame..4 * frame + frame / 2]);
+            torn.extend_from_slice(&[0u8; 4096]);
+            std::fs::write(files.path(NAME), &torn).unwrap();
+            let r = Journal::open_with(files.file(NAME), sealer(), None, None, 5);
+            assert!(
+                matches!(r, Err(JournalError::BehindHead { found: 4, durable: 5 })),
+                "{backend:?}: {r:?}"
+            );
+            assert_eq!(std::fs::read(files.path(NAME)).unwrap(), torn, "{backend:?}: untouched");
+        }
     }
 
     /// Rounds that wrote no record (checkpoints) must not raise watermarks: a record torn by a
     /// crash after them is still a torn tail, cleared, not "tampering" that bricks the enclave.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rounds_without_records_do_not_make_a_torn_tail_look_acknowledged() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("spends.journal");
-        {
-            let (j, _) = Journal::open(&p, sealer()).unwrap();
-            for _ in 0..10 {
-                j.checkpoint().await.unwrap();
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            {
+                let (j, _) = open(&files).unwrap();
+                for _ in 0..10 {
+                    j.checkpoint().await.unwrap();
+                }
+                j.append(&[1; 50]).unwrap();
+                j.durable().await.unwrap();
             }
-            j.append(&[1; 50]).unwrap();
-            j.durable().await.unwrap();
+            let full = std::fs::read(files.path(NAME)).unwrap();
+            let frame = 4 + u32::from_be_bytes(full[..4].try_into().unwrap()) as usize;
+            let mut torn = full[..frame].to_vec();
+            torn.extend_from_slice(&full[..frame / 2]);
+            assert_eq!(
+                reopen(&files, &torn).unwrap(),
+                1,
+                "{backend:?}: the torn record is cleared"
+            );
         }
-        let full = std::fs::read(&p).unwrap();
-        let frame = 4 + u32::from_be_bytes(full[..4].try_into().unwrap()) as usize;
-        let mut torn = full[..frame].to_vec();
-        torn.extend_from_slice(&full[..frame / 2]);
-        assert_eq!(reopen(&p, &torn).unwrap(), 1, "the torn second record is cleared");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn oversized_records_are_refused_before_writing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(&dir.path().join("j"), sealer()).unwrap();
-        assert!(j.append(&vec![7u8; MAX_RECORD]).is_err());
-        j.append(b"still fine").unwrap();
-        j.durable().await.unwrap();
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            let (j, _) = open(&files).unwrap();
+            assert!(j.append(&vec![7u8; MAX_RECORD]).is_err(), "{backend:?}");
+            j.append(b"still fine").unwrap();
+            j.durable().await.unwrap();
+        }
+    }
+
+    /// A host that confirms writes and syncs it never did: the records are gone at the next
+    /// open, and the commit head's count (here `min_records`) refuses the journal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_that_drops_writes_is_caught_by_the_head_count() {
+        let files = Files::new(crate::hoststorage::fake_host::Backend::Host);
+        let host = files.host().unwrap();
+        {
+            let (j, _) = open(&files).unwrap();
+            host.set(crate::hoststorage::fake_host::Mode::DropWrites);
+            for i in 0..3u8 {
+                j.append(&[i; 40]).unwrap();
+                j.durable().await.unwrap();
+            }
+            host.set(crate::hoststorage::fake_host::Mode::Honest);
+        }
+        let r = Journal::open_with(files.file(NAME), sealer(), None, None, 3);
+        assert!(matches!(r, Err(JournalError::BehindHead { found: 0, durable: 3 })), "{r:?}");
     }
 }

@@ -175,7 +175,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn full_key(table: Table, key: &[u8]) -> Vec<u8> {
+/// The key a record is stored under: its table's prefix, then its key.
+pub(crate) fn full_key(table: Table, key: &[u8]) -> Vec<u8> {
     let mut k = table.prefix().to_vec();
     k.extend_from_slice(key);
     k

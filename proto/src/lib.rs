@@ -4,9 +4,12 @@
 //!   tonic client and server.
 //! * [`enclave::v1`]: the host<->enclave envelope (`wallet.enclave.v1`), protobuf in
 //!   length-prefixed frames.
+//! * [`storage::v1`]: storage the host provides to the enclave (`wallet.storage.v1`): reads,
+//!   writes and syncs of a few whitelisted files, in the same frames.
 //!
 //! * [`reason`]: the stable reason codes of every error ([`Reason`]).
 //! * [`answer`]: the enclave's signed answers (the envelope, end to end).
+//! * [`attest`]: what an identity attestation document binds (`IdentityClaims`).
 //! * [`auth`]: what session and admin keys sign ([`SessionSigned`], [`AdminRpc`],
 //!   [`AdminSigned`]).
 //! * [`frame`]: the host<->enclave frame codec used by both ends (with feature `io`, an async
@@ -19,6 +22,7 @@
 //! Code is generated at build time by protox + tonic-prost-build; no `protoc` is needed.
 
 pub mod answer;
+pub mod attest;
 pub mod auth;
 pub mod frame;
 pub mod reason;
@@ -43,6 +47,27 @@ pub mod enclave {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/wallet.enclave.v1.rs"));
     }
+}
+
+/// Storage the host provides to the enclave.
+#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod storage {
+    /// `wallet.storage.v1`
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/wallet.storage.v1.rs"));
+    }
+
+    /// Version of the storage protocol spoken by this build.
+    pub const STORAGE_PROTOCOL_VERSION: u32 = 1;
+
+    /// The files the host stores for the enclave, by name (no paths): the state store's log, the
+    /// spend journal, the audit log, the commit head and the KMS-wrapped sealing key (Nitro
+    /// configuration). Both ends refuse any other name.
+    pub const FILES: [&str; 5] =
+        ["state.log", "spends.journal", "audit.log", "commit.head", "sealing-key.kms"];
+
+    /// Largest `Read.length` and `Write.data` in bytes (a frame holds at most 1 MiB).
+    pub const MAX_CHUNK: usize = 512 * 1024;
 }
 
 /// Encoded `FileDescriptorSet` of every wallet proto file, for gRPC reflection.

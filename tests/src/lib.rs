@@ -1,5 +1,10 @@
 //! Test support: start the real binaries (simulated enclave + gateway) in a temporary data
 //! directory, talk to them over gRPC or through `walletctl`, and kill them on drop.
+//!
+//! Storage: by default the enclave keeps its state in files under the data directory. With
+//! `WALLET_E2E_STORAGE=host` (or [`StackOptions::storage`]), every stack keeps it on host storage
+//! instead: the gateway serves it (`--serve-storage unix:DIR/storage.sock`, files in the same data
+//! directory) and the enclave uses it (`--host-storage`), as a Nitro enclave would over vsock.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -95,9 +100,51 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
+/// Where the enclave keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Files in the enclave's data directory (sled, the journal, the audit log, the head).
+    #[default]
+    Local,
+    /// Host storage served by the gateway (`--serve-storage`), used by the enclave
+    /// (`--host-storage`), over a Unix socket: the state log, the journal, the audit log and the
+    /// head as files in the gateway's data directory (the same directory in these tests).
+    Host,
+}
+
+impl Storage {
+    /// From `WALLET_E2E_STORAGE`: `host` for [`Storage::Host`]; unset, empty or `local` for
+    /// [`Storage::Local`].
+    ///
+    /// # Panics
+    /// On any other value (a typo must not silently test the default).
+    #[must_use]
+    pub fn from_env() -> Self {
+        match std::env::var("WALLET_E2E_STORAGE").as_deref() {
+            Ok("host") => Self::Host,
+            Ok("" | "local") | Err(_) => Self::Local,
+            Ok(other) => panic!("WALLET_E2E_STORAGE={other:?}: expected host or local"),
+        }
+    }
+}
+
+/// The Unix socket the gateway serves storage on, for a stack in `dir`.
+#[must_use]
+pub fn storage_socket(dir: &Path) -> PathBuf {
+    dir.join("storage.sock")
+}
+
 /// How to start a [`Stack`] ([`Stack::start_with`]); the default is [`Stack::start`]'s.
 #[derive(Debug, Clone, Default)]
 pub struct StackOptions {
+    /// Where the enclave keeps its state [default: `WALLET_E2E_STORAGE`, see [`Storage::from_env`]].
+    pub storage: Option<Storage>,
+    /// With host storage, the Unix socket the gateway serves it on [default:
+    /// [`storage_socket`] of the stack's directory].
+    pub storage_socket: Option<PathBuf>,
+    /// With host storage, the Unix socket the enclave connects to [default: the gateway's]: a
+    /// test puts a proxy there, forwarding to the gateway's.
+    pub enclave_storage_socket: Option<PathBuf>,
     /// `RUST_LOG` for both processes [default: `info`].
     pub log_level: Option<String>,
     /// Start the enclave under `ulimit -n N` (its own descriptor limit, set in a shell that then
@@ -107,6 +154,13 @@ pub struct StackOptions {
     pub gateway_nofile: Option<u32>,
     /// Extra arguments for `wallet-gateway` (for example its limits).
     pub gateway_args: Vec<String>,
+}
+
+impl StackOptions {
+    /// The socket the enclave uses on host storage, when not the default.
+    fn enclave_socket(&self) -> Option<&Path> {
+        self.enclave_storage_socket.as_deref().or(self.storage_socket.as_deref())
+    }
 }
 
 /// A running local stack.
@@ -126,6 +180,7 @@ pub struct Stack {
     pub enclave_id: Vec<u8>,
     admin_last: std::sync::atomic::AtomicU64,
     options: StackOptions,
+    storage: Storage,
 }
 
 impl Stack {
@@ -158,13 +213,42 @@ impl Stack {
     pub fn start_with(options: StackOptions) -> Self {
         let level = options.log_level.clone().unwrap_or_else(|| "info".to_owned());
         let level = level.as_str();
+        let storage = options.storage.unwrap_or_else(Storage::from_env);
         let dir = tempfile::tempdir().expect("tempdir");
-        let enclave = start_enclave_limited(dir.path(), level, options.enclave_nofile);
-        let (gateway, url) =
-            start_gateway_with(dir.path(), level, options.gateway_nofile, &options.gateway_args);
+        let (enclave, gateway, url) = match storage {
+            Storage::Local => {
+                let enclave = start_enclave_limited(dir.path(), level, options.enclave_nofile);
+                let (gateway, url) = start_gateway_with(
+                    dir.path(),
+                    level,
+                    options.gateway_nofile,
+                    &options.gateway_args,
+                );
+                (enclave, gateway, url)
+            }
+            // The host first: the enclave opens its state through it.
+            Storage::Host => {
+                let served =
+                    options.storage_socket.clone().unwrap_or_else(|| storage_socket(dir.path()));
+                let (gateway, url) = start_gateway_on(
+                    dir.path(),
+                    level,
+                    options.gateway_nofile,
+                    &options.gateway_args,
+                    Some(&served),
+                );
+                let enclave = start_enclave_on(
+                    dir.path(),
+                    level,
+                    options.enclave_nofile,
+                    &EnclaveStorage::host(dir.path(), options.enclave_socket()),
+                );
+                (enclave, gateway, url)
+            }
+        };
         let home = dir.path().join("home");
         let init = Command::new(bin("walletctl"))
-            .arg("init")
+            .args(["init", "--simulated"])
             .env("WALLET_GATEWAY", &url)
             .env("WALLETCTL_HOME", &home)
             .env_remove("WALLET_ADMIN_KEY")
@@ -192,6 +276,87 @@ impl Stack {
             enclave_id,
             admin_last: std::sync::atomic::AtomicU64::new(0),
             options,
+            storage,
+        }
+    }
+
+    /// Where this stack's enclave keeps its state.
+    #[must_use]
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
+    /// How this stack's enclave is told where its state is.
+    fn enclave_storage(&self) -> EnclaveStorage {
+        match self.storage {
+            Storage::Local => EnclaveStorage::Local,
+            Storage::Host => EnclaveStorage::host(self.dir.path(), self.options.enclave_socket()),
+        }
+    }
+
+    /// Opens the stopped enclave's state store with the enclave's own code, whatever the
+    /// storage (sled in `DATA/state`, or the host's `DATA/state.log`), to read what is at rest.
+    /// Stop the enclave first.
+    ///
+    /// # Panics
+    /// When the key file or the store cannot be opened.
+    #[must_use]
+    pub fn open_state_store(&self) -> Box<dyn wallet_enclave::platform::StateStore> {
+        let data = self.data_dir();
+        let sealer =
+            wallet_enclave::platform::simulated::sealer_from_key_file(&data.join("sealing.key"))
+                .expect("sealing key");
+        match self.storage {
+            Storage::Local => Box::new(
+                wallet_enclave::store::Store::open(&data.join("state"), sealer).expect("store"),
+            ),
+            Storage::Host => Box::new(
+                wallet_enclave::logstore::LogStore::open(
+                    wallet_enclave::hostfile::LocalFile::open(&data.join("state.log"))
+                        .expect("state.log"),
+                    sealer,
+                    0,
+                )
+                .expect("state log"),
+            ),
+        }
+    }
+
+    /// Starts a second enclave on this stack's state (local files or host storage, as the
+    /// stack's; the stack's own enclave must be stopped) on another socket, and returns its
+    /// stderr: it must refuse to start.
+    ///
+    /// # Panics
+    /// When it starts (serves) instead, or cannot be run.
+    #[must_use]
+    pub fn enclave_refusal(&self) -> String {
+        let sock = self.dir.path().join("refused.sock");
+        let mut cmd = Command::new(bin("wallet-enclave"));
+        cmd.args(["--simulated", "--data-dir"])
+            .arg(self.data_dir())
+            .arg("--socket")
+            .arg(&sock)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let EnclaveStorage::Host(addr) = self.enclave_storage() {
+            cmd.arg("--host-storage").arg(addr);
+        }
+        let mut child = ChildGuard(cmd.spawn().expect("spawn enclave"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                assert!(!status.success(), "the enclave exited 0");
+                let mut err = String::new();
+                if let Some(mut e) = child.0.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return err;
+            }
+            assert!(!sock.exists(), "the enclave started on this state (it should have refused)");
+            assert!(Instant::now() < deadline, "the enclave neither started nor refused");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -226,7 +391,12 @@ impl Stack {
     /// Kills the enclave with SIGKILL and starts it again on the same state.
     pub fn crash_and_restart_enclave(&mut self) {
         self.enclave.kill();
-        self.enclave = start_enclave_limited(self.dir.path(), "info", self.options.enclave_nofile);
+        self.enclave = start_enclave_on(
+            self.dir.path(),
+            "info",
+            self.options.enclave_nofile,
+            &self.enclave_storage(),
+        );
     }
 
     /// A gRPC client.
@@ -388,12 +558,58 @@ fn command_limited(program: &Path, nofile: Option<u32>) -> Command {
     }
 }
 
-/// [`start_enclave`] under `ulimit -n nofile` when given.
+/// [`start_enclave`] under `ulimit -n nofile` when given. With `WALLET_E2E_STORAGE=host`, on
+/// host storage at [`storage_socket`]: when no gateway serves it yet, the enclave is left
+/// waiting for it (up to 30 s), and [`start_gateway`] on the same `dir` waits for the enclave.
 ///
 /// # Panics
 /// When it does not open its socket within 20 s.
 #[must_use]
 pub fn start_enclave_limited(dir: &Path, log_level: &str, nofile: Option<u32>) -> ChildGuard {
+    let storage = match Storage::from_env() {
+        Storage::Local => EnclaveStorage::Local,
+        Storage::Host => EnclaveStorage::host(dir, None),
+    };
+    start_enclave_on(dir, log_level, nofile, &storage)
+}
+
+/// How an enclave is told where its state is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnclaveStorage {
+    /// Files in `DIR/data`.
+    Local,
+    /// Host storage at this address (`--host-storage`).
+    Host(String),
+}
+
+impl EnclaveStorage {
+    /// Host storage at `socket`, or else at [`storage_socket`] of `dir`.
+    #[must_use]
+    pub fn host(dir: &Path, socket: Option<&Path>) -> Self {
+        let socket = socket.map_or_else(|| storage_socket(dir), Path::to_path_buf);
+        Self::Host(format!("unix:{}", socket.display()))
+    }
+}
+
+/// A marker left in `dir` by an enclave started on host storage before its host: the gateway
+/// started next waits for the enclave.
+fn pending_marker(dir: &Path) -> PathBuf {
+    dir.join("enclave.pending")
+}
+
+/// Starts the simulated enclave on `DIR/data` (its key file, and its state unless on host
+/// storage), logging to `DIR/enclave.log`, under `ulimit -n nofile` when given. On host storage
+/// whose socket does not exist yet, returns without waiting (see [`start_enclave_limited`]).
+///
+/// # Panics
+/// When it does not open its socket within 20 s.
+#[must_use]
+pub fn start_enclave_on(
+    dir: &Path,
+    log_level: &str,
+    nofile: Option<u32>,
+    storage: &EnclaveStorage,
+) -> ChildGuard {
     let data = dir.join("data");
     let sock = dir.join("enclave.sock");
     let _ = std::fs::remove_file(&sock);
@@ -407,12 +623,24 @@ pub fn start_enclave_limited(dir: &Path, log_level: &str, nofile: Option<u32>) -
         .arg(&data)
         .arg("--socket")
         .arg(&sock)
+        .args(match storage {
+            EnclaveStorage::Local => Vec::new(),
+            EnclaveStorage::Host(addr) => vec!["--host-storage".to_owned(), addr.clone()],
+        })
         .env("RUST_LOG", std::env::var("WALLET_TEST_LOG").unwrap_or_else(|_| log_level.to_owned()))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn enclave");
     let mut guard = ChildGuard(child);
+    if let EnclaveStorage::Host(addr) = storage {
+        let socket = Path::new(addr.strip_prefix("unix:").unwrap_or(addr));
+        if !socket.exists() {
+            // No host yet: the gateway started next (on `dir`) waits for this enclave.
+            std::fs::write(pending_marker(dir), b"").expect("marker");
+            return guard;
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
         if let Ok(Some(status)) = guard.0.try_wait() {
@@ -453,6 +681,23 @@ pub fn start_gateway_with(
     nofile: Option<u32>,
     extra_args: &[String],
 ) -> (ChildGuard, String) {
+    let served = (Storage::from_env() == Storage::Host).then(|| storage_socket(dir));
+    start_gateway_on(dir, level, nofile, extra_args, served.as_deref())
+}
+
+/// [`start_gateway_with`], serving the enclave's storage on the Unix socket `serve_storage`
+/// when given; an enclave started before it on `dir` and waiting for its host is waited for.
+///
+/// # Panics
+/// When it does not announce its address, or a waiting enclave does not start within 20 s.
+#[must_use]
+pub fn start_gateway_on(
+    dir: &Path,
+    level: &str,
+    nofile: Option<u32>,
+    extra_args: &[String],
+    serve_storage: Option<&Path>,
+) -> (ChildGuard, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -463,6 +708,9 @@ pub fn start_gateway_with(
         .arg(dir.join("enclave.sock"))
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(serve_storage.map_or_else(Vec::new, |socket| {
+            vec!["--serve-storage".to_owned(), format!("unix:{}", socket.display())]
+        }))
         .args(extra_args)
         .env("RUST_LOG", level)
         .stdout(Stdio::piped())
@@ -475,6 +723,18 @@ pub fn start_gateway_with(
     BufReader::new(stdout).read_line(&mut line).expect("gateway announces its address");
     let url = line.trim().rsplit(' ').next().expect("url").to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "unexpected gateway line {line:?}");
+    if pending_marker(dir).exists() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !dir.join("enclave.sock").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the enclave waiting for host storage did not start; see {}",
+                dir.join("enclave.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(pending_marker(dir));
+    }
     (guard, url)
 }
 
