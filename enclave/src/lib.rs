@@ -13,8 +13,11 @@
 //! * [`platform`]: the seam to the machine — NSM (randomness, attestation), clock, sealing key,
 //!   and the stores behind traits. The simulated platform is behind the `simulated` feature.
 //! * [`store`] (sled state, sealed, group-committed fsync), [`journal`] (the append-only spend
-//!   log), [`audit`] (the hash-chained audit log), [`commit`] (group commit), [`seal`]
-//!   (authenticated encryption at rest): the file-backed stores.
+//!   log), [`audit`] (the hash-chained audit log), [`head`] (the commit head), [`commit`] (group
+//!   commit), [`seal`] (authenticated encryption at rest): the file-backed stores.
+//! * [`hostfile`] (the file under the journal, the audit log and the head: local, or stored by
+//!   the host), [`hoststorage`] (the client of the host's storage server, `wallet.storage.v1`)
+//!   and [`logstore`] (the state store as a log of sealed batches, on host storage).
 //! * [`keys`]: the only code touching wallet key bytes.
 //! * [`transport`]: frames over a Unix socket (simulated) or vsock (Nitro).
 //!
@@ -24,8 +27,11 @@
 pub mod audit;
 pub mod commit;
 pub mod head;
+pub mod hostfile;
+pub mod hoststorage;
 pub mod journal;
 pub mod keys;
+pub mod logstore;
 pub mod platform;
 pub mod seal;
 pub mod service;
@@ -37,12 +43,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How to run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Config {
     /// Simulated platform (must be asked for, and built with the `simulated` feature).
     pub simulated: bool,
-    /// State directory.
+    /// State directory (with `host_storage`, in simulated mode, only the sealing key file).
     pub data_dir: PathBuf,
+    /// Keep the state on storage the host provides at this address instead of files in
+    /// `data_dir` (`--host-storage`).
+    pub host_storage: Option<hoststorage::HostAddress>,
+    /// Seal with a data key from KMS (`--kms-key`, `--service-id`, `--kms-relay`): the Nitro
+    /// configuration, which needs `host_storage`.
+    pub kms: Option<platform::boot::KmsOptions>,
     /// Unix socket to listen on (simulated mode).
     pub socket: Option<PathBuf>,
     /// vsock port to listen on (Nitro mode).
@@ -80,7 +92,68 @@ pub async fn open_simulated(
     data_dir: &std::path::Path,
 ) -> Result<service::Enclave, Box<dyn std::error::Error + Send + Sync>> {
     let (platform, _) = platform::simulated::platform(data_dir, Arc::new(platform::SystemClock))?;
-    Ok(service::Enclave::open(platform).await?)
+    let enclave = service::Enclave::open(platform).await?;
+    enclave.set_sealing(service::Sealing::key_file());
+    Ok(enclave)
+}
+
+/// Opens the enclave on the simulated platform with its state on the host's storage at `addr`
+/// (waiting up to [`hoststorage::DEFAULT_CONNECT_WAIT`] for it) and its sealing key in the file
+/// `data_dir/sealing.key` (simulation only: Nitro mode takes its key from KMS), with the system
+/// clock.
+///
+/// # Errors
+/// When the storage server does not answer, or the key or a store cannot be used.
+#[cfg(feature = "simulated")]
+pub async fn open_simulated_on_host(
+    data_dir: &std::path::Path,
+    addr: &hoststorage::HostAddress,
+) -> Result<service::Enclave, Box<dyn std::error::Error + Send + Sync>> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)?;
+    let key = platform::simulated::FileSealingKey(data_dir.join("sealing.key"));
+    let addr = addr.clone();
+    // Blocking (the wait for the host, and the reads): off the runtime's workers.
+    let (platform, _) = tokio::task::spawn_blocking(move || {
+        platform::Platform::open_host_storage(
+            &addr,
+            &key,
+            Arc::new(platform::simulated::SimulatedNsm),
+            Arc::new(platform::SystemClock),
+        )
+    })
+    .await??;
+    let enclave = service::Enclave::open(platform).await?;
+    enclave.set_sealing(service::Sealing::key_file());
+    Ok(enclave)
+}
+
+/// Opens the enclave on the host's storage at `storage` with its sealing key released by KMS
+/// (`kms`), drawing randomness and attestation documents from `nsm`: the Nitro configuration
+/// (with the simulated NSM, against the stand-ins). No local file is read or written.
+///
+/// # Errors
+/// When the storage server does not answer, KMS does not release the key, or a store fails its
+/// checks.
+pub async fn open_with_kms(
+    storage: hoststorage::HostAddress,
+    kms: platform::boot::KmsOptions,
+    nsm: Arc<dyn platform::Nsm>,
+) -> Result<service::Enclave, Box<dyn std::error::Error + Send + Sync>> {
+    let sealing = service::Sealing {
+        kind: "kms".into(),
+        kms_key_id: kms.config.key_id.clone(),
+        service_id: kms.config.service_id.clone(),
+    };
+    tracing::info!(storage = %storage, relay = %kms.relay, kms_key = %sealing.kms_key_id, service = %sealing.service_id, "opening: state on host storage, sealing key from KMS");
+    // Blocking (the wait for the host, the KMS exchange, the reads): off the runtime's workers.
+    let (platform, _) = tokio::task::spawn_blocking(move || {
+        platform::boot::open_host_kms(&storage, kms, nsm, Arc::new(platform::SystemClock))
+    })
+    .await??;
+    let enclave = service::Enclave::open(platform).await?;
+    enclave.set_sealing(sealing);
+    Ok(enclave)
 }
 
 /// Runs the enclave until the process is stopped.
@@ -88,14 +161,35 @@ pub async fn open_simulated(
 /// # Errors
 /// On any start-up failure, with a sentence saying what to do.
 pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if config.kms.is_some() && config.host_storage.is_none() {
+        return Err("--kms-key needs --host-storage: the wrapped sealing key and the state live on storage the host provides".into());
+    }
     if !config.simulated {
-        #[cfg(target_os = "linux")]
-        {
-            let _nsm = platform::nsm::NitroNsm::open()?;
-        }
-        return Err("Nitro mode needs sealed storage provided by the host, which is not built yet; run a build with the `simulated` feature with --simulated for local use".into());
+        return run_nitro(config).await;
     }
     run_simulated(config).await
+}
+
+/// Nitro mode: the NSM from `/dev/nsm`, state on host storage, the sealing key from KMS, vsock.
+async fn run_nitro(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (Some(storage), Some(kms), Some(port)) =
+        (config.host_storage, config.kms, config.vsock_port)
+    else {
+        return Err("Nitro mode needs --vsock-port PORT, --host-storage vsock:PORT and --kms-key ARN --service-id ID (the enclave has no disk: its state lives on the host, sealed with a KMS key released only to its measurements). For local use, run a build with the `simulated` feature with --simulated".into());
+    };
+    #[cfg(target_os = "linux")]
+    {
+        let nsm: Arc<dyn platform::Nsm> = Arc::new(platform::nsm::NitroNsm::open()?);
+        let enclave = open_with_kms(storage, kms, nsm).await?;
+        enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
+        transport::serve_vsock(port, Arc::new(enclave)).await?;
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (storage, kms, port);
+        Err("Nitro mode runs on Linux only".into())
+    }
 }
 
 #[cfg(not(feature = "simulated"))]
@@ -105,10 +199,24 @@ async fn run_simulated(_: Config) -> Result<(), Box<dyn std::error::Error + Send
 
 #[cfg(feature = "simulated")]
 async fn run_simulated(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing::warn!(
-        "SIMULATED ENCLAVE: keys are sealed with a key file on this machine. Not for real funds."
-    );
-    let enclave = open_simulated(&config.data_dir).await?;
+    let enclave = match (&config.host_storage, config.kms) {
+        (Some(addr), Some(kms)) => {
+            tracing::warn!("SIMULATED NSM: the Nitro configuration (host storage, KMS sealing) with attestation documents signed by the TEST root. Not for real funds.");
+            open_with_kms(addr.clone(), kms, Arc::new(platform::simulated::SimulatedNsm)).await?
+        }
+        (storage, _) => {
+            tracing::warn!(
+                "SIMULATED ENCLAVE: keys are sealed with a key file on this machine. Not for real funds."
+            );
+            match storage {
+                None => open_simulated(&config.data_dir).await?,
+                Some(addr) => {
+                    tracing::info!(storage = %addr, "state on host storage (the sealing key stays in the data directory: simulation only)");
+                    open_simulated_on_host(&config.data_dir, addr).await?
+                }
+            }
+        }
+    };
     enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
     let enclave = Arc::new(enclave);
     let socket = config.socket.unwrap_or_else(|| config.data_dir.join("enclave.sock"));

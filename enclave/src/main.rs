@@ -5,8 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 const USAGE: &str = "wallet-enclave: the trusted signer of the agent wallet
 
 USAGE:
-    wallet-enclave --simulated [--data-dir DIR] [--socket PATH]
-    wallet-enclave --vsock-port PORT            (inside an AWS Nitro Enclave)
+    wallet-enclave --simulated [--data-dir DIR] [--socket PATH] [--host-storage ADDR]
+    wallet-enclave --vsock-port PORT --host-storage vsock:PORT --kms-key ARN --service-id ID
+                                                (inside an AWS Nitro Enclave)
+    wallet-enclave --simulated --socket PATH --host-storage unix:PATH --kms-key ARN
+                   --service-id ID --kms-relay unix:PATH --kms-endpoint localhost
+                                                (the same, with the simulated NSM and kms-sim)
 
 OPTIONS:
     --simulated         Run as a local process with a simulated NSM. Keys are sealed with a key
@@ -16,6 +20,27 @@ OPTIONS:
                         [default: $XDG_DATA_HOME/agent-wallet or ~/.local/share/agent-wallet]
     --socket PATH       Unix socket to listen on [default: DIR/enclave.sock]
     --vsock-port PORT   vsock port to listen on (Nitro)
+    --host-storage ADDR Keep the state (state log, spend journal, audit log, commit head) on
+                        storage the host serves at ADDR instead of files in the data directory:
+                        unix:/path, vsock:CID:PORT, or vsock:PORT (at --parent-cid). Start the
+                        host first (wallet-gateway --serve-storage ...); the enclave waits up to
+                        30 s for it. Everything stored is sealed and checked on reading: the host
+                        can refuse service, not alter state unnoticed. In simulated mode the
+                        sealing key file stays in the data directory.
+    --parent-cid N      vsock context id of the host, for --host-storage and --kms-relay
+                        vsock:PORT [default: 3, the parent instance on AWS Nitro]
+    --kms-key ARN       Seal the state with a data key from this KMS key (an ARN, not an alias),
+                        released only to an enclave whose attestation document carries the PCRs
+                        the key policy names; the wrapped key is kept on the host storage. The
+                        Nitro configuration; needs --host-storage and --service-id. AWS
+                        credentials for the calls: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+                        AWS_SESSION_TOKEN.
+    --service-id ID     This wallet service's id: the KMS encryption context the wrapped key is
+                        bound to. The admin checks it (walletctl init --expect-service).
+    --kms-relay ADDR    Where the host relays the enclave's TLS connection to KMS (TLS ends in
+                        the enclave; the host sees ciphertext): unix:/path or vsock:[CID:]PORT
+                        [default: vsock:8000 at --parent-cid]
+    --kms-endpoint HOST KMS endpoint name [default: kms.REGION.amazonaws.com, REGION from the ARN]
     --idempotency-ttl SECONDS
                         How long a payment's idempotency key is remembered; a retry after
                         that is a new payment [default: 86400]
@@ -31,7 +56,12 @@ fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, S
         data_dir: wallet_enclave::default_data_dir(),
         socket: None,
         vsock_port: None,
+        host_storage: None,
+        kms: None,
     };
+    let mut host_storage = None;
+    let (mut kms_key, mut service_id, mut kms_relay, mut kms_endpoint) = (None, None, None, None);
+    let mut parent_cid = wallet_enclave::hoststorage::DEFAULT_PARENT_CID;
     let mut args = args.peekable();
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -52,10 +82,53 @@ fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, S
                         .map_err(|_| "--vsock-port takes a number".to_owned())?,
                 )
             }
+            "--host-storage" => host_storage = Some(value("--host-storage")?),
+            "--kms-key" => kms_key = Some(value("--kms-key")?),
+            "--service-id" => service_id = Some(value("--service-id")?),
+            "--kms-relay" => kms_relay = Some(value("--kms-relay")?),
+            "--kms-endpoint" => kms_endpoint = Some(value("--kms-endpoint")?),
+            "--parent-cid" => {
+                parent_cid = value("--parent-cid")?
+                    .parse()
+                    .map_err(|_| "--parent-cid takes a number".to_owned())?;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    // After every argument: --parent-cid may come after --host-storage.
+    c.host_storage = host_storage
+        .map(|a| wallet_enclave::hoststorage::HostAddress::parse(&a, parent_cid))
+        .transpose()?;
+    c.kms = match (kms_key, service_id) {
+        (None, None) if kms_relay.is_none() && kms_endpoint.is_none() => None,
+        (Some(key), Some(service)) => {
+            use wallet_enclave::{hoststorage::HostAddress, platform::kms};
+            // arn:aws:kms:REGION:ACCOUNT:key/ID
+            let region = key.split(':').nth(3).filter(|r| !r.is_empty()).ok_or_else(|| {
+                format!(
+                    "--kms-key {key:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"
+                )
+            })?;
+            let mut config = kms::KmsConfig::new(region, key.clone(), service);
+            if let Some(e) = kms_endpoint {
+                config.endpoint = e;
+            }
+            let relay =
+                HostAddress::parse(kms_relay.as_deref().unwrap_or("vsock:8000"), parent_cid)?;
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
+            else {
+                return Err("--kms-key needs AWS credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for a role)".into());
+            };
+            let credentials = kms::AwsCredentials::new(id, secret, env("AWS_SESSION_TOKEN"));
+            Some(wallet_enclave::platform::boot::KmsOptions { config, credentials, relay })
+        }
+        _ => return Err(
+            "--kms-key and --service-id go together (and --kms-relay, --kms-endpoint need them)"
+                .into(),
+        ),
+    };
     Ok(c)
 }
 
@@ -101,5 +174,39 @@ async fn main() -> ExitCode {
             eprintln!("wallet-enclave: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wallet_enclave::hoststorage::HostAddress;
+
+    fn args(a: &[&str]) -> Result<wallet_enclave::Config, String> {
+        parse(a.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn host_storage_takes_an_address_and_the_parent_cid_in_any_order() {
+        assert_eq!(args(&[]).unwrap().host_storage, None);
+        assert_eq!(
+            args(&["--host-storage", "unix:/run/s.sock"]).unwrap().host_storage,
+            Some(HostAddress::Unix("/run/s.sock".into()))
+        );
+        assert_eq!(
+            args(&["--host-storage", "vsock:7000"]).unwrap().host_storage,
+            Some(HostAddress::Vsock { cid: 3, port: 7000 })
+        );
+        assert_eq!(
+            args(&["--host-storage", "vsock:7000", "--parent-cid", "5"]).unwrap().host_storage,
+            Some(HostAddress::Vsock { cid: 5, port: 7000 })
+        );
+        assert_eq!(
+            args(&["--parent-cid", "5", "--host-storage", "vsock:9:7000"]).unwrap().host_storage,
+            Some(HostAddress::Vsock { cid: 9, port: 7000 })
+        );
+        assert!(args(&["--host-storage", "/no/scheme"]).unwrap_err().contains("unix:/path"));
+        assert!(args(&["--parent-cid", "x"]).is_err());
+        assert!(args(&["--host-storage"]).is_err());
     }
 }

@@ -35,6 +35,16 @@ pub enum SealError {
         /// What is wrong.
         reason: String,
     },
+    /// KMS did not release the sealing key (Nitro mode).
+    #[error("the sealing key from KMS (key {key_id}, service {service_id}): {reason}")]
+    Kms {
+        /// The KMS key id or ARN.
+        key_id: String,
+        /// The wallet service id (the encryption context).
+        service_id: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Holds the sealing key. No `Debug` of the key, no `Clone`.

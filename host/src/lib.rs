@@ -5,6 +5,8 @@
 //! * [`enclave_client`]: the multiplexed link to the enclave, at an
 //!   [`EnclaveAddress`](enclave_client::EnclaveAddress) (Unix socket or vsock).
 //! * [`kyt_import`]: the KYT denylist file parser used by `walletctl kyt import`.
+//! * [`storage`]: the storage server the enclave keeps its sealed files on (Nitro mode has no
+//!   disk): `wallet-gateway --serve-storage`.
 //!
 //! Binaries: `wallet-gateway` (this library) and `walletctl` (the CLI, built on
 //! `wallet-client`).
@@ -19,6 +21,8 @@
 pub mod enclave_client;
 pub mod gateway;
 pub mod kyt_import;
+pub mod relay;
+pub mod storage;
 
 use std::{
     net::SocketAddr,

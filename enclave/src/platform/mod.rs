@@ -9,12 +9,18 @@
 //!   append-only spend ledger) and [`AuditSink`] (the hash-chained audit log).
 //!
 //! [`Platform::open_dir`] opens the file-backed stores under a data directory (sled, the spend
-//! journal, `audit.log`). The simulated platform (a local process, a key file, an NSM without
+//! journal, `audit.log`, the commit head); [`Platform::open_host_storage`] opens them on storage
+//! the host provides (Nitro mode has no disk: [`crate::hoststorage`]), with the state store as a
+//! log of sealed batches ([`crate::logstore`]) instead of sled. Both run the same checks: every
+//! store against the commit head, with the same tamper, rollback and torn-tail rules. The
+//! simulated platform (a local process, a key file, an NSM without
 //! hardware) is behind the cargo feature `simulated`, and the journal's fault injection behind
 //! `fault-injection`: a default build of `wallet-enclave` contains neither (`scripts/test.sh`
 //! checks the binary).
 
+pub mod boot;
 pub mod clock;
+pub mod kms;
 pub mod nsm;
 #[cfg(feature = "simulated")]
 pub mod simulated;
@@ -28,11 +34,17 @@ pub use nsm::{Entropy, Mode, Nsm, NsmError, TrustRoot};
 
 use crate::{
     audit::{AuditError, AuditLog},
-    head::CommitHead,
+    head::{CommitHead, Facts},
+    hostfile::{names, LocalFile, StorageFile},
+    hoststorage::{HostAddress, HostStorage, DEFAULT_CONNECT_WAIT},
     journal::{HeadHook, Journal, JournalError},
+    logstore::LogStore,
     seal::{SealError, Sealer},
     store::{Op, Record, Store, StoreError, Table},
 };
+
+/// A start-up error: a sentence saying what is wrong (and, where it helps, what to do).
+pub type OpenError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A boxed, sendable future: the async methods of the store traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -128,7 +140,7 @@ pub struct Platform {
     pub nsm: Arc<dyn Nsm>,
     /// The time.
     pub clock: Arc<dyn Clock>,
-    /// Sealed state.
+    /// Sealed state (sled in a data directory; a [`LogStore`] on host storage).
     pub state: Box<dyn StateStore>,
     /// The spend ledger.
     pub spend_log: Box<dyn SpendLog>,
@@ -157,6 +169,19 @@ pub struct Handles {
     pub faults: Option<Arc<crate::journal::Faults>>,
 }
 
+/// The opened stores, before they are checked against the commit head and assembled.
+struct Opened {
+    head: CommitHead,
+    /// What the head says was durable (`None`: never written).
+    durable: Option<Facts>,
+    state: Box<dyn StateStore>,
+    /// The state store's last batch, and its durable batch (for the head).
+    store_seq: u64,
+    store_durable_seq: Arc<std::sync::atomic::AtomicU64>,
+    audit: AuditLog,
+    journal: Arc<dyn StorageFile>,
+}
+
 impl Platform {
     /// Opens the file-backed stores under `dir` (created 0700): sled in `state/`, the spend
     /// journal `spends.journal`, `audit.log` and the commit head `commit.head`, sealed with
@@ -172,31 +197,107 @@ impl Platform {
         key: &dyn SealingKeySource,
         nsm: Arc<dyn Nsm>,
         clock: Arc<dyn Clock>,
-    ) -> Result<(Self, Handles), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(Self, Handles), OpenError> {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let entropy = Entropy::new(Arc::clone(&nsm));
         let sealing_key = key.sealing_key()?;
         let sealer = || Sealer::new(&sealing_key, entropy.clone());
-        let (head, durable) = CommitHead::open(&dir.join("commit.head"), sealer())?;
+        let (head, durable) = CommitHead::open(&dir.join(names::COMMIT_HEAD), sealer())?;
         let store = Store::open(&dir.join("state"), sealer())?;
-        let audit = AuditLog::open(&dir.join("audit.log"))?;
-        // Each store must hold at least what the commit head says was durable (see `head`).
-        match durable {
-            None if store.seq() > 0 => {
+        let (store_seq, store_durable_seq) = (store.seq(), store.durable_seq());
+        let audit = AuditLog::open(&dir.join(names::AUDIT_LOG))?;
+        let journal: Arc<dyn StorageFile> = LocalFile::open(&dir.join(names::SPEND_JOURNAL))?;
+        let opened = Opened {
+            head,
+            durable,
+            state: Box::new(store),
+            store_seq,
+            store_durable_seq,
+            audit,
+            journal,
+        };
+        Self::assemble(opened, sealer(), nsm, clock, dir.display().to_string())
+    }
+
+    /// Opens the stores on the storage the host provides at `addr` (Nitro mode: the enclave has
+    /// no disk; simulated mode over a Unix socket, so tests run the same path): the host's files
+    /// `commit.head`, `state.log` (the state store, [`LogStore`]), `audit.log` and
+    /// `spends.journal`, sealed with `key`'s key, with exactly the checks of
+    /// [`Self::open_dir`]. Waits up to [`DEFAULT_CONNECT_WAIT`] for the host's storage server.
+    ///
+    /// # Errors
+    /// When nothing answers at `addr` in time (the error says what to run on the host), when
+    /// the key cannot be had, or when a store fails its checks or the host's answers do.
+    pub fn open_host_storage(
+        addr: &HostAddress,
+        key: &dyn SealingKeySource,
+        nsm: Arc<dyn Nsm>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, Handles), OpenError> {
+        let storage = HostStorage::connect(addr.clone(), DEFAULT_CONNECT_WAIT)?;
+        Self::open_on_host(&storage, key, nsm, clock)
+    }
+
+    /// [`Self::open_host_storage`] on a connection already made (tests choose its limits).
+    ///
+    /// # Errors
+    /// As [`Self::open_host_storage`].
+    pub fn open_on_host(
+        storage: &HostStorage,
+        key: &dyn SealingKeySource,
+        nsm: Arc<dyn Nsm>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, Handles), OpenError> {
+        let entropy = Entropy::new(Arc::clone(&nsm));
+        let sealing_key = key.sealing_key()?;
+        let sealer = || Sealer::new(&sealing_key, entropy.clone());
+        let (head, durable) = CommitHead::open_file(storage.file(names::COMMIT_HEAD)?, sealer())?;
+        let store = LogStore::open(
+            storage.file(names::STATE_LOG)?,
+            sealer(),
+            durable.map_or(0, |f| f.store_seq),
+        )?;
+        let (store_seq, store_durable_seq) = (store.seq(), store.durable_seq());
+        let audit = AuditLog::open_file(storage.file(names::AUDIT_LOG)?)?;
+        let journal: Arc<dyn StorageFile> = storage.file(names::SPEND_JOURNAL)?;
+        let opened = Opened {
+            head,
+            durable,
+            state: Box::new(store),
+            store_seq,
+            store_durable_seq,
+            audit,
+            journal,
+        };
+        let location = format!("host storage at {}", storage.address());
+        Self::assemble(opened, sealer(), nsm, clock, location)
+    }
+
+    /// Checks each store against the commit head (each must hold at least what it says was
+    /// durable; see `head`), then opens the journal with the head hook.
+    fn assemble(
+        o: Opened,
+        journal_sealer: Sealer,
+        nsm: Arc<dyn Nsm>,
+        clock: Arc<dyn Clock>,
+        location: String,
+    ) -> Result<(Self, Handles), OpenError> {
+        match o.durable {
+            None if o.store_seq > 0 => {
                 return Err("the commit head (commit.head) is missing or empty, but this state was written with one: it was deleted or replaced. Refusing to start.".into());
             }
             None => {}
             Some(f) => {
-                if store.seq() < f.store_seq {
+                if o.store_seq < f.store_seq {
                     return Err(format!(
                         "the state store is behind the commit head: it holds batch {} but batch {} was durable — it lost writes or was rolled back (a revocation, a freeze or a policy change could be undone). Refusing to start.",
-                        store.seq(),
+                        o.store_seq,
                         f.store_seq
                     )
                     .into());
                 }
-                let audit_records = audit.head().0;
+                let audit_records = o.audit.head().0;
                 if audit_records < f.audit_records {
                     return Err(format!(
                         "the audit log holds {audit_records} records but the commit head says {} were durable: records were deleted from its end or it was rolled back. Refusing to start.",
@@ -206,16 +307,18 @@ impl Platform {
                 }
             }
         }
-        let hook =
-            HeadHook { head, audit_records: audit.count_handle(), store_seq: store.durable_seq() };
+        let hook = HeadHook {
+            head: o.head,
+            audit_records: o.audit.count_handle(),
+            store_seq: o.store_durable_seq,
+        };
         let (journal, spends) = Journal::open_with(
-            &dir.join("spends.journal"),
-            sealer(),
-            Some(audit.sync_handle()?),
+            o.journal,
+            journal_sealer,
+            Some(o.audit.sync_handle()),
             Some(hook),
-            durable.map_or(0, |f| f.journal_records),
+            o.durable.map_or(0, |f| f.journal_records),
         )?;
-        drop(sealing_key);
         let handles = Handles {
             #[cfg(feature = "fault-injection")]
             faults: Some(journal.faults()),
@@ -224,11 +327,11 @@ impl Platform {
             Self {
                 nsm,
                 clock,
-                state: Box::new(store),
+                state: o.state,
                 spend_log: Box::new(journal),
                 spends,
-                audit: Box::new(audit),
-                location: dir.display().to_string(),
+                audit: Box::new(o.audit),
+                location,
             },
             handles,
         ))
@@ -247,6 +350,21 @@ impl StateStore for Store {
     }
     fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(Store::sync(self))
+    }
+}
+
+impl StateStore for LogStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        LogStore::get(self, table, key)
+    }
+    fn scan(&self, table: Table) -> Result<Vec<Record>, StoreError> {
+        LogStore::scan(self, table)
+    }
+    fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        LogStore::apply(self, ops)
+    }
+    fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(LogStore::sync(self))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use wallet_host::EnclaveAddress;
+use wallet_host::{storage::StorageListen, EnclaveAddress};
 
 /// The agent wallet's gRPC gateway. Agents call SignPayment here; admins use walletctl.
 /// It relays every request to the enclave, which checks and signs.
@@ -35,6 +35,58 @@ struct Args {
     /// slot fails with UNAVAILABLE (ENCLAVE_UNAVAILABLE).
     #[arg(long, env = "WALLET_GATEWAY_MAX_ENCLAVE_IN_FLIGHT", default_value_t = wallet_host::enclave_client::DEFAULT_MAX_IN_FLIGHT, value_parser = positive)]
     max_enclave_in_flight: usize,
+    /// Also serve the enclave's storage (a Nitro enclave has no disk; `wallet-enclave
+    /// --host-storage` uses it), at unix:/path (or a path) or vsock:PORT. The files (state.log,
+    /// spends.journal, audit.log, commit.head) are kept in the data directory (0700, files
+    /// 0600) and synced for real (fdatasync) when the enclave asks. The enclave seals and
+    /// checks everything in them: this host can deny service, not change what it signs. Start
+    /// the gateway before the enclave.
+    #[arg(long, env = "WALLET_SERVE_STORAGE", value_name = "ADDR")]
+    serve_storage: Option<StorageListen>,
+    /// Also relay the enclave's connections to KMS, like AWS's vsock-proxy: accept at
+    /// unix:/path (or a path) or vsock:PORT and pipe each connection's bytes to --kms-target.
+    /// TLS ends inside the enclave: this host carries only ciphertext.
+    #[arg(long, env = "WALLET_KMS_RELAY", value_name = "ADDR", requires = "kms_target")]
+    kms_relay: Option<StorageListen>,
+    /// Where the KMS relay connects: HOST:PORT, e.g. kms.us-east-1.amazonaws.com:443.
+    #[arg(long, env = "WALLET_KMS_TARGET", value_name = "HOST:PORT", requires = "kms_relay")]
+    kms_target: Option<String>,
+    /// Storage connections served at once (the enclave holds one).
+    #[arg(long, default_value_t = wallet_host::storage::Limits::default().max_connections, value_parser = positive)]
+    max_storage_connections: usize,
+}
+
+/// Binds the KMS relay's listener at `address` and serves it in the background, piping each
+/// connection to `target`.
+async fn start_kms_relay(address: &StorageListen, target: &str) -> std::io::Result<()> {
+    let relay = wallet_host::relay::Relay::new(target);
+    let forever = std::future::pending::<()>();
+    match address {
+        StorageListen::Unix(path) => {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            tokio::spawn(relay.serve_unix(listener, forever));
+        }
+        #[cfg(target_os = "linux")]
+        StorageListen::Vsock(port) => {
+            let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                tokio_vsock::VMADDR_CID_ANY,
+                *port,
+            ))?;
+            tokio::spawn(relay.serve_vsock(listener, forever));
+        }
+        #[cfg(not(target_os = "linux"))]
+        StorageListen::Vsock(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "vsock is only available on Linux",
+            ))
+        }
+    }
+    tracing::info!(%address, target, "relaying the enclave's KMS connections");
+    Ok(())
 }
 
 /// A whole number above zero.
@@ -71,6 +123,32 @@ async fn main() -> ExitCode {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let enclave =
         args.enclave_socket.unwrap_or_else(|| EnclaveAddress::Unix(data_dir.join("enclave.sock")));
+    // The storage server first: bound (or failed) before anything is announced, so an enclave
+    // started after the announcement finds it.
+    if let Some(address) = &args.serve_storage {
+        let limits = wallet_host::storage::Limits {
+            max_connections: args.max_storage_connections,
+            ..wallet_host::storage::Limits::default()
+        };
+        match wallet_host::storage::StorageServer::bind(address, &data_dir, limits) {
+            Ok(server) => {
+                tokio::spawn(server.serve());
+            }
+            Err(e) => {
+                eprintln!(
+                    "wallet-gateway: cannot serve the enclave's storage at {address} from {}: {e}",
+                    data_dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let (Some(address), Some(target)) = (&args.kms_relay, &args.kms_target) {
+        if let Err(e) = start_kms_relay(address, target).await {
+            eprintln!("wallet-gateway: cannot relay to KMS at {address}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -107,7 +185,12 @@ async fn main() -> ExitCode {
     )
     .await
     {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            if let Some(StorageListen::Unix(path)) = &args.serve_storage {
+                let _ = std::fs::remove_file(path);
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("wallet-gateway: {e}");
             ExitCode::FAILURE
