@@ -34,3 +34,6 @@ cargo build --workspace --bins --locked --features wallet-enclave/simulated,wall
 scripts/check-enclave-build.sh simulated target/debug/wallet-enclave
 scripts/check-test-root.sh simulated target/debug/wallet-enclave target/debug/walletctl
 cargo test --workspace --locked
+# The end-to-end suite again with the enclave's state on storage the host provides (the Nitro
+# path: the gateway serves it, the enclave has no data directory of its own).
+WALLET_E2E_STORAGE=host cargo test -p wallet-e2e --locked

@@ -2,9 +2,7 @@
 //! genuine log and names what was deleted, edited or truncated, whether the enclave was running
 //! or restarted; the enclave will not start on an edited log.
 
-use std::process::{Command, Stdio};
-
-use wallet_e2e::{bin, header, Stack};
+use wallet_e2e::{header, Stack};
 
 fn ok(out: &std::process::Output) -> String {
     assert!(out.status.success(), "walletctl failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -95,7 +93,7 @@ fn every_decision_is_audited_and_tampering_is_detected() {
     // that were durable), naming the log.
     stack.enclave.kill();
     std::fs::write(&log, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
-    let stderr = refused_to_start(&stack);
+    let stderr = stack.enclave_refusal();
     assert!(stderr.contains("audit log holds 5 records"), "{stderr}");
     std::fs::write(&log, &genuine).unwrap();
 
@@ -128,7 +126,7 @@ fn every_decision_is_audited_and_tampering_is_detected() {
     // Edited at rest: the enclave refuses to start and names the record.
     stack.enclave.kill();
     std::fs::write(&log, &edited).unwrap();
-    let stderr = refused_to_start(&stack);
+    let stderr = stack.enclave_refusal();
     assert!(stderr.contains("audit log") && stderr.contains("record"), "{stderr}");
 
     // Restoring the genuine log restores service; nothing was lost.
@@ -139,19 +137,6 @@ fn every_decision_is_audited_and_tampering_is_detected() {
 
 /// Starts a second enclave on the stack's (stopped) data directory and returns its stderr; it
 /// must refuse to start.
-fn refused_to_start(stack: &Stack) -> String {
-    let out = Command::new(bin("wallet-enclave"))
-        .args(["--simulated", "--data-dir"])
-        .arg(stack.data_dir())
-        .arg("--socket")
-        .arg(stack.dir.path().join("other.sock"))
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the enclave started");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

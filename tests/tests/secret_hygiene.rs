@@ -67,11 +67,8 @@ fn no_key_or_session_secret_in_logs_outputs_or_files_at_trace_level() {
     let session_secret = hex::decode(credential["session_secret"].as_str().unwrap()).unwrap();
     stack.enclave.kill();
     stack.gateway.kill();
-    let data = stack.data_dir();
-    let sealer =
-        wallet_enclave::platform::simulated::sealer_from_key_file(&data.join("sealing.key"))
-            .unwrap();
-    let store = wallet_enclave::store::Store::open(&data.join("state"), sealer).unwrap();
+    // Sled in DATA/state, or the host's DATA/state.log (WALLET_E2E_STORAGE=host).
+    let store = stack.open_state_store();
     let audit_key = store
         .get(wallet_enclave::store::Table::Keys, b"audit-key")
         .unwrap()
