@@ -106,6 +106,52 @@ pub async fn serve_gateway(
     serve_gateway_with(listener, enclave, data_dir, Limits::default(), shutdown).await
 }
 
+/// Logs what the enclave attests, once it answers (retrying for about a minute): the root that
+/// verified its document, its PCR0..2 and `module_id`, or why the document does not verify with
+/// this build's roots. Informational only: the gateway is untrusted and decides nothing on it —
+/// `walletctl init` and `walletctl attest` check for themselves.
+async fn log_attestation(client: Arc<EnclaveClient>) {
+    use rand_core::{OsRng, RngCore as _};
+    use wallet_proto::enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp};
+    for _ in 0..60 {
+        let mut nonce = [0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        let asked = Req::GetAttestation(wallet_proto::gateway::v1::GetAttestationRequest {
+            nonce: nonce.to_vec(),
+        });
+        match client.call(asked).await {
+            Ok(Resp::Attestation(a)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                match wallet_attestation::verify(&a.document, now, Some(&nonce)) {
+                    Ok(doc) => {
+                        let pcr = |i: u8| {
+                            doc.pcrs
+                                .get(&i)
+                                .map(|v| wallet_attestation::hex_pcr(v))
+                                .unwrap_or_default()
+                        };
+                        tracing::info!(root = %doc.root, module_id = %doc.module_id.escape_debug(), pcr0 = %pcr(0), pcr1 = %pcr(1), pcr2 = %pcr(2), "the enclave's attestation document verifies");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.to_string().escape_debug(), "the enclave's attestation document does not verify with this build's roots")
+                    }
+                }
+                return;
+            }
+            Ok(other) => {
+                tracing::warn!(
+                    answer = wallet_proto::answer::response::parts(&other).0,
+                    "the enclave did not attest"
+                );
+                return;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        }
+    }
+}
+
 /// [`serve_gateway`] within `limits`.
 ///
 /// # Errors
@@ -119,6 +165,7 @@ pub async fn serve_gateway_with(
 ) -> Result<(), ServeError> {
     let client =
         Arc::new(EnclaveClient::new(enclave).with_max_in_flight(limits.max_enclave_in_flight));
+    tokio::spawn(log_attestation(Arc::clone(&client)));
     let incoming = limited_incoming(listener, limits.max_connections);
     serve_incoming_with(incoming, client, data_dir, limits, shutdown).await
 }

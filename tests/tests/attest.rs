@@ -110,6 +110,18 @@ async fn init_verifies_the_enclave_before_pinning_and_refuses_unexpected_measure
     let out = walletctl(&url, &home, &["attest", "--expect-pcr0", &wrong]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
 
+    // The gateway checked the document too (with the same verifier) and logged what it says.
+    let log = dir.path().join("gateway.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("attestation document verifies")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(std::fs::read_to_string(&log).unwrap().contains(&right), "PCR0 in the gateway's log");
+
     // Status reports the measurements and the sealing, in a signed answer.
     let out = walletctl(&url, &home, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
