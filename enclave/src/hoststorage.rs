@@ -16,6 +16,11 @@
 //!   while the enclave was idle). The stores fail closed on their own as well: a failed write
 //!   poisons the journal, a failed sync fails its group commit until restart.
 //!
+//! Writes are queued and sent before the file's next other operation (write-behind, see
+//! `Behind`): a write is not durable before a sync anyway, and a round of payments then costs one
+//! write request per file instead of one per payment. A queue that cannot be sent fails its file
+//! for good, and the sync that sent it fails: nothing is confirmed durable that is not.
+//!
 //! The calls block their thread (as local file I/O does); the connection itself runs on a
 //! thread of its own with a single-threaded runtime, so a caller on a runtime worker never waits
 //! on its own runtime.
@@ -805,6 +810,8 @@ pub(crate) mod fake_host {
     pub(crate) struct FakeHost {
         pub(crate) socket: PathBuf,
         pub(crate) mode: Arc<Mutex<Mode>>,
+        /// Requests received.
+        pub(crate) requests: Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl FakeHost {
@@ -813,15 +820,16 @@ pub(crate) mod fake_host {
             std::fs::create_dir_all(dir).unwrap();
             let listener = UnixListener::bind(socket).unwrap();
             let mode = Arc::new(Mutex::new(Mode::Honest));
-            let (dir, m) = (dir.to_path_buf(), Arc::clone(&mode));
+            let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (dir, m, n) = (dir.to_path_buf(), Arc::clone(&mode), Arc::clone(&requests));
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     let Ok(conn) = conn else { return };
-                    let (dir, m) = (dir.clone(), Arc::clone(&m));
-                    std::thread::spawn(move || serve(conn, &dir, &m));
+                    let (dir, m, n) = (dir.clone(), Arc::clone(&m), Arc::clone(&n));
+                    std::thread::spawn(move || serve(conn, &dir, &m, &n));
                 }
             });
-            Self { socket: socket.to_path_buf(), mode }
+            Self { socket: socket.to_path_buf(), mode, requests }
         }
 
         pub(crate) fn set(&self, mode: Mode) {
@@ -883,7 +891,12 @@ pub(crate) mod fake_host {
         }
     }
 
-    fn serve(mut conn: UnixStream, dir: &Path, mode: &Mutex<Mode>) {
+    fn serve(
+        mut conn: UnixStream,
+        dir: &Path,
+        mode: &Mutex<Mode>,
+        requests: &std::sync::atomic::AtomicU64,
+    ) {
         loop {
             let mut header = [0u8; 4];
             if conn.read_exact(&mut header).is_err() {
@@ -894,6 +907,7 @@ pub(crate) mod fake_host {
                 return;
             }
             let req = st::StorageRequest::decode(body.as_slice()).unwrap();
+            requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mode = *mode.lock().unwrap();
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -1008,6 +1022,33 @@ mod tests {
         f.set_len(6).unwrap();
         f.sync_all().unwrap();
         assert_eq!(f.read_all().unwrap(), vec![0, 0, 0, 0, 0, 0]);
+    }
+
+    /// Writes are queued, coalesced and sent before anything else on the file: a round of many
+    /// appends costs one write request, and reads see every write made before them.
+    #[test]
+    fn writes_are_sent_behind_coalesced_and_before_any_read_or_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, s) = host(dir.path());
+        let f = s.file("spends.journal").unwrap();
+        let before = h.requests.load(Ordering::SeqCst);
+        for i in 0..100u8 {
+            f.write_all_at(&[i; 100], u64::from(i) * 100).unwrap();
+        }
+        assert_eq!(h.requests.load(Ordering::SeqCst), before, "queued");
+        let mut buf = [0u8; 100];
+        assert_eq!(f.read_at(&mut buf, 9_900).unwrap(), 100, "a read sees queued writes");
+        assert_eq!(buf, [99u8; 100]);
+        assert_eq!(h.requests.load(Ordering::SeqCst), before + 2, "one write, then the read");
+        f.write_all_at(b"tail", 10_000).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("host/spends.journal")).unwrap().len(), 10_004);
+        // A large queue is sent by the write that fills it.
+        let big = vec![5u8; FLUSH_AT];
+        let n = h.requests.load(Ordering::SeqCst);
+        f.write_all_at(&big, 20_000).unwrap();
+        assert!(h.requests.load(Ordering::SeqCst) > n, "sent without waiting for a sync");
+        f.sync_data().unwrap();
     }
 
     #[test]

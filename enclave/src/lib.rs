@@ -38,9 +38,7 @@ pub mod service;
 pub mod store;
 pub mod transport;
 
-use std::path::PathBuf;
-#[cfg(feature = "simulated")]
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 /// How to run.
 #[derive(Debug)]

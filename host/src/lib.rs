@@ -109,8 +109,10 @@ pub async fn serve_gateway(
 /// Logs what the enclave attests, once it answers (retrying for about a minute): the root that
 /// verified its document, its PCR0..2 and `module_id`, or why the document does not verify with
 /// this build's roots. Informational only: the gateway is untrusted and decides nothing on it —
-/// `walletctl init` and `walletctl attest` check for themselves.
-async fn log_attestation(client: Arc<EnclaveClient>) {
+/// `walletctl init` and `walletctl attest` check for themselves. `wallet-gateway` runs it at
+/// start, on a connection of its own to `enclave`.
+pub async fn log_attestation(enclave: EnclaveAddress) {
+    let client = EnclaveClient::new(enclave);
     use rand_core::{OsRng, RngCore as _};
     use wallet_proto::enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp};
     for _ in 0..60 {
@@ -165,7 +167,6 @@ pub async fn serve_gateway_with(
 ) -> Result<(), ServeError> {
     let client =
         Arc::new(EnclaveClient::new(enclave).with_max_in_flight(limits.max_enclave_in_flight));
-    tokio::spawn(log_attestation(Arc::clone(&client)));
     let incoming = limited_incoming(listener, limits.max_connections);
     serve_incoming_with(incoming, client, data_dir, limits, shutdown).await
 }
@@ -277,13 +278,14 @@ fn limited_incoming(
 
 /// Rate-limited warnings: at most one a second, with how many were folded into it.
 #[derive(Debug, Default)]
-struct Throttle {
+pub(crate) struct Throttle {
     last: Option<Instant>,
     folded: u64,
 }
 
 impl Throttle {
-    fn tick(&mut self) -> Option<u64> {
+    /// Counts one event; `Some(n)` (the events since the last warning) when one may be logged.
+    pub(crate) fn tick(&mut self) -> Option<u64> {
         self.folded += 1;
         let now = Instant::now();
         if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {

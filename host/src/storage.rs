@@ -29,9 +29,10 @@ use std::{
     path::{Path, PathBuf},
     str::FromStr,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use crate::Throttle;
 use prost::Message as _;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
@@ -161,25 +162,6 @@ impl StorageDir {
             }
             Err(e) => Err(e),
         }
-    }
-}
-
-/// Rate-limited warnings: at most one a second, with how many were folded into it.
-#[derive(Debug, Default)]
-struct Throttle {
-    last: Option<Instant>,
-    folded: u64,
-}
-
-impl Throttle {
-    fn tick(&mut self) -> Option<u64> {
-        self.folded += 1;
-        let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.folded))
     }
 }
 

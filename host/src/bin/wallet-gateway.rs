@@ -149,6 +149,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    tokio::spawn(wallet_host::log_attestation(enclave.clone()));
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
