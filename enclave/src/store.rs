@@ -357,11 +357,41 @@ mod tests {
     use std::sync::Arc;
 
     fn open(dir: &Path) -> Store {
-        Store::open(
-            dir,
-            Sealer::new(&Zeroizing::new([1u8; 32]), crate::platform::nsm::test_entropy()),
-        )
-        .unwrap()
+        try_open(dir).unwrap()
+    }
+
+    /// `Store::open`, retried while another handle in this process still holds sled's directory
+    /// lock (a dropped `sled::Db` releases it from a background thread, a moment later).
+    fn try_open(dir: &Path) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(
+                dir,
+                Sealer::new(&Zeroizing::new([1u8; 32]), crate::platform::nsm::test_entropy()),
+            ) {
+                Err(e) if is_lock_error(&e.to_string()) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_lock_error(e: &str) -> bool {
+        e.contains("WouldBlock") || e.contains("lock") || e.contains("temporarily unavailable")
+    }
+
+    /// A raw sled handle on `dir` (no flusher thread), retried like [`try_open`].
+    fn raw_sled(dir: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(dir).flush_every_ms(None).open() {
+                Err(e) if is_lock_error(&e.to_string()) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
     }
 
     #[tokio::test]
@@ -427,15 +457,11 @@ mod tests {
         drop(open(dir.path()));
         // Put the session back as it was before its revocation.
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_sled(dir.path());
             db.insert(full_key(Table::Sessions, b"s1"), old_blob.clone()).unwrap();
             db.flush().unwrap();
         }
-        let err = Store::open(
-            dir.path(),
-            Sealer::new(&Zeroizing::new([1u8; 32]), crate::platform::nsm::test_entropy()),
-        )
-        .unwrap_err();
+        let err = try_open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("digest"), "{err}");
         // Delete a KYT entry instead.
         let dir2 = tempfile::tempdir().unwrap();
@@ -445,15 +471,12 @@ mod tests {
             s.sync().await.unwrap();
         }
         {
-            let db = sled::open(dir2.path()).unwrap();
+            let db = raw_sled(dir2.path());
             db.remove(full_key(Table::Kyt, b"a")).unwrap();
             db.flush().unwrap();
         }
-        assert!(Store::open(
-            dir2.path(),
-            Sealer::new(&Zeroizing::new([1u8; 32]), crate::platform::nsm::test_entropy())
-        )
-        .is_err());
+        let err = try_open(dir2.path()).unwrap_err();
+        assert!(err.to_string().contains("digest"), "{err}");
     }
 
     #[test]
