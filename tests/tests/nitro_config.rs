@@ -14,7 +14,7 @@ use std::{
 };
 
 use sha2::{Digest as _, Sha384};
-use wallet_e2e::{bin, header, stderr, ChildGuard};
+use wallet_e2e::{bin, header, ok, stderr, ChildGuard};
 
 fn walletctl(url: &str, home: &Path, args: &[&str], stdin: &str) -> Output {
     use std::io::Write as _;
@@ -30,11 +30,6 @@ fn walletctl(url: &str, home: &Path, args: &[&str], stdin: &str) -> Output {
         .expect("walletctl runs");
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "{}", stderr(out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `wallet-kms-sim` with the recommended key policy naming `pcr0`; its address and key ARN.
