@@ -19,8 +19,11 @@ markers=(
   "SIMULATED ENCLAVE: keys are sealed with a key file" # the simulated start-up
   "injected fdatasync failure"    # journal fault injection
   "x402-wallet TEST ROOT"         # the TEST attestation root (the simulated NSM signs under it)
-  "kms-sim TEST CA"               # the KMS stand-in's TLS CA, trusted only by simulated builds
 )
+# In every build, used only when the enclave's own NSM signs under the test root (the simulated
+# NSM, or QEMU's emulated one running the production binary: platform::kms::https): the simulated
+# build must have it (control), the production build may.
+simulated_only=("kms-sim TEST CA")
 found=()
 for m in "${markers[@]}"; do
   if grep -aqF -- "$m" "$bin"; then found+=("$m"); fi
@@ -44,6 +47,9 @@ case "$mode" in
     echo "check-enclave-build: $bin is a production build (no simulated platform, no fault injection; --simulated refused)"
     ;;
   simulated)
+    for m in "${simulated_only[@]}"; do
+      grep -aqF -- "$m" "$bin" || { echo "check-enclave-build: the simulated build lacks $m" >&2; exit 1; }
+    done
     if [ "${#found[@]}" -ne "${#markers[@]}" ]; then
       echo "check-enclave-build: the simulated build lacks some markers (found: ${found[*]:-none}); the production check would prove nothing" >&2
       exit 1

@@ -29,6 +29,7 @@ pub mod commit;
 pub mod head;
 pub mod hostfile;
 pub mod hoststorage;
+pub mod init;
 pub mod journal;
 pub mod keys;
 pub mod logstore;

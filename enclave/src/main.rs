@@ -11,6 +11,9 @@ USAGE:
     wallet-enclave --simulated --socket PATH --host-storage unix:PATH --kms-key ARN
                    --service-id ID --kms-relay unix:PATH --kms-endpoint localhost
                                                 (the same, with the simulated NSM and kms-sim)
+    /init in an enclave image (scripts/build-eif.sh): as PID 1 it mounts /dev, /proc, /sys,
+    loads lib/modules/modules.load, sends the Nitro heartbeat and takes its arguments from the
+    parent instance (vsock port 7001, wallet-gateway --serve-boot)
 
 OPTIONS:
     --simulated         Run as a local process with a simulated NSM. Keys are sealed with a key
@@ -49,7 +52,12 @@ OPTIONS:
 Logging: RUST_LOG, directives `level` or `target=level` separated by commas (for example
 `info,wallet_enclave=debug`); default info. Payloads, keys and secrets are never logged.";
 
-fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, String> {
+/// Parses the arguments (without the program name); `env` looks up the environment (the
+/// process's, or the boot configuration's inside an enclave image).
+fn parse(
+    args: impl Iterator<Item = String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<wallet_enclave::Config, String> {
     let mut c = wallet_enclave::Config {
         idempotency_ttl_seconds: wallet_enclave::service::DEFAULT_IDEMPOTENCY_TTL_SECONDS,
         simulated: false,
@@ -116,7 +124,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, S
             }
             let relay =
                 HostAddress::parse(kms_relay.as_deref().unwrap_or("vsock:8000"), parent_cid)?;
-            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let env = |name: &str| env(name).filter(|v| !v.is_empty());
             let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
             else {
                 return Err("--kms-key needs AWS credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for a role)".into());
@@ -134,16 +142,32 @@ fn parse(args: impl Iterator<Item = String>) -> Result<wallet_enclave::Config, S
 
 /// The log filter: `RUST_LOG` as a list of `level` and `target=level` directives (no regular
 /// expressions: the enclave does not link a regex engine); `info` when unset or malformed.
-fn log_filter() -> tracing_subscriber::filter::Targets {
-    std::env::var("RUST_LOG").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+fn log_filter(rust_log: Option<String>) -> tracing_subscriber::filter::Targets {
+    rust_log.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
         tracing_subscriber::filter::Targets::new()
             .with_default(tracing_subscriber::filter::LevelFilter::INFO)
     })
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let config = match parse(std::env::args().skip(1)) {
+/// The process environment.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn init_logging(filter: tracing_subscriber::filter::Targets) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+}
+
+fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    if std::process::id() == 1 {
+        as_init();
+    }
+    let config = match parse(std::env::args().skip(1), &process_env) {
         Ok(c) => c,
         Err(e) if e.is_empty() => {
             println!("{USAGE}");
@@ -154,13 +178,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    {
-        use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
-        tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .with(log_filter())
-            .init();
-    }
+    init_logging(log_filter(process_env("RUST_LOG")));
     if config.simulated && !wallet_enclave::HAS_SIMULATED_PLATFORM {
         eprintln!(
             "wallet-enclave: this is a production build without the simulated platform; \
@@ -168,7 +186,7 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match wallet_enclave::run(config).await {
+    match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wallet-enclave: {e}");
@@ -177,13 +195,67 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Runs the enclave on a multi-threaded runtime until it stops.
+fn serve(config: wallet_enclave::Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(wallet_enclave::run(config))
+}
+
+/// PID 1 in the enclave image: prepare the machine, get the arguments from the parent, run the
+/// wallet; never returns (the enclave ends when PID 1 does). Each step's outcome is one console
+/// line starting `wallet-enclave init:`; the last line is `wallet-enclave init: halting: REASON`.
+#[cfg(target_os = "linux")]
+fn as_init() -> ! {
+    use wallet_enclave::{hoststorage::HostAddress, init};
+    let say = |what: &str| eprintln!("wallet-enclave init: {what}");
+    let reason = (|| -> Result<String, String> {
+        init::mount_filesystems()?;
+        let cmdline = std::fs::read_to_string("/proc/cmdline")
+            .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
+        let loaded = init::load_modules(std::path::Path::new("/lib/modules"), &cmdline)?;
+        say(&format!("{loaded} kernel modules loaded"));
+        let cid = init::parent_cid(&cmdline)?;
+        let parent = |port| HostAddress::Vsock { cid, port };
+        match init::heartbeat(&parent(init::HEARTBEAT_PORT)) {
+            Ok(()) => say(&format!("heartbeat answered by the parent (cid {cid})")),
+            Err(e) => say(&format!("no heartbeat answer from cid {cid} port {}: {e} (nitro-cli waits for one; ignored)", init::HEARTBEAT_PORT)),
+        }
+        let boot =
+            init::fetch_boot_config(&parent(init::BOOT_CONFIG_PORT), init::BOOT_CONFIG_WAIT)?;
+        say(&format!("{} arguments from the parent", boot.args.len()));
+        // The parent CID from the command line first: the parent's own arguments may override it.
+        let args = ["--parent-cid".to_owned(), cid.to_string()]
+            .into_iter()
+            .chain(boot.args.iter().cloned());
+        let config = parse(args, &|name| boot.env(name)).map_err(|e| {
+            if e.is_empty() {
+                "the parent asked for --help".to_owned()
+            } else {
+                format!("bad arguments from the parent: {e}")
+            }
+        })?;
+        if config.simulated {
+            return Err("the parent asked for --simulated: an enclave image runs the Nitro configuration only".into());
+        }
+        init_logging(log_filter(boot.env("RUST_LOG")));
+        drop(boot);
+        serve(config).map(|()| "the wallet stopped".to_owned()).map_err(|e| e.to_string())
+    })();
+    match reason {
+        Ok(r) | Err(r) => say(&format!("halting: {r}")),
+    }
+    init::halt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use wallet_enclave::hoststorage::HostAddress;
 
     fn args(a: &[&str]) -> Result<wallet_enclave::Config, String> {
-        parse(a.iter().map(|s| (*s).to_owned()))
+        parse(a.iter().map(|s| (*s).to_owned()), &|_| None)
     }
 
     #[test]

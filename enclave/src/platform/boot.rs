@@ -40,27 +40,34 @@ pub struct KmsOptions {
 /// [`RELAY_IO_TIMEOUT`] on every read and write.
 #[must_use]
 pub fn relay_connector(addr: HostAddress) -> Connector {
-    Box::new(move || -> io::Result<Box<dyn ReadWrite + Send>> {
-        match &addr {
-            HostAddress::Unix(path) => {
-                let s = std::os::unix::net::UnixStream::connect(path)?;
-                s.set_read_timeout(Some(RELAY_IO_TIMEOUT))?;
-                s.set_write_timeout(Some(RELAY_IO_TIMEOUT))?;
-                Ok(Box::new(s))
-            }
-            #[cfg(target_os = "linux")]
-            HostAddress::Vsock { cid, port } => {
-                let s = vsock::VsockStream::connect_with_cid_port(*cid, *port)?;
-                s.set_read_timeout(Some(RELAY_IO_TIMEOUT))?;
-                s.set_write_timeout(Some(RELAY_IO_TIMEOUT))?;
-                Ok(Box::new(s))
-            }
-            #[cfg(not(target_os = "linux"))]
-            HostAddress::Vsock { .. } => {
-                Err(io::Error::new(io::ErrorKind::Unsupported, "vsock is only available on Linux"))
-            }
+    Box::new(move || stream_to(&addr, RELAY_IO_TIMEOUT))
+}
+
+/// Opens a blocking byte stream to the host at `addr` (a Unix socket, or vsock on Linux), with
+/// `timeout` on every read and write.
+///
+/// # Errors
+/// When the connection fails (or vsock is asked for off Linux).
+pub fn stream_to(addr: &HostAddress, timeout: Duration) -> io::Result<Box<dyn ReadWrite + Send>> {
+    match addr {
+        HostAddress::Unix(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            Ok(Box::new(s))
         }
-    })
+        #[cfg(target_os = "linux")]
+        HostAddress::Vsock { cid, port } => {
+            let s = vsock::VsockStream::connect_with_cid_port(*cid, *port)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            Ok(Box::new(s))
+        }
+        #[cfg(not(target_os = "linux"))]
+        HostAddress::Vsock { .. } => {
+            Err(io::Error::new(io::ErrorKind::Unsupported, "vsock is only available on Linux"))
+        }
+    }
 }
 
 /// The wrapped sealing key (KMS `CiphertextBlob`) in a file the host keeps. The host may delete,

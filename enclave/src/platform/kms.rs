@@ -23,7 +23,8 @@
 //!   response carrying `Plaintext` is refused ([`KmsError::PlaintextInResponse`]): KMS never
 //!   returns it to a `Recipient` request, so it means something else is answering.
 //! * TLS authenticates KMS under roots built into the binary (Amazon's; kms-sim's test CA only
-//!   in `simulated` builds), never taken from configuration. The endpoint must be a KMS host
+//!   when the enclave's own NSM signs under the project's test root, which real hardware never
+//!   does: `https::client_config`), never taken from configuration. The endpoint must be a KMS host
 //!   name (`kms.<region>.amazonaws.com`, `kms-fips.…`; checked in [`KmsSealingKey::new`]):
 //!   Amazon's roots also certify customers' own domains (ACM), and a host that could point the
 //!   enclave at such a server could answer with an envelope holding a key it chose.
@@ -565,7 +566,9 @@ impl KmsSealingKey {
                 "AWS credentials: empty, or characters that do not belong in a header".into(),
             ));
         }
-        let tls = https::client_config().map_err(|e| KmsError::from_https(e, config.timeout))?;
+        let test_ca = nsm.trust_root() != super::TrustRoot::AwsNitro;
+        let tls =
+            https::client_config(test_ca).map_err(|e| KmsError::from_https(e, config.timeout))?;
         Ok(Self { config, credentials, connector: Arc::from(connector), nsm, clock, store, tls })
     }
 

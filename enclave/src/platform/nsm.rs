@@ -31,6 +31,46 @@ pub enum TrustRoot {
     AwsNitro,
     /// The project's test CA (simulated NSM only).
     SimulatedTest,
+    /// The project's test CA, signing for an emulated NSM: the production binary on QEMU's
+    /// `nitro-enclave` machine with the project's signing patch (`scripts/nitro-sim/`). Real
+    /// hardware never signs under it, so the enclave only treats itself as emulated on this
+    /// positive sign ([`signed_by_test_root`]), never for lack of the AWS root.
+    EmulatedTest,
+}
+
+/// SHA-256 of the project's TEST attestation root certificate (DER,
+/// `attestation/testdata/test-pki/root.der`; a test checks it). Only its digest is built in, so
+/// a production binary does not carry the test root itself.
+pub const TEST_ROOT_SHA256: [u8; 32] = [
+    0x7c, 0xfc, 0x46, 0x60, 0xdc, 0x5a, 0x41, 0x88, 0xc5, 0xf2, 0xf9, 0x8a, 0x0f, 0x58, 0x6f, 0xab,
+    0x33, 0x21, 0xb3, 0xdc, 0xd7, 0x98, 0x8d, 0xfa, 0x47, 0x4e, 0x65, 0xd5, 0x21, 0x3f, 0xab, 0xe3,
+];
+
+/// Whether an attestation document this enclave's own NSM produced names the project's TEST root
+/// as the first certificate of its `cabundle` (the root, as AWS orders it).
+///
+/// Sound for the enclave's own documents only: they come from the device, not from the host. A
+/// real Nitro NSM puts the AWS root there, and nothing the parent instance does changes that; an
+/// NSM that signs under the test root is an emulator whose operator already holds everything
+/// (QEMU's memory, the NSM), for whom no secret exists to protect. Any document that cannot be
+/// read answers `false`.
+#[must_use]
+pub fn signed_by_test_root(document: &[u8]) -> bool {
+    use serde_cbor::Value;
+    use sha2::Digest as _;
+    let cose = match serde_cbor::from_slice::<Value>(document) {
+        Ok(Value::Tag(18, inner)) => *inner,
+        Ok(v) => v,
+        Err(_) => return false,
+    };
+    let Value::Array(parts) = cose else { return false };
+    let Some(Value::Bytes(payload)) = parts.get(2) else { return false };
+    let Ok(Value::Map(map)) = serde_cbor::from_slice::<Value>(payload) else { return false };
+    let Some(Value::Array(bundle)) = map.get(&Value::Text("cabundle".to_owned())) else {
+        return false;
+    };
+    let Some(Value::Bytes(root)) = bundle.first() else { return false };
+    sha2::Sha256::digest(root).as_slice() == TEST_ROOT_SHA256
 }
 
 /// NSM failure.
@@ -90,6 +130,7 @@ pub trait Nsm: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct NitroNsm {
     fd: i32,
+    emulated: bool,
 }
 
 #[cfg(target_os = "linux")]
@@ -107,7 +148,12 @@ impl NitroNsm {
                     .into(),
             ));
         }
-        Ok(Self { fd })
+        let mut nsm = Self { fd, emulated: false };
+        nsm.emulated = nsm.attest(None, None, None).is_ok_and(|doc| signed_by_test_root(&doc));
+        if nsm.emulated {
+            tracing::warn!("EMULATED NSM: attestation documents are signed by the TEST root (QEMU's nitro-enclave machine); nothing here is protected from whoever runs the emulator. Not for real funds.");
+        }
+        Ok(nsm)
     }
 }
 
@@ -155,7 +201,11 @@ impl Nsm for NitroNsm {
         }
     }
     fn trust_root(&self) -> TrustRoot {
-        TrustRoot::AwsNitro
+        if self.emulated {
+            TrustRoot::EmulatedTest
+        } else {
+            TrustRoot::AwsNitro
+        }
     }
     fn pcrs(&self) -> Result<Vec<(u32, Vec<u8>)>, NsmError> {
         use aws_nitro_enclaves_nsm_api::api::{Request, Response};
@@ -246,5 +296,43 @@ mod tests {
         }
         let err = super::NitroNsm::open().unwrap_err();
         assert!(err.to_string().contains("--simulated"));
+    }
+
+    #[test]
+    fn the_built_in_digest_is_the_test_roots() {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(wallet_attestation::test_pki::TEST_ROOT_DER);
+        assert_eq!(digest.as_slice(), super::TEST_ROOT_SHA256);
+    }
+
+    /// Only a document whose cabundle starts with the test root counts as emulated: real AWS
+    /// documents, a test document re-rooted elsewhere, and anything unreadable do not.
+    #[test]
+    fn only_test_rooted_documents_count_as_emulated() {
+        use super::signed_by_test_root;
+        use wallet_attestation::test_pki;
+        let doc = test_pki::sign_document("m", 1, &Default::default(), None, None, None);
+        assert!(signed_by_test_root(&doc));
+        for real in ["real-2025-09-eu-west-1.cbor", "real-2026-02-ap-southeast-2.cbor"] {
+            let path = format!("{}/../attestation/testdata/aws/{real}", env!("CARGO_MANIFEST_DIR"));
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!signed_by_test_root(&bytes), "{real}");
+        }
+        // The same document with the intermediate first: no longer the test root.
+        let mut value: serde_cbor::Value = serde_cbor::from_slice(&doc).unwrap();
+        if let serde_cbor::Value::Array(parts) = &mut value {
+            let serde_cbor::Value::Bytes(payload) = &parts[2] else { panic!() };
+            let mut map: serde_cbor::Value = serde_cbor::from_slice(payload).unwrap();
+            if let serde_cbor::Value::Map(m) = &mut map {
+                let key = serde_cbor::Value::Text("cabundle".into());
+                let Some(serde_cbor::Value::Array(b)) = m.get_mut(&key) else { panic!() };
+                b.reverse();
+            }
+            parts[2] = serde_cbor::Value::Bytes(serde_cbor::to_vec(&map).unwrap());
+        }
+        assert!(!signed_by_test_root(&serde_cbor::to_vec(&value).unwrap()));
+        for junk in [&b""[..], &b"\x84"[..], &doc[..doc.len() / 2]] {
+            assert!(!signed_by_test_root(junk));
+        }
     }
 }

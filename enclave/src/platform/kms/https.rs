@@ -4,8 +4,11 @@
 //! Trust roots are compiled in, never configured at run time: the host sets the enclave's flags,
 //! and a host that could choose the root could stand in for KMS and choose the data key.
 //! * Every build: the Amazon Trust Services roots that KMS endpoints chain to ([`AMAZON_ROOTS`]).
-//! * Builds with the `simulated` feature only: kms-sim's test CA (`kms-sim/testdata/ca.der`),
-//!   whose private key is public in this repository.
+//! * Only when this enclave's own NSM signs under the project's TEST root (the simulated NSM, or
+//!   QEMU's emulated one: [`crate::platform::TrustRoot`]): kms-sim's test CA
+//!   (`kms-sim/testdata/ca.der`), whose private key is public in this repository. On real
+//!   hardware the NSM signs under the AWS root and this CA is not trusted; where it is trusted,
+//!   the emulator's operator holds the enclave's memory anyway.
 //!
 //! The response is bounded: [`MAX_HEAD`] bytes of status line and headers, [`MAX_BODY`] bytes
 //! of body, framed by `Content-Length` or chunked transfer coding (anything else is refused),
@@ -60,8 +63,7 @@ pub(crate) const AMAZON_ROOTS: &[(&str, &[u8], &str)] = &[
     ),
 ];
 
-/// kms-sim's TEST CA (DER), trusted by builds with the `simulated` feature only.
-#[cfg(feature = "simulated")]
+/// kms-sim's TEST CA (DER), trusted only by an enclave whose NSM signs under the test root.
 pub(crate) const SIMULATED_KMS_TEST_CA: &[u8] =
     include_bytes!("../../../../kms-sim/testdata/ca.der");
 
@@ -168,18 +170,20 @@ pub(crate) struct Response {
     pub body: Vec<u8>,
 }
 
-/// The TLS client configuration: ring, TLS 1.2 and 1.3, the built-in roots.
-pub(crate) fn client_config() -> Result<Arc<ClientConfig>, HttpsError> {
+/// The TLS client configuration: ring, TLS 1.2 and 1.3, the built-in roots; kms-sim's test CA
+/// too when `test_ca` (the NSM signs under the test root).
+pub(crate) fn client_config(test_ca: bool) -> Result<Arc<ClientConfig>, HttpsError> {
     let mut roots = RootCertStore::empty();
     for (name, der, _) in AMAZON_ROOTS {
         roots
             .add(CertificateDer::from(*der))
             .map_err(|e| HttpsError::Tls(format!("built-in root {name}: {e}")))?;
     }
-    #[cfg(feature = "simulated")]
-    roots
-        .add(CertificateDer::from(SIMULATED_KMS_TEST_CA))
-        .map_err(|e| HttpsError::Tls(format!("kms-sim test CA: {e}")))?;
+    if test_ca {
+        roots
+            .add(CertificateDer::from(SIMULATED_KMS_TEST_CA))
+            .map_err(|e| HttpsError::Tls(format!("kms-sim test CA: {e}")))?;
+    }
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

@@ -398,7 +398,37 @@ fn kms_built_in_roots_are_the_pinned_certificates() {
     for (name, der, fingerprint) in https::AMAZON_ROOTS {
         assert_eq!(hex::encode(Sha256::digest(der)), *fingerprint, "{name}");
     }
-    assert!(https::client_config().is_ok());
+    assert!(https::client_config(false).is_ok());
+}
+
+/// kms-sim's test CA is a trust root only when the NSM signs under the test root: the same
+/// server is refused when the NSM is real hardware's.
+#[test]
+fn kms_test_ca_is_trusted_only_for_a_test_rooted_nsm() {
+    let ok = |_: &str, _: &Value| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+    let (connector, _) = fake_kms(TEST_SERVER, TEST_SERVER_KEY, ok);
+    let request =
+        b"POST / HTTP/1.1\r\nHost: kms.us-east-1.amazonaws.com\r\nContent-Length: 2\r\n\r\n{}";
+    let deadline = || std::time::Instant::now() + Duration::from_secs(30);
+    let name = "kms.us-east-1.amazonaws.com";
+    let answer = https::exchange(
+        https::client_config(true).unwrap(),
+        name,
+        connector().unwrap(),
+        request,
+        deadline(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 200);
+    let refused = https::exchange(
+        https::client_config(false).unwrap(),
+        name,
+        connector().unwrap(),
+        request,
+        deadline(),
+    )
+    .unwrap_err();
+    assert!(matches!(refused, https::HttpsError::Tls(_)), "{refused}");
 }
 
 /// Runs `f` on a thread and waits a minute at most: a KMS call without an overall deadline
