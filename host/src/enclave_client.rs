@@ -52,19 +52,36 @@ pub enum EnclaveAddress {
         /// Port.
         port: u32,
     },
+    /// A guest's vsock port behind a Unix socket that speaks Firecracker's "hybrid vsock"
+    /// handshake (`CONNECT PORT\n`, answered `OK N\n`), as `vhost-device-vsock --vm
+    /// ...,uds-path=PATH` does for a VM under QEMU (the emulated Nitro enclave).
+    HybridVsock {
+        /// The backend's Unix socket (`uds-path`).
+        path: PathBuf,
+        /// The guest's port.
+        port: u32,
+    },
 }
 
 /// Why a string is not an [`EnclaveAddress`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad enclave address {0:?}: expected unix:/path, a socket path, or vsock:CID:PORT")]
+#[error("bad enclave address {0:?}: expected unix:/path, a socket path, vsock:CID:PORT or hybrid-vsock:/path:PORT")]
 pub struct AddressError(String);
 
 impl FromStr for EnclaveAddress {
     type Err = AddressError;
 
-    /// `unix:/path`, a bare path, or `vsock:CID:PORT` (decimal).
+    /// `unix:/path`, a bare path, `vsock:CID:PORT` or `hybrid-vsock:/path:PORT` (decimal).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || AddressError(s.to_owned());
+        if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
+            let (path, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+            if path.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let port = port.parse().map_err(|_| bad())?;
+            return Ok(Self::HybridVsock { path: PathBuf::from(path), port });
+        }
         if let Some(rest) = s.strip_prefix("vsock:") {
             let (cid, port) = rest.split_once(':').ok_or_else(bad)?;
             let num = |t: &str| {
@@ -88,6 +105,7 @@ impl fmt::Display for EnclaveAddress {
         match self {
             Self::Unix(p) => write!(f, "unix:{}", p.display()),
             Self::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            Self::HybridVsock { path, port } => write!(f, "hybrid-vsock:{}:{port}", path.display()),
         }
     }
 }
@@ -115,8 +133,46 @@ impl EnclaveAddress {
                 std::io::ErrorKind::Unsupported,
                 "vsock is only available on Linux",
             )),
+            Self::HybridVsock { path, port } => Ok(Box::new(
+                hybrid_vsock_connect(tokio::net::UnixStream::connect(path).await?, *port).await?,
+            )),
         }
     }
+}
+
+/// Longest handshake answer read (`OK 4294967295\n` is 14 bytes).
+const HYBRID_VSOCK_MAX_ANSWER: usize = 32;
+
+/// The hybrid vsock handshake on a connected Unix stream: sends `CONNECT port\n` and reads the
+/// answer byte by byte (nothing past its newline belongs to it), which must be `OK <n>\n`.
+async fn hybrid_vsock_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    port: u32,
+) -> std::io::Result<S> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let refused = |what: String| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, what);
+    stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    let mut answer = Vec::new();
+    let read = async {
+        loop {
+            let b = stream.read_u8().await?;
+            if b == b'\n' {
+                return Ok::<_, std::io::Error>(());
+            }
+            answer.push(b);
+            if answer.len() > HYBRID_VSOCK_MAX_ANSWER {
+                return Err(refused("hybrid vsock: answer too long".into()));
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .map_err(|_| refused(format!("hybrid vsock: no answer to CONNECT {port}")))??;
+    let answer = String::from_utf8_lossy(&answer);
+    if !answer.starts_with("OK ") {
+        return Err(refused(format!("hybrid vsock: CONNECT {port} answered {answer:?} (is the enclave listening on that port?)")));
+    }
+    Ok(stream)
 }
 
 type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<EnclaveResponse>>>>;
@@ -395,11 +451,58 @@ mod tests {
         }
         assert!("vsock:4294967296:1".parse::<EnclaveAddress>().is_err());
         assert!("vsock:+3:1".parse::<EnclaveAddress>().is_err());
+        assert_eq!(
+            "hybrid-vsock:/run/vm:4.vsock:5000".parse(),
+            Ok(EnclaveAddress::HybridVsock { path: "/run/vm:4.vsock".into(), port: 5000 })
+        );
+        assert_eq!(
+            EnclaveAddress::HybridVsock { path: "/r/v".into(), port: 1 }.to_string(),
+            "hybrid-vsock:/r/v:1"
+        );
+        for bad in [
+            "hybrid-vsock:",
+            "hybrid-vsock:/p",
+            "hybrid-vsock::5",
+            "hybrid-vsock:/p:",
+            "hybrid-vsock:/p:x",
+            "hybrid-vsock:/p:-1",
+        ] {
+            assert!(bad.parse::<EnclaveAddress>().is_err(), "{bad}");
+        }
         let err = "vsock:3".parse::<EnclaveAddress>().unwrap_err().to_string();
         assert!(err.contains("vsock:CID:PORT"), "{err}");
         for a in [unix("/run/e.sock"), EnclaveAddress::Vsock { cid: 16, port: 5000 }] {
             assert_eq!(a.to_string().parse(), Ok(a));
         }
         assert_eq!(EnclaveAddress::from(PathBuf::from("/x")), unix("/x"));
+    }
+    /// The handshake vhost-device-vsock's uds-path speaks: the stream carries the guest's bytes
+    /// after `OK`, and anything else is refused.
+    #[tokio::test]
+    async fn hybrid_vsock_handshake() {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.vsock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let backend = tokio::spawn(async move {
+            for answer in ["OK 1073741824\n", "ERR no listener\n"] {
+                let (s, _) = listener.accept().await.unwrap();
+                let mut s = tokio::io::BufReader::new(s);
+                let mut line = String::new();
+                s.read_line(&mut line).await.unwrap();
+                assert_eq!(line, "CONNECT 5000\n");
+                s.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                s.get_mut().write_all(b"guest-bytes").await.unwrap();
+                let _ = s.get_mut().shutdown().await;
+            }
+        });
+        let addr = EnclaveAddress::HybridVsock { path, port: 5000 };
+        let mut link = addr.connect().await.unwrap();
+        let mut rest = Vec::new();
+        link.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"guest-bytes");
+        let err = addr.connect().await.err().unwrap();
+        assert!(err.to_string().contains("ERR no listener"), "{err}");
+        backend.await.unwrap();
     }
 }

@@ -18,6 +18,7 @@
 //! size limit, policy documents and audit records for walletctl) and `wallet-client`; never on
 //! the enclave.
 
+pub mod boot;
 pub mod enclave_client;
 pub mod gateway;
 pub mod kyt_import;

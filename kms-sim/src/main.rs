@@ -3,7 +3,12 @@
 //! ```text
 //! wallet-kms-sim --policy key-policy.json [--listen 127.0.0.1:0] [--state kms-sim-key.json]
 //!                [--bypass-policy-lockout-safety-check]
+//! wallet-kms-sim --print-policy --measurements wallet.pcrs.json [--principal ARN] [--key-admin ARN]
 //! ```
+//!
+//! `--print-policy` prints the recommended key policy (`policy::recommended_policy_json`, the
+//! production policy) pinning PCR0, PCR1 and PCR2 of an image's measurements file (nitro-cli's
+//! format, as `scripts/build-eif.sh` writes it) and exits.
 //!
 //! `testdata/key-policy.example.json` is the recommended policy (see
 //! `policy::recommended_policy_json`) for example PCRs; put the image's PCRs in it. The policy
@@ -30,8 +35,20 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
     /// The key policy (JSON, as in production).
+    #[arg(long, required_unless_present = "print_policy")]
+    policy: Option<PathBuf>,
+    /// Print the recommended key policy for --measurements and exit.
+    #[arg(long, requires = "measurements", conflicts_with = "policy")]
+    print_policy: bool,
+    /// The image's measurements (nitro-cli's JSON): the PCRs --print-policy pins (0, 1, 2).
     #[arg(long)]
-    policy: PathBuf,
+    measurements: Option<PathBuf>,
+    /// The principal (the parent instance's role) --print-policy lets use the key.
+    #[arg(long, default_value = wallet_kms_sim::TEST_PRINCIPAL)]
+    principal: String,
+    /// The key administrator --print-policy names.
+    #[arg(long, default_value = wallet_kms_sim::TEST_KEY_ADMIN)]
+    key_admin: String,
     /// Where the key's id and secret persist (created if missing); without it the key lives
     /// only as long as the process.
     #[arg(long)]
@@ -47,7 +64,28 @@ type Error = Box<dyn std::error::Error>;
 
 fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let policy = KeyPolicy::from_json(&std::fs::read_to_string(&args.policy)?)?;
+    if args.print_policy {
+        let path = args.measurements.as_ref().ok_or("--print-policy needs --measurements")?;
+        let measurements =
+            wallet_attestation::Measurements::from_json(&std::fs::read_to_string(path)?)?;
+        let pcrs: Vec<(u8, Vec<u8>)> =
+            (0u8..=2).filter_map(|i| measurements.0.get(&i).map(|v| (i, v.clone()))).collect();
+        if pcrs.first().is_none_or(|(i, _)| *i != 0) {
+            return Err(format!("{}: no PCR0", path.display()).into());
+        }
+        let pcrs: Vec<(u8, &[u8])> = pcrs.iter().map(|(i, v)| (*i, v.as_slice())).collect();
+        println!(
+            "{}",
+            wallet_kms_sim::policy::recommended_policy_json(
+                &args.principal,
+                &[&args.key_admin],
+                &pcrs
+            )
+        );
+        return Ok(());
+    }
+    let policy_path = args.policy.as_ref().ok_or("--policy is required")?;
+    let policy = KeyPolicy::from_json(&std::fs::read_to_string(policy_path)?)?;
     let sim = Arc::new(Sim::new(SimConfig::test()));
     let lockout = if args.bypass_policy_lockout_safety_check {
         LockoutCheck::Bypass

@@ -13,8 +13,9 @@ struct Args {
     /// Address to listen on. Only loopback unless --allow-non-loopback.
     #[arg(long, env = "WALLET_GATEWAY_LISTEN", default_value = wallet_host::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Where the enclave listens: a Unix socket (unix:/path or a path; the simulated enclave)
-    /// or vsock:CID:PORT (Nitro) [default: DATA_DIR/enclave.sock].
+    /// Where the enclave listens: a Unix socket (unix:/path or a path; the simulated enclave),
+    /// vsock:CID:PORT (Nitro), or hybrid-vsock:/path:PORT (an enclave image under QEMU behind
+    /// vhost-device-vsock, scripts/nitro-e2e.sh) [default: DATA_DIR/enclave.sock].
     #[arg(long, visible_alias = "enclave", env = "WALLET_ENCLAVE_SOCKET")]
     enclave_socket: Option<EnclaveAddress>,
     /// Data directory of the local stack [default: $XDG_DATA_HOME/agent-wallet or ~/.local/share/agent-wallet].
@@ -51,6 +52,19 @@ struct Args {
     /// Where the KMS relay connects: HOST:PORT, e.g. kms.us-east-1.amazonaws.com:443.
     #[arg(long, env = "WALLET_KMS_TARGET", value_name = "HOST:PORT", requires = "kms_relay")]
     kms_target: Option<String>,
+    /// Also serve the boot configuration of an enclave image (EIF): the enclave's /init asks
+    /// the parent for its arguments at start-up (vsock port 7001), at unix:/path (or a path)
+    /// or vsock:PORT. The answer is --enclave-args, plus this process's AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN when set (they sign the enclave's KMS calls)
+    /// and WALLET_ENCLAVE_LOG as its RUST_LOG. Nothing in it is trusted by the enclave: the
+    /// KMS key and service id it ends up with are in its attestation (walletctl init checks
+    /// them).
+    #[arg(long, env = "WALLET_SERVE_BOOT", value_name = "ADDR", requires = "enclave_args")]
+    serve_boot: Option<StorageListen>,
+    /// The enclave image's arguments, split at white space, e.g. "--vsock-port 5000
+    /// --host-storage vsock:7000 --kms-key arn:aws:kms:REGION:ACCOUNT:key/ID --service-id ID".
+    #[arg(long, env = "WALLET_ENCLAVE_ARGS", value_name = "ARGS", requires = "serve_boot")]
+    enclave_args: Option<String>,
     /// Storage connections served at once (the enclave holds one).
     #[arg(long, default_value_t = wallet_host::storage::Limits::default().max_connections, value_parser = positive)]
     max_storage_connections: usize,
@@ -142,6 +156,33 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if let (Some(address), Some(line)) = (&args.serve_boot, &args.enclave_args) {
+        let config = wallet_host::boot::BootConfig::new(
+            line.split_ascii_whitespace().map(str::to_owned).collect(),
+        )
+        .with_env(|name| std::env::var(name).ok());
+        let served = match address {
+            StorageListen::Unix(path) => config.serve_unix(path).map(|f| {
+                tokio::spawn(f);
+            }),
+            #[cfg(target_os = "linux")]
+            StorageListen::Vsock(port) => config.serve_vsock(*port).map(|f| {
+                tokio::spawn(f);
+            }),
+            #[cfg(not(target_os = "linux"))]
+            StorageListen::Vsock(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "vsock is only available on Linux",
+            )),
+        };
+        if let Err(e) = served {
+            eprintln!(
+                "wallet-gateway: cannot serve the enclave's boot configuration at {address}: {e}"
+            );
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(%address, "serving the enclave image's boot configuration");
     }
     if let (Some(address), Some(target)) = (&args.kms_relay, &args.kms_target) {
         if let Err(e) = start_kms_relay(address, target).await {
