@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The test command (README, CI): format check, clippy with warnings as errors, the production
-# enclave build check, every test.
+# enclave build check, every test, then the enclave image: built twice to show it reproducible,
+# and booted under QEMU's emulated Nitro machine (WALLET_SKIP_NITRO=1 skips that last part).
 # No system protoc is needed: protos are compiled by protox in proto/build.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The image builder is a workspace of its own (eif/).
+cargo fmt --manifest-path eif/Cargo.toml -- --check
+cargo clippy --manifest-path eif/Cargo.toml --target-dir target/eif-tool --all-targets --locked -- -D warnings
+cargo test --manifest-path eif/Cargo.toml --target-dir target/eif-tool --locked
 # The official x402 packages (pinned, offline at run time) for the compatibility test.
 if [ -z "${WALLET_SKIP_X402_COMPAT:-}" ]; then
   command -v npm >/dev/null || { echo "npm is required for the official x402 check (or set WALLET_SKIP_X402_COMPAT=1)" >&2; exit 1; }
@@ -37,3 +42,10 @@ cargo test --workspace --locked
 # The end-to-end suite again with the enclave's state on storage the host provides (the Nitro
 # path: the gateway serves it, the enclave has no data directory of its own).
 WALLET_E2E_STORAGE=host cargo test -p wallet-e2e --locked
+# The enclave image (scripts/build-eif.sh): the same sources give the same PCRs and bytes from
+# another path and an empty target directory; then the image boots under QEMU's nitro-enclave
+# machine, unseals through the KMS stand-in, pays, restarts, and a tampered image is refused.
+if [ -z "${WALLET_SKIP_NITRO:-}" ]; then
+  scripts/check-eif-reproducible.sh
+  scripts/nitro-e2e.sh
+fi

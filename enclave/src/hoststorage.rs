@@ -231,9 +231,9 @@ async fn connect(addr: &HostAddress) -> std::io::Result<Box<dyn Link>> {
     match addr {
         HostAddress::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
         #[cfg(target_os = "linux")]
-        HostAddress::Vsock { cid, port } => Ok(Box::new(
+        HostAddress::Vsock { cid, port } => Ok(Box::new(crate::smallwrites::SmallWrites(
             tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
-        )),
+        ))),
         #[cfg(not(target_os = "linux"))]
         HostAddress::Vsock { .. } => Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,

@@ -36,6 +36,7 @@ pub mod logstore;
 pub mod platform;
 pub mod seal;
 pub mod service;
+pub mod smallwrites;
 pub mod store;
 pub mod transport;
 

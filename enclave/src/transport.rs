@@ -327,7 +327,7 @@ pub async fn serve_vsock(port: u32, enclave: Arc<Enclave>) -> std::io::Result<()
     let mut gate = Gate::new(limits);
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => gate.admit(stream, &enclave),
+            Ok((stream, _)) => gate.admit(crate::smallwrites::SmallWrites(stream), &enclave),
             Err(e) => gate.accept_failed(&e).await,
         }
     }

@@ -185,8 +185,29 @@ fn serve_one(sim: &Sim, tls: Arc<ServerConfig>, stream: TcpStream) -> io::Result
     let have = body.len();
     body.resize(len, 0);
     tls.read_exact(&mut body[have..])?;
+    let target = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amz-target"))
+        .map_or("-", |(_, v)| v.as_str())
+        .to_owned();
+    let recipient = serde_json::from_slice::<serde_json::Value>(&body)
+        .is_ok_and(|v| v.get("Recipient").is_some_and(|r| !r.is_null()));
     let Reply { status, body } = sim.handle(&method, &path, &headers, &body);
     let reason = if status == 200 { "OK" } else { "Bad Request" };
+    // One line per request on stderr (what a CloudTrail entry would say): the operation, whether
+    // it carried a Recipient attestation, and the outcome.
+    let outcome = if status == 200 {
+        "allowed".to_owned()
+    } else {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("__type").and_then(|t| t.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| format!("HTTP {status}"))
+    };
+    eprintln!(
+        "wallet-kms-sim: {target} recipient={} -> {outcome}",
+        if recipient { "attested" } else { "none" }
+    );
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

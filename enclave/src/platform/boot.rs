@@ -61,7 +61,7 @@ pub fn stream_to(addr: &HostAddress, timeout: Duration) -> io::Result<Box<dyn Re
             let s = vsock::VsockStream::connect_with_cid_port(*cid, *port)?;
             s.set_read_timeout(Some(timeout))?;
             s.set_write_timeout(Some(timeout))?;
-            Ok(Box::new(s))
+            Ok(Box::new(crate::smallwrites::SmallWrites(s)))
         }
         #[cfg(not(target_os = "linux"))]
         HostAddress::Vsock { .. } => {

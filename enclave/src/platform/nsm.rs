@@ -10,15 +10,19 @@ pub enum Mode {
     Simulated,
     /// AWS Nitro Enclave.
     Nitro,
+    /// The Nitro configuration on an emulated NSM (QEMU's `nitro-enclave` machine signing under
+    /// the project's TEST root: [`TrustRoot::EmulatedTest`]). For tests; nothing is protected.
+    Emulated,
 }
 
 impl Mode {
-    /// `simulated` or `nitro`.
+    /// `simulated`, `nitro` or `emulated`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Simulated => "simulated",
             Self::Nitro => "nitro",
+            Self::Emulated => "emulated",
         }
     }
 }
@@ -160,7 +164,11 @@ impl NitroNsm {
 #[cfg(target_os = "linux")]
 impl Nsm for NitroNsm {
     fn mode(&self) -> Mode {
-        Mode::Nitro
+        if self.emulated {
+            Mode::Emulated
+        } else {
+            Mode::Nitro
+        }
     }
     fn fill_random(&self, buf: &mut [u8]) -> Result<(), NsmError> {
         use aws_nitro_enclaves_nsm_api::api::{Request, Response};

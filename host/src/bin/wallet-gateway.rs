@@ -63,7 +63,13 @@ struct Args {
     serve_boot: Option<StorageListen>,
     /// The enclave image's arguments, split at white space, e.g. "--vsock-port 5000
     /// --host-storage vsock:7000 --kms-key arn:aws:kms:REGION:ACCOUNT:key/ID --service-id ID".
-    #[arg(long, env = "WALLET_ENCLAVE_ARGS", value_name = "ARGS", requires = "serve_boot")]
+    #[arg(
+        long,
+        env = "WALLET_ENCLAVE_ARGS",
+        value_name = "ARGS",
+        requires = "serve_boot",
+        allow_hyphen_values = true
+    )]
     enclave_args: Option<String>,
     /// Storage connections served at once (the enclave holds one).
     #[arg(long, default_value_t = wallet_host::storage::Limits::default().max_connections, value_parser = positive)]

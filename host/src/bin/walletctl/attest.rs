@@ -218,8 +218,7 @@ async fn fetch_verified(url: &str) -> Result<(AttestationDoc, gw::IdentityClaims
         identity_claims(doc.user_data.as_deref(), doc.public_key.as_deref()).map_err(|e| {
             untrusted(format!("the attestation document does not bind an identity: {e}"))
         })?;
-    let expected_mode = if doc.root == Root::Test { "simulated" } else { "nitro" };
-    if claims.mode != expected_mode {
+    if !claimed_mode_fits(doc.root, &claims.mode) {
         return Err(untrusted(format!(
             "the document is signed under the {} but claims mode {:?}",
             doc.root,
@@ -236,8 +235,13 @@ fn untrusted(what: String) -> Fail {
 /// Prints what a verified document says.
 fn show(doc: &AttestationDoc, claims: &gw::IdentityClaims) {
     if doc.root == Root::Test {
+        let what = if claims.mode == "emulated" {
+            "an EMULATED Nitro enclave (QEMU's NSM)"
+        } else {
+            "a SIMULATED enclave"
+        };
         println!(
-            "attestation:    VERIFIED under the {} — a SIMULATED enclave: no hardware isolation, not for real funds",
+            "attestation:    VERIFIED under the {} — {what}: no hardware isolation, not for real funds",
             doc.root
         );
     } else {
@@ -269,6 +273,17 @@ fn show(doc: &AttestationDoc, claims: &gw::IdentityClaims) {
         other => println!("sealing:        {}", printable(other)),
     }
     println!("enclave:        {} {}", printable(&claims.mode), printable(&claims.enclave_version));
+}
+
+/// Whether the mode an enclave claims fits the root its document is signed under: the AWS root
+/// for `nitro`; the TEST root for `simulated` (the simulated NSM) and `emulated` (the production
+/// binary on QEMU's emulated NSM, which signs under the TEST root). Either TEST-rooted mode proves
+/// nothing and needs `--simulated`.
+fn claimed_mode_fits(root: Root, mode: &str) -> bool {
+    match root {
+        Root::Test => mode == "simulated" || mode == "emulated",
+        _ => mode == "nitro",
+    }
 }
 
 /// Checks a verified document against `expected`. `required` (first contact): a Nitro enclave
@@ -481,6 +496,32 @@ mod tests {
         refused(check(&d, &c, &nitro, true, true), "a different enclave");
         // Measurements given for a simulated enclave are still compared.
         refused(check(&d, &c, &expected(9, "", ""), true, true), "PCR0");
+    }
+
+    #[test]
+    fn the_claimed_mode_must_fit_the_root() {
+        assert!(claimed_mode_fits(Root::AwsNitroG1, "nitro"));
+        assert!(claimed_mode_fits(Root::Test, "simulated"));
+        assert!(claimed_mode_fits(Root::Test, "emulated"));
+        for (root, mode) in [
+            (Root::AwsNitroG1, "simulated"),
+            (Root::AwsNitroG1, "emulated"),
+            (Root::Test, "nitro"),
+            (Root::Test, ""),
+        ] {
+            assert!(!claimed_mode_fits(root, mode), "{root:?} {mode}");
+        }
+        // An emulated enclave (KMS sealing under the TEST root) still needs --simulated, and
+        // what the admin names is compared.
+        let d = doc(Root::Test);
+        let c = gw::IdentityClaims { mode: "emulated".into(), ..claims("kms") };
+        refused(check(&d, &c, &Pinned::default(), false, true), "--simulated");
+        assert!(check(&d, &c, &expected(1, KEY, "prod"), true, true).is_ok());
+        refused(check(&d, &c, &expected(9, KEY, "prod"), true, true), "PCR0");
+        refused(
+            check(&d, &c, &expected(1, "arn:aws:kms:us-east-1:999:key/host", "prod"), true, true),
+            "a key of its own",
+        );
     }
 
     #[test]

@@ -199,11 +199,13 @@ async fn status_with(
             ),
         ));
     }
-    let mode = if s.mode == "simulated" {
-        "SIMULATED (development only: keys sealed with a local key file, not for real funds)"
-            .to_owned()
-    } else {
-        s.mode.clone()
+    let mode = match s.mode.as_str() {
+        "simulated" => {
+            "SIMULATED (development only: keys sealed with a local key file, not for real funds)"
+                .to_owned()
+        }
+        "emulated" => "EMULATED Nitro (QEMU's nitro-enclave machine, TEST attestation root: development only, not for real funds)".to_owned(),
+        other => other.to_owned(),
     };
     println!("enclave:  {mode}");
     for p in &s.pcrs {
