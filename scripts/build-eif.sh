@@ -16,7 +16,9 @@
 #
 # The image version (EIF metadata, not measured) defaults to `git describe --always --dirty`.
 # Output in DIR (default target/eif): NAME.eif, NAME.pcrs.json (nitro-cli's format, which
-# `walletctl init --measurements` reads), bootstrap.cpio, app.cpio, wallet-enclave. The same JSON
+# `walletctl init --measurements` reads), NAME.build-info.txt (the toolchain: the same sources
+# give the same PCRs with the same rustc and musl-gcc, and the same kernel files), bootstrap.cpio,
+# app.cpio, wallet-enclave. The same JSON
 # goes to stdout; progress goes to stderr. `--app-file` adds a file to the app ramdisk, which
 # changes PCR2: for tests of a tampered image only.
 #
@@ -60,15 +62,25 @@ if ! command -v musl-gcc >/dev/null; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq musl-tools >&2
 fi
 CARGO_HOME_DIR="${CARGO_HOME:-$HOME/.cargo}"
-say "building wallet-enclave ($MUSL, profile eif)"
+say "building wallet-enclave ($MUSL, profile eif) with $(rustc --version)"
+# A clean environment: flags, wrappers and profile overrides from the caller's environment would
+# change the binary (CARGO_ENCODED_RUSTFLAGS beats RUSTFLAGS, CFLAGS reach ring's C code,
+# CARGO_PROFILE_* reach the profile). Only what cargo needs to find its tools and the registry
+# passes. Paths end up in panic messages: they are mapped to fixed names, so the binary, and PCR2,
+# depend on the sources and the toolchain only (rustc, musl-gcc; a cargo config file in
+# CARGO_HOME still applies: keep it free of build flags).
+keep=()
+for v in PATH HOME CARGO_HOME RUSTUP_HOME RUSTUP_TOOLCHAIN TMPDIR LANG SSL_CERT_FILE SSL_CERT_DIR \
+         CARGO_HTTP_CAINFO HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
+  [ -n "${!v:-}" ] && keep+=("$v=${!v}")
+done
 (
   cd "$ROOT"
-  export CC_x86_64_unknown_linux_musl=musl-gcc
-  export CARGO_TARGET_DIR="$TARGET_DIR"
-  # Paths end up in panic messages: map them to fixed names so the binary, and PCR2, depend on
-  # the source only.
-  export RUSTFLAGS="--remap-path-prefix=$ROOT=/build --remap-path-prefix=$CARGO_HOME_DIR=/cargo --remap-path-prefix=$TARGET_DIR=/target"
-  cargo build --locked --quiet -p wallet-enclave --bin wallet-enclave --target "$MUSL" --profile eif >&2
+  env -i "${keep[@]}" \
+    CC_x86_64_unknown_linux_musl=musl-gcc \
+    CARGO_TARGET_DIR="$TARGET_DIR" \
+    RUSTFLAGS="--remap-path-prefix=$ROOT=/build --remap-path-prefix=$CARGO_HOME_DIR=/cargo --remap-path-prefix=$TARGET_DIR=/target" \
+    cargo build --locked --quiet -p wallet-enclave --bin wallet-enclave --target "$MUSL" --profile eif >&2
 )
 BIN="$TARGET_DIR/$MUSL/eif/wallet-enclave"
 file_type="$(head -c 4 "$BIN" | od -An -c | tr -d ' ')"
@@ -94,4 +106,10 @@ cargo build --locked --quiet --release --manifest-path "$ROOT/eif/Cargo.toml" --
   --init "$OUT/wallet-enclave" "${APP_FILES[@]}" \
   --out "$OUT" --name "$NAME" --kernel-version "$KERNEL_VERSION" \
   --image-version "${IMAGE_VERSION:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)}"
+{
+  echo "rustc: $(rustc --version)"
+  echo "cargo: $(cargo --version)"
+  echo "musl-gcc: $(musl-gcc --version 2>/dev/null | head -1)"
+  echo "kernel: $KERNEL_VERSION ($(sha256sum "$KERNEL_DIR/bzImage" | cut -c1-64))"
+} >"$OUT/$NAME.build-info.txt"
 say "wrote $OUT/$NAME.eif ($(stat -c %s "$OUT/$NAME.eif") bytes) and $OUT/$NAME.pcrs.json"

@@ -84,7 +84,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # KMS_PORT, KMS_ARN and the AWS_* credentials.
 start_kms() {
   local name="$1" measurements="$2"
-  "$BIN/wallet-kms-sim" --print-policy --measurements "$measurements" >"$RUN/$name-policy.json"
+  # The parent role and key administrator of kms-sim's test account (TEST_PRINCIPAL, TEST_KEY_ADMIN).
+  "$BIN/wallet-kms-sim" --print-policy --measurements "$measurements" \
+    --principal arn:aws:iam::111122223333:role/wallet-enclave-parent \
+    --key-admin arn:aws:iam::111122223333:role/wallet-key-admin >"$RUN/$name-policy.json"
   "$BIN/wallet-kms-sim" --policy "$RUN/$name-policy.json" --state "$RUN/$name-key.json" \
     >"$RUN/$name.out" 2>"$RUN/$name.log" &
   PIDS+=($!)

@@ -164,11 +164,26 @@ fn bootstrap_tree(modules: Option<&Path>) -> Result<Tree, String> {
             "lib/modules/modules.load",
             Node::File { data: list.clone().into_bytes(), executable: false },
         )?;
-        for line in list.lines() {
+        for (n, line) in list.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
-            let Some(file) = line.split_ascii_whitespace().next() else { continue };
-            if file.contains('/') || !file.ends_with(".ko") {
-                return Err(format!("modules.load names {file:?}: expected a FILE.ko"));
+            let words: Vec<&str> = line.split_ascii_whitespace().collect();
+            // The rules the image's /init reads it by (wallet-enclave's init::parse_modules_load):
+            // an image it would refuse is refused here, not at every boot.
+            let file = match words.as_slice() {
+                [] => continue,
+                [file] | [file, _] => *file,
+                _ => {
+                    return Err(format!(
+                        "modules.load line {}: {line:?}: expected FILE.ko [PREFIX]",
+                        n + 1
+                    ))
+                }
+            };
+            if file.contains('/') || file.starts_with('.') || !file.ends_with(".ko") {
+                return Err(format!(
+                    "modules.load line {}: {file:?} is not a plain FILE.ko name",
+                    n + 1
+                ));
             }
             let data = fs::read(dir.join(file))
                 .map_err(|e| format!("module {}: {e}", dir.join(file).display()))?;

@@ -20,8 +20,9 @@
 //! The parent is untrusted, and so is everything here that it supplies: the arguments get the
 //! checks command-line flags get (a production build refuses `--simulated`; the KMS key and
 //! service id the enclave ends up with are in its attestation, which `walletctl init` checks),
-//! and the kernel command line's unmeasured tail (QEMU's `-append`, the virtio-mmio devices) only
-//! says where the parent is. None of it reaches a key.
+//! and the kernel command line (measured into PCR0/PCR1 on Nitro; QEMU's `-append` tail and the
+//! virtio-mmio device list it adds are not) says where the parent is and gives module
+//! parameters. None of it reaches a key.
 
 use std::{
     fmt,
@@ -52,6 +53,16 @@ pub const BOOT_ENV: &[&str] =
     &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RUST_LOG"];
 /// How long [`fetch_boot_config`] keeps trying to reach the parent.
 pub const BOOT_CONFIG_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether this process is the enclave image's `/init`: process id 1, started as `/init`, and
+/// `/proc` not mounted yet. The kernel starts an initramfs's `/init` exactly so; a container's
+/// first process (also PID 1) has `/proc` mounted by its runtime and another name, so the binary
+/// run in a container, on a developer's machine or in CI never mounts, loads modules, opens vsock
+/// or reboots: it parses its command line as usual.
+#[must_use]
+pub fn is_image_init(pid: u32, argv0: Option<&std::ffi::OsStr>, proc_mounted: bool) -> bool {
+    pid == 1 && argv0 == Some(std::ffi::OsStr::new("/init")) && !proc_mounted
+}
 
 /// What the parent sent: the wallet's arguments and environment. Values may hold credentials:
 /// they are wiped on drop and never printed (`Debug` shows names only).
@@ -187,16 +198,16 @@ pub fn heartbeat(addr: &HostAddress) -> io::Result<()> {
     Ok(())
 }
 
-/// Asks the parent at `addr` for the boot configuration: connects (retrying until `wait` has
-/// passed: the parent may start its side after the enclave), reads to end of stream (at most
-/// [`MAX_BOOT_CONFIG`] bytes) and parses it.
+/// Asks the parent at `addr` for the boot configuration: connects (retrying: the parent may
+/// start its side after the enclave), reads to end of stream (at most [`MAX_BOOT_CONFIG`]
+/// bytes) and parses it, all within `wait`.
 ///
 /// # Errors
 /// A sentence: unreachable within `wait`, a broken or oversized answer, or a bad configuration.
 pub fn fetch_boot_config(addr: &HostAddress, wait: Duration) -> Result<BootConfig, String> {
     let deadline = Instant::now() + wait;
     let mut stream = loop {
-        match crate::platform::boot::stream_to(addr, Duration::from_secs(10)) {
+        match crate::platform::boot::stream_to(addr, Duration::from_secs(5)) {
             Ok(s) => break s,
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!(
@@ -208,11 +219,27 @@ pub fn fetch_boot_config(addr: &HostAddress, wait: Duration) -> Result<BootConfi
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     };
-    let mut buf = Zeroizing::new(Vec::new());
-    let mut limited = (&mut stream).take(MAX_BOOT_CONFIG as u64 + 1);
-    limited
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("reading the boot configuration from {addr}: {e}"))?;
+    // Read to end of stream within the same deadline, however slowly the parent sends.
+    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    loop {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the boot configuration from {addr} did not arrive within {}s",
+                wait.as_secs()
+            ));
+        }
+        let n = stream
+            .read(chunk.as_mut())
+            .map_err(|e| format!("reading the boot configuration from {addr}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if buf.len() + n > MAX_BOOT_CONFIG {
+            return Err(format!("the boot configuration is larger than {MAX_BOOT_CONFIG} bytes"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
     BootConfig::parse(&buf)
 }
 
@@ -279,6 +306,27 @@ pub fn halt() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_kernel_started_init_is_the_image_init() {
+        use std::ffi::OsStr;
+        let init = Some(OsStr::new("/init"));
+        assert!(is_image_init(1, init, false));
+        // A container's first process: /proc mounted, usually another name.
+        assert!(!is_image_init(1, init, true));
+        assert!(!is_image_init(1, Some(OsStr::new("wallet-enclave")), false));
+        assert!(!is_image_init(1, Some(OsStr::new("/usr/bin/wallet-enclave")), false));
+        assert!(!is_image_init(1, None, false));
+        // Any other process.
+        assert!(!is_image_init(2, init, false));
+        // This test process itself.
+        let me = std::env::args_os().next();
+        assert!(!is_image_init(
+            std::process::id(),
+            me.as_deref(),
+            std::path::Path::new("/proc/self").exists()
+        ));
+    }
 
     #[test]
     fn the_parent_cid_comes_from_the_last_word_else_3() {
@@ -369,6 +417,27 @@ mod tests {
         let gone = HostAddress::Unix(dir.path().join("absent.sock"));
         let err = fetch_boot_config(&gone, Duration::from_millis(300)).unwrap_err();
         assert!(err.contains("--serve-boot"), "{err}");
+    }
+
+    /// A parent that sends a byte now and then cannot hold the boot past the deadline.
+    #[test]
+    fn a_trickling_parent_meets_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slow.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for _ in 0..40 {
+                if s.write_all(b" ").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // Without the deadline the fetch would read all 40 bytes (4 s) and fail on the JSON.
+        let err = fetch_boot_config(&HostAddress::Unix(path), Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains("did not arrive within"), "{err}");
+        server.join().unwrap();
     }
 
     #[test]

@@ -164,7 +164,11 @@ fn init_logging(filter: tracing_subscriber::filter::Targets) {
 
 fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
-    if std::process::id() == 1 {
+    if wallet_enclave::init::is_image_init(
+        std::process::id(),
+        std::env::args_os().next().as_deref(),
+        std::path::Path::new("/proc/self").exists(),
+    ) {
         as_init();
     }
     let config = match parse(std::env::args().skip(1), &process_env) {
@@ -203,6 +207,32 @@ fn serve(config: wallet_enclave::Config) -> Result<(), Box<dyn std::error::Error
         .block_on(wallet_enclave::run(config))
 }
 
+/// The configuration of an enclave image from the parent's boot configuration: its arguments
+/// after `--parent-cid CID` (the command line's; the parent's own arguments may override it), its
+/// environment for the credentials. `--simulated` and `--help` are refused.
+#[cfg(target_os = "linux")]
+fn image_config(
+    cid: u32,
+    boot: &wallet_enclave::init::BootConfig,
+) -> Result<wallet_enclave::Config, String> {
+    let args =
+        ["--parent-cid".to_owned(), cid.to_string()].into_iter().chain(boot.args.iter().cloned());
+    let config = parse(args, &|name| boot.env(name)).map_err(|e| {
+        if e.is_empty() {
+            "the parent asked for --help".to_owned()
+        } else {
+            format!("bad arguments from the parent: {e}")
+        }
+    })?;
+    if config.simulated {
+        return Err(
+            "the parent asked for --simulated: an enclave image runs the Nitro configuration only"
+                .into(),
+        );
+    }
+    Ok(config)
+}
+
 /// PID 1 in the enclave image: prepare the machine, get the arguments from the parent, run the
 /// wallet; never returns (the enclave ends when PID 1 does). Each step's outcome is one console
 /// line starting `wallet-enclave init:`; the last line is `wallet-enclave init: halting: REASON`.
@@ -225,20 +255,7 @@ fn as_init() -> ! {
         let boot =
             init::fetch_boot_config(&parent(init::BOOT_CONFIG_PORT), init::BOOT_CONFIG_WAIT)?;
         say(&format!("{} arguments from the parent", boot.args.len()));
-        // The parent CID from the command line first: the parent's own arguments may override it.
-        let args = ["--parent-cid".to_owned(), cid.to_string()]
-            .into_iter()
-            .chain(boot.args.iter().cloned());
-        let config = parse(args, &|name| boot.env(name)).map_err(|e| {
-            if e.is_empty() {
-                "the parent asked for --help".to_owned()
-            } else {
-                format!("bad arguments from the parent: {e}")
-            }
-        })?;
-        if config.simulated {
-            return Err("the parent asked for --simulated: an enclave image runs the Nitro configuration only".into());
-        }
+        let config = image_config(cid, &boot)?;
         init_logging(log_filter(boot.env("RUST_LOG")));
         drop(boot);
         serve(config).map(|()| "the wallet stopped".to_owned()).map_err(|e| e.to_string())
@@ -256,6 +273,30 @@ mod tests {
 
     fn args(a: &[&str]) -> Result<wallet_enclave::Config, String> {
         parse(a.iter().map(|s| (*s).to_owned()), &|_| None)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_image_takes_the_parents_arguments_but_never_simulated() {
+        use wallet_enclave::init::BootConfig;
+        let boot = |json: &str| BootConfig::parse(json.as_bytes()).unwrap();
+        let base = r#""--vsock-port","5000","--host-storage","vsock:7000","--kms-key","arn:aws:kms:us-east-1:111122223333:key/k","--service-id","s""#;
+        let creds = r#""env":{"AWS_ACCESS_KEY_ID":"AKID","AWS_SECRET_ACCESS_KEY":"x"}"#;
+        let c = image_config(2, &boot(&format!(r#"{{"args":[{base}],{creds}}}"#))).unwrap();
+        assert_eq!(c.host_storage, Some(HostAddress::Vsock { cid: 2, port: 7000 }));
+        assert!(c.kms.is_some() && !c.simulated);
+        // The parent may name another CID: its arguments come after the command line's.
+        let other = boot(&format!(r#"{{"args":[{base},"--parent-cid","9"],{creds}}}"#));
+        assert_eq!(
+            image_config(2, &other).unwrap().host_storage,
+            Some(HostAddress::Vsock { cid: 9, port: 7000 })
+        );
+        let simulated = boot(&format!(r#"{{"args":[{base},"--simulated"],{creds}}}"#));
+        assert!(image_config(3, &simulated).unwrap_err().contains("--simulated"));
+        assert!(image_config(3, &boot(r#"{"args":["--help"]}"#)).unwrap_err().contains("--help"));
+        // The KMS key without credentials from the parent is refused.
+        let no_creds = boot(&format!(r#"{{"args":[{base}]}}"#));
+        assert!(image_config(3, &no_creds).unwrap_err().contains("AWS credentials"));
     }
 
     #[test]

@@ -11,12 +11,10 @@
 //! parent's own (they sign the enclave's KMS calls; KMS releases the key to the attested
 //! enclave only).
 
-use std::{fmt, io, time::Duration};
+use std::{fmt, io, sync::Arc, time::Duration};
 
 use tokio::io::AsyncWriteExt as _;
 use zeroize::Zeroizing;
-
-use crate::relay::Accept;
 
 /// Environment variables passed to the enclave when set here: the credentials its KMS calls are
 /// signed with.
@@ -82,66 +80,87 @@ impl BootConfig {
         bytes
     }
 
-    /// Answers every connection accepted on `listener` with [`Self::to_json`] until the task is
-    /// dropped. One at a time: an enclave asks once per boot.
-    pub(crate) async fn serve<L: Accept>(self, listener: L) {
-        loop {
-            match listener.accept_stream().await {
-                Ok(mut stream) => {
-                    let answer = self.to_json();
-                    let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
-                        stream.write_all(&answer).await?;
-                        stream.shutdown().await
-                    })
-                    .await;
-                    match sent {
-                        Ok(Ok(())) => tracing::info!(
-                            args = self.args.len(),
-                            env = ?self.env_names().collect::<Vec<_>>(),
-                            "boot configuration sent to the enclave"
-                        ),
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "boot configuration: write failed")
-                        }
-                        Err(_) => tracing::warn!(
-                            "boot configuration: the enclave did not read it in time"
-                        ),
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "boot configuration: accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+    /// Writes the answer on one accepted stream, within [`WRITE_TIMEOUT`].
+    async fn answer<S: tokio::io::AsyncWrite + Unpin>(self: Arc<Self>, mut stream: S) {
+        let answer = self.to_json();
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, async {
+            stream.write_all(&answer).await?;
+            stream.shutdown().await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => tracing::info!(
+                args = self.args.len(),
+                env = ?self.env_names().collect::<Vec<_>>(),
+                "boot configuration sent to the enclave"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "boot configuration: write failed"),
+            Err(_) => tracing::warn!("boot configuration: the enclave did not read it in time"),
         }
     }
 
-    /// Serves on a Unix socket at `path` (0600; an existing socket file is replaced).
+    /// Serves on a Unix socket at `path` (0600): every connection gets the answer, each on its
+    /// own task (a peer that does not read delays nobody else). A socket file left at `path` is
+    /// replaced; anything else there is an error.
     ///
     /// # Errors
-    /// When the socket cannot be bound.
+    /// When the socket cannot be bound, or `path` holds something other than a socket.
     pub fn serve_unix(
         self,
         path: &std::path::Path,
     ) -> io::Result<impl std::future::Future<Output = ()>> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(self.serve(listener))
+        let listener = crate::bind_unix_0600(path)?;
+        let config = Arc::new(self);
+        Ok(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(Arc::clone(&config).answer(stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "boot configuration: accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
     }
 
-    /// Serves on vsock `port` of this (parent) instance.
+    /// Serves on vsock `port` of this (parent) instance, answering only the enclave at context
+    /// id `enclave_cid` (the credentials are for it; another enclave or a local process asking
+    /// is refused and logged). Each connection on its own task.
     ///
     /// # Errors
     /// When the port cannot be bound.
     #[cfg(target_os = "linux")]
-    pub fn serve_vsock(self, port: u32) -> io::Result<impl std::future::Future<Output = ()>> {
+    pub fn serve_vsock(
+        self,
+        port: u32,
+        enclave_cid: u32,
+    ) -> io::Result<impl std::future::Future<Output = ()>> {
         let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
             tokio_vsock::VMADDR_CID_ANY,
             port,
         ))?;
-        Ok(self.serve(listener))
+        let config = Arc::new(self);
+        Ok(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) if peer.cid() == enclave_cid => {
+                        tokio::spawn(Arc::clone(&config).answer(stream));
+                    }
+                    Ok((_, peer)) => tracing::warn!(
+                        peer_cid = peer.cid(),
+                        enclave_cid,
+                        "boot configuration: refused a peer that is not the enclave"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "boot configuration: accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -199,5 +218,32 @@ mod tests {
             );
         }
         server.abort();
+    }
+
+    /// A peer that connects and never reads does not hold up the enclave's own request.
+    #[tokio::test]
+    async fn a_silent_peer_delays_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot.sock");
+        let config = BootConfig::new(vec!["--x".into(); 20_000]);
+        let server = tokio::spawn(config.serve_unix(&path).unwrap());
+        let _silent = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got.len() > 100_000);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn only_a_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(BootConfig::new(vec![]).serve_unix(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
     }
 }

@@ -169,7 +169,10 @@ async fn hybrid_vsock_connect<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| refused(format!("hybrid vsock: no answer to CONNECT {port}")))??;
     let answer = String::from_utf8_lossy(&answer);
-    if !answer.starts_with("OK ") {
+    let port_ok = answer
+        .strip_prefix("OK ")
+        .is_some_and(|n| !n.is_empty() && n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit()));
+    if !port_ok {
         return Err(refused(format!("hybrid vsock: CONNECT {port} answered {answer:?} (is the enclave listening on that port?)")));
     }
     Ok(stream)
@@ -485,7 +488,7 @@ mod tests {
         let path = dir.path().join("vm.vsock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let backend = tokio::spawn(async move {
-            for answer in ["OK 1073741824\n", "ERR no listener\n"] {
+            for answer in ["OK 1073741824\n", "ERR no listener\n", "OK \n", "OK 12x\n"] {
                 let (s, _) = listener.accept().await.unwrap();
                 let mut s = tokio::io::BufReader::new(s);
                 let mut line = String::new();
@@ -503,6 +506,9 @@ mod tests {
         assert_eq!(rest, b"guest-bytes");
         let err = addr.connect().await.err().unwrap();
         assert!(err.to_string().contains("ERR no listener"), "{err}");
+        for _ in 0..2 {
+            assert!(addr.connect().await.is_err(), "a malformed OK is refused");
+        }
         backend.await.unwrap();
     }
 }

@@ -360,3 +360,24 @@ impl AsyncWrite for Limited {
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
+
+/// Binds a Unix socket at `path` and makes it 0600. A socket file left there (by an earlier run)
+/// is replaced; anything else at `path` is an error, so a mistyped flag never deletes a file.
+///
+/// # Errors
+/// When `path` holds something other than a socket, or binding fails.
+pub fn bind_unix_0600(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

@@ -250,7 +250,7 @@ impl Relay {
 }
 
 /// A listener the relay accepts from.
-pub(crate) trait Accept: Send {
+trait Accept: Send {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn accept_stream(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 }

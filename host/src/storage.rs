@@ -191,21 +191,7 @@ impl StorageServer {
     pub fn bind(address: &StorageListen, dir: &Path, limits: Limits) -> std::io::Result<Self> {
         let dir = Arc::new(StorageDir::open(dir)?);
         let listener = match address {
-            StorageListen::Unix(path) => {
-                use std::os::unix::fs::FileTypeExt as _;
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    if !meta.file_type().is_socket() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            format!("{} exists and is not a socket", path.display()),
-                        ));
-                    }
-                    std::fs::remove_file(path)?;
-                }
-                let l = tokio::net::UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                Listener::Unix(l)
-            }
+            StorageListen::Unix(path) => Listener::Unix(crate::bind_unix_0600(path)?),
             #[cfg(target_os = "linux")]
             StorageListen::Vsock(port) => Listener::Vsock(tokio_vsock::VsockListener::bind(
                 tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port),

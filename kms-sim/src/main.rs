@@ -3,7 +3,7 @@
 //! ```text
 //! wallet-kms-sim --policy key-policy.json [--listen 127.0.0.1:0] [--state kms-sim-key.json]
 //!                [--bypass-policy-lockout-safety-check]
-//! wallet-kms-sim --print-policy --measurements wallet.pcrs.json [--principal ARN] [--key-admin ARN]
+//! wallet-kms-sim --print-policy --measurements wallet.pcrs.json --principal ARN --key-admin ARN
 //! ```
 //!
 //! `--print-policy` prints the recommended key policy (`policy::recommended_policy_json`, the
@@ -43,12 +43,13 @@ struct Args {
     /// The image's measurements (nitro-cli's JSON): the PCRs --print-policy pins (0, 1, 2).
     #[arg(long)]
     measurements: Option<PathBuf>,
-    /// The principal (the parent instance's role) --print-policy lets use the key.
-    #[arg(long, default_value = wallet_kms_sim::TEST_PRINCIPAL)]
-    principal: String,
-    /// The key administrator --print-policy names.
-    #[arg(long, default_value = wallet_kms_sim::TEST_KEY_ADMIN)]
-    key_admin: String,
+    /// The principal (the parent instance's role ARN) --print-policy lets use the key. No
+    /// default: a policy naming the test account's role would be useless in production.
+    #[arg(long, requires = "print_policy")]
+    principal: Option<String>,
+    /// The key administrator (role ARN) --print-policy names; repeat for several.
+    #[arg(long, requires = "print_policy")]
+    key_admin: Vec<String>,
     /// Where the key's id and secret persist (created if missing); without it the key lives
     /// only as long as the process.
     #[arg(long)]
@@ -74,14 +75,12 @@ fn main() -> Result<(), Error> {
             return Err(format!("{}: no PCR0", path.display()).into());
         }
         let pcrs: Vec<(u8, &[u8])> = pcrs.iter().map(|(i, v)| (*i, v.as_slice())).collect();
-        println!(
-            "{}",
-            wallet_kms_sim::policy::recommended_policy_json(
-                &args.principal,
-                &[&args.key_admin],
-                &pcrs
-            )
-        );
+        let principal = args.principal.as_deref().ok_or("--print-policy needs --principal")?;
+        let admins: Vec<&str> = args.key_admin.iter().map(String::as_str).collect();
+        if admins.is_empty() {
+            return Err("--print-policy needs --key-admin".into());
+        }
+        println!("{}", wallet_kms_sim::policy::recommended_policy_json(principal, &admins, &pcrs));
         return Ok(());
     }
     let policy_path = args.policy.as_ref().ok_or("--policy is required")?;

@@ -26,6 +26,16 @@ ABI=${KVER%-cloud-amd64}            # 6.12.95+deb12
 IMAGE_PKG=linux-image-$KVER-unsigned
 HEADER_PKGS=(linux-headers-$KVER linux-headers-$ABI-common linux-kbuild-$ABI)
 VERMAGIC="$KVER SMP preempt mod_unload modversions"
+# The .debs' SHA-256, pinned here (not only apt's current lists, which forget a version once it
+# leaves the archive): the kernel and the bootstrap ramdisk are measured into PCR0 and PCR1.
+# The kernel itself (vmlinuz from the image package), checked on every run, cached or not.
+BZIMAGE_SHA256=1e1b20f533828d752b7e822dbf8d86898677f00727f39b36896e3d13881c4a05
+declare -A PINNED_SHA256=(
+    [linux-image-$KVER-unsigned]=6ed2b95055a96af9f543a427cc1bc56f67e5e72ec16b227ec965a9325aeb3480
+    [linux-headers-$KVER]=8e4ad8e4a06b2ed286ab086d4c450ec00694a7724a0f80cb5d7a8f3bd1038446
+    [linux-headers-$ABI-common]=5f0ddff86b25a7c8ba07ee2e6f7f74b17d4c0a3f621b08b50fa91290e689fd72
+    [linux-kbuild-$ABI]=7770286db28850f6d589c89908823368cdd4aca3e489155fdcc371d95c103cbc
+)
 # Load order. FILE [PREFIX]: with PREFIX, the init passes each kernel command-line word
 # PREFIX.NAME=VALUE to the module as NAME=VALUE (as modprobe does from /proc/cmdline).
 LOAD_ORDER=(
@@ -103,7 +113,8 @@ WANT_STAMP="$(stamp_inputs | sha256sum | awk '{print $1}')"
 
 if [ "$FORCE" = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT_STAMP" ] \
     && [ -f "$OUT/SHA256SUMS" ] && [ -f "$OUT/modules/modules.load" ] \
-    && (cd "$OUT" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+    && (cd "$OUT" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1) \
+    && [ "$(sha256sum "$OUT/bzImage" | awk '{print $1}')" = "$BZIMAGE_SHA256" ]; then
     log "up to date: $OUT (stamp ${WANT_STAMP:0:12}; SHA256SUMS verified)"
     [ "$PRINT_DIR" = 0 ] || printf '%s\n' "$OUT"
     exit 0
@@ -169,6 +180,10 @@ verify_debs() { # against the SHA256 apt's package lists record (when apt still 
     for pkg in "$IMAGE_PKG" "${HEADER_PKGS[@]}"; do
         f="$(deb_file "$pkg")" || die "no .deb for $pkg in $DEBS"
         got="$(sha256sum "$f" | awk '{print $1}')"
+        if [ "${PINNED_SHA256[$pkg]:-}" != "$got" ]; then
+            rm -f "$f"
+            die "$(basename "$f") has sha256 $got, not the pinned ${PINNED_SHA256[$pkg]:-<none>} (file removed; a new KVER needs new pins)"
+        fi
         want="$(apt-cache show "$pkg=$PKGVER" 2>/dev/null | awk '/^SHA256:/ {print $2; exit}')"
         if [ -z "$want" ]; then
             log "note: apt no longer lists $pkg=$PKGVER; cannot cross-check $(basename "$f") ($got)"
@@ -178,7 +193,7 @@ verify_debs() { # against the SHA256 apt's package lists record (when apt still 
         fi
         [ "$(dpkg-deb -f "$f" Version)" = "$PKGVER" ] || die "$(basename "$f") is not version $PKGVER"
     done
-    log "the 4 .debs match apt's SHA256 and version $PKGVER"
+    log "the 4 .debs match the pinned SHA-256, apt's lists and version $PKGVER"
 }
 
 modinfo_field() { # file field -> value(s), one per line; modinfo when installed, else .modinfo
@@ -257,6 +272,7 @@ mkdir -p "$STAGE/modules"
 VMLINUZ="$ROOT/boot/vmlinuz-$KVER"
 [ -f "$VMLINUZ" ] || die "$IMAGE_PKG has no /boot/vmlinuz-$KVER"
 cp "$VMLINUZ" "$STAGE/bzImage"
+[ "$(sha256sum "$STAGE/bzImage" | awk '{print $1}')" = "$BZIMAGE_SHA256" ] || die "the kernel from the .deb is not the pinned one (sha256 $BZIMAGE_SHA256)"
 
 MODDIR="$ROOT/lib/modules/$KVER/kernel"
 for entry in "${LOAD_ORDER[@]}"; do

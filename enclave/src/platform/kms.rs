@@ -566,7 +566,11 @@ impl KmsSealingKey {
                 "AWS credentials: empty, or characters that do not belong in a header".into(),
             ));
         }
-        let test_ca = nsm.trust_root() != super::TrustRoot::AwsNitro;
+        // Named, not "anything but AWS": a root added later trusts the test CA only if listed.
+        let test_ca = matches!(
+            nsm.trust_root(),
+            super::TrustRoot::SimulatedTest | super::TrustRoot::EmulatedTest
+        );
         let tls =
             https::client_config(test_ca).map_err(|e| KmsError::from_https(e, config.timeout))?;
         Ok(Self { config, credentials, connector: Arc::from(connector), nsm, clock, store, tls })

@@ -56,7 +56,8 @@ struct Args {
     /// the parent for its arguments at start-up (vsock port 7001), at unix:/path (or a path)
     /// or vsock:PORT. The answer is --enclave-args, plus this process's AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN when set (they sign the enclave's KMS calls)
-    /// and WALLET_ENCLAVE_LOG as its RUST_LOG. Nothing in it is trusted by the enclave: the
+    /// and WALLET_ENCLAVE_LOG as its RUST_LOG. On vsock only the enclave's context id (from
+    /// --enclave vsock:CID:PORT) is answered. Nothing in it is trusted by the enclave: the
     /// KMS key and service id it ends up with are in its attestation (walletctl init checks
     /// them).
     #[arg(long, env = "WALLET_SERVE_BOOT", value_name = "ADDR", requires = "enclave_args")]
@@ -83,10 +84,7 @@ async fn start_kms_relay(address: &StorageListen, target: &str) -> std::io::Resu
     let forever = std::future::pending::<()>();
     match address {
         StorageListen::Unix(path) => {
-            use std::os::unix::fs::PermissionsExt as _;
-            let _ = std::fs::remove_file(path);
-            let listener = tokio::net::UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            let listener = wallet_host::bind_unix_0600(path)?;
             tokio::spawn(relay.serve_unix(listener, forever));
         }
         #[cfg(target_os = "linux")]
@@ -173,9 +171,15 @@ async fn main() -> ExitCode {
                 tokio::spawn(f);
             }),
             #[cfg(target_os = "linux")]
-            StorageListen::Vsock(port) => config.serve_vsock(*port).map(|f| {
-                tokio::spawn(f);
-            }),
+            StorageListen::Vsock(port) => match &enclave {
+                EnclaveAddress::Vsock { cid, .. } => config.serve_vsock(*port, *cid).map(|f| {
+                    tokio::spawn(f);
+                }),
+                other => {
+                    eprintln!("wallet-gateway: --serve-boot vsock:{port} answers only the enclave's context id, so it needs --enclave vsock:CID:PORT (not {other})");
+                    return ExitCode::from(2);
+                }
+            },
             #[cfg(not(target_os = "linux"))]
             StorageListen::Vsock(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,

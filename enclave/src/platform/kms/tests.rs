@@ -150,6 +150,60 @@ fn source_with_timeout(
     .unwrap()
 }
 
+/// The same fake NSM, signing (so it says) under the given root.
+#[derive(Debug)]
+struct RootedNsm(TrustRoot);
+
+impl Nsm for RootedNsm {
+    fn mode(&self) -> Mode {
+        Mode::Nitro
+    }
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), NsmError> {
+        FakeNsm.fill_random(buf)
+    }
+    fn attest(
+        &self,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NsmError> {
+        FakeNsm.attest(user_data, nonce, public_key)
+    }
+    fn trust_root(&self) -> TrustRoot {
+        self.0
+    }
+}
+
+/// On real hardware (an NSM signing under the AWS root) kms-sim's TEST CA is no trust root: a
+/// server with a kms-sim certificate is refused before the request is sent. Under the test roots
+/// (simulated, emulated) the same server is reached.
+#[test]
+fn kms_test_ca_is_never_trusted_on_real_hardware() {
+    let reached = |root: TrustRoot| {
+        let (connector, seen) = fake_kms(TEST_SERVER, TEST_SERVER_KEY, |_, _| {
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\n{}".to_vec()
+        });
+        let key = KmsSealingKey::new(
+            KmsConfig::new("us-east-1", KEY_ARN, "wallet-test"),
+            AwsCredentials::new("AKIDEXAMPLE", SECRET, None),
+            connector,
+            Arc::new(RootedNsm(root)),
+            Arc::new(SystemClock),
+            Box::new(MemoryKeyStore::new()),
+        )
+        .unwrap();
+        let err = key.data_key().unwrap_err();
+        let was_tls = matches!(&err, KmsError::Tls(_));
+        let requests = seen.0.lock().unwrap().len();
+        (was_tls, requests)
+    };
+    assert_eq!(reached(TrustRoot::AwsNitro), (true, 0), "real hardware must refuse the test CA");
+    for root in [TrustRoot::SimulatedTest, TrustRoot::EmulatedTest] {
+        let (was_tls, requests) = reached(root);
+        assert!(!was_tls && requests == 1, "{root:?}: ({was_tls}, {requests})");
+    }
+}
+
 #[test]
 fn kms_refuses_a_server_outside_the_built_in_roots() {
     // A host faking KMS with a certificate for the right name from its own CA: TLS refuses it
