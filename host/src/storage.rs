@@ -172,6 +172,8 @@ pub struct StorageServer {
     dir: Arc<StorageDir>,
     limits: Limits,
     address: StorageListen,
+    /// On vsock: the only context id served (the enclave's), when known.
+    peer_cid: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -204,13 +206,21 @@ impl StorageServer {
                 ))
             }
         };
-        Ok(Self { listener, dir, limits, address: address.clone() })
+        Ok(Self { listener, dir, limits, address: address.clone(), peer_cid: None })
+    }
+
+    /// Serves only the vsock peer with context id `cid` (the enclave's): another enclave on
+    /// the same parent, or a local process, is refused and logged. No effect on a Unix socket.
+    #[must_use]
+    pub fn only_peer(mut self, cid: u32) -> Self {
+        self.peer_cid = Some(cid);
+        self
     }
 
     /// Serves every connection, within the limits, until the task is dropped. Accept errors
     /// (`EMFILE`, ...) are logged and retried after 100 ms; they never end the server.
     pub async fn serve(self) {
-        let Self { listener, dir, limits, address } = self;
+        let Self { listener, dir, limits, address, peer_cid } = self;
         tracing::info!(%address, dir = %dir.path().display(), ?limits, "serving the enclave's storage");
         let slots =
             Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
@@ -219,7 +229,20 @@ impl StorageServer {
             let accepted: std::io::Result<Box<dyn Link>> = match &listener {
                 Listener::Unix(l) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Link>),
                 #[cfg(target_os = "linux")]
-                Listener::Vsock(l) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Link>),
+                Listener::Vsock(l) => match l.accept().await {
+                    Ok((_, peer)) if peer_cid.is_some_and(|cid| cid != peer.cid()) => {
+                        if let Some(n) = refused.tick() {
+                            tracing::warn!(
+                                peer_cid = peer.cid(),
+                                enclave_cid = peer_cid,
+                                refused = n,
+                                "storage: refused a vsock peer that is not the enclave"
+                            );
+                        }
+                        continue;
+                    }
+                    other => other.map(|(s, _)| Box::new(s) as Box<dyn Link>),
+                },
             };
             match accepted {
                 Ok(stream) => match Arc::clone(&slots).try_acquire_owned() {

@@ -41,7 +41,8 @@ struct Args {
     /// spends.journal, audit.log, commit.head) are kept in the data directory (0700, files
     /// 0600) and synced for real (fdatasync) when the enclave asks. The enclave seals and
     /// checks everything in them: this host can deny service, not change what it signs. Start
-    /// the gateway before the enclave.
+    /// the gateway before the enclave. On vsock only the enclave's context id (from --enclave
+    /// vsock:CID:PORT) is served.
     #[arg(long, env = "WALLET_SERVE_STORAGE", value_name = "ADDR")]
     serve_storage: Option<StorageListen>,
     /// Also relay the enclave's connections to KMS, like AWS's vsock-proxy: accept at
@@ -150,6 +151,11 @@ async fn main() -> ExitCode {
         };
         match wallet_host::storage::StorageServer::bind(address, &data_dir, limits) {
             Ok(server) => {
+                // On vsock, answer the enclave's context id only.
+                let server = match &enclave {
+                    EnclaveAddress::Vsock { cid, .. } => server.only_peer(*cid),
+                    _ => server,
+                };
                 tokio::spawn(server.serve());
             }
             Err(e) => {
