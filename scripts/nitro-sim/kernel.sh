@@ -93,6 +93,19 @@ STAMP="$CACHE/stamps/kernel-$KVER.stamp"
 
 "$HERE/apt-backports.sh"
 
+APT_OPTS=(-o DPkg::Lock::Timeout=600)
+SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+# The tools below, by Debian package name (a fresh machine of this kind has most of them).
+need_pkgs=()
+for pkg in gcc-12 make binutils xz-utils findutils util-linux; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing ${need_pkgs[*]}"
+    $SUDO apt-get "${APT_OPTS[@]}" install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2 \
+        || die "apt-get install ${need_pkgs[*]} failed"
+fi
+
 for tool in apt-get apt-cache dpkg-deb xz objcopy strip make sha256sum flock find; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found on PATH"
 done
@@ -121,10 +134,8 @@ if [ "$FORCE" = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT_STAMP" ] 
 fi
 
 # --- helpers ------------------------------------------------------------------------------------
-APT_OPTS=(-o DPkg::Lock::Timeout=600)
 # As root, apt's download sandbox user (_apt) cannot write into the cache; download as root.
 [ "$(id -u)" -ne 0 ] || APT_OPTS+=(-o APT::Sandbox::User=root)
-SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 
 deb_file() { # pkg -> path of its cached .deb (any architecture suffix)
     local pkg=$1 f
