@@ -38,6 +38,8 @@ cargo test -p wallet-attestation --locked
 cargo build --workspace --bins --locked --features wallet-enclave/simulated,wallet-enclave/fault-injection
 scripts/check-enclave-build.sh simulated target/debug/wallet-enclave
 scripts/check-test-root.sh simulated target/debug/wallet-enclave target/debug/walletctl
+# The rollback anchor's tests run a 3-member etcd cluster (Debian's etcd-server).
+scripts/etcd/install.sh
 cargo test --workspace --locked
 # The end-to-end suite again with the enclave's state on storage the host provides (the Nitro
 # path: the gateway serves it, the enclave has no data directory of its own).

@@ -252,6 +252,10 @@ calls! {
     /// The enclave's attestation document over the caller's nonce (verify it with
     /// wallet-attestation before trusting anything it binds).
     get_attestation(gw::GetAttestationRequest) -> gw::Attestation = GetAttestation => Attestation;
+    /// Makes (once) the enclave's anchor client key and returns its public key (admin-signed).
+    prepare_anchor(gw::PrepareAnchorRequest) -> gw::AnchorInfo = PrepareAnchor => Anchor;
+    /// Configures the rollback anchor and writes its first head (admin-signed).
+    provision_anchor(gw::ProvisionAnchorRequest) -> gw::AnchorInfo = ProvisionAnchor => Anchor;
     /// The gateway's and the enclave's status.
     get_status(gw::GetStatusRequest) -> gw::Status = GetStatus => Status;
 }

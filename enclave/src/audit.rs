@@ -73,6 +73,22 @@ struct Writer {
     key: Option<Zeroizing<[u8; 32]>>,
 }
 
+/// The count and hash of the last record written, read together (for the commit head and the
+/// anchor).
+#[derive(Debug, Clone, Default)]
+pub struct Tip(Arc<Mutex<(u64, [u8; 32])>>);
+
+impl Tip {
+    /// Count and hash of the last record (hash all zeros when empty).
+    #[must_use]
+    pub fn get(&self) -> (u64, [u8; 32]) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn set(&self, count: u64, last: [u8; 32]) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (count, last);
+    }
+}
+
 /// The audit log.
 pub struct AuditLog {
     writer: Mutex<Writer>,
@@ -82,6 +98,8 @@ pub struct AuditLog {
     path: String,
     /// Records written (complete lines), for the commit head.
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Count and hash together, for the commit head and the anchor.
+    tip: Tip,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -132,6 +150,7 @@ impl AuditLog {
             file,
             path,
             count: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(count)),
+            tip: Tip(Arc::new(Mutex::new((count, last)))),
         })
     }
 
@@ -181,6 +200,7 @@ impl AuditLog {
         w.last = h;
         w.len += line.len() as u64;
         self.count.store(w.count, std::sync::atomic::Ordering::SeqCst);
+        self.tip.set(w.count, w.last);
         Ok(())
     }
 
@@ -188,6 +208,26 @@ impl AuditLog {
     #[must_use]
     pub fn count_handle(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
         std::sync::Arc::clone(&self.count)
+    }
+
+    /// A handle on the count and hash of the last record, for the commit head and the anchor.
+    #[must_use]
+    pub fn tip_handle(&self) -> Tip {
+        self.tip.clone()
+    }
+
+    /// The chain's hash after `n` records, read back from the stored log (all zeros for 0;
+    /// `None` when it holds fewer records or cannot be read).
+    #[must_use]
+    pub fn hash_at(&self, n: u64) -> Option<[u8; 32]> {
+        if n == 0 {
+            return Some([0; 32]);
+        }
+        let (lines, _) = self.read(n - 1, 1).ok()?;
+        let record: Record = serde_json::from_str(lines.first()?).ok()?;
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(&record.hash, &mut h).ok()?;
+        Some(h)
     }
 
     /// Count and hash of the last record.

@@ -45,6 +45,23 @@ impl Shared {
     }
 }
 
+/// Why a round failed.
+#[derive(Debug)]
+pub enum RoundError {
+    /// The data may not be durable (a failed `fsync`): every later round fails too, until
+    /// restart.
+    Fatal(std::io::Error),
+    /// The data is durable but the round could not be confirmed (the rollback anchor did not
+    /// answer): this round's writers get the error, later rounds try again.
+    Transient(String),
+}
+
+impl From<std::io::Error> for RoundError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Fatal(e)
+    }
+}
+
 /// The group-commit coordinator. Dropping it runs a last round and joins the thread.
 pub struct GroupCommit {
     shared: Arc<Shared>,
@@ -66,7 +83,7 @@ impl GroupCommit {
     /// When the thread cannot be spawned.
     pub fn spawn<F>(name: &str, mut flush: F) -> std::io::Result<Self>
     where
-        F: FnMut() -> std::io::Result<()> + Send + 'static,
+        F: FnMut() -> Result<(), RoundError> + Send + 'static,
     {
         let shared = Arc::new(Shared {
             written: AtomicU64::new(0),
@@ -100,12 +117,16 @@ impl GroupCommit {
                     Some(e) => Err(e),
                     None => {
                         drop(st);
-                        let r = flush().map_err(|e| e.to_string());
+                        let r = flush();
                         st = shared.state();
-                        if let Err(e) = &r {
-                            st.failed = Some(e.clone());
+                        match r {
+                            Ok(()) => Ok(()),
+                            Err(RoundError::Fatal(e)) => {
+                                st.failed = Some(e.to_string());
+                                Err(e.to_string())
+                            }
+                            Err(RoundError::Transient(e)) => Err(e),
                         }
-                        r
                     }
                 };
                 let (done, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut st.waiters).into_iter().partition(|(t, _)| *t <= target);
@@ -210,8 +231,28 @@ mod tests {
         assert!((1..64).contains(&n), "64 writers needed {n} rounds: rounds must be shared");
 
         let failing =
-            GroupCommit::spawn("fail", || Err(std::io::Error::other("disk gone"))).unwrap();
+            GroupCommit::spawn("fail", || Err(std::io::Error::other("disk gone").into())).unwrap();
         failing.wrote();
         assert!(failing.durable().await.is_err(), "a failed fsync is never reported durable");
+        failing.wrote();
+        assert!(failing.durable().await.is_err(), "a failed fsync fails every later round");
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_fails_its_round_only() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = Arc::clone(&calls);
+        let gc = GroupCommit::spawn("transient", move || {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(RoundError::Transient("anchor away".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        gc.wrote();
+        assert_eq!(gc.durable().await, Err("flush or fsync failed: anchor away".to_owned()));
+        gc.wrote();
+        assert_eq!(gc.durable().await, Ok(()), "the next round confirms");
     }
 }

@@ -224,10 +224,12 @@ impl Conn {
 }
 
 /// A connected byte stream to the host.
-trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
+/// A byte stream to the host (Unix socket or vsock).
+pub(crate) trait Link: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Link for T {}
 
-async fn connect(addr: &HostAddress) -> std::io::Result<Box<dyn Link>> {
+/// Connects to `addr` (vsock writes kept small: see `smallwrites`).
+pub(crate) async fn connect(addr: &HostAddress) -> std::io::Result<Box<dyn Link>> {
     match addr {
         HostAddress::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
         #[cfg(target_os = "linux")]

@@ -236,16 +236,20 @@ pub struct Faults {
     pub fail: std::sync::atomic::AtomicBool,
 }
 
-/// What the journal's durability rounds record in the commit head (see [`crate::head`]).
+/// What the journal's durability rounds record in the commit head (see [`crate::head`]) and,
+/// once attached, anchor ([`crate::anchor`]).
 #[derive(Debug)]
 pub struct HeadHook {
     /// The head file.
     pub head: crate::head::CommitHead,
-    /// The audit log's record count (synced in the same round).
-    pub audit_records: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The audit log's record count and chain hash (synced in the same round).
+    pub audit_tip: crate::audit::Tip,
     /// The state store's last durable batch.
     pub store_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The rollback anchor a journal's rounds end with, once attached.
+pub type AnchorSlot = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::anchor::Anchor>>>;
 
 /// The append-only spend journal.
 pub struct Journal {
@@ -255,11 +259,25 @@ pub struct Journal {
     durable_records: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Whether rounds write the commit head yet (see [`Self::arm_head`]).
     head_armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The anchor rounds end with (see [`Self::attach_anchor`]).
+    anchor: AnchorSlot,
+    /// What the last round that wrote the commit head recorded.
+    last_round: std::sync::Arc<Mutex<Option<crate::anchor::Local>>>,
     writer: Mutex<Writer>,
     sealer: Sealer,
     commit: GroupCommit,
     #[cfg(feature = "fault-injection")]
     faults: std::sync::Arc<Faults>,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Before the group commit's last round (a field, dropped after this): that round must
+        // not wait for etcd while the runtime stops.
+        if let Some(anchor) = self.anchor.get() {
+            anchor.close();
+        }
+    }
 }
 
 impl std::fmt::Debug for Journal {
@@ -321,15 +339,25 @@ impl Journal {
         let round_durable = std::sync::Arc::clone(&durable);
         let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let round_armed = std::sync::Arc::clone(&armed);
+        let anchor: AnchorSlot = std::sync::Arc::default();
+        let round_anchor = std::sync::Arc::clone(&anchor);
+        let last_round = std::sync::Arc::new(Mutex::new(None));
+        let round_last = std::sync::Arc::clone(&last_round);
         let commit = GroupCommit::spawn("journal-sync", move || {
             use std::sync::atomic::Ordering as O;
             // What this round covers, read before its syncs: every record and audit line counted
             // here is already written, so the syncs below make it durable.
             let covered = round_count.load(O::SeqCst);
-            let facts = head.as_ref().map(|h| crate::head::Facts {
-                journal_records: covered,
-                audit_records: h.audit_records.load(O::SeqCst),
-                store_seq: h.store_seq.load(O::SeqCst),
+            let local = head.as_ref().map(|h| {
+                let (audit_records, chain) = h.audit_tip.get();
+                crate::anchor::Local {
+                    facts: crate::head::Facts {
+                        journal_records: covered,
+                        audit_records,
+                        store_seq: h.store_seq.load(O::SeqCst),
+                    },
+                    chain,
+                }
             });
             #[cfg(feature = "fault-injection")]
             {
@@ -339,7 +367,7 @@ impl Journal {
                     std::thread::sleep(std::time::Duration::from_millis(delay));
                 }
                 if round_faults.fail.swap(false, Ordering::SeqCst) {
-                    return Err(std::io::Error::other("injected fdatasync failure"));
+                    return Err(std::io::Error::other("injected fdatasync failure").into());
                 }
             }
             match &also {
@@ -358,12 +386,22 @@ impl Journal {
             // once armed: until the enclave has verified the stores (audit MACs, ledger), a round
             // — such as the last one when a refused start drops the journal — must not record
             // what they hold.
-            if let (Some(h), Some(facts)) = (head.as_mut(), facts) {
+            let mut anchored = None;
+            if let (Some(h), Some(local)) = (head.as_mut(), local) {
                 if round_armed.load(O::SeqCst) {
-                    h.head.write(facts)?;
+                    h.head.write(local.facts)?;
+                    if let Ok(mut last) = round_last.lock() {
+                        *last = Some(local);
+                    }
+                    anchored = Some(local);
                 }
             }
             round_durable.fetch_max(covered, O::SeqCst);
+            // Locally durable; with an anchor, confirmed only once etcd has the head (its
+            // failure fails this round's writers, not the journal).
+            if let (Some(anchor), Some(local)) = (round_anchor.get(), anchored) {
+                anchor.round(local).map_err(crate::commit::RoundError::Transient)?;
+            }
             Ok(())
         })
         .map_err(io)?;
@@ -374,6 +412,8 @@ impl Journal {
                 records: count,
                 durable_records: durable,
                 head_armed: armed,
+                anchor,
+                last_round,
                 writer,
                 sealer,
                 commit,
@@ -449,6 +489,23 @@ impl Journal {
     /// verified (until then a round records nothing, so a refused start cannot move the head).
     pub fn arm_head(&self) {
         self.head_armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on every round ends with `anchor`'s compare-and-swap (set once).
+    ///
+    /// # Errors
+    /// When an anchor is already attached.
+    pub fn attach_anchor(
+        &self,
+        anchor: std::sync::Arc<crate::anchor::Anchor>,
+    ) -> Result<(), String> {
+        self.anchor.set(anchor).map_err(|_| "an anchor is already attached".to_owned())
+    }
+
+    /// What the last round that wrote the commit head recorded (`None` before the first).
+    #[must_use]
+    pub fn last_round(&self) -> Option<crate::anchor::Local> {
+        self.last_round.lock().ok().and_then(|l| *l)
     }
 
     /// Runs a durability round now, whether or not anything was appended: the audit log is

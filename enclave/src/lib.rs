@@ -24,6 +24,7 @@
 //! Dependencies: `wallet-policy` and `wallet-proto` (messages and the frame codec only), and a
 //! few small crates, each with its reason in `Cargo.toml`. Never `wallet-host`.
 
+pub mod anchor;
 pub mod audit;
 pub mod commit;
 pub mod head;
@@ -61,6 +62,8 @@ pub struct Config {
     pub vsock_port: Option<u32>,
     /// How long idempotency keys are remembered, seconds.
     pub idempotency_ttl_seconds: u64,
+    /// The host's relays to the rollback anchor's members, in order (`--anchor-relay`).
+    pub anchor_relays: Vec<hoststorage::HostAddress>,
 }
 
 /// Default data directory: `$WALLET_DATA_DIR`, else `$XDG_DATA_HOME/agent-wallet`, else
@@ -182,7 +185,9 @@ async fn run_nitro(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
         let nsm: Arc<dyn platform::Nsm> = Arc::new(platform::nsm::NitroNsm::open()?);
         let enclave = open_with_kms(storage, kms, nsm).await?;
         enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
-        transport::serve_vsock(port, Arc::new(enclave)).await?;
+        let enclave = Arc::new(enclave);
+        enclave.start_anchor(config.anchor_relays).await;
+        transport::serve_vsock(port, enclave).await?;
         Ok(())
     }
     #[cfg(not(target_os = "linux"))]
@@ -219,12 +224,14 @@ async fn run_simulated(config: Config) -> Result<(), Box<dyn std::error::Error +
     };
     enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
     let enclave = Arc::new(enclave);
+    enclave.start_anchor(config.anchor_relays).await;
     let socket = config.socket.unwrap_or_else(|| config.data_dir.join("enclave.sock"));
-    let serve = transport::serve_unix(&socket, enclave);
+    let serve = transport::serve_unix(&socket, Arc::clone(&enclave));
     tokio::select! {
         r = serve => r?,
         () = shutdown_signal() => tracing::info!("shutting down"),
     }
+    enclave.stop_anchor().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -44,6 +44,11 @@ OPTIONS:
                         the enclave; the host sees ciphertext): unix:/path or vsock:[CID:]PORT
                         [default: vsock:8000 at --parent-cid]
     --kms-endpoint HOST KMS endpoint name [default: kms.REGION.amazonaws.com, REGION from the ARN]
+    --anchor-relay ADDR Where the host relays the enclave's TLS connection to one member of the
+                        rollback anchor (etcd), once per member, in the provisioned order:
+                        unix:/path or vsock:[CID:]PORT (wallet-gateway --anchor-relay). Only
+                        used once the anchor is provisioned (walletctl anchor provision); an
+                        anchored state signs nothing until the anchor confirms it.
     --idempotency-ttl SECONDS
                         How long a payment's idempotency key is remembered; a retry after
                         that is a new payment [default: 86400]
@@ -66,8 +71,10 @@ fn parse(
         vsock_port: None,
         host_storage: None,
         kms: None,
+        anchor_relays: Vec::new(),
     };
     let mut host_storage = None;
+    let mut anchor_relays = Vec::new();
     let (mut kms_key, mut service_id, mut kms_relay, mut kms_endpoint) = (None, None, None, None);
     let mut parent_cid = wallet_enclave::hoststorage::DEFAULT_PARENT_CID;
     let mut args = args.peekable();
@@ -95,6 +102,7 @@ fn parse(
             "--service-id" => service_id = Some(value("--service-id")?),
             "--kms-relay" => kms_relay = Some(value("--kms-relay")?),
             "--kms-endpoint" => kms_endpoint = Some(value("--kms-endpoint")?),
+            "--anchor-relay" => anchor_relays.push(value("--anchor-relay")?),
             "--parent-cid" => {
                 parent_cid = value("--parent-cid")?
                     .parse()
@@ -108,6 +116,10 @@ fn parse(
     c.host_storage = host_storage
         .map(|a| wallet_enclave::hoststorage::HostAddress::parse(&a, parent_cid))
         .transpose()?;
+    c.anchor_relays = anchor_relays
+        .iter()
+        .map(|a| wallet_enclave::hoststorage::HostAddress::parse(a, parent_cid))
+        .collect::<Result<_, _>>()?;
     c.kms = match (kms_key, service_id) {
         (None, None) if kms_relay.is_none() && kms_endpoint.is_none() => None,
         (Some(key), Some(service)) => {

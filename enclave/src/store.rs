@@ -41,6 +41,8 @@ pub enum Table {
     /// Monotonic floors (the replay floor): covered by the digest, so one cannot be deleted or
     /// put back on its own.
     Floors,
+    /// The rollback anchor's configuration.
+    Anchor,
 }
 
 impl Table {
@@ -56,6 +58,7 @@ impl Table {
             Self::Admins => b"admin/",
             Self::Approvals => b"approval/",
             Self::Floors => b"floor/",
+            Self::Anchor => b"anchor/",
         }
     }
 }
@@ -156,7 +159,7 @@ impl Digest {
 }
 
 /// Tables covered by the state digest (everything but `Meta`).
-const DIGESTED: [Table; 9] = [
+const DIGESTED: [Table; 10] = [
     Table::Wallets,
     Table::Keys,
     Table::Policies,
@@ -166,6 +169,7 @@ const DIGESTED: [Table; 9] = [
     Table::Admins,
     Table::Approvals,
     Table::Floors,
+    Table::Anchor,
 ];
 const DIGEST_KEY: &[u8] = b"state-digest";
 

@@ -329,6 +329,18 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::Attestation>, Status> {
         relay!(self, request, GetAttestation => Attestation)
     }
+    async fn prepare_anchor(
+        &self,
+        request: Request<gw::PrepareAnchorRequest>,
+    ) -> Result<Response<gw::AnchorInfo>, Status> {
+        relay!(self, request, PrepareAnchor => Anchor)
+    }
+    async fn provision_anchor(
+        &self,
+        request: Request<gw::ProvisionAnchorRequest>,
+    ) -> Result<Response<gw::AnchorInfo>, Status> {
+        relay!(self, request, ProvisionAnchor => Anchor)
+    }
     async fn get_status(
         &self,
         request: Request<gw::GetStatusRequest>,

@@ -84,7 +84,7 @@ pub mod request {
         ListAssets, AddKyt, RemoveKyt, ListKyt, IssueSession, ListSessions, RevokeSession,
         GetStatus, FreezeWallet, UnfreezeWallet, AddAdmin, RemoveAdmin, ListAdmins, GetAuditHead,
         ListAudit, ImportKyt, ListApprovals, DecideApproval, GetBudget, ListPayments,
-        PreviewPayment, GetAttestation);
+        PreviewPayment, GetAttestation, PrepareAnchor, ProvisionAnchor);
 }
 
 /// The answer side of [`answer_message`].
@@ -92,7 +92,7 @@ pub mod response {
     use super::Resp;
     kinds!(Resp: Error, SignPayment, Wallet, Wallets, Policy, Asset, Assets, Kyt, KytList,
         Session, Sessions, Status, Admin, Admins, AuditHead, Audit, KytImport, Approvals,
-        Approval, SessionBudget, Payments, PaymentPreview, Attestation);
+        Approval, SessionBudget, Payments, PaymentPreview, Attestation, Anchor);
 }
 
 /// The gRPC status code of an enclave error code (the gateway answers with it; a client that

@@ -200,6 +200,10 @@ admin_rpcs! {
     RemoveAdmin,
     /// `DecideApproval`
     DecideApproval,
+    /// `PrepareAnchor`
+    PrepareAnchor,
+    /// `ProvisionAnchor`
+    ProvisionAnchor,
 }
 
 impl std::fmt::Display for AdminRpc {
@@ -270,6 +274,8 @@ admin_signed! {
     RemoveAdminRequest,
     ImportKytRequest,
     DecideApprovalRequest,
+    PrepareAnchorRequest,
+    ProvisionAnchorRequest,
 }
 
 #[cfg(test)]

@@ -184,6 +184,12 @@ reasons! {
     Internal = "INTERNAL",
     /// The gateway cannot reach the enclave.
     EnclaveUnavailable = "ENCLAVE_UNAVAILABLE",
+    /// The rollback anchor (etcd) did not confirm in time: nothing was released (fail closed).
+    /// The spend stays reserved; retry with a new idempotency key once the anchor is back.
+    AnchorUnavailable = "ANCHOR_UNAVAILABLE",
+    /// The enclave refuses to sign: its state is behind or forked from the anchored head (a
+    /// rollback or a clone), or another instance took the anchor over. Needs an operator.
+    AnchorHalted = "ANCHOR_HALTED",
     /// The enclave did not answer in time (the request may still complete: retry with the
     /// same idempotency key).
     EnclaveTimeout = "ENCLAVE_TIMEOUT",

@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use wallet_client::{AdminKey, AdminRpc, Credential};
 use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
 use wallet_proto::AdminSigned;
+pub mod etcd;
 pub mod peers;
 
 /// The Base Sepolia USDC of the official vectors.
@@ -154,6 +155,8 @@ pub struct StackOptions {
     pub gateway_nofile: Option<u32>,
     /// Extra arguments for `wallet-gateway` (for example its limits).
     pub gateway_args: Vec<String>,
+    /// Extra arguments for `wallet-enclave` (for example `--anchor-relay`).
+    pub enclave_args: Vec<String>,
 }
 
 impl StackOptions {
@@ -217,7 +220,13 @@ impl Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let (enclave, gateway, url) = match storage {
             Storage::Local => {
-                let enclave = start_enclave_limited(dir.path(), level, options.enclave_nofile);
+                let enclave = start_enclave_with(
+                    dir.path(),
+                    level,
+                    options.enclave_nofile,
+                    &EnclaveStorage::Local,
+                    &options.enclave_args,
+                );
                 let (gateway, url) = start_gateway_with(
                     dir.path(),
                     level,
@@ -237,11 +246,12 @@ impl Stack {
                     &options.gateway_args,
                     Some(&served),
                 );
-                let enclave = start_enclave_on(
+                let enclave = start_enclave_with(
                     dir.path(),
                     level,
                     options.enclave_nofile,
                     &EnclaveStorage::host(dir.path(), options.enclave_socket()),
+                    &options.enclave_args,
                 );
                 (enclave, gateway, url)
             }
@@ -391,11 +401,18 @@ impl Stack {
     /// Kills the enclave with SIGKILL and starts it again on the same state.
     pub fn crash_and_restart_enclave(&mut self) {
         self.enclave.kill();
-        self.enclave = start_enclave_on(
+        self.start_enclave_again();
+    }
+
+    /// Starts the enclave again (after [`ChildGuard::kill`] or [`ChildGuard::terminate`] of
+    /// [`Self::enclave`]) on whatever state its directory now holds, with this stack's options.
+    pub fn start_enclave_again(&mut self) {
+        self.enclave = start_enclave_with(
             self.dir.path(),
             "info",
             self.options.enclave_nofile,
             &self.enclave_storage(),
+            &self.options.enclave_args,
         );
     }
 
@@ -610,6 +627,21 @@ pub fn start_enclave_on(
     nofile: Option<u32>,
     storage: &EnclaveStorage,
 ) -> ChildGuard {
+    start_enclave_with(dir, log_level, nofile, storage, &[])
+}
+
+/// [`start_enclave_on`] with extra arguments.
+///
+/// # Panics
+/// When it does not open its socket within 20 s.
+#[must_use]
+pub fn start_enclave_with(
+    dir: &Path,
+    log_level: &str,
+    nofile: Option<u32>,
+    storage: &EnclaveStorage,
+    extra_args: &[String],
+) -> ChildGuard {
     let data = dir.join("data");
     let sock = dir.join("enclave.sock");
     let _ = std::fs::remove_file(&sock);
@@ -627,6 +659,7 @@ pub fn start_enclave_on(
             EnclaveStorage::Local => Vec::new(),
             EnclaveStorage::Host(addr) => vec!["--host-storage".to_owned(), addr.clone()],
         })
+        .args(extra_args)
         .env("RUST_LOG", std::env::var("WALLET_TEST_LOG").unwrap_or_else(|_| log_level.to_owned()))
         .stdout(Stdio::null())
         .stderr(log)

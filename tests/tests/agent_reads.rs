@@ -657,6 +657,8 @@ mitm! {
     list_admins(gw::ListAdminsRequest) -> gw::ListAdminsResponse;
     get_audit_head(gw::GetAuditHeadRequest) -> gw::AuditHead;
     list_audit(gw::ListAuditRequest) -> gw::ListAuditResponse;
+    prepare_anchor(gw::PrepareAnchorRequest) -> gw::AnchorInfo;
+    provision_anchor(gw::ProvisionAnchorRequest) -> gw::AnchorInfo;
     get_attestation(gw::GetAttestationRequest) -> gw::Attestation;
 }
 

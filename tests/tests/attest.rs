@@ -249,6 +249,8 @@ relay_all_but_attestation! {
     list_admins(gw::ListAdminsRequest) -> gw::ListAdminsResponse;
     get_audit_head(gw::GetAuditHeadRequest) -> gw::AuditHead;
     list_audit(gw::ListAuditRequest) -> gw::ListAuditResponse;
+    prepare_anchor(gw::PrepareAnchorRequest) -> gw::AnchorInfo;
+    provision_anchor(gw::ProvisionAnchorRequest) -> gw::AnchorInfo;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,6 +278,18 @@ impl WalletGateway for Mitm {
     ) -> Result<Response<gw::Attestation>, Status> {
         self.upstream.clone().get_attestation(forward(r)).await
     }
+    async fn prepare_anchor(
+        &self,
+        r: Request<gw::PrepareAnchorRequest>,
+    ) -> Result<Response<gw::AnchorInfo>, Status> {
+        self.upstream.clone().prepare_anchor(forward(r)).await
+    }
+    async fn provision_anchor(
+        &self,
+        r: Request<gw::ProvisionAnchorRequest>,
+    ) -> Result<Response<gw::AnchorInfo>, Status> {
+        self.upstream.clone().provision_anchor(forward(r)).await
+    }
     async fn list_audit(
         &self,
         r: Request<gw::ListAuditRequest>,

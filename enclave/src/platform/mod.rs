@@ -95,6 +95,13 @@ pub trait SpendLog: Send + Sync + Debug {
     fn checkpoint(&self) -> BoxFuture<'_, Result<(), JournalError>>;
     /// Starts recording the commit head in every round: call once the stores were verified.
     fn arm_head(&self);
+    /// From now on every round ends with the anchor's compare-and-swap (once).
+    ///
+    /// # Errors
+    /// When an anchor is already attached.
+    fn attach_anchor(&self, anchor: Arc<crate::anchor::Anchor>) -> Result<(), String>;
+    /// What the last round that wrote the commit head recorded.
+    fn last_round(&self) -> Option<crate::anchor::Local>;
 }
 
 /// The audit log: hash-chained records, MACed under a key derived from the sealed audit key.
@@ -116,6 +123,8 @@ pub trait AuditSink: Send + Sync + Debug {
     fn sync(&self) -> Result<(), AuditError>;
     /// Count and hash of the last record.
     fn head(&self) -> (u64, [u8; 32]);
+    /// The chain's hash after `n` records as stored (`None`: fewer records, or unreadable).
+    fn hash_at(&self, n: u64) -> Option<[u8; 32]>;
     /// Records `from..from + limit` as stored, and the total, after checking the stored log
     /// against the head.
     ///
@@ -309,7 +318,7 @@ impl Platform {
         }
         let hook = HeadHook {
             head: o.head,
-            audit_records: o.audit.count_handle(),
+            audit_tip: o.audit.tip_handle(),
             store_seq: o.store_durable_seq,
         };
         let (journal, spends) = Journal::open_with(
@@ -381,6 +390,12 @@ impl SpendLog for Journal {
     fn arm_head(&self) {
         Journal::arm_head(self);
     }
+    fn attach_anchor(&self, anchor: Arc<crate::anchor::Anchor>) -> Result<(), String> {
+        Journal::attach_anchor(self, anchor)
+    }
+    fn last_round(&self) -> Option<crate::anchor::Local> {
+        Journal::last_round(self)
+    }
 }
 
 impl AuditSink for AuditLog {
@@ -395,6 +410,9 @@ impl AuditSink for AuditLog {
     }
     fn head(&self) -> (u64, [u8; 32]) {
         AuditLog::head(self)
+    }
+    fn hash_at(&self, n: u64) -> Option<[u8; 32]> {
+        AuditLog::hash_at(self, n)
     }
     fn read(&self, from: u64, limit: u64) -> Result<(Vec<String>, u64), AuditError> {
         AuditLog::read(self, from, limit)

@@ -149,6 +149,15 @@ impl Enclave {
             Resp::Admin(a) => {
                 (String::new(), String::new(), format!("admin key {}", hex::encode(&a.public_key)))
             }
+            // Which head was accepted (re-anchoring included).
+            Resp::Anchor(a) => (
+                String::new(),
+                String::new(),
+                format!(
+                    "anchor {} epoch {}: accepted head of {} spend records, {} audit records, state batch {}, chain {} (etcd revision {})",
+                    a.key, a.epoch, a.journal_records, a.audit_records, a.store_seq, a.chain_hash, a.revision
+                ),
+            ),
             _ => (String::new(), String::new(), String::new()),
         };
         self.audit_now(AuditRecord {

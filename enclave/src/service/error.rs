@@ -94,6 +94,11 @@ impl From<HeaderError> for Failure {
 
 impl From<JournalError> for Failure {
     fn from(e: JournalError) -> Self {
+        let text = e.to_string();
+        if let Some(reason) = crate::anchor::failure_reason(&text) {
+            tracing::warn!(error = %text, "a round was not anchored");
+            return Self::precondition(reason, format!("the signature was withheld: {text}"));
+        }
         tracing::error!(error = %e, "spend journal failure");
         Self::internal("the spend could not be made durable; the signature was withheld")
     }
@@ -101,6 +106,11 @@ impl From<JournalError> for Failure {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
+        let text = e.to_string();
+        if let Some(reason) = crate::anchor::failure_reason(&text) {
+            tracing::warn!(error = %text, "a state change was not anchored");
+            return Self::precondition(reason, format!("not confirmed: {text}"));
+        }
         tracing::error!(error = %e, "storage failure");
         Self::internal("storage failure; nothing was signed")
     }

@@ -22,6 +22,7 @@
 
 mod admin;
 mod agent;
+mod anchoring;
 mod approvals;
 mod attestation;
 mod audit_trail;
@@ -107,6 +108,14 @@ pub struct Enclave {
     sealing: std::sync::OnceLock<Sealing>,
     /// The PCRs the NSM reported at start-up (index, value), for status and the audit head.
     pcrs: Vec<(u32, Vec<u8>)>,
+    /// The rollback anchor, once started or provisioned (see `anchoring`).
+    anchor: std::sync::OnceLock<Arc<crate::anchor::Anchor>>,
+    /// The state holds an anchor configuration: nothing is signed or changed until it serves.
+    anchor_required: bool,
+    /// Why the configured anchor could not be started.
+    anchor_problem: Mutex<Option<String>>,
+    /// The host's relays to the anchor's members (`--anchor-relay`), given at start-up.
+    anchor_relays: std::sync::OnceLock<Vec<crate::hoststorage::HostAddress>>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -169,6 +178,7 @@ impl Enclave {
         macro_rules! admin {
             ($rpc:ident, $r:ident, |$by:ident| $op:expr) => {{
                 let _serial = self.admin.lock().await;
+                self.anchor_gate()?;
                 let $by = self.authorize(AdminRpc::$rpc, &$r, false).await?;
                 let resp = $op;
                 self.audit_admin(AdminRpc::$rpc, &$by, &resp).await;
@@ -180,7 +190,10 @@ impl Enclave {
             Req::SignPayment(r) => {
                 // What was asked, for the session's history (its own reads list it).
                 let asked = r.clone();
-                let result = self.sign_payment(r).await;
+                let result = match self.anchor_gate() {
+                    Ok(()) => self.sign_payment(r).await,
+                    Err(f) => Err(f),
+                };
                 self.note_payment(&asked, &result);
                 Resp::SignPayment(result?)
             }
@@ -239,8 +252,22 @@ impl Enclave {
                     self.remove_admin(&by, &r.public_key).await?
                 ))
             }
+            Req::PrepareAnchor(r) => {
+                let _serial = self.admin.lock().await;
+                let by = self.authorize(AdminRpc::PrepareAnchor, &r, false).await?;
+                Resp::Anchor(self.prepare_anchor(&by).await?)
+            }
+            Req::ProvisionAnchor(r) => {
+                // Not gated: re-anchoring is how a halted enclave is brought back.
+                let _serial = self.admin.lock().await;
+                let by = self.authorize(AdminRpc::ProvisionAnchor, &r, false).await?;
+                let resp = Resp::Anchor(self.provision_anchor(&by, r).await?);
+                self.audit_admin(AdminRpc::ProvisionAnchor, &by, &resp).await;
+                resp
+            }
             Req::AddAdmin(r) => {
                 let _serial = self.admin.lock().await;
+                self.anchor_gate()?;
                 // The first admin registers itself (self-signed); later ones need an admin.
                 let self_signed = r.auth.as_ref().is_some_and(|a| a.public_key == r.public_key);
                 let by = self.authorize(AdminRpc::AddAdmin, &r, self_signed).await?;
@@ -352,6 +379,7 @@ impl Enclave {
             ));
         }
         spend_log.checkpoint().await.map_err(checkpoint)?;
+        let anchor_required = state.get(Table::Anchor, b"config")?.is_some();
         let pcrs = match nsm.pcrs() {
             Ok(p) => p,
             Err(e) => {
@@ -381,6 +409,10 @@ impl Enclave {
             activity: Mutex::new(activity),
             sealing: std::sync::OnceLock::new(),
             pcrs,
+            anchor: std::sync::OnceLock::new(),
+            anchor_required,
+            anchor_problem: Mutex::new(None),
+            anchor_relays: std::sync::OnceLock::new(),
         })
     }
 
@@ -440,6 +472,7 @@ impl Enclave {
             enclave_reachable: true,
             pcrs: self.wire_pcrs(),
             sealing: self.sealing_kind(),
+            anchor: Some(self.anchor_info()),
         }
     }
 }

@@ -73,14 +73,33 @@ struct Args {
         allow_hyphen_values = true
     )]
     enclave_args: Option<String>,
+    /// Also relay the enclave's TLS connections to one member of its rollback anchor (etcd):
+    /// LISTEN=HOST:PORT, accepting at LISTEN (unix:/path or vsock:PORT) and piping to the
+    /// member at HOST:PORT. Give it once per member, in the order the anchor was provisioned
+    /// with (the enclave gets the same LISTEN addresses as --anchor-relay, in order). TLS ends
+    /// inside the enclave and etcd checks its client certificate: this host carries only
+    /// ciphertext, and blocking it stops the enclave signing, never makes it sign more.
+    #[arg(long = "anchor-relay", value_name = "LISTEN=HOST:PORT", value_parser = relay_pair)]
+    anchor_relays: Vec<(StorageListen, String)>,
     /// Storage connections served at once (the enclave holds one).
     #[arg(long, default_value_t = wallet_host::storage::Limits::default().max_connections, value_parser = positive)]
     max_storage_connections: usize,
 }
 
-/// Binds the KMS relay's listener at `address` and serves it in the background, piping each
-/// connection to `target`.
-async fn start_kms_relay(address: &StorageListen, target: &str) -> std::io::Result<()> {
+/// `LISTEN=HOST:PORT` of `--anchor-relay`.
+fn relay_pair(s: &str) -> Result<(StorageListen, String), String> {
+    let (listen, target) = s.split_once('=').ok_or_else(|| {
+        "expected LISTEN=HOST:PORT, e.g. unix:/run/anchor-0.sock=10.0.0.5:2379".to_owned()
+    })?;
+    if !target.contains(':') {
+        return Err(format!("{target:?} is not HOST:PORT"));
+    }
+    Ok((listen.parse().map_err(|e| format!("{e}"))?, target.to_owned()))
+}
+
+/// Binds a relay's listener at `address` and serves it in the background, piping each
+/// connection to `target` (KMS, or a member of the anchor).
+async fn start_relay(address: &StorageListen, target: &str, what: &str) -> std::io::Result<()> {
     let relay = wallet_host::relay::Relay::new(target);
     let forever = std::future::pending::<()>();
     match address {
@@ -104,7 +123,7 @@ async fn start_kms_relay(address: &StorageListen, target: &str) -> std::io::Resu
             ))
         }
     }
-    tracing::info!(%address, target, "relaying the enclave's KMS connections");
+    tracing::info!(%address, target, "relaying the enclave's {what} connections");
     Ok(())
 }
 
@@ -201,8 +220,14 @@ async fn main() -> ExitCode {
         tracing::info!(%address, "serving the enclave image's boot configuration");
     }
     if let (Some(address), Some(target)) = (&args.kms_relay, &args.kms_target) {
-        if let Err(e) = start_kms_relay(address, target).await {
+        if let Err(e) = start_relay(address, target, "KMS").await {
             eprintln!("wallet-gateway: cannot relay to KMS at {address}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    for (address, target) in &args.anchor_relays {
+        if let Err(e) = start_relay(address, target, "anchor").await {
+            eprintln!("wallet-gateway: cannot relay to the anchor at {address}: {e}");
             return ExitCode::FAILURE;
         }
     }

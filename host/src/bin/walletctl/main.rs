@@ -3,6 +3,7 @@
 //! the command line, the exit codes and the dispatch.
 
 mod admin;
+mod anchor;
 mod approvals;
 mod asset;
 mod attest;
@@ -97,6 +98,9 @@ enum Command {
     /// The tamper-evident audit log of every decision.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// The rollback anchor (etcd): the enclave's head kept where the host cannot roll it back.
+    #[command(subcommand)]
+    Anchor(anchor::AnchorCmd),
     /// Agent: read what a 402 asked on stdin, print the payment header value to send back.
     ///
     /// x402 v2: the PAYMENT-REQUIRED value in, the PAYMENT-SIGNATURE value out. x402 v1: the
@@ -253,6 +257,7 @@ async fn run(mut cli: Cli, home: &Path) -> Out {
         Command::Approvals(c) => approvals::run(&cli.gateway, &home, c).await,
         Command::Admin(c) => admin::run(&cli.gateway, &home, c).await,
         Command::Audit(c) => audit::run(&cli.gateway, &home, c).await,
+        Command::Anchor(c) => anchor::run(&cli.gateway, &home, c).await,
         Command::Session(c) => session::run(&cli.gateway, &home, c).await,
         Command::Pay(a) => pay::run(&cli.gateway, a).await,
         Command::Fetch(a) => fetch::run(&cli.gateway, a).await,

@@ -229,6 +229,7 @@ async fn status_with(
         "admins {} · wallets {} · sessions {} · assets {} · kyt entries {} · payments signed {}",
         s.admins, s.wallets, s.sessions, s.assets, s.kyt_entries, s.payments_signed
     );
+    println!("anchor:   {}", crate::anchor::status_line(home, s.anchor.as_ref())?);
     // Whole-directory rollback: the enclave cannot see it; the head verified last can.
     if history {
         if let Some(audit) = crate::audit::check_against_last_verified(cl, home).await? {

@@ -1,0 +1,316 @@
+//! The rollback anchor's flows: making the client key, provisioning (and re-anchoring), the
+//! start-up check, the gate in front of every signature and state change, and its status. The
+//! anchor itself is [`crate::anchor`].
+//!
+//! Provisioning is refused once wallets exist (unless re-anchoring): the anchor's configuration
+//! lives in the sealed state, so a host that rolled the whole state back to before provisioning
+//! would get an unanchored enclave — with nothing to spend only if no wallet existed then.
+
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use wallet_proto::{gateway::v1 as gw, Reason};
+use zeroize::Zeroizing;
+
+use super::{auth::AdminAuthorized, records, Enclave, Failure, Result};
+use crate::{
+    anchor::{self, Anchor, AnchorConfig, Local, StartError},
+    hoststorage::HostAddress,
+    store::{Op, Table},
+};
+
+/// Record id of the anchor client key (an Ed25519 seed) in the key table.
+const CLIENT_KEY_ID: &[u8] = b"anchor-client-key";
+/// Record id of the anchor configuration in the anchor table.
+const CONFIG_ID: &[u8] = b"config";
+
+impl Enclave {
+    /// The MAC key of anchored heads, derived from the identity key.
+    fn anchor_mac_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(
+            Sha256::new()
+                .chain_update(b"x402-wallet/anchor-mac-key/v1\0")
+                .chain_update(self.identity_key.to_bytes())
+                .finalize()
+                .into(),
+        )
+    }
+
+    fn anchor_client_seed(&self) -> Result<Option<Zeroizing<[u8; 32]>>> {
+        let Some(bytes) = self.state.get(Table::Keys, CLIENT_KEY_ID)? else { return Ok(None) };
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Failure::internal("anchor client key is not 32 bytes"))?;
+        Ok(Some(Zeroizing::new(seed)))
+    }
+
+    fn anchor_client_public(seed: &[u8; 32]) -> String {
+        let public = ed25519_dalek::SigningKey::from_bytes(seed).verifying_key().to_bytes();
+        hex::encode(anchor::ed25519_spki(&public))
+    }
+
+    pub(super) fn stored_anchor_config(&self) -> Result<Option<AnchorConfig>> {
+        match self.state.get(Table::Anchor, CONFIG_ID)? {
+            Some(v) => Ok(Some(records::from_json("anchor config", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn build_anchor(&self, config: AnchorConfig) -> std::result::Result<Anchor, String> {
+        let relays = self.anchor_relays.get().cloned().unwrap_or_default();
+        if relays.len() != config.members as usize {
+            return Err(format!(
+                "the anchor has {} members but the enclave was given {} relays (--anchor-relay, one per member, in order)",
+                config.members,
+                relays.len()
+            ));
+        }
+        let seed = self
+            .anchor_client_seed()
+            .map_err(|f| f.message)?
+            .ok_or("the anchor client key is missing from the state")?;
+        let setup = anchor::etcd::ClientSetup {
+            relays,
+            ca_pem: config.ca_pem.clone(),
+            client_cert_pem: config.client_cert_pem.clone(),
+            client_key_pkcs8: anchor::ed25519_pkcs8(&seed),
+            server_name: config.server_name.clone(),
+        };
+        Anchor::new(config, setup, Self::anchor_client_public(&seed), self.anchor_mac_key())
+    }
+
+    /// What the local stores hold durably now (runs a round first; with an anchor attached that
+    /// is not serving yet the round's anchoring fails, but the local facts are recorded).
+    async fn anchor_local(&self) -> Option<Local> {
+        let _ = self.spend_log.checkpoint().await;
+        self.spend_log.last_round()
+    }
+
+    /// At start-up, before serving: takes the relays (`--anchor-relay`) and, if this state is
+    /// anchored, runs the start-up check (in the background while the anchor is unreachable;
+    /// until it passes, payments and state changes are refused).
+    pub async fn start_anchor(self: &Arc<Self>, relays: Vec<HostAddress>) {
+        let _ = self.anchor_relays.set(relays);
+        let config = match self.stored_anchor_config() {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                tracing::warn!("no rollback anchor: a host that restores an older copy of the whole state can spend again what was spent since (see ARCHITECTURE.md, The external anchor)");
+                return;
+            }
+            Err(f) => {
+                self.set_anchor_problem(format!(
+                    "the anchor configuration cannot be read: {}",
+                    f.message
+                ));
+                return;
+            }
+        };
+        let anchor = match self.build_anchor(config) {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                tracing::error!(error = %e, "anchor: cannot start; nothing is signed");
+                self.set_anchor_problem(e);
+                return;
+            }
+        };
+        let local = self.anchor_local().await;
+        if let Err(e) = self.spend_log.attach_anchor(Arc::clone(&anchor)) {
+            self.set_anchor_problem(e);
+            return;
+        }
+        let _ = self.anchor.set(Arc::clone(&anchor));
+        let Some(local) = local else {
+            self.set_anchor_problem("the commit head has not been written".into());
+            return;
+        };
+        let this = Arc::clone(self);
+        let chain_at: anchor::ChainAt = Arc::new(move |n| this.audit.hash_at(n));
+        match anchor.start(local, Arc::clone(&chain_at)).await {
+            Ok(()) => {}
+            Err(StartError::Halted(why)) => {
+                tracing::error!(reason = %why, "anchor: refusing to sign")
+            }
+            Err(StartError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "anchor: unreachable at start-up; refusing to sign until it answers");
+                let a = Arc::clone(self);
+                anchor.start_in_background(
+                    move || a.spend_log.last_round(),
+                    chain_at,
+                    || tracing::info!("anchor: start-up check passed"),
+                );
+            }
+        }
+    }
+
+    /// Stops anchoring (the enclave is shutting down): later rounds fail at once, and a round in
+    /// progress is waited for. Call while the runtime still runs.
+    pub async fn stop_anchor(&self) {
+        if let Some(anchor) = self.anchor.get() {
+            anchor.close_and_wait().await;
+        }
+    }
+
+    fn set_anchor_problem(&self, why: String) {
+        if let Ok(mut p) = self.anchor_problem.lock() {
+            *p = Some(why);
+        }
+    }
+
+    /// Refuses unless this enclave may sign and change state: no anchor configured (the
+    /// default), or the anchor serving.
+    pub(super) fn anchor_gate(&self) -> Result<()> {
+        if let Some(anchor) = self.anchor.get() {
+            return anchor.gate().map_err(|(reason, why)| Failure::precondition(reason, why));
+        }
+        if self.anchor_required {
+            let why = self
+                .anchor_problem
+                .lock()
+                .ok()
+                .and_then(|p| p.clone())
+                .unwrap_or_else(|| "the anchor has not been started".into());
+            return Err(Failure::precondition(
+                Reason::AnchorUnavailable,
+                format!("this state is anchored but the anchor cannot be used: {why}"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn anchor_info(&self) -> gw::AnchorInfo {
+        if let Some(a) = self.anchor.get() {
+            return a.info();
+        }
+        let client_public_key = self
+            .anchor_client_seed()
+            .ok()
+            .flatten()
+            .map(|s| Self::anchor_client_public(&s))
+            .unwrap_or_default();
+        let state = if self.anchor_required {
+            format!(
+                "waiting: {}",
+                self.anchor_problem
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.clone())
+                    .unwrap_or_else(|| "not started".into())
+            )
+        } else {
+            "none: no rollback protection of the whole state".into()
+        };
+        gw::AnchorInfo {
+            configured: self.anchor_required,
+            client_public_key,
+            state,
+            ..Default::default()
+        }
+    }
+
+    /// `PrepareAnchor`: makes and seals the client key once; returns its public key.
+    pub(super) async fn prepare_anchor(&self, _: &AdminAuthorized) -> Result<gw::AnchorInfo> {
+        if self.anchor_client_seed()?.is_none() {
+            let seed = Zeroizing::new(self.entropy.bytes::<32>());
+            self.persist(vec![Op::Put(
+                Table::Keys,
+                CLIENT_KEY_ID.to_vec(),
+                Zeroizing::new(seed.to_vec()),
+            )])
+            .await?;
+            tracing::info!("anchor: client key made");
+        }
+        Ok(self.anchor_info())
+    }
+
+    /// `ProvisionAnchor`: configures the anchor and writes its first head (see the module docs).
+    pub(super) async fn provision_anchor(
+        &self,
+        _: &AdminAuthorized,
+        r: gw::ProvisionAnchorRequest,
+    ) -> Result<gw::AnchorInfo> {
+        let config = AnchorConfig {
+            ca_pem: r.ca_certificate_pem,
+            client_cert_pem: r.client_certificate_pem,
+            server_name: r.server_name.trim().to_owned(),
+            key: r.key.trim().to_owned(),
+            members: r.members,
+        };
+        config.check().map_err(Failure::bad_argument)?;
+        let replace = if r.replace_head.is_empty() {
+            None
+        } else {
+            if !r.reanchor {
+                return Err(Failure::bad_argument("replace_head needs reanchor"));
+            }
+            Some(hex::decode(r.replace_head.trim()).map_err(|_| {
+                Failure::bad_argument("replace_head must be the head's hex, as status shows it")
+            })?)
+        };
+        let stored = self.stored_anchor_config()?;
+        if !r.reanchor {
+            if stored.is_some() {
+                return Err(Failure::new(
+                    wallet_proto::enclave::v1::ErrorCode::AlreadyExists,
+                    Reason::AlreadyExists,
+                    "the anchor is already provisioned (re-anchoring is a deliberate step: --reanchor)",
+                ));
+            }
+            if !self.lock().wallets.is_empty() {
+                return Err(Failure::precondition(
+                    Reason::InvalidArgument,
+                    "provision the anchor before creating wallets: its configuration lives in the state, so a host that restored a copy from before provisioning would get an enclave without rollback protection holding those wallets",
+                ));
+            }
+        } else if stored.is_none() && !self.anchor_required && !self.lock().wallets.is_empty() {
+            return Err(Failure::precondition(
+                Reason::InvalidArgument,
+                "this state was never anchored: provision (without --reanchor) before creating wallets",
+            ));
+        }
+        if self.anchor_client_seed()?.is_none() {
+            return Err(Failure::precondition(
+                Reason::NotFound,
+                "no anchor client key yet: run PrepareAnchor (walletctl anchor provision does) and have the anchor CA certify it",
+            ));
+        }
+        let local = self
+            .anchor_local()
+            .await
+            .ok_or_else(|| Failure::internal("the commit head has not been written"))?;
+        let unavailable = |e: String| {
+            let reason = anchor::failure_reason(&e).unwrap_or(Reason::AnchorUnavailable);
+            Failure::precondition(reason, e)
+        };
+        let (anchor, fresh) = match self.anchor.get() {
+            Some(existing) => {
+                if existing.config() != &config {
+                    return Err(Failure::precondition(
+                        Reason::InvalidArgument,
+                        "re-anchoring with a configuration other than the running one is not supported yet: restart the enclave first",
+                    ));
+                }
+                (Arc::clone(existing), false)
+            }
+            None => {
+                (Arc::new(self.build_anchor(config.clone()).map_err(Failure::bad_argument)?), true)
+            }
+        };
+        // A head replaced is authenticated only if it is this enclave's; its epoch is then
+        // continued (a fresh key starts at 1).
+        let mac_key = self.anchor_mac_key();
+        let epoch = replace
+            .as_deref()
+            .and_then(|v| anchor::Head::decode(v, &mac_key, config.key.as_bytes()).ok())
+            .map_or(1, |h| h.epoch.saturating_add(1));
+        let head = anchor.create(local, epoch, replace).await.map_err(unavailable)?;
+        if fresh {
+            self.spend_log.attach_anchor(Arc::clone(&anchor)).map_err(Failure::internal)?;
+            let _ = self.anchor.set(Arc::clone(&anchor));
+        }
+        tracing::info!(key = %config.key, epoch = head.epoch, journal = head.facts.journal_records, audit = head.facts.audit_records, reanchor = r.reanchor, "anchor: head written");
+        self.persist(vec![Op::Put(Table::Anchor, CONFIG_ID.to_vec(), records::json(&config))])
+            .await?;
+        Ok(anchor.info())
+    }
+}

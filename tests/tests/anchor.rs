@@ -1,0 +1,451 @@
+//! The rollback anchor (etcd) against a real 3-member etcd cluster with mutual TLS on
+//! 127.0.0.1 (`wallet_e2e::etcd`), with the real binaries: the enclave's TLS to etcd is carried
+//! by the gateway's `--anchor-relay` or by relays in this test that misbehave on demand (a
+//! hostile host: blackholing, or swallowing etcd's answers after forwarding the request).
+//!
+//! What each test tries:
+//! * the whole state directory rolled back to an older copy: the enclave refuses to sign, and
+//!   `walletctl status` says so (exit 5);
+//! * a copy of the state started as a second enclave: behind → refused at start-up; level →
+//!   it takes over and the first halts at its next round (never both signing);
+//! * etcd members killed: one → payments continue; two → refused with `ANCHOR_UNAVAILABLE`,
+//!   nothing released, back when they return; the host blackholing the anchor → refused;
+//!   etcd's answer to a committed compare-and-swap lost → resolved, released once.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use wallet_e2e::{etcd::EtcdCluster, header, now_ms, ok, Stack, StackOptions, Storage};
+use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
+
+const KEY: &str = "/x402-wallet/t1/anchor/head";
+const PREFIX: &str = "/x402-wallet/t1/";
+const CN: &str = "wallet-t1";
+/// 0.01 USDC (6 decimals).
+const CENT: &str = "10000";
+
+/// What a test relay does with the bytes.
+const FORWARD: u8 = 0;
+/// Drop everything, both ways (the connection stays open).
+const BLACKHOLE: u8 = 1;
+/// Forward the enclave's bytes to etcd, drop etcd's answers.
+const SWALLOW_ANSWERS: u8 = 2;
+
+/// A relay in the test: a Unix socket the enclave connects to, piped to one etcd member, doing
+/// what its mode says.
+struct TestRelay {
+    mode: Arc<AtomicU8>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestRelay {
+    fn spawn(path: PathBuf, target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind test relay");
+        let mode = Arc::new(AtomicU8::new(FORWARD));
+        let m = Arc::clone(&mode);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let m = Arc::clone(&m);
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (mut ir, mut iw) = inbound.into_split();
+                    let (mut or, mut ow) = outbound.into_split();
+                    let m2 = Arc::clone(&m);
+                    let up = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match ir.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if m2.load(Ordering::SeqCst) != BLACKHOLE
+                                && ow.write_all(&buf[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match or.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if m.load(Ordering::SeqCst) == FORWARD
+                                && iw.write_all(&buf[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Self { mode, task }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+/// An anchored stack: the cluster, the stack, and where its relays and PKI files are.
+struct Anchored {
+    stack: Stack,
+    files: tempfile::TempDir,
+    relays: Vec<TestRelay>,
+}
+
+/// Who carries the enclave's TLS to etcd.
+#[derive(PartialEq)]
+enum Relays {
+    /// The gateway (`--anchor-relay`), as in production.
+    Gateway,
+    /// This test ([`TestRelay`]).
+    Test,
+}
+
+fn relay_path(files: &Path, i: usize) -> PathBuf {
+    files.join(format!("anchor-{i}.sock"))
+}
+
+/// The enclave's `--anchor-relay` arguments for relays at `files`.
+fn enclave_relay_args(files: &Path, members: usize) -> Vec<String> {
+    (0..members)
+        .flat_map(|i| {
+            ["--anchor-relay".to_owned(), format!("unix:{}", relay_path(files, i).display())]
+        })
+        .collect()
+}
+
+/// Starts a stack whose enclave is given relays to `cluster`, and provisions the anchor with
+/// walletctl (the CA key at hand, as the anchor's operator would have it).
+fn anchored(cluster: &EtcdCluster, relays: Relays) -> Anchored {
+    let files = tempfile::tempdir().expect("tempdir");
+    let endpoints = cluster.client_endpoints();
+    let mut test_relays = Vec::new();
+    let mut gateway_args = Vec::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        match relays {
+            Relays::Test => test_relays.push(TestRelay::spawn(relay_path(files.path(), i), *e)),
+            Relays::Gateway => {
+                gateway_args.push("--anchor-relay".to_owned());
+                gateway_args.push(format!("unix:{}={e}", relay_path(files.path(), i).display()));
+            }
+        }
+    }
+    let stack = Stack::start_with(StackOptions {
+        // The rollback test swaps the data directory under a stopped enclave.
+        storage: Some(Storage::Local),
+        gateway_args,
+        enclave_args: enclave_relay_args(files.path(), endpoints.len()),
+        ..StackOptions::default()
+    });
+    cluster.grant_prefix(CN, PREFIX);
+    let ca = files.path().join("ca.pem");
+    let ca_key = files.path().join("ca-key.pem");
+    std::fs::write(&ca, cluster.ca_cert_pem()).unwrap();
+    std::fs::write(&ca_key, cluster.ca_key_pem()).unwrap();
+    let out = stack.walletctl(
+        &[
+            "anchor",
+            "provision",
+            "--ca-cert",
+            ca.to_str().unwrap(),
+            "--ca-key",
+            ca_key.to_str().unwrap(),
+            "--client-name",
+            CN,
+            "--key",
+            KEY,
+            "--server-name",
+            wallet_e2e::etcd::SERVER_NAME,
+            "--members",
+            &endpoints.len().to_string(),
+        ],
+        "",
+    );
+    let text = ok(&out);
+    assert!(text.contains("at epoch 1"), "{text}");
+    Anchored { stack, files, relays: test_relays }
+}
+
+/// The reason code of a refused call.
+fn reason(s: &tonic::Status) -> String {
+    s.metadata().get("x-wallet-reason").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+async fn pay(
+    url: &str,
+    cred: &wallet_client::Credential,
+    key: &str,
+) -> Result<gw::SignPaymentResponse, tonic::Status> {
+    let mut c = WalletGatewayClient::connect(url.to_owned()).await.expect("connect");
+    c.sign_payment(cred.sign_request(&header(CENT), "", "", key, now_ms()))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn anchor_state(url: &str) -> gw::AnchorInfo {
+    let mut c = WalletGatewayClient::connect(url.to_owned()).await.expect("connect");
+    c.get_status(gw::GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .anchor
+        .expect("anchor")
+}
+
+/// Pays with fresh idempotency keys until one is signed (or `within` passes).
+async fn pay_until_signed(
+    url: &str,
+    cred: &wallet_client::Credential,
+    tag: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    let mut n = 0;
+    loop {
+        n += 1;
+        match pay(url, cred, &format!("{tag}-{n}")).await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no payment signed within {within:?}: {e:?}")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stops the stack's enclave with SIGTERM; it must exit cleanly.
+fn stop_enclave(stack: &mut Stack) {
+    let pid = stack.enclave.0.id();
+    let clean = stack.enclave.terminate();
+    if !clean && std::env::var_os("ANCHOR_TEST_GDB").is_some() {
+        let bt = Command::new("gdb")
+            .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&bt.stdout));
+    }
+    assert!(
+        clean,
+        "the enclave did not stop cleanly: {}",
+        std::fs::read_to_string(stack.enclave_log()).unwrap_or_default()
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_of_the_whole_state_buys_no_payment() {
+    let cluster = EtcdCluster::start(3);
+    let mut a = anchored(&cluster, Relays::Gateway);
+    let s = &mut a.stack;
+    let status = anchor_state(&s.url).await;
+    assert_eq!(status.state, "serving", "{status:?}");
+    let w = s.wallet("1").await;
+    let cred = s.session(&w, "0.05", gw::IssueSessionRequest::default()).await;
+    // The host copies the whole state (every store and the commit head, consistently).
+    stop_enclave(s);
+    let snapshot = a.files.path().join("snapshot");
+    copy_dir(&s.data_dir(), &snapshot);
+    s.start_enclave_again();
+    for i in 0..5 {
+        pay(&s.url, &cred, &format!("p{i}")).await.expect("within the cap");
+    }
+    let err = pay(&s.url, &cred, "p5").await.expect_err("the cap is spent");
+    assert_eq!(reason(&err), "SESSION_CAP");
+    let before = anchor_state(&s.url).await;
+    assert!(before.epoch >= 2 && before.journal_records >= 5, "{before:?}");
+    // ... and puts it back: every payment since would be spendable again.
+    stop_enclave(s);
+    std::fs::remove_dir_all(s.data_dir()).unwrap();
+    copy_dir(&snapshot, &s.data_dir());
+    s.start_enclave_again();
+    let info = anchor_state(&s.url).await;
+    assert!(info.state.starts_with("halted") && info.state.contains("ROLLED BACK"), "{info:?}");
+    for i in 0..3 {
+        let err = pay(&s.url, &cred, &format!("again{i}"))
+            .await
+            .expect_err("no payment after a rollback");
+        assert_eq!(reason(&err), "ANCHOR_HALTED", "{err:?}");
+    }
+    // State changes are refused too (the rolled-back admin state must not be built on).
+    let out = s.walletctl(&["wallet", "create"], "");
+    assert!(
+        !out.status.success() && wallet_e2e::stderr(&out).contains("ANCHOR_HALTED"),
+        "{}",
+        wallet_e2e::stderr(&out)
+    );
+    let out = s.walletctl(&["status"], "");
+    assert_eq!(out.status.code(), Some(5), "{}", wallet_e2e::stderr(&out));
+    assert!(wallet_e2e::stderr(&out).contains("ANCHOR HALTED"), "{}", wallet_e2e::stderr(&out));
+    // The anchored head did not move.
+    let etcd_value = cluster.etcdctl_ok(&["get", KEY, "--print-value-only", "--hex"]);
+    assert!(!etcd_value.trim().is_empty());
+    assert!(a.relays.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_started_as_a_second_enclave_never_signs_beside_the_first() {
+    let cluster = EtcdCluster::start(3);
+    let mut a = anchored(&cluster, Relays::Test);
+    let w = a.stack.wallet("1").await;
+    let cred = a.stack.session(&w, "1", gw::IssueSessionRequest::default()).await;
+    pay(&a.stack.url, &cred, "first").await.expect("signed");
+    // Copy the state while the first enclave is stopped.
+    stop_enclave(&mut a.stack);
+    let clone_dir = a.files.path().join("clone");
+    std::fs::create_dir_all(&clone_dir).unwrap();
+    copy_dir(&a.stack.data_dir(), &clone_dir.join("data"));
+    a.stack.start_enclave_again();
+    // 1. The first enclave moves on; a clone of the older copy is behind: refused at start-up.
+    pay(&a.stack.url, &cred, "second").await.expect("signed");
+    let args = enclave_relay_args(a.files.path(), 3);
+    let level_dir = a.files.path().join("level");
+    {
+        let _enclave = wallet_e2e::start_enclave_with(
+            &clone_dir,
+            "info",
+            None,
+            &wallet_e2e::EnclaveStorage::Local,
+            &args,
+        );
+        let (_gateway, url) = wallet_e2e::start_gateway_with(&clone_dir, "info", None, &[]);
+        let info = anchor_state(&url).await;
+        assert!(info.state.contains("ROLLED BACK"), "{info:?}");
+        let err = pay(&url, &cred, "clone-1").await.expect_err("the stale clone signs nothing");
+        assert_eq!(reason(&err), "ANCHOR_HALTED");
+    }
+    // 2. A copy level with the first enclave: whichever started last holds the anchor; the
+    //    other halts at its next round.
+    stop_enclave(&mut a.stack);
+    std::fs::create_dir_all(&level_dir).unwrap();
+    copy_dir(&a.stack.data_dir(), &level_dir.join("data"));
+    a.stack.start_enclave_again();
+    let first = anchor_state(&a.stack.url).await;
+    assert_eq!(first.state, "serving", "{first:?}");
+    let _enclave = wallet_e2e::start_enclave_with(
+        &level_dir,
+        "info",
+        None,
+        &wallet_e2e::EnclaveStorage::Local,
+        &args,
+    );
+    let (_gateway, clone_url) = wallet_e2e::start_gateway_with(&level_dir, "info", None, &[]);
+    let clone = anchor_state(&clone_url).await;
+    assert_eq!(clone.state, "serving", "{clone:?}");
+    assert!(clone.epoch > first.epoch, "the clone bumped the epoch: {clone:?} vs {first:?}");
+    let err =
+        pay(&a.stack.url, &cred, "third").await.expect_err("the fenced enclave signs nothing");
+    assert_eq!(reason(&err), "ANCHOR_HALTED", "{err:?}");
+    let err = pay(&a.stack.url, &cred, "fourth").await.expect_err("and stays halted");
+    assert_eq!(reason(&err), "ANCHOR_HALTED");
+    pay(&clone_url, &cred, "clone-2").await.expect("the instance holding the anchor signs");
+    let halted = anchor_state(&a.stack.url).await;
+    assert!(
+        halted.state.starts_with("halted") && halted.state.contains("another instance"),
+        "{halted:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_failures_and_a_hostile_relay_never_release_an_unanchored_signature() {
+    let mut cluster = EtcdCluster::start(3);
+    let a = anchored(&cluster, Relays::Test);
+    let url = a.stack.url.clone();
+    let w = a.stack.wallet("1").await;
+    let cred = Arc::new(a.stack.session(&w, "100", gw::IssueSessionRequest::default()).await);
+    let mut signed = 0u64;
+
+    // One member killed (the leader) while 8 agents pay: every payment is signed.
+    let mut agents = Vec::new();
+    for agent in 0..8 {
+        let (url, cred) = (url.clone(), Arc::clone(&cred));
+        agents.push(tokio::spawn(async move {
+            for n in 0..6 {
+                pay(&url, &cred, &format!("load-{agent}-{n}"))
+                    .await
+                    .expect("signed despite a dead member");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = cluster.leader().expect("a leader");
+    cluster.kill(leader);
+    for t in agents {
+        t.await.unwrap();
+    }
+    signed += 48;
+
+    // A second member killed: no quorum. Refused, nothing released.
+    let second = (0..3).find(|i| cluster.is_running(*i)).unwrap();
+    cluster.kill(second);
+    let err = pay(&url, &cred, "no-quorum").await.expect_err("no quorum, no signature");
+    assert_eq!(reason(&err), "ANCHOR_UNAVAILABLE", "{err:?}");
+    let err = pay(&url, &cred, "no-quorum-2").await.expect_err("refused at once while waiting");
+    assert_eq!(reason(&err), "ANCHOR_UNAVAILABLE", "{err:?}");
+    // Back when they return.
+    cluster.restart(leader);
+    cluster.restart(second);
+    pay_until_signed(&url, &cred, "back", Duration::from_secs(40)).await;
+    signed += 1;
+
+    // The host blackholes the anchor: refused; then lets it through again.
+    for r in &a.relays {
+        r.set(BLACKHOLE);
+    }
+    let err = pay(&url, &cred, "blackholed").await.expect_err("no anchor, no signature");
+    assert_eq!(reason(&err), "ANCHOR_UNAVAILABLE", "{err:?}");
+    for r in &a.relays {
+        r.set(FORWARD);
+    }
+    pay_until_signed(&url, &cred, "unblocked", Duration::from_secs(30)).await;
+    signed += 1;
+
+    // etcd's answer to a compare-and-swap that committed is lost (the host drops it): the
+    // enclave retries the same compare elsewhere, recognises its own value, releases once.
+    // First pin the enclave to member 0.
+    a.relays[1].set(BLACKHOLE);
+    a.relays[2].set(BLACKHOLE);
+    pay_until_signed(&url, &cred, "pin", Duration::from_secs(30)).await;
+    signed += 1;
+    a.relays[0].set(SWALLOW_ANSWERS);
+    a.relays[1].set(FORWARD);
+    a.relays[2].set(FORWARD);
+    pay(&url, &cred, "ambiguous").await.expect("resolved: signed once");
+    signed += 1;
+    a.relays[0].set(FORWARD);
+    let log = std::fs::read_to_string(a.stack.enclave_log()).unwrap();
+    assert!(log.contains("had committed"), "the ambiguous round was recognised as committed");
+
+    // Nothing was released twice or without its round: the enclave counts exactly what the
+    // agents received, and the anchored head counts every spend record.
+    let status = a.stack.status().await;
+    assert_eq!(status.payments_signed, signed, "{status:?}");
+    let info = status.anchor.expect("anchor");
+    assert_eq!(info.state, "serving", "{info:?}");
+    assert!(info.journal_records >= signed, "{info:?}");
+}
