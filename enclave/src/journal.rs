@@ -248,9 +248,6 @@ pub struct HeadHook {
     pub store_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// The rollback anchor a journal's rounds end with, once attached.
-pub type AnchorSlot = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::anchor::Anchor>>>;
-
 /// The append-only spend journal.
 pub struct Journal {
     /// Records in the file (recovered and appended).
@@ -260,7 +257,7 @@ pub struct Journal {
     /// Whether rounds write the commit head yet (see [`Self::arm_head`]).
     head_armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The anchor rounds end with (see [`Self::attach_anchor`]).
-    anchor: AnchorSlot,
+    anchor: crate::anchor::AnchorCell,
     /// What the last round that wrote the commit head recorded.
     last_round: std::sync::Arc<Mutex<Option<crate::anchor::Local>>>,
     writer: Mutex<Writer>,
@@ -339,8 +336,8 @@ impl Journal {
         let round_durable = std::sync::Arc::clone(&durable);
         let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let round_armed = std::sync::Arc::clone(&armed);
-        let anchor: AnchorSlot = std::sync::Arc::default();
-        let round_anchor = std::sync::Arc::clone(&anchor);
+        let anchor = crate::anchor::AnchorCell::default();
+        let round_anchor = anchor.clone();
         let last_round = std::sync::Arc::new(Mutex::new(None));
         let round_last = std::sync::Arc::clone(&last_round);
         let commit = GroupCommit::spawn("journal-sync", move || {
@@ -491,15 +488,10 @@ impl Journal {
         self.head_armed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// From now on every round ends with `anchor`'s compare-and-swap (set once).
-    ///
-    /// # Errors
-    /// When an anchor is already attached.
-    pub fn attach_anchor(
-        &self,
-        anchor: std::sync::Arc<crate::anchor::Anchor>,
-    ) -> Result<(), String> {
-        self.anchor.set(anchor).map_err(|_| "an anchor is already attached".to_owned())
+    /// Where the anchor every round ends with is kept (empty: rounds are not anchored).
+    #[must_use]
+    pub fn anchor_cell(&self) -> crate::anchor::AnchorCell {
+        self.anchor.clone()
     }
 
     /// What the last round that wrote the commit head recorded (`None` before the first).

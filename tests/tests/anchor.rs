@@ -449,3 +449,164 @@ async fn etcd_failures_and_a_hostile_relay_never_release_an_unanchored_signature
     assert_eq!(info.state, "serving", "{info:?}");
     assert!(info.journal_records >= signed, "{info:?}");
 }
+
+/// walletctl anchor provision with this cluster's CA, as in [`anchored`], plus `extra`.
+fn provision(a: &Anchored, extra: &[&str]) -> std::process::Output {
+    let ca = a.files.path().join("ca.pem");
+    let ca_key = a.files.path().join("ca-key.pem");
+    let mut args = vec![
+        "anchor",
+        "provision",
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--ca-key",
+        ca_key.to_str().unwrap(),
+        "--client-name",
+        CN,
+        "--key",
+        KEY,
+        "--server-name",
+        wallet_e2e::etcd::SERVER_NAME,
+        "--members",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    a.stack.walletctl(&args, "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_head_and_re_anchoring_is_deliberate_and_audited() {
+    let cluster = EtcdCluster::start(3);
+    let mut a = anchored(&cluster, Relays::Test);
+    let w = a.stack.wallet("1").await;
+    let cred = a.stack.session(&w, "1", gw::IssueSessionRequest::default()).await;
+    pay(&a.stack.url, &cred, "p1").await.expect("signed");
+    let out = a.stack.walletctl(&["status"], "");
+    let text = ok(&out);
+    assert!(text.contains("anchor:   serving · /x402-wallet/t1/anchor/head epoch 1"), "{text}");
+    // Provisioning twice is refused; a second provisioning needs --reanchor.
+    let out = provision(&a, &[]);
+    assert!(
+        !out.status.success() && wallet_e2e::stderr(&out).contains("already provisioned"),
+        "{}",
+        wallet_e2e::stderr(&out)
+    );
+
+    // The anchor loses the head (its data is gone): the enclave refuses to sign after a restart.
+    cluster.etcdctl_ok(&["del", KEY]);
+    stop_enclave(&mut a.stack);
+    a.stack.start_enclave_again();
+    let info = anchor_state(&a.stack.url).await;
+    assert!(info.state.contains("holds no head"), "{info:?}");
+    let err = pay(&a.stack.url, &cred, "p2").await.expect_err("no head, no signature");
+    assert_eq!(reason(&err), "ANCHOR_HALTED");
+    // A deliberate, admin-signed re-anchoring accepts the local state.
+    let text = ok(&provision(&a, &["--reanchor"]));
+    assert!(text.contains("at epoch 1"), "{text}");
+    pay(&a.stack.url, &cred, "p3").await.expect("signed again");
+
+    // Deliberately accepting an older state: roll the whole state back, see it refused, then
+    // re-anchor naming the head etcd holds (from status).
+    stop_enclave(&mut a.stack);
+    let snapshot = a.files.path().join("snapshot");
+    copy_dir(&a.stack.data_dir(), &snapshot);
+    a.stack.start_enclave_again();
+    pay(&a.stack.url, &cred, "p4").await.expect("signed");
+    let current = anchor_state(&a.stack.url).await;
+    stop_enclave(&mut a.stack);
+    std::fs::remove_dir_all(a.stack.data_dir()).unwrap();
+    copy_dir(&snapshot, &a.stack.data_dir());
+    a.stack.start_enclave_again();
+    let out = a.stack.walletctl(&["status"], "");
+    assert_eq!(out.status.code(), Some(5));
+    let err_text = wallet_e2e::stderr(&out);
+    assert!(err_text.contains("ROLLED BACK"), "{err_text}");
+    // Re-anchoring without naming the head is refused (the key is not empty).
+    let out = provision(&a, &["--reanchor"]);
+    assert!(!out.status.success(), "re-anchoring over a head needs --replace-head");
+    // Naming a head that is not the one etcd holds is refused.
+    let out = provision(&a, &["--reanchor", "--replace-head", &"00".repeat(122)]);
+    assert!(
+        !out.status.success() && wallet_e2e::stderr(&out).contains("not the one named"),
+        "{}",
+        wallet_e2e::stderr(&out)
+    );
+    let text = ok(&provision(&a, &["--reanchor", "--replace-head", &current.head]));
+    assert!(text.contains(&format!("at epoch {}", current.epoch + 1)), "{text}");
+    pay(&a.stack.url, &cred, "p5").await.expect("the accepted state signs");
+    // The audit log records which head was accepted, each time.
+    let out = a.stack.walletctl(&["audit", "show", "--kind", "admin", "--last", "100"], "");
+    let log = ok(&out);
+    assert!(log.matches("ProvisionAnchor").count() >= 3, "{log}");
+    assert!(log.contains("accepted head"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_rolls_forward_and_keeps_every_released_spend() {
+    let cluster = EtcdCluster::start(3);
+    let mut a = anchored(&cluster, Relays::Test);
+    let w = a.stack.wallet("1").await;
+    let cred = Arc::new(a.stack.session(&w, "100", gw::IssueSessionRequest::default()).await);
+    let received = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    for round in 0..4 {
+        let mut agents = Vec::new();
+        for agent in 0..8 {
+            let (url, cred, received) =
+                (a.stack.url.clone(), Arc::clone(&cred), Arc::clone(&received));
+            agents.push(tokio::spawn(async move {
+                for n in 0..40 {
+                    let key = format!("r{round}-a{agent}-{n}");
+                    if let Ok(r) = pay(&url, &cred, &key).await {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&r.payment_payload_json).unwrap();
+                        let nonce =
+                            v["payload"]["authorization"]["nonce"].as_str().unwrap().to_owned();
+                        assert!(
+                            received.lock().unwrap().insert(nonce),
+                            "a signature received twice"
+                        );
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(400 + 150 * round)).await;
+        a.stack.enclave.kill();
+        for t in agents {
+            t.await.unwrap();
+        }
+        a.stack.start_enclave_again();
+        let info = anchor_state(&a.stack.url).await;
+        assert_eq!(
+            info.state, "serving",
+            "a crash leaves the stores ahead of the anchor, never behind: {info:?}"
+        );
+    }
+    pay_until_signed(&a.stack.url, &cred, "after", Duration::from_secs(20)).await;
+    let info = anchor_state(&a.stack.url).await;
+    let received = received.lock().unwrap().clone();
+    assert!(!received.is_empty(), "some payments were signed between the kills");
+    // Every signature an agent received is in the ledger, once; the anchored head never
+    // counts more than the ledger holds.
+    a.stack.enclave.kill();
+    let data = a.stack.data_dir();
+    let sealer =
+        wallet_enclave::platform::simulated::sealer_from_key_file(&data.join("sealing.key"))
+            .unwrap();
+    let (_journal, records) =
+        wallet_enclave::journal::Journal::open(&data.join("spends.journal"), sealer).unwrap();
+    let mut ledger = std::collections::HashSet::new();
+    for r in &records {
+        let v: serde_json::Value = serde_json::from_slice(r).unwrap();
+        if v["kind"] == "spend" {
+            let p: serde_json::Value =
+                serde_json::from_str(v["payload_json"].as_str().unwrap()).unwrap();
+            let nonce = p["payload"]["authorization"]["nonce"].as_str().unwrap().to_owned();
+            assert!(ledger.insert(nonce), "an authorization is recorded twice");
+        }
+    }
+    for n in &received {
+        assert!(ledger.contains(n), "a released signature ({n}) is missing from the ledger");
+    }
+    assert!(info.journal_records <= records.len() as u64, "{info:?} vs {} records", records.len());
+    assert!(info.journal_records >= received.len() as u64, "{info:?}");
+}

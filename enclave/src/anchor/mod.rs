@@ -671,6 +671,28 @@ impl Drop for Anchor {
     }
 }
 
+/// Where the anchor in force is kept: shared by the journal's round thread (which anchors every
+/// round with it) and the enclave's flows (the gate, status, provisioning). Replaced only by
+/// provisioning or re-anchoring.
+#[derive(Debug, Clone, Default)]
+pub struct AnchorCell(Arc<std::sync::RwLock<Option<Arc<Anchor>>>>);
+
+impl AnchorCell {
+    /// The anchor in force.
+    #[must_use]
+    pub fn get(&self) -> Option<Arc<Anchor>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `anchor` in force; the one it replaces is closed (its rounds fail from now on).
+    pub fn set(&self, anchor: Arc<Anchor>) {
+        let old = self.0.write().unwrap_or_else(PoisonError::into_inner).replace(anchor);
+        if let Some(old) = old {
+            old.close();
+        }
+    }
+}
+
 /// The local audit chain's hash after `n` records (`None`: fewer, or unreadable).
 pub type ChainAt = Arc<dyn Fn(u64) -> Option<[u8; 32]> + Send + Sync>;
 

@@ -95,11 +95,8 @@ pub trait SpendLog: Send + Sync + Debug {
     fn checkpoint(&self) -> BoxFuture<'_, Result<(), JournalError>>;
     /// Starts recording the commit head in every round: call once the stores were verified.
     fn arm_head(&self);
-    /// From now on every round ends with the anchor's compare-and-swap (once).
-    ///
-    /// # Errors
-    /// When an anchor is already attached.
-    fn attach_anchor(&self, anchor: Arc<crate::anchor::Anchor>) -> Result<(), String>;
+    /// Where the anchor every round ends with is kept (see [`crate::anchor::AnchorCell`]).
+    fn anchor_cell(&self) -> crate::anchor::AnchorCell;
     /// What the last round that wrote the commit head recorded.
     fn last_round(&self) -> Option<crate::anchor::Local>;
 }
@@ -390,8 +387,8 @@ impl SpendLog for Journal {
     fn arm_head(&self) {
         Journal::arm_head(self);
     }
-    fn attach_anchor(&self, anchor: Arc<crate::anchor::Anchor>) -> Result<(), String> {
-        Journal::attach_anchor(self, anchor)
+    fn anchor_cell(&self) -> crate::anchor::AnchorCell {
+        Journal::anchor_cell(self)
     }
     fn last_round(&self) -> Option<crate::anchor::Local> {
         Journal::last_round(self)

@@ -115,11 +115,8 @@ impl Enclave {
             }
         };
         let local = self.anchor_local().await;
-        if let Err(e) = self.spend_log.attach_anchor(Arc::clone(&anchor)) {
-            self.set_anchor_problem(e);
-            return;
-        }
-        let _ = self.anchor.set(Arc::clone(&anchor));
+        // In force before the check: until it passes, every round fails (nothing released).
+        self.anchor.set(Arc::clone(&anchor));
         let Some(local) = local else {
             self.set_anchor_problem("the commit head has not been written".into());
             return;
@@ -282,20 +279,9 @@ impl Enclave {
             let reason = anchor::failure_reason(&e).unwrap_or(Reason::AnchorUnavailable);
             Failure::precondition(reason, e)
         };
-        let (anchor, fresh) = match self.anchor.get() {
-            Some(existing) => {
-                if existing.config() != &config {
-                    return Err(Failure::precondition(
-                        Reason::InvalidArgument,
-                        "re-anchoring with a configuration other than the running one is not supported yet: restart the enclave first",
-                    ));
-                }
-                (Arc::clone(existing), false)
-            }
-            None => {
-                (Arc::new(self.build_anchor(config.clone()).map_err(Failure::bad_argument)?), true)
-            }
-        };
+        // A new client for the new configuration (a re-anchoring may bring a new certificate);
+        // put in force only once its head is written.
+        let anchor = Arc::new(self.build_anchor(config.clone()).map_err(Failure::bad_argument)?);
         // A head replaced is authenticated only if it is this enclave's; its epoch is then
         // continued (a fresh key starts at 1).
         let mac_key = self.anchor_mac_key();
@@ -304,10 +290,7 @@ impl Enclave {
             .and_then(|v| anchor::Head::decode(v, &mac_key, config.key.as_bytes()).ok())
             .map_or(1, |h| h.epoch.saturating_add(1));
         let head = anchor.create(local, epoch, replace).await.map_err(unavailable)?;
-        if fresh {
-            self.spend_log.attach_anchor(Arc::clone(&anchor)).map_err(Failure::internal)?;
-            let _ = self.anchor.set(Arc::clone(&anchor));
-        }
+        self.anchor.set(Arc::clone(&anchor));
         tracing::info!(key = %config.key, epoch = head.epoch, journal = head.facts.journal_records, audit = head.facts.audit_records, reanchor = r.reanchor, "anchor: head written");
         self.persist(vec![Op::Put(Table::Anchor, CONFIG_ID.to_vec(), records::json(&config))])
             .await?;

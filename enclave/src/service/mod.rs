@@ -108,8 +108,9 @@ pub struct Enclave {
     sealing: std::sync::OnceLock<Sealing>,
     /// The PCRs the NSM reported at start-up (index, value), for status and the audit head.
     pcrs: Vec<(u32, Vec<u8>)>,
-    /// The rollback anchor, once started or provisioned (see `anchoring`).
-    anchor: std::sync::OnceLock<Arc<crate::anchor::Anchor>>,
+    /// The rollback anchor in force, once started or provisioned (see `anchoring`); the
+    /// journal's rounds use the same cell.
+    anchor: crate::anchor::AnchorCell,
     /// The state holds an anchor configuration: nothing is signed or changed until it serves.
     anchor_required: bool,
     /// Why the configured anchor could not be started.
@@ -380,6 +381,7 @@ impl Enclave {
         }
         spend_log.checkpoint().await.map_err(checkpoint)?;
         let anchor_required = state.get(Table::Anchor, b"config")?.is_some();
+        let anchor = spend_log.anchor_cell();
         let pcrs = match nsm.pcrs() {
             Ok(p) => p,
             Err(e) => {
@@ -409,7 +411,7 @@ impl Enclave {
             activity: Mutex::new(activity),
             sealing: std::sync::OnceLock::new(),
             pcrs,
-            anchor: std::sync::OnceLock::new(),
+            anchor,
             anchor_required,
             anchor_problem: Mutex::new(None),
             anchor_relays: std::sync::OnceLock::new(),
