@@ -114,7 +114,7 @@ impl GroupCommit {
                 let started = std::time::Instant::now();
                 let mut st = shared.state();
                 let result = match st.failed.clone() {
-                    Some(e) => Err(e),
+                    Some(e) => Err(format!("flush or fsync failed: {e}")),
                     None => {
                         drop(st);
                         let r = flush();
@@ -123,7 +123,7 @@ impl GroupCommit {
                             Ok(()) => Ok(()),
                             Err(RoundError::Fatal(e)) => {
                                 st.failed = Some(e.to_string());
-                                Err(e.to_string())
+                                Err(format!("flush or fsync failed: {e}"))
                             }
                             Err(RoundError::Transient(e)) => Err(e),
                         }
@@ -180,9 +180,7 @@ impl GroupCommit {
             self.shared.wake.notify_one();
             rx
         };
-        rx.await
-            .map_err(|_| "sync thread stopped".to_owned())?
-            .map_err(|e| format!("flush or fsync failed: {e}"))
+        rx.await.map_err(|_| "sync thread stopped".to_owned())?
     }
 }
 
@@ -251,7 +249,7 @@ mod tests {
         })
         .unwrap();
         gc.wrote();
-        assert_eq!(gc.durable().await, Err("flush or fsync failed: anchor away".to_owned()));
+        assert_eq!(gc.durable().await, Err("anchor away".to_owned()));
         gc.wrote();
         assert_eq!(gc.durable().await, Ok(()), "the next round confirms");
     }

@@ -396,7 +396,12 @@ impl Journal {
             round_durable.fetch_max(covered, O::SeqCst);
             // Locally durable; with an anchor, confirmed only once etcd has the head (its
             // failure fails this round's writers, not the journal).
-            if let (Some(anchor), Some(local)) = (round_anchor.get(), anchored) {
+            if let Some(anchor) = round_anchor.get() {
+                let Some(local) = anchored else {
+                    return Err(crate::commit::RoundError::Transient(
+                        "ANCHOR_UNAVAILABLE: the round was not recorded in the commit head".into(),
+                    ));
+                };
                 anchor.round(local).map_err(crate::commit::RoundError::Transient)?;
             }
             Ok(())

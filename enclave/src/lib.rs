@@ -2,7 +2,8 @@
 //!
 //! It holds every private key, sealed at rest; evaluates the owner's policy on the exact payment
 //! it signs; records each spend durably before the signature leaves; and talks to the untrusted
-//! host only through length-prefixed protobuf frames. No HTTP, no gRPC stack, no CLI framework.
+//! host only through length-prefixed protobuf frames. It serves no HTTP or gRPC and has no CLI
+//! framework; its one gRPC client is the rollback anchor's, to etcd ([`anchor`]).
 //!
 //! Where to start reading: [`service`] is the trust boundary (`Enclave::handle`) and the map of
 //! flows; `service::payment` is the life of one payment, top to bottom; `service::ledger` names
@@ -19,6 +20,7 @@
 //!   the host), [`hoststorage`] (the client of the host's storage server, `wallet.storage.v1`)
 //!   and [`logstore`] (the state store as a log of sealed batches, on host storage).
 //! * [`keys`]: the only code touching wallet key bytes.
+//! * [`anchor`]: the rollback anchor (the ledger head in etcd, over TLS that ends here).
 //! * [`transport`]: frames over a Unix socket (simulated) or vsock (Nitro).
 //!
 //! Dependencies: `wallet-policy` and `wallet-proto` (messages and the frame codec only), and a

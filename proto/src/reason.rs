@@ -184,8 +184,10 @@ reasons! {
     Internal = "INTERNAL",
     /// The gateway cannot reach the enclave.
     EnclaveUnavailable = "ENCLAVE_UNAVAILABLE",
-    /// The rollback anchor (etcd) did not confirm in time: nothing was released (fail closed).
-    /// The spend stays reserved; retry with a new idempotency key once the anchor is back.
+    /// The rollback anchor (etcd) did not confirm in time, or is not confirmed yet: nothing was
+    /// released (fail closed). A payment whose round was not confirmed stays counted against
+    /// its budget; one refused before (the anchor known unavailable) reserved nothing. Retry
+    /// with a new idempotency key once the anchor is back.
     AnchorUnavailable = "ANCHOR_UNAVAILABLE",
     /// The enclave refuses to sign: its state is behind or forked from the anchored head (a
     /// rollback or a clone), or another instance took the anchor over. Needs an operator.

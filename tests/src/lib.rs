@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use wallet_client::{AdminKey, AdminRpc, Credential};
 use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
 use wallet_proto::AdminSigned;
+pub mod anchor;
 pub mod etcd;
 pub mod peers;
 

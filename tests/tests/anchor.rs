@@ -23,12 +23,14 @@ use std::{
 };
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use wallet_e2e::{etcd::EtcdCluster, header, now_ms, ok, Stack, StackOptions, Storage};
+use wallet_e2e::{
+    anchor::{anchored_stack, enclave_relay_args, relay_path},
+    etcd::EtcdCluster,
+    header, now_ms, ok, Stack,
+};
 use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
 
 const KEY: &str = "/x402-wallet/t1/anchor/head";
-const PREFIX: &str = "/x402-wallet/t1/";
-const CN: &str = "wallet-t1";
 /// 0.01 USDC (6 decimals).
 const CENT: &str = "10000";
 
@@ -105,7 +107,7 @@ impl TestRelay {
     }
 }
 
-/// An anchored stack: the cluster, the stack, and where its relays and PKI files are.
+/// An anchored stack, where its relays and PKI files are, and the test's own relays.
 struct Anchored {
     stack: Stack,
     files: tempfile::TempDir,
@@ -121,68 +123,18 @@ enum Relays {
     Test,
 }
 
-fn relay_path(files: &Path, i: usize) -> PathBuf {
-    files.join(format!("anchor-{i}.sock"))
-}
-
-/// The enclave's `--anchor-relay` arguments for relays at `files`.
-fn enclave_relay_args(files: &Path, members: usize) -> Vec<String> {
-    (0..members)
-        .flat_map(|i| {
-            ["--anchor-relay".to_owned(), format!("unix:{}", relay_path(files, i).display())]
-        })
-        .collect()
-}
-
-/// Starts a stack whose enclave is given relays to `cluster`, and provisions the anchor with
-/// walletctl (the CA key at hand, as the anchor's operator would have it).
 fn anchored(cluster: &EtcdCluster, relays: Relays) -> Anchored {
     let files = tempfile::tempdir().expect("tempdir");
-    let endpoints = cluster.client_endpoints();
-    let mut test_relays = Vec::new();
-    let mut gateway_args = Vec::new();
-    for (i, e) in endpoints.iter().enumerate() {
-        match relays {
-            Relays::Test => test_relays.push(TestRelay::spawn(relay_path(files.path(), i), *e)),
-            Relays::Gateway => {
-                gateway_args.push("--anchor-relay".to_owned());
-                gateway_args.push(format!("unix:{}={e}", relay_path(files.path(), i).display()));
-            }
-        }
-    }
-    let stack = Stack::start_with(StackOptions {
-        // The rollback test swaps the data directory under a stopped enclave.
-        storage: Some(Storage::Local),
-        gateway_args,
-        enclave_args: enclave_relay_args(files.path(), endpoints.len()),
-        ..StackOptions::default()
-    });
-    cluster.grant_prefix(CN, PREFIX);
-    let ca = files.path().join("ca.pem");
-    let ca_key = files.path().join("ca-key.pem");
-    std::fs::write(&ca, cluster.ca_cert_pem()).unwrap();
-    std::fs::write(&ca_key, cluster.ca_key_pem()).unwrap();
-    let out = stack.walletctl(
-        &[
-            "anchor",
-            "provision",
-            "--ca-cert",
-            ca.to_str().unwrap(),
-            "--ca-key",
-            ca_key.to_str().unwrap(),
-            "--client-name",
-            CN,
-            "--key",
-            KEY,
-            "--server-name",
-            wallet_e2e::etcd::SERVER_NAME,
-            "--members",
-            &endpoints.len().to_string(),
-        ],
-        "",
-    );
-    let text = ok(&out);
-    assert!(text.contains("at epoch 1"), "{text}");
+    let test_relays = match relays {
+        Relays::Test => cluster
+            .client_endpoints()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| TestRelay::spawn(relay_path(files.path(), i), *e))
+            .collect(),
+        Relays::Gateway => Vec::new(),
+    };
+    let stack = anchored_stack(cluster, files.path(), relays == Relays::Gateway, KEY);
     Anchored { stack, files, relays: test_relays }
 }
 
@@ -338,22 +290,39 @@ async fn a_copy_started_as_a_second_enclave_never_signs_beside_the_first() {
         let err = pay(&url, &cred, "clone-1").await.expect_err("the stale clone signs nothing");
         assert_eq!(reason(&err), "ANCHOR_HALTED");
     }
-    // 2. A copy level with the first enclave: whichever started last holds the anchor; the
-    //    other halts at its next round.
+    // 2. A copy taken while the first enclave was stopped, started after it restarted: the
+    //    first's restart is anchored and the copy does not hold it (refused, FORKED).
     stop_enclave(&mut a.stack);
     std::fs::create_dir_all(&level_dir).unwrap();
     copy_dir(&a.stack.data_dir(), &level_dir.join("data"));
     a.stack.start_enclave_again();
     let first = anchor_state(&a.stack.url).await;
     assert_eq!(first.state, "serving", "{first:?}");
+    {
+        let _enclave = wallet_e2e::start_enclave_with(
+            &level_dir,
+            "info",
+            None,
+            &wallet_e2e::EnclaveStorage::Local,
+            &args,
+        );
+        let (_gateway, url) = wallet_e2e::start_gateway_with(&level_dir, "info", None, &[]);
+        let info = anchor_state(&url).await;
+        assert!(info.state.contains("FORKED"), "{info:?}");
+    }
+    // 3. A copy of the running first enclave's state (a live replica, as a standby would
+    //    have): it takes the anchor over, and the first halts at its next round.
+    let live_dir = a.files.path().join("live");
+    std::fs::create_dir_all(&live_dir).unwrap();
+    copy_dir(&a.stack.data_dir(), &live_dir.join("data"));
     let _enclave = wallet_e2e::start_enclave_with(
-        &level_dir,
+        &live_dir,
         "info",
         None,
         &wallet_e2e::EnclaveStorage::Local,
         &args,
     );
-    let (_gateway, clone_url) = wallet_e2e::start_gateway_with(&level_dir, "info", None, &[]);
+    let (_gateway, clone_url) = wallet_e2e::start_gateway_with(&live_dir, "info", None, &[]);
     let clone = anchor_state(&clone_url).await;
     assert_eq!(clone.state, "serving", "{clone:?}");
     assert!(clone.epoch > first.epoch, "the clone bumped the epoch: {clone:?} vs {first:?}");
@@ -450,28 +419,8 @@ async fn etcd_failures_and_a_hostile_relay_never_release_an_unanchored_signature
     assert!(info.journal_records >= signed, "{info:?}");
 }
 
-/// walletctl anchor provision with this cluster's CA, as in [`anchored`], plus `extra`.
 fn provision(a: &Anchored, extra: &[&str]) -> std::process::Output {
-    let ca = a.files.path().join("ca.pem");
-    let ca_key = a.files.path().join("ca-key.pem");
-    let mut args = vec![
-        "anchor",
-        "provision",
-        "--ca-cert",
-        ca.to_str().unwrap(),
-        "--ca-key",
-        ca_key.to_str().unwrap(),
-        "--client-name",
-        CN,
-        "--key",
-        KEY,
-        "--server-name",
-        wallet_e2e::etcd::SERVER_NAME,
-        "--members",
-        "3",
-    ];
-    args.extend_from_slice(extra);
-    a.stack.walletctl(&args, "")
+    wallet_e2e::anchor::provision(&a.stack, a.files.path(), KEY, 3, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,17 +470,27 @@ async fn status_shows_the_head_and_re_anchoring_is_deliberate_and_audited() {
     assert_eq!(out.status.code(), Some(5));
     let err_text = wallet_e2e::stderr(&out);
     assert!(err_text.contains("ROLLED BACK"), "{err_text}");
+    // The halted enclave shows what etcd holds: the head to name.
+    let halted = anchor_state(&a.stack.url).await;
+    assert_eq!(halted.etcd_head, current.head, "{halted:?}");
+    assert!(err_text.contains(&current.head), "{err_text}");
     // Re-anchoring without naming the head is refused (the key is not empty).
     let out = provision(&a, &["--reanchor"]);
     assert!(!out.status.success(), "re-anchoring over a head needs --replace-head");
     // Naming a head that is not the one etcd holds is refused.
-    let out = provision(&a, &["--reanchor", "--replace-head", &"00".repeat(122)]);
-    assert!(
-        !out.status.success() && wallet_e2e::stderr(&out).contains("not the one named"),
-        "{}",
-        wallet_e2e::stderr(&out)
-    );
-    let text = ok(&provision(&a, &["--reanchor", "--replace-head", &current.head]));
+    let out =
+        provision(&a, &["--reanchor", "--replace-head", &"00".repeat(138), "--accept-older-state"]);
+    let e = wallet_e2e::stderr(&out);
+    assert!(!out.status.success() && e.contains("not the one named"), "{e}");
+    // Naming the right head, but onto this older state: refused unless accepted on purpose (a
+    // certificate renewal a host routes to an old copy must not roll the anchor back).
+    let out = provision(&a, &["--reanchor", "--replace-head", &halted.etcd_head]);
+    let e = wallet_e2e::stderr(&out);
+    assert!(!out.status.success() && e.contains("older than"), "{e}");
+    let text = ok(&provision(
+        &a,
+        &["--reanchor", "--replace-head", &halted.etcd_head, "--accept-older-state"],
+    ));
     assert!(text.contains(&format!("at epoch {}", current.epoch + 1)), "{text}");
     pay(&a.stack.url, &cred, "p5").await.expect("the accepted state signs");
     // The audit log records which head was accepted, each time.
@@ -609,4 +568,51 @@ async fn sigkill_under_load_rolls_forward_and_keeps_every_released_spend() {
     }
     assert!(info.journal_records <= records.len() as u64, "{info:?} vs {} records", records.len());
     assert!(info.journal_records >= received.len() as u64, "{info:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_from_two_histories_are_refused_even_when_every_count_is_high_enough() {
+    let cluster = EtcdCluster::start(3);
+    let mut a = anchored(&cluster, Relays::Test);
+    let w = a.stack.wallet("1").await;
+    let cred = Arc::new(a.stack.session(&w, "1", gw::IssueSessionRequest::default()).await);
+    pay(&a.stack.url, &cred, "p1").await.expect("signed");
+    // The host copies the running (idle) enclave's state: level with the anchored head.
+    let copy = a.files.path().join("copy");
+    copy_dir(&a.stack.data_dir(), &copy);
+    // It blocks the anchor and has the enclave write spends that are never anchored (three in
+    // one round, so that this journal ends up longer than the other history's).
+    for r in &a.relays {
+        r.set(BLACKHOLE);
+    }
+    let mut tries = Vec::new();
+    for i in 0..3 {
+        let (url, cred) = (a.stack.url.clone(), Arc::clone(&cred));
+        tries.push(tokio::spawn(async move { pay(&url, &cred, &format!("unanchored-{i}")).await }));
+    }
+    for t in tries {
+        let err = t.await.unwrap().expect_err("not released");
+        assert_eq!(reason(&err), "ANCHOR_UNAVAILABLE");
+    }
+    stop_enclave(&mut a.stack);
+    let first_journal = a.files.path().join("first.journal");
+    std::fs::copy(a.stack.data_dir().join("spends.journal"), &first_journal).unwrap();
+    // A second instance from the copy takes the anchor over and anchors a payment of its own.
+    for r in &a.relays {
+        r.set(FORWARD);
+    }
+    std::fs::remove_dir_all(a.stack.data_dir()).unwrap();
+    copy_dir(&copy, &a.stack.data_dir());
+    a.stack.start_enclave_again();
+    assert_eq!(anchor_state(&a.stack.url).await.state, "serving");
+    pay(&a.stack.url, &cred, "p2").await.expect("signed by the instance holding the anchor");
+    stop_enclave(&mut a.stack);
+    // The host now puts the first instance's journal (as many records, none of p2) under the
+    // second's audit log, state and commit head: p2 would be forgotten by the budget.
+    std::fs::copy(&first_journal, a.stack.data_dir().join("spends.journal")).unwrap();
+    a.stack.start_enclave_again();
+    let info = anchor_state(&a.stack.url).await;
+    assert!(info.state.starts_with("halted") && info.state.contains("FORKED"), "{info:?}");
+    let err = pay(&a.stack.url, &cred, "p3").await.expect_err("a mixed state signs nothing");
+    assert_eq!(reason(&err), "ANCHOR_HALTED");
 }

@@ -75,13 +75,14 @@ impl AnchorConfig {
     /// # Errors
     /// A sentence naming the bad field.
     pub fn check(&self) -> Result<(), String> {
-        if self.key.is_empty()
-            || self.key.len() > MAX_KEY_LEN
+        if self.key.len() > MAX_KEY_LEN
             || !self.key.starts_with('/')
             || !self.key.bytes().all(|b| b.is_ascii_graphic())
+            || self.key.split('/').skip(1).filter(|p| !p.is_empty()).count() < 2
+            || self.key.ends_with('/')
         {
             return Err(format!(
-                "anchor key must be 1 to {MAX_KEY_LEN} printable ASCII characters starting with '/'"
+                "anchor key must be at most {MAX_KEY_LEN} printable ASCII characters, a path of at least two parts under a prefix of its own (e.g. /x402-wallet/prod-1/anchor/head): the prefix is what etcd's RBAC grants this enclave"
             ));
         }
         if self.members == 0 || self.members > MAX_MEMBERS {
@@ -132,11 +133,21 @@ struct St {
     /// Values a failed round tried to write (they may have committed), newest last.
     unknown: Vec<Vec<u8>>,
     rounds: u64,
+    /// What etcd held at the last read or conflict (for re-anchoring: `--replace-head`).
+    seen: Option<Vec<u8>>,
 }
 
-/// The anchor of one enclave.
+/// The most values of failed rounds remembered (138 bytes each): a round gives up after
+/// [`ROUND_WAIT`], so this covers well over an hour of failing rounds.
+const MAX_UNKNOWN: usize = 1024;
+
+/// The anchor of one enclave instance.
 pub struct Anchor {
     config: AnchorConfig,
+    /// What every head's MAC binds besides the head (etcd key, CA, server name).
+    binding: [u8; 32],
+    /// This instance's lineage (random per instance; see [`value`]).
+    lineage: [u8; 16],
     kv: etcd::Kv,
     mac_key: Zeroizing<[u8; 32]>,
     client_public_key: String,
@@ -145,9 +156,10 @@ pub struct Anchor {
     runtime: Option<tokio::runtime::Runtime>,
     st: Mutex<St>,
     probing: std::sync::atomic::AtomicBool,
-    /// Set when the enclave stops: rounds no longer reach etcd (the runtime is going away).
+    /// Set when the enclave stops or this anchor is replaced: rounds and background tasks stop
+    /// talking to etcd.
     closed: std::sync::atomic::AtomicBool,
-    /// A round is talking to etcd (on the runtime; [`Self::close`] waits for it).
+    /// A round is talking to etcd (on the runtime; [`Self::close_and_wait`] waits for it).
     in_round: std::sync::atomic::AtomicBool,
 }
 
@@ -181,8 +193,24 @@ fn halted(why: impl std::fmt::Display) -> String {
     format!("{}: {why}", Reason::AnchorHalted.as_str())
 }
 
+/// Checks that the local state holds an anchored head: its audit chain passes through the
+/// head's hash, and its spend journal and state store hold the head's lineage. `Err` says what
+/// does not match.
+pub type Verify = Arc<dyn Fn(&Head) -> Result<(), String> + Send + Sync>;
+
+/// Why [`Anchor::create`] did not write the head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateError {
+    /// etcd did not confirm in time.
+    Unavailable(String),
+    /// The key holds something else than what the request expects.
+    Refused(String),
+}
+
 impl Anchor {
-    /// Builds the anchor (no connection yet) in [`Phase::Waiting`], with its own runtime.
+    /// Builds the anchor (no connection yet) in [`Phase::Waiting`], with its own runtime;
+    /// `lineage` is this instance's (draw it from the NSM, and record it in the stores before
+    /// [`Self::start`] or [`Self::create`]).
     ///
     /// # Errors
     /// A sentence when the configuration or the TLS material cannot be used.
@@ -191,6 +219,7 @@ impl Anchor {
         setup: etcd::ClientSetup,
         client_public_key: String,
         mac_key: Zeroizing<[u8; 32]>,
+        lineage: [u8; 16],
     ) -> Result<Self, String> {
         config.check()?;
         let kv = etcd::Kv::new(setup)?;
@@ -201,7 +230,9 @@ impl Anchor {
             .build()
             .map_err(|e| format!("anchor runtime: {e}"))?;
         Ok(Self {
+            binding: value::binding(&config.key, &config.ca_pem, &config.server_name),
             config,
+            lineage,
             kv,
             mac_key,
             client_public_key,
@@ -211,6 +242,7 @@ impl Anchor {
                 phase: Phase::Waiting("starting: the anchor has not been read yet".into()),
                 unknown: Vec::new(),
                 rounds: 0,
+                seen: None,
             }),
             probing: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -240,10 +272,20 @@ impl Anchor {
         self.config.key.as_bytes()
     }
 
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The configuration.
     #[must_use]
     pub fn config(&self) -> &AnchorConfig {
         &self.config
+    }
+
+    /// This instance's lineage.
+    #[must_use]
+    pub fn lineage(&self) -> [u8; 16] {
+        self.lineage
     }
 
     /// The current phase.
@@ -274,36 +316,58 @@ impl Anchor {
         halted(why)
     }
 
-    fn decode(&self, v: &etcd::Versioned) -> Result<Head, value::ValueError> {
-        Head::decode(&v.value, &self.mac_key, self.key())
+    /// Decodes a stored value under this anchor's MAC key and binding.
+    ///
+    /// # Errors
+    /// [`value::ValueError`] when it is not a head this enclave wrote for this anchor.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Head, value::ValueError> {
+        Head::decode(bytes, &self.mac_key, &self.binding)
+    }
+
+    fn encode(&self, head: &Head) -> Vec<u8> {
+        head.encode(&self.mac_key, &self.binding)
+    }
+
+    /// Compares `local` with an anchored head: not behind in any count, and `verify` (the audit
+    /// chain and the lineage) holds. `Err` is the reason to halt.
+    fn judge(local: Local, anchored: &Head, verify: &Verify) -> Result<(), String> {
+        let (a, l) = (anchored.facts, local.facts);
+        if l.journal_records < a.journal_records
+            || l.audit_records < a.audit_records
+            || l.store_seq < a.store_seq
+        {
+            return Err(format!(
+                "ROLLED BACK: the local state is behind the anchored head (local: {} spend records, {} audit records, state batch {}; anchored at epoch {}: {}, {}, {}). The host restored an older copy of the state, or this is a stale clone. Nothing is signed.",
+                l.journal_records, l.audit_records, l.store_seq,
+                anchored.epoch, a.journal_records, a.audit_records, a.store_seq
+            ));
+        }
+        verify(anchored).map_err(|why| {
+            format!("FORKED: the local state is not the history anchored at epoch {}: {why}. Nothing is signed.", anchored.epoch)
+        })
     }
 
     /// The start-up check (see the module docs): a linearizable read, the comparison with
-    /// `local`, and the epoch bump that fences any other instance. `chain_at(n)` is the local
-    /// audit chain's hash after `n` records (`None`: fewer records, or unreadable).
+    /// `local` ([`Verify`] for the content), and the epoch bump, with this instance's lineage,
+    /// that fences any other instance.
     ///
     /// # Errors
     /// [`StartError::Unavailable`] when etcd did not answer in time (the caller probes again);
     /// [`StartError::Halted`] when the state must not be served (the phase is then halted).
-    pub async fn start(
-        self: &Arc<Self>,
-        local: Local,
-        chain_at: ChainAt,
-    ) -> Result<(), StartError> {
+    pub async fn start(self: &Arc<Self>, local: Local, verify: Verify) -> Result<(), StartError> {
         let this = Arc::clone(self);
-        self.on_io(async move { this.start_here(local, &*chain_at).await })
+        self.on_io(async move { this.start_here(local, &verify).await })
             .await
             .map_err(StartError::Unavailable)?
     }
 
-    async fn start_here(
-        &self,
-        local: Local,
-        chain_at: &(dyn Fn(u64) -> Option<[u8; 32]> + Send + Sync),
-    ) -> Result<(), StartError> {
+    async fn start_here(&self, local: Local, verify: &Verify) -> Result<(), StartError> {
         let deadline = Instant::now() + ROUND_WAIT;
         // Two tries: a conflict on the bump means someone wrote between the read and the CAS.
         for _ in 0..2 {
+            if self.is_closed() {
+                return Err(StartError::Unavailable("the anchor was replaced or stopped".into()));
+            }
             let current = retry(deadline, || self.kv.get(self.key()))
                 .await
                 .map_err(|e| StartError::Unavailable(e.to_string()))?;
@@ -311,7 +375,8 @@ impl Anchor {
                 let why = format!("the anchor holds no head at {}: it was lost, or never provisioned for this enclave. Nothing is signed. If the anchor was lost, re-anchor deliberately (walletctl anchor provision --reanchor)", self.config.key);
                 return Err(StartError::Halted(self.halt_silently(why)));
             };
-            let anchored = match self.decode(&current) {
+            self.st().seen = Some(current.value.clone());
+            let anchored = match self.decode(&current.value) {
                 Ok(h) => h,
                 Err(e) => {
                     return Err(StartError::Halted(
@@ -319,39 +384,28 @@ impl Anchor {
                     ))
                 }
             };
-            let (a, l) = (anchored.facts, local.facts);
-            if l.journal_records < a.journal_records
-                || l.audit_records < a.audit_records
-                || l.store_seq < a.store_seq
-            {
-                let why = format!(
-                    "ROLLED BACK: the local state is behind the anchored head (local: {} spend records, {} audit records, state batch {}; anchored at epoch {}: {}, {}, {}). The host restored an older copy of the state, or this is a stale clone. Nothing is signed.",
-                    l.journal_records, l.audit_records, l.store_seq,
-                    anchored.epoch, a.journal_records, a.audit_records, a.store_seq
-                );
+            if let Err(why) = Self::judge(local, &anchored, verify) {
                 return Err(StartError::Halted(self.halt_silently(why)));
             }
-            if chain_at(a.audit_records) != Some(anchored.chain) {
-                let why = format!(
-                    "FORKED: the local audit chain does not pass through the anchored head (audit record {} differs from what was anchored at epoch {}): another instance wrote a different history. Nothing is signed.",
-                    a.audit_records, anchored.epoch
-                );
-                return Err(StartError::Halted(self.halt_silently(why)));
-            }
-            let bumped =
-                Head { epoch: anchored.epoch.saturating_add(1), facts: l, chain: local.chain };
-            let value = bumped.encode(&self.mac_key, self.key());
+            let bumped = Head {
+                epoch: anchored.epoch.saturating_add(1),
+                lineage: self.lineage,
+                facts: local.facts,
+                chain: local.chain,
+            };
+            let value = self.encode(&bumped);
             match retry(deadline, || self.kv.cas(self.key(), Some(current.revision), &value)).await
             {
                 Ok(etcd::Cas::Committed(rev)) => {
                     let mut st = self.st();
                     st.last = Some((bumped, rev));
+                    st.seen = Some(value);
                     st.phase = Phase::Serving;
                     tracing::info!(
                         epoch = bumped.epoch,
-                        journal = l.journal_records,
-                        audit = l.audit_records,
-                        rolled_forward = (l != a),
+                        journal = local.facts.journal_records,
+                        audit = local.facts.audit_records,
+                        rolled_forward = (local.facts != anchored.facts),
                         "anchor: head verified and epoch bumped; serving"
                     );
                     return Ok(());
@@ -359,6 +413,7 @@ impl Anchor {
                 Ok(etcd::Cas::Conflict(Some(now))) if now.value == value => {
                     let mut st = self.st();
                     st.last = Some((bumped, now.revision));
+                    st.seen = Some(value);
                     st.phase = Phase::Serving;
                     return Ok(());
                 }
@@ -376,19 +431,36 @@ impl Anchor {
         why
     }
 
-    /// Provisioning (and re-anchoring): writes the first head for `local` with `epoch`, only if
-    /// the key is absent (`replace: None`) or holds exactly `replace`.
+    /// What etcd holds at the key now (a linearizable read, within [`ROUND_WAIT`]).
     ///
     /// # Errors
-    /// A sentence: the key holds another head, or etcd did not confirm.
+    /// A sentence when etcd did not answer.
+    pub async fn read(self: &Arc<Self>) -> Result<Option<Vec<u8>>, String> {
+        let this = Arc::clone(self);
+        self.on_io(async move {
+            let deadline = Instant::now() + ROUND_WAIT;
+            retry(deadline, || this.kv.get(this.key())).await.map_err(|e| e.to_string())
+        })
+        .await?
+        .map(|v| v.map(|v| v.value))
+    }
+
+    /// Provisioning (and re-anchoring): writes the first head for `local` with `epoch` and this
+    /// instance's lineage, only if the key is absent (`replace: None`) or holds exactly
+    /// `replace`.
+    ///
+    /// # Errors
+    /// [`CreateError`].
     pub async fn create(
         self: &Arc<Self>,
         local: Local,
         epoch: u64,
         replace: Option<Vec<u8>>,
-    ) -> Result<Head, String> {
+    ) -> Result<Head, CreateError> {
         let this = Arc::clone(self);
-        self.on_io(async move { this.create_here(local, epoch, replace.as_deref()).await }).await?
+        self.on_io(async move { this.create_here(local, epoch, replace.as_deref()).await })
+            .await
+            .map_err(CreateError::Unavailable)?
     }
 
     async fn create_here(
@@ -396,56 +468,59 @@ impl Anchor {
         local: Local,
         epoch: u64,
         replace: Option<&[u8]>,
-    ) -> Result<Head, String> {
+    ) -> Result<Head, CreateError> {
         let deadline = Instant::now() + ROUND_WAIT;
+        let unavailable_err = |e: etcd::EtcdError| CreateError::Unavailable(unavailable(e));
         let expected = match replace {
             None => None,
             Some(old) => {
                 let current =
-                    retry(deadline, || self.kv.get(self.key())).await.map_err(unavailable)?;
+                    retry(deadline, || self.kv.get(self.key())).await.map_err(unavailable_err)?;
                 match current {
                     Some(c) if c.value == old => Some(c.revision),
-                    Some(_) => return Err(format!("the anchor's head at {} is not the one named to replace (it changed, or another enclave writes there)", self.config.key)),
-                    None => return Err(format!("the anchor holds no head at {}: re-anchor without --replace-head", self.config.key)),
+                    Some(_) => return Err(CreateError::Refused(format!("the anchor's head at {} is not the one named to replace (it changed, or another enclave writes there)", self.config.key))),
+                    None => return Err(CreateError::Refused(format!("the anchor holds no head at {}: re-anchor without --replace-head", self.config.key))),
                 }
             }
         };
-        let head = Head { epoch, facts: local.facts, chain: local.chain };
-        let value = head.encode(&self.mac_key, self.key());
-        match retry(deadline, || self.kv.cas(self.key(), expected, &value)).await.map_err(unavailable)? {
+        let head = Head { epoch, lineage: self.lineage, facts: local.facts, chain: local.chain };
+        let value = self.encode(&head);
+        match retry(deadline, || self.kv.cas(self.key(), expected, &value))
+            .await
+            .map_err(unavailable_err)?
+        {
             etcd::Cas::Committed(rev) => {
                 let mut st = self.st();
                 st.last = Some((head, rev));
+                st.seen = Some(value);
                 st.phase = Phase::Serving;
                 Ok(head)
             }
             etcd::Cas::Conflict(Some(now)) if now.value == value => {
                 let mut st = self.st();
                 st.last = Some((head, now.revision));
+                st.seen = Some(value);
                 st.phase = Phase::Serving;
                 Ok(head)
             }
-            etcd::Cas::Conflict(Some(_)) => Err(format!("the anchor already holds a head at {} (another enclave's, or an earlier provisioning's): choose another key, or re-anchor naming it (--reanchor --replace-head HEX)", self.config.key)),
-            etcd::Cas::Conflict(None) => Err(format!("the anchor holds no head at {} any more", self.config.key)),
+            etcd::Cas::Conflict(Some(_)) => Err(CreateError::Refused(format!("the anchor already holds a head at {} (another enclave's, or an earlier provisioning's): choose another key, or re-anchor naming it (--reanchor --replace-head HEX)", self.config.key))),
+            etcd::Cas::Conflict(None) => Err(CreateError::Refused(format!("the anchor holds no head at {} any more", self.config.key))),
         }
     }
 
     /// One durability round's anchoring (blocking; called by the journal's round thread, never
-    /// on the runtime): compare-and-swap the head to `local`. Returns once etcd confirmed.
+    /// on a runtime): compare-and-swap the head to `local`. Returns once etcd confirmed.
     ///
     /// # Errors
     /// `ANCHOR_UNAVAILABLE: …` when etcd did not confirm within [`ROUND_WAIT`] (the phase turns
-    /// to waiting and a probe starts); `ANCHOR_HALTED: …` when another instance advanced the
-    /// head.
+    /// to waiting and a probe starts), or this anchor was closed; `ANCHOR_HALTED: …` when
+    /// another instance advanced the head.
     pub fn round(self: &Arc<Self>, local: Local) -> Result<(), String> {
-        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(unavailable("the enclave is stopping"));
-        }
         use std::sync::atomic::Ordering;
         self.in_round.store(true, Ordering::SeqCst);
-        // Checked again after marking the round: `close` either sees it or it sees `closed`.
-        let result = if self.closed.load(Ordering::SeqCst) {
-            Err(unavailable("the enclave is stopping"))
+        // Checked after marking the round: `close_and_wait` either sees it or it sees `closed`.
+        let result = if self.is_closed() {
+            Err(unavailable("the enclave is stopping, or this anchor was replaced"))
         } else {
             let this = Arc::clone(self);
             self.rt().block_on(async move { this.advance(local).await })
@@ -457,14 +532,13 @@ impl Anchor {
     async fn advance(self: &Arc<Self>, local: Local) -> Result<(), String> {
         let deadline = Instant::now() + ROUND_WAIT;
         loop {
-            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(unavailable("the enclave is stopping"));
+            if self.is_closed() {
+                return Err(unavailable("the enclave is stopping, or this anchor was replaced"));
             }
             let (mut head, mut rev) = {
                 let st = self.st();
-                match &st.phase {
-                    Phase::Halted(why) => return Err(halted(why)),
-                    Phase::Waiting(_) | Phase::Serving => {}
+                if let Phase::Halted(why) = &st.phase {
+                    return Err(halted(why));
                 }
                 match st.last {
                     Some(last) => last,
@@ -474,12 +548,17 @@ impl Anchor {
             if head.facts == local.facts && head.chain == local.chain {
                 return Ok(());
             }
-            let next = Head { epoch: head.epoch, facts: local.facts, chain: local.chain };
-            let value = next.encode(&self.mac_key, self.key());
+            let next = Head {
+                epoch: head.epoch,
+                lineage: self.lineage,
+                facts: local.facts,
+                chain: local.chain,
+            };
+            let value = self.encode(&next);
             let outcome = loop {
                 match self.kv.cas(self.key(), Some(rev), &value).await {
                     Ok(o) => break o,
-                    Err(e) if Instant::now() < deadline => {
+                    Err(e) if Instant::now() < deadline && !self.is_closed() => {
                         tracing::debug!(error = %e, "anchor: round not confirmed; retrying the same compare-and-swap");
                         tokio::time::sleep(Duration::from_millis(if e.member % 2 == 0 {
                             20
@@ -491,7 +570,7 @@ impl Anchor {
                     Err(e) => {
                         let mut st = self.st();
                         st.unknown.push(value);
-                        if st.unknown.len() > 16 {
+                        if st.unknown.len() > MAX_UNKNOWN {
                             st.unknown.remove(0);
                         }
                         if st.phase == Phase::Serving {
@@ -516,7 +595,7 @@ impl Anchor {
                     return Ok(());
                 }
                 etcd::Cas::Conflict(Some(now)) if now.value == value => {
-                    // An attempt that "failed" had committed.
+                    // An attempt that "failed" had committed (the lineage makes the bytes ours).
                     tracing::info!(revision = now.revision, "anchor: an unconfirmed attempt had committed (its own value is the head); confirmed once");
                     let mut st = self.st();
                     st.last = Some((next, now.revision));
@@ -526,7 +605,7 @@ impl Anchor {
                 }
                 etcd::Cas::Conflict(Some(now)) if self.st().unknown.contains(&now.value) => {
                     // An earlier round's unconfirmed write did commit: continue from it.
-                    match self.decode(&now) {
+                    match self.decode(&now.value) {
                         Ok(h) => {
                             head = h;
                             rev = now.revision;
@@ -536,29 +615,35 @@ impl Anchor {
                     }
                 }
                 etcd::Cas::Conflict(now) => {
-                    let who = now.as_ref().and_then(|v| self.decode(v).ok()).map_or_else(
-                        || "a value this enclave did not write".to_owned(),
-                        |h| format!("epoch {}", h.epoch),
-                    );
-                    return Err(self.halt(format!(
-                        "another instance advanced the anchored head ({who}; this instance is at epoch {}): this copy of the state is stale or cloned. Nothing more is signed here.",
-                        head.epoch
-                    )));
+                    let why = match now.as_ref() {
+                        None => format!("the anchored head at {} was deleted while this instance served (the anchor lost it, or someone removed it). Nothing more is signed here; re-anchor deliberately", self.config.key),
+                        Some(v) => {
+                            self.st().seen = Some(v.value.clone());
+                            let who = self.decode(&v.value).map_or_else(
+                                |_| "a value this enclave did not write".to_owned(),
+                                |h| format!("epoch {}", h.epoch),
+                            );
+                            format!(
+                                "another instance advanced the anchored head ({who}; this instance is at epoch {}): this copy of the state is stale or cloned. Nothing more is signed here.",
+                                head.epoch
+                            )
+                        }
+                    };
+                    return Err(self.halt(why));
                 }
             }
         }
     }
 
-    /// The enclave is stopping: later rounds fail at once instead of waiting for etcd on a
-    /// runtime that is going away. What they made durable locally is ahead of the anchored
-    /// head, nothing of it released: the next start rolls it forward.
+    /// The enclave is stopping, or this anchor was replaced: later rounds fail at once, and
+    /// background tasks stop. What rounds made durable locally is ahead of the anchored head,
+    /// nothing of it released: the next start rolls it forward.
     pub fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// [`Self::close`], then waits (up to [`ROUND_WAIT`] and a second) for a round talking to
-    /// etcd to end: call it while the runtime still runs, before the enclave is dropped — a round
-    /// blocked on a runtime that has stopped would never end.
+    /// etcd to end: call it while the runtime still runs, before the enclave is dropped.
     pub async fn close_and_wait(&self) {
         self.close();
         let deadline = Instant::now() + ROUND_WAIT + Duration::from_secs(1);
@@ -567,8 +652,10 @@ impl Anchor {
         }
     }
 
-    /// After a failed round: reads the head until etcd answers, then serves again (or halts if
-    /// someone else advanced it). One probe at a time.
+    /// After a failed round: reads the head until etcd answers, then serves again if it holds
+    /// what this instance last confirmed or an unconfirmed write of its own, else halts. One
+    /// probe at a time; a round that changes what this instance knows meanwhile makes it read
+    /// again rather than decide.
     fn probe(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
         if self.probing.swap(true, Ordering::SeqCst) {
@@ -578,19 +665,35 @@ impl Anchor {
         self.rt().spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_INTERVAL).await;
-                if matches!(this.st().phase, Phase::Halted(_)) {
+                if this.is_closed() {
                     break;
                 }
+                let before = {
+                    let st = this.st();
+                    if matches!(st.phase, Phase::Halted(_) | Phase::Serving) {
+                        break;
+                    }
+                    st.last
+                };
                 let Ok(current) = this.kv.get(this.key()).await else { continue };
                 let mut st = this.st();
-                let ours = match (&current, st.last) {
-                    (Some(c), Some((_, rev))) if c.revision == rev => true,
-                    (Some(c), _) => st.unknown.contains(&c.value),
-                    (None, _) => false,
+                if matches!(st.phase, Phase::Halted(_) | Phase::Serving) {
+                    break;
+                }
+                if st.last.map(|l| l.1) != before.map(|l| l.1) {
+                    continue;
+                }
+                let Some(c) = current else {
+                    drop(st);
+                    let _ = this.halt(format!("the anchored head at {} was deleted while the anchor was unreachable. Nothing more is signed here; re-anchor deliberately", this.config.key));
+                    break;
                 };
-                if ours {
-                    if let Some(c) = &current {
-                        if let Ok(h) = Head::decode(&c.value, &this.mac_key, this.key()) {
+                st.seen = Some(c.value.clone());
+                let confirmed = before.is_some_and(|(_, rev)| rev == c.revision);
+                let mine = st.unknown.contains(&c.value);
+                if confirmed || mine {
+                    if mine {
+                        if let Ok(h) = Head::decode(&c.value, &this.mac_key, &this.binding) {
                             st.last = Some((h, c.revision));
                         }
                     }
@@ -611,15 +714,18 @@ impl Anchor {
     pub fn start_in_background(
         self: &Arc<Self>,
         local: impl Fn() -> Option<Local> + Send + 'static,
-        chain_at: ChainAt,
+        verify: Verify,
         on_serving: impl FnOnce() + Send + 'static,
     ) {
         let this = Arc::clone(self);
         self.rt().spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_INTERVAL).await;
+                if this.is_closed() {
+                    break;
+                }
                 let Some(l) = local() else { continue };
-                match this.start_here(l, &*chain_at).await {
+                match this.start_here(l, &verify).await {
                     Ok(()) => {
                         on_serving();
                         break;
@@ -655,9 +761,9 @@ impl Anchor {
             store_seq: head.map_or(0, |h| h.facts.store_seq),
             chain_hash: head.map_or_else(String::new, |h| hex::encode(h.chain)),
             revision: u64::try_from(rev).unwrap_or(0),
-            head: head
-                .map_or_else(String::new, |h| hex::encode(h.encode(&self.mac_key, self.key()))),
+            head: head.map_or_else(String::new, |h| hex::encode(self.encode(&h))),
             rounds: st.rounds,
+            etcd_head: st.seen.as_ref().map_or_else(String::new, hex::encode),
         }
     }
 }
@@ -692,9 +798,6 @@ impl AnchorCell {
         }
     }
 }
-
-/// The local audit chain's hash after `n` records (`None`: fewer, or unreadable).
-pub type ChainAt = Arc<dyn Fn(u64) -> Option<[u8; 32]> + Send + Sync>;
 
 /// Calls `f` until it succeeds or `deadline` passes (then returns the last error).
 async fn retry<T, F, Fut>(deadline: Instant, mut f: F) -> Result<T, etcd::EtcdError>
@@ -732,4 +835,49 @@ pub fn ed25519_spki(public: &[u8; 32]) -> Vec<u8> {
     let mut v = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
     v.extend_from_slice(public);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_key_encodings_are_what_rustls_loads_and_certifies() {
+        let seed = [42u8; 32];
+        let pkcs8 = ed25519_pkcs8(&seed);
+        let key = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(rustls::pki_types::PrivateKeyDer::Pkcs8(pkcs8.to_vec().into()))
+            .expect("an Ed25519 PKCS#8 key rustls signs with");
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+        let spki = key.public_key().expect("rustls derives the public key");
+        assert_eq!(spki.as_ref(), ed25519_spki(&public).as_slice(), "the SPKI the CA certifies");
+    }
+
+    #[test]
+    fn configurations_are_checked_and_failures_keep_their_reason() {
+        let ok = AnchorConfig {
+            ca_pem: String::new(),
+            client_cert_pem: String::new(),
+            server_name: "etcd.anchor.test".into(),
+            key: "/x402-wallet/a/anchor/head".into(),
+            members: 3,
+        };
+        assert!(ok.check().is_ok());
+        for bad in [
+            AnchorConfig { key: "no-slash".into(), ..ok.clone() },
+            AnchorConfig { key: "/head".into(), ..ok.clone() },
+            AnchorConfig { key: "/a/".into(), ..ok.clone() },
+            AnchorConfig { key: "/with space".into(), ..ok.clone() },
+            AnchorConfig { key: format!("/{}", "k".repeat(MAX_KEY_LEN)), ..ok.clone() },
+            AnchorConfig { members: 0, ..ok.clone() },
+            AnchorConfig { members: MAX_MEMBERS + 1, ..ok.clone() },
+            AnchorConfig { server_name: String::new(), ..ok.clone() },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        assert_eq!(failure_reason(&unavailable("x")), Some(Reason::AnchorUnavailable));
+        assert_eq!(failure_reason(&format!("flush: {}", halted("y"))), Some(Reason::AnchorHalted));
+        assert_eq!(failure_reason("disk full"), None);
+    }
 }

@@ -1,20 +1,40 @@
 //! The anchored head as stored in etcd: what this enclave had made durable at its last round.
 //!
-//! Layout (122 bytes): [`MAGIC`] (27 bytes) ‖ `epoch` ‖ `journal_records` ‖ `audit_records` ‖
-//! `store_seq` (u64 big-endian each) ‖ `chain` (32 bytes: the audit chain's hash after record
-//! `audit_records`, all zeros for none) ‖ `mac` (32 bytes): HMAC-SHA-256 under the enclave's
-//! anchor MAC key over everything before it *and* the etcd key it is stored under. So the
-//! anchor's operator can store an old genuine head (the trust assumption excludes that), but
-//! never invent one or move one from another key.
+//! Layout (138 bytes): [`MAGIC`] (27 bytes) ‖ `epoch` (u64) ‖ `lineage` (16 bytes) ‖
+//! `journal_records` ‖ `audit_records` ‖ `store_seq` (u64 big-endian each) ‖ `chain` (32
+//! bytes: the audit chain's hash after record `audit_records`, all zeros for none) ‖ `mac` (32
+//! bytes): HMAC-SHA-256 under the enclave's anchor MAC key over everything before it *and* the
+//! anchor's binding ([`binding`]: the etcd key, the CA, the server name). So the anchor's operator
+//! can store an old genuine head (the trust assumption excludes that), but never invent one, move
+//! one from another key, or serve one written under another anchor configuration.
+//!
+//! `lineage` is a random value each enclave instance draws when it starts (or provisions): the
+//! instance that wrote the head. Two instances never write the same bytes, so "the value I tried
+//! to write" is never mistaken for another instance's; and each instance records its lineage in
+//! the spend journal and the state store before its first compare-and-swap, so a store taken
+//! from another instance's history does not hold the anchored lineage.
 
 use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 use crate::head::Facts;
 
 /// The value's tag and version.
 pub const MAGIC: &[u8; 27] = b"x402-wallet/anchor-head/v1\0";
-const LEN: usize = MAGIC.len() + 4 * 8 + 32 + 32;
+const LEN: usize = MAGIC.len() + 8 + 16 + 3 * 8 + 32 + 32;
+
+/// What a head's MAC binds besides the head itself: the etcd key, the anchor CA (PEM) and the
+/// server name, length-prefixed under a domain tag, hashed.
+#[must_use]
+pub fn binding(etcd_key: &str, ca_pem: &str, server_name: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"x402-wallet/anchor-binding/v1\0");
+    for part in [etcd_key, ca_pem, server_name] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
 
 /// One anchored head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +42,8 @@ pub struct Head {
     /// Bumped by every start of an enclave (and by re-anchoring): an instance whose epoch is
     /// older halts at its next compare-and-swap.
     pub epoch: u64,
+    /// The instance that wrote it (random per start).
+    pub lineage: [u8; 16],
     /// What the stores held durably (the commit head's facts).
     pub facts: Facts,
     /// The audit chain's hash after `facts.audit_records` records.
@@ -41,28 +63,27 @@ pub enum ValueError {
     Mac,
 }
 
-fn mac(mac_key: &[u8; 32], etcd_key: &[u8], body: &[u8]) -> [u8; 32] {
+fn mac(mac_key: &[u8; 32], binding: &[u8; 32], body: &[u8]) -> [u8; 32] {
     #[allow(clippy::expect_used)]
     let mut m = <Hmac<Sha256>>::new_from_slice(mac_key).expect("HMAC takes any key length");
-    m.update(&(etcd_key.len() as u64).to_be_bytes());
-    m.update(etcd_key);
+    m.update(binding);
     m.update(body);
     m.finalize().into_bytes().into()
 }
 
 impl Head {
-    /// The stored bytes, MACed for `etcd_key`.
+    /// The stored bytes, MACed for `binding`.
     #[must_use]
-    pub fn encode(&self, mac_key: &[u8; 32], etcd_key: &[u8]) -> Vec<u8> {
+    pub fn encode(&self, mac_key: &[u8; 32], binding: &[u8; 32]) -> Vec<u8> {
         let mut v = Vec::with_capacity(LEN);
         v.extend_from_slice(MAGIC);
-        for w in
-            [self.epoch, self.facts.journal_records, self.facts.audit_records, self.facts.store_seq]
-        {
+        v.extend_from_slice(&self.epoch.to_be_bytes());
+        v.extend_from_slice(&self.lineage);
+        for w in [self.facts.journal_records, self.facts.audit_records, self.facts.store_seq] {
             v.extend_from_slice(&w.to_be_bytes());
         }
         v.extend_from_slice(&self.chain);
-        let tag = mac(mac_key, etcd_key, &v);
+        let tag = mac(mac_key, binding, &v);
         v.extend_from_slice(&tag);
         v
     }
@@ -71,28 +92,39 @@ impl Head {
     ///
     /// # Errors
     /// [`ValueError`] when it is not a head or its MAC does not verify.
-    pub fn decode(bytes: &[u8], mac_key: &[u8; 32], etcd_key: &[u8]) -> Result<Self, ValueError> {
+    pub fn decode(
+        bytes: &[u8],
+        mac_key: &[u8; 32],
+        binding: &[u8; 32],
+    ) -> Result<Self, ValueError> {
         if bytes.len() != LEN || !bytes.starts_with(MAGIC) {
             return Err(ValueError::Format(bytes.len()));
         }
         let (body, tag) = bytes.split_at(LEN - 32);
-        let want = mac(mac_key, etcd_key, body);
+        let want = mac(mac_key, binding, body);
         // Constant-time comparison of the tag.
         let diff = want.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 {
             return Err(ValueError::Mac);
         }
-        let word = |i: usize| {
-            let at = MAGIC.len() + i * 8;
+        let word = |at: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&body[at..at + 8]);
             u64::from_be_bytes(w)
         };
+        let m = MAGIC.len();
+        let mut lineage = [0u8; 16];
+        lineage.copy_from_slice(&body[m + 8..m + 24]);
         let mut chain = [0u8; 32];
-        chain.copy_from_slice(&body[MAGIC.len() + 32..]);
+        chain.copy_from_slice(&body[m + 48..]);
         Ok(Self {
-            epoch: word(0),
-            facts: Facts { journal_records: word(1), audit_records: word(2), store_seq: word(3) },
+            epoch: word(m),
+            lineage,
+            facts: Facts {
+                journal_records: word(m + 24),
+                audit_records: word(m + 32),
+                store_seq: word(m + 40),
+            },
             chain,
         })
     }
@@ -105,23 +137,34 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_forgeries() {
         let key = [7u8; 32];
+        let (a, b) = (binding("/a/head", "CA", "etcd"), binding("/b/head", "CA", "etcd"));
         let h = Head {
             epoch: 3,
+            lineage: [5; 16],
             facts: Facts { journal_records: 10, audit_records: 12, store_seq: 40 },
             chain: [9; 32],
         };
-        let v = h.encode(&key, b"/a/head");
+        let v = h.encode(&key, &a);
         assert_eq!(v.len(), LEN);
-        assert_eq!(Head::decode(&v, &key, b"/a/head"), Ok(h));
-        // Another key (etcd's or the MAC's), a flipped byte anywhere, a cut value: refused.
-        assert_eq!(Head::decode(&v, &key, b"/b/head"), Err(ValueError::Mac));
-        assert_eq!(Head::decode(&v, &[8; 32], b"/a/head"), Err(ValueError::Mac));
+        assert_eq!(Head::decode(&v, &key, &a), Ok(h));
+        // Another binding (etcd key, CA, server name), another MAC key, a flipped byte anywhere,
+        // a cut value: refused.
+        assert_eq!(Head::decode(&v, &key, &b), Err(ValueError::Mac));
+        assert_eq!(
+            Head::decode(&v, &key, &binding("/a/head", "CA2", "etcd")),
+            Err(ValueError::Mac)
+        );
+        assert_eq!(
+            Head::decode(&v, &key, &binding("/a/head", "CA", "etcd2")),
+            Err(ValueError::Mac)
+        );
+        assert_eq!(Head::decode(&v, &[8; 32], &a), Err(ValueError::Mac));
         for i in MAGIC.len()..v.len() {
             let mut bad = v.clone();
             bad[i] ^= 1;
-            assert_eq!(Head::decode(&bad, &key, b"/a/head"), Err(ValueError::Mac), "byte {i}");
+            assert_eq!(Head::decode(&bad, &key, &a), Err(ValueError::Mac), "byte {i}");
         }
-        assert_eq!(Head::decode(&v[..LEN - 1], &key, b"/a/head"), Err(ValueError::Format(LEN - 1)));
-        assert!(Head::decode(b"", &key, b"/a/head").is_err());
+        assert_eq!(Head::decode(&v[..LEN - 1], &key, &a), Err(ValueError::Format(LEN - 1)));
+        assert!(Head::decode(b"", &key, &a).is_err());
     }
 }

@@ -2,6 +2,11 @@
 //! start-up check, the gate in front of every signature and state change, and its status. The
 //! anchor itself is [`crate::anchor`].
 //!
+//! Before an instance's first compare-and-swap (start-up, provisioning, re-anchoring) its
+//! lineage is recorded, durably, in the spend journal and in the state store; the start-up check
+//! then requires the anchored head's lineage in both, and its audit hash in the audit log. So a
+//! state assembled from stores of two different histories (each count high enough) is refused.
+//!
 //! Provisioning is refused once wallets exist (unless re-anchoring): the anchor's configuration
 //! lives in the sealed state, so a host that rolled the whole state back to before provisioning
 //! would get an unanchored enclave — with nothing to spend only if no wallet existed then.
@@ -9,13 +14,12 @@
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
-use wallet_proto::{gateway::v1 as gw, Reason};
+use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
 use zeroize::Zeroizing;
 
-use super::{auth::AdminAuthorized, records, Enclave, Failure, Result};
+use super::{auth::AdminAuthorized, ledger, records, Enclave, Failure, Result};
 use crate::{
-    anchor::{self, Anchor, AnchorConfig, Local, StartError},
-    hoststorage::HostAddress,
+    anchor::{self, Anchor, AnchorConfig, CreateError, Head, Local, StartError, Verify},
     store::{Op, Table},
 };
 
@@ -23,6 +27,8 @@ use crate::{
 const CLIENT_KEY_ID: &[u8] = b"anchor-client-key";
 /// Record id of the anchor configuration in the anchor table.
 const CONFIG_ID: &[u8] = b"config";
+/// Prefix of the lineage records in the anchor table.
+const LINEAGE_PREFIX: &str = "lineage/";
 
 impl Enclave {
     /// The MAC key of anchored heads, derived from the identity key.
@@ -57,6 +63,7 @@ impl Enclave {
         }
     }
 
+    /// A new anchor (new client, new lineage) for `config`.
     fn build_anchor(&self, config: AnchorConfig) -> std::result::Result<Anchor, String> {
         let relays = self.anchor_relays.get().cloned().unwrap_or_default();
         if relays.len() != config.members as usize {
@@ -77,20 +84,73 @@ impl Enclave {
             client_key_pkcs8: anchor::ed25519_pkcs8(&seed),
             server_name: config.server_name.clone(),
         };
-        Anchor::new(config, setup, Self::anchor_client_public(&seed), self.anchor_mac_key())
+        Anchor::new(
+            config,
+            setup,
+            Self::anchor_client_public(&seed),
+            self.anchor_mac_key(),
+            self.entropy.bytes::<16>(),
+        )
     }
 
-    /// What the local stores hold durably now (runs a round first; with an anchor attached that
-    /// is not serving yet the round's anchoring fails, but the local facts are recorded).
-    async fn anchor_local(&self) -> Option<Local> {
+    /// Records `lineage` in the spend journal and the state store and makes both durable, then
+    /// returns what the stores hold durably (the round's anchoring may fail: the instance with
+    /// this lineage is not in force yet, or not serving).
+    async fn record_lineage(&self, lineage: [u8; 16]) -> Result<Local> {
+        ledger::append_lineage(&*self.spend_log, lineage)?;
+        self.persist_state(vec![Op::Put(
+            Table::Anchor,
+            format!("{LINEAGE_PREFIX}{}", hex::encode(lineage)).into_bytes(),
+            Zeroizing::new(b"1".to_vec()),
+        )])
+        .await?;
         let _ = self.spend_log.checkpoint().await;
-        self.spend_log.last_round()
+        self.journal_lineages.lock().map_err(|_| Failure::internal("lineages"))?.insert(lineage);
+        self.spend_log
+            .last_round()
+            .ok_or_else(|| Failure::internal("the commit head has not been written"))
+    }
+
+    /// The local side of the start-up check: the audit chain passes through the head's hash,
+    /// and the journal and the state store hold the head's lineage.
+    fn verify_local(&self, head: &Head) -> std::result::Result<(), String> {
+        match self.audit.hash_at(head.facts.audit_records) {
+            Some(h) if h == head.chain => {}
+            Some(_) => {
+                return Err(format!(
+                    "audit record {} differs from the one anchored",
+                    head.facts.audit_records
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "the audit log cannot be read up to record {}",
+                    head.facts.audit_records
+                ))
+            }
+        }
+        let in_journal = self.journal_lineages.lock().is_ok_and(|l| l.contains(&head.lineage));
+        if !in_journal {
+            return Err("the spend journal is not the one the anchored instance wrote".into());
+        }
+        let key = format!("{LINEAGE_PREFIX}{}", hex::encode(head.lineage));
+        match self.state.get(Table::Anchor, key.as_bytes()) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("the state store is not the one the anchored instance wrote".into()),
+            Err(e) => Err(format!("the state store cannot be read: {e}")),
+        }
+    }
+
+    fn verifier(self: &Arc<Self>) -> Verify {
+        let this = Arc::clone(self);
+        Arc::new(move |head: &Head| this.verify_local(head))
     }
 
     /// At start-up, before serving: takes the relays (`--anchor-relay`) and, if this state is
-    /// anchored, runs the start-up check (in the background while the anchor is unreachable;
-    /// until it passes, payments and state changes are refused).
-    pub async fn start_anchor(self: &Arc<Self>, relays: Vec<HostAddress>) {
+    /// anchored, records this instance's lineage and runs the start-up check (in the background
+    /// while the anchor is unreachable; until it passes, payments and state changes are
+    /// refused).
+    pub async fn start_anchor(self: &Arc<Self>, relays: Vec<crate::hoststorage::HostAddress>) {
         let _ = self.anchor_relays.set(relays);
         let config = match self.stored_anchor_config() {
             Ok(Some(c)) => c,
@@ -114,26 +174,27 @@ impl Enclave {
                 return;
             }
         };
-        let local = self.anchor_local().await;
         // In force before the check: until it passes, every round fails (nothing released).
         self.anchor.set(Arc::clone(&anchor));
-        let Some(local) = local else {
-            self.set_anchor_problem("the commit head has not been written".into());
-            return;
+        let local = match self.record_lineage(anchor.lineage()).await {
+            Ok(l) => l,
+            Err(f) => {
+                let _ = anchor.gate();
+                self.set_anchor_problem(format!("recording this instance: {}", f.message));
+                return;
+            }
         };
-        let this = Arc::clone(self);
-        let chain_at: anchor::ChainAt = Arc::new(move |n| this.audit.hash_at(n));
-        match anchor.start(local, Arc::clone(&chain_at)).await {
+        match anchor.start(local, self.verifier()).await {
             Ok(()) => {}
             Err(StartError::Halted(why)) => {
-                tracing::error!(reason = %why, "anchor: refusing to sign")
+                tracing::error!(reason = %why, "anchor: refusing to sign");
             }
             Err(StartError::Unavailable(why)) => {
                 tracing::warn!(error = %why, "anchor: unreachable at start-up; refusing to sign until it answers");
                 let a = Arc::clone(self);
                 anchor.start_in_background(
                     move || a.spend_log.last_round(),
-                    chain_at,
+                    self.verifier(),
                     || tracing::info!("anchor: start-up check passed"),
                 );
             }
@@ -248,7 +309,7 @@ impl Enclave {
         if !r.reanchor {
             if stored.is_some() {
                 return Err(Failure::new(
-                    wallet_proto::enclave::v1::ErrorCode::AlreadyExists,
+                    ErrorCode::AlreadyExists,
                     Reason::AlreadyExists,
                     "the anchor is already provisioned (re-anchoring is a deliberate step: --reanchor)",
                 ));
@@ -259,7 +320,15 @@ impl Enclave {
                     "provision the anchor before creating wallets: its configuration lives in the state, so a host that restored a copy from before provisioning would get an enclave without rollback protection holding those wallets",
                 ));
             }
-        } else if stored.is_none() && !self.anchor_required && !self.lock().wallets.is_empty() {
+        } else if let Some(old) = &stored {
+            // The old key's head would keep verifying for copies taken before a move.
+            if old.key != config.key {
+                return Err(Failure::precondition(
+                    Reason::InvalidArgument,
+                    format!("re-anchoring keeps the anchor's key ({}): a head left at the old key would still vouch for copies of the state taken before the move", old.key),
+                ));
+            }
+        } else if !self.lock().wallets.is_empty() {
             return Err(Failure::precondition(
                 Reason::InvalidArgument,
                 "this state was never anchored: provision (without --reanchor) before creating wallets",
@@ -271,29 +340,76 @@ impl Enclave {
                 "no anchor client key yet: run PrepareAnchor (walletctl anchor provision does) and have the anchor CA certify it",
             ));
         }
-        let local = self
-            .anchor_local()
-            .await
-            .ok_or_else(|| Failure::internal("the commit head has not been written"))?;
-        let unavailable = |e: String| {
-            let reason = anchor::failure_reason(&e).unwrap_or(Reason::AnchorUnavailable);
-            Failure::precondition(reason, e)
-        };
-        // A new client for the new configuration (a re-anchoring may bring a new certificate);
-        // put in force only once its head is written.
+        // A new client and lineage for the new configuration (a re-anchoring may bring a new
+        // certificate); in force only once its head is written.
         let anchor = Arc::new(self.build_anchor(config.clone()).map_err(Failure::bad_argument)?);
-        // A head replaced is authenticated only if it is this enclave's; its epoch is then
-        // continued (a fresh key starts at 1).
-        let mac_key = self.anchor_mac_key();
-        let epoch = replace
-            .as_deref()
-            .and_then(|v| anchor::Head::decode(v, &mac_key, config.key.as_bytes()).ok())
-            .map_or(1, |h| h.epoch.saturating_add(1));
-        let head = anchor.create(local, epoch, replace).await.map_err(unavailable)?;
+        // The head being replaced, if this enclave wrote it (under the new configuration or
+        // the stored one): re-anchoring onto a state behind it or forked from it undoes what
+        // was anchored since, so it needs `accept_older_state`.
+        let mut epoch = 1;
+        if let Some(old_value) = &replace {
+            let mac_key = self.anchor_mac_key();
+            let old_head = anchor.decode(old_value).ok().or_else(|| {
+                stored.as_ref().and_then(|c| {
+                    let binding = anchor::value::binding(&c.key, &c.ca_pem, &c.server_name);
+                    Head::decode(old_value, &mac_key, &binding).ok()
+                })
+            });
+            let current = self.anchor_local().await?;
+            let verdict = match &old_head {
+                None => Err("the head it replaces was not written by this enclave (or cannot be authenticated)".to_owned()),
+                Some(h) => {
+                    epoch = h.epoch.saturating_add(1);
+                    behind_or_forked(current, h, &|h| self.verify_local(h))
+                }
+            };
+            if let Err(why) = verdict {
+                if !r.accept_older_state {
+                    return Err(Failure::precondition(
+                        Reason::AnchorHalted,
+                        format!("re-anchoring would accept a state older than (or forked from) the head it replaces: {why}. If you mean to accept this enclave's state and undo what was anchored since, re-anchor with accept_older_state (walletctl --accept-older-state)"),
+                    ));
+                }
+                tracing::warn!(reason = %why, "anchor: re-anchoring onto an older state, as the admin asked");
+            }
+        }
+        let local = self.record_lineage(anchor.lineage()).await?;
+        let head = anchor.create(local, epoch, replace).await.map_err(|e| match e {
+            CreateError::Unavailable(m) => Failure::precondition(Reason::AnchorUnavailable, m),
+            CreateError::Refused(m) => Failure::precondition(Reason::InvalidArgument, m),
+        })?;
         self.anchor.set(Arc::clone(&anchor));
         tracing::info!(key = %config.key, epoch = head.epoch, journal = head.facts.journal_records, audit = head.facts.audit_records, reanchor = r.reanchor, "anchor: head written");
         self.persist(vec![Op::Put(Table::Anchor, CONFIG_ID.to_vec(), records::json(&config))])
             .await?;
         Ok(anchor.info())
     }
+
+    /// What the local stores hold durably now (runs a round first; its anchoring may fail, the
+    /// local facts are recorded anyway).
+    async fn anchor_local(&self) -> Result<Local> {
+        let _ = self.spend_log.checkpoint().await;
+        self.spend_log
+            .last_round()
+            .ok_or_else(|| Failure::internal("the commit head has not been written"))
+    }
+}
+
+/// Whether `local` is behind `head` in a count, or not the history it anchored.
+fn behind_or_forked(
+    local: Local,
+    head: &Head,
+    verify: &dyn Fn(&Head) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    let (a, l) = (head.facts, local.facts);
+    if l.journal_records < a.journal_records
+        || l.audit_records < a.audit_records
+        || l.store_seq < a.store_seq
+    {
+        return Err(format!(
+            "this enclave holds {} spend records, {} audit records, state batch {}; the head holds {}, {}, {}",
+            l.journal_records, l.audit_records, l.store_seq, a.journal_records, a.audit_records, a.store_seq
+        ));
+    }
+    verify(head)
 }

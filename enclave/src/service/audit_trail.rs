@@ -149,6 +149,11 @@ impl Enclave {
             Resp::Admin(a) => {
                 (String::new(), String::new(), format!("admin key {}", hex::encode(&a.public_key)))
             }
+            Resp::Anchor(a) if a.key.is_empty() => (
+                String::new(),
+                String::new(),
+                format!("anchor client key {}", a.client_public_key),
+            ),
             // Which head was accepted (re-anchoring included).
             Resp::Anchor(a) => (
                 String::new(),

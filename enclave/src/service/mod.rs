@@ -115,6 +115,8 @@ pub struct Enclave {
     anchor_required: bool,
     /// Why the configured anchor could not be started.
     anchor_problem: Mutex<Option<String>>,
+    /// The anchor lineages recorded in the spend journal (see `anchor::value`).
+    journal_lineages: Mutex<HashSet<[u8; 16]>>,
     /// The host's relays to the anchor's members (`--anchor-relay`), given at start-up.
     anchor_relays: std::sync::OnceLock<Vec<crate::hoststorage::HostAddress>>,
 }
@@ -256,7 +258,9 @@ impl Enclave {
             Req::PrepareAnchor(r) => {
                 let _serial = self.admin.lock().await;
                 let by = self.authorize(AdminRpc::PrepareAnchor, &r, false).await?;
-                Resp::Anchor(self.prepare_anchor(&by).await?)
+                let resp = Resp::Anchor(self.prepare_anchor(&by).await?);
+                self.audit_admin(AdminRpc::PrepareAnchor, &by, &resp).await;
+                resp
             }
             Req::ProvisionAnchor(r) => {
                 // Not gated: re-anchoring is how a halted enclave is brought back.
@@ -322,7 +326,7 @@ impl Enclave {
         if let Some(key) = &stored_identity {
             audit.attach_key(mac_key(key)).map_err(|e| StoreError::Engine(e.to_string()))?;
         }
-        let recovered = ledger::recover(&spends)?;
+        let (recovered, lineages) = ledger::recover(&spends)?;
         drop(spends);
         // The stores are verified: the commit head exists (and covers them as they are) before
         // anything is written.
@@ -413,6 +417,7 @@ impl Enclave {
             pcrs,
             anchor,
             anchor_required,
+            journal_lineages: Mutex::new(lineages.into_iter().collect()),
             anchor_problem: Mutex::new(None),
             anchor_relays: std::sync::OnceLock::new(),
         })

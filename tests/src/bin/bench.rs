@@ -13,6 +13,12 @@
 //!
 //! Agents' requests are signed by their session keys before the timed phase (the agent's own
 //! CPU is not the wallet's). Usage: `scripts/bench.sh` (builds release first).
+//!
+//! `scripts/bench.sh anchor` measures the rollback anchor instead (a 3-member etcd cluster with
+//! mutual TLS on this machine, `scripts/etcd/install.sh`): the same payments on an unanchored
+//! stack and on an anchored one (the gateway relaying the enclave's TLS to etcd), interleaved
+//! round after round, at 1 and 64 clients; then 16 clients paying on the anchored stack while
+//! etcd's leader is killed: the latency of payments around the leader change.
 
 use std::{
     sync::Arc,
@@ -297,9 +303,120 @@ impl Comparison {
     }
 }
 
+/// Anchor on against anchor off, and a leader change under load (`wallet-bench anchor`).
+#[allow(clippy::cast_precision_loss, clippy::too_many_lines)]
+async fn anchor_bench() {
+    use wallet_e2e::{anchor::anchored_stack, etcd::EtcdCluster};
+    let mut cluster = EtcdCluster::start(3);
+    let files = tempfile::tempdir().expect("tempdir");
+    let anchored = anchored_stack(&cluster, files.path(), true, "/x402-wallet/t1/anchor/head");
+    let plain = Stack::start();
+    let _ = end_to_end(&plain, 8, 50, 2, None).await;
+    let _ = end_to_end(&anchored, 8, 50, 2, None).await;
+    let rounds = 3;
+    let (mut off1, mut on1, mut off64, mut on64) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        off1.push(end_to_end(&plain, 1, 400, 1, None).await);
+        on1.push(end_to_end(&anchored, 1, 400, 1, None).await);
+        off64.push(end_to_end(&plain, 64, 40, 4, None).await);
+        on64.push(end_to_end(&anchored, 64, 40, 4, None).await);
+    }
+    let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> f64 {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let row = |name: &str, runs: &[Run]| {
+        println!(
+            "| {name} | {} | {:.0} /s | {:.0} µs | {:.0} µs |",
+            runs.iter().map(|r| r.ok).sum::<usize>(),
+            median(runs, &|r| r.throughput),
+            median(runs, &|r| r.p50.as_secs_f64() * 1e6),
+            median(runs, &|r| r.p99.as_secs_f64() * 1e6),
+        );
+    };
+    // A leader change under load: 16 clients pay for 8 s; the leader is killed after 2 s.
+    let batches = batches(&anchored, "l", 16, 4_000, None).await;
+    let ch = tonic::transport::Endpoint::from_shared(anchored.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    let stop = start + Duration::from_secs(8);
+    let mut tasks = Vec::new();
+    for reqs in batches {
+        let mut client = WalletGatewayClient::new(ch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for r in reqs {
+                if Instant::now() >= stop {
+                    break;
+                }
+                let t = Instant::now();
+                let ok = client.sign_payment(r).await.is_ok();
+                out.push((t - start, t.elapsed(), ok));
+            }
+            out
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = cluster.leader().expect("a leader");
+    let killed_at = start.elapsed();
+    cluster.kill(leader);
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.expect("client"));
+    }
+    cluster.restart(leader);
+    let failed = samples.iter().filter(|s| !s.2).count();
+    let mut all: Vec<Duration> = samples.iter().filter(|s| s.2).map(|s| s.1).collect();
+    all.sort();
+    // Payments that started in the 3 s after the kill.
+    let mut around: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.2 && s.0 >= killed_at && s.0 < killed_at + Duration::from_secs(3))
+        .map(|s| s.1)
+        .collect();
+    around.sort();
+    println!("Anchor on (3-member etcd, mutual TLS, the gateway relaying) against off, interleaved, {rounds} rounds each, medians:");
+    println!();
+    println!("| measurement | requests | throughput | p50 | p99 |");
+    println!("|---|---|---|---|---|");
+    row("anchor off, 1 client", &off1);
+    row("anchor on, 1 client", &on1);
+    row("anchor off, 64 clients", &off64);
+    row("anchor on, 64 clients", &on64);
+    println!();
+    println!(
+        "ratio anchor_on_over_off_throughput_1client = {:.2}",
+        median(&on1, &|r| r.throughput) / median(&off1, &|r| r.throughput)
+    );
+    println!(
+        "ratio anchor_on_over_off_throughput_64clients = {:.2}",
+        median(&on64, &|r| r.throughput) / median(&off64, &|r| r.throughput)
+    );
+    println!();
+    println!(
+        "Leader change: 16 clients for 8 s, leader killed at {:.1} s: {} signed, {failed} refused; p50 {}, p99 {}, max {}; payments started within 3 s of the kill: {}, p99 {}, max {}",
+        killed_at.as_secs_f64(),
+        all.len(),
+        us(percentile(&all, 0.5)),
+        us(percentile(&all, 0.99)),
+        us(all.last().copied().unwrap_or_default()),
+        around.len(),
+        us(percentile(&around, 0.99)),
+        us(around.last().copied().unwrap_or_default()),
+    );
+}
+
 #[tokio::main]
 #[allow(clippy::too_many_lines)]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("anchor") {
+        anchor_bench().await;
+        return;
+    }
     let raw_n = 20_000;
     let (raw_tps, raw_p50) = raw_k256(raw_n);
     let stack = Stack::start();

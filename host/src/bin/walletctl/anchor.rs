@@ -40,8 +40,10 @@ pub(crate) struct ProvisionArgs {
     /// The enclave's client certificate (PEM), issued by the anchor CA for the printed key.
     #[arg(long, value_name = "FILE")]
     client_cert: Option<PathBuf>,
-    /// The certificate's common name: the etcd user whose role grants the prefix (--ca-key).
-    #[arg(long, value_name = "CN", default_value = "x402-wallet")]
+    /// The certificate's common name: the etcd user whose role grants this enclave's prefix
+    /// and nothing else (--ca-key). One per enclave: a user shared by two enclaves could write
+    /// both anchors.
+    #[arg(long, value_name = "CN")]
     client_name: String,
     /// The etcd key of the head, e.g. /x402-wallet/prod-1/anchor/head.
     #[arg(long, value_name = "KEY")]
@@ -56,9 +58,16 @@ pub(crate) struct ProvisionArgs {
     /// head given with --replace-head).
     #[arg(long)]
     reanchor: bool,
-    /// With --reanchor: the head etcd holds now (hex, from `walletctl status`), to replace.
+    /// With --reanchor: the head etcd holds now (hex: `etcd head` in `walletctl status`), to
+    /// replace.
     #[arg(long, value_name = "HEX", requires = "reanchor")]
     replace_head: Option<String>,
+    /// With --replace-head: accept this enclave's state even though it is behind (or forked
+    /// from) the head it replaces, undoing what was anchored since. Only after a disaster, on
+    /// purpose; without it such a re-anchoring is refused (a host routing a certificate renewal
+    /// to an old copy of the state gains nothing).
+    #[arg(long, requires = "replace_head")]
+    accept_older_state: bool,
 }
 
 fn read(path: &Path, what: &str) -> Result<String, Fail> {
@@ -136,6 +145,7 @@ pub(crate) async fn run(url: &str, home: &Path, c: AnchorCmd) -> Out {
         members: a.members,
         reanchor: a.reanchor,
         replace_head: a.replace_head.clone().unwrap_or_default(),
+        accept_older_state: a.accept_older_state,
     };
     let info = cl.provision_anchor(signed(home, AdminRpc::ProvisionAnchor, req)?).await?;
     let cert_path = home.join("anchor-client.pem");
@@ -176,7 +186,13 @@ pub(crate) fn status_line(home: &Path, anchor: Option<&gw::AnchorInfo>) -> Resul
         a.state, a.key, a.epoch, a.journal_records, a.audit_records, a.store_seq, a.revision, a.rounds
     );
     if a.state.starts_with("halted") {
-        return Err(Fail(5, format!("ANCHOR HALTED: {line}\nhead: {}", a.head)));
+        return Err(Fail(
+            5,
+            format!(
+                "ANCHOR HALTED: {line}\netcd head: {}\n(to accept this enclave's state deliberately: walletctl anchor provision --reanchor --replace-head <etcd head> ...)",
+                if a.etcd_head.is_empty() { "(not read)" } else { &a.etcd_head }
+            ),
+        ));
     }
     Ok(line)
 }
