@@ -15,8 +15,12 @@
 #   boot 1  the image starts, unseals through KMS (the policy pins its PCRs); walletctl init
 #           verifies the emulated NSM's signed document against build-eif.sh's PCRs, the KMS key
 #           and the service id; a payment is signed and the official x402 verifier accepts it.
+#           walletctl anchor provision: the enclave's TLS to a 3-member etcd (mutual TLS, on this
+#           machine) crosses the gateway's relays on vsock; its first head is written there.
 #   boot 2  the same image, stopped and booted again from the state the host kept: same identity,
-#           the spend still counted, the next payment counted on top.
+#           the spend still counted, the next payment counted on top; the anchor serving.
+#   boot 2b the host puts back its copy of the state from after boot 1: the image refuses to
+#           sign (ROLLED BACK against the head in etcd), and walletctl status says so.
 #   boot 3  an image whose app ramdisk differs (one extra file: PCR2 and PCR0 change): KMS
 #           refuses it the sealing key, and the enclave halts without serving.
 #   boot 4  the same tampered image with a KMS key whose policy names ITS PCRs (a host that
@@ -77,6 +81,17 @@ say "building the host side (gateway, walletctl, kms-sim: development builds tha
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 if [ ! -d "$ROOT/tests/x402-compat/node_modules" ]; then (cd "$ROOT/tests/x402-compat" && npm ci --silent); fi
 
+# The rollback anchor: a 3-member etcd with mutual TLS on 127.0.0.1 (wallet-etcd-cluster, the
+# tests' harness), the enclave's user granted its prefix. The gateway relays the guest's vsock
+# ports 8101-8103 to the members.
+"$ROOT/scripts/etcd/install.sh" >/dev/null
+"$BIN/wallet-etcd-cluster" --dir "$RUN/etcd" --members 3 --grant "wallet-nitro=/x402-wallet/nitro/" \
+  >"$RUN/etcd.out" 2>"$RUN/etcd.log" &
+PIDS+=($!)
+for _ in $(seq 600); do grep -qx ready "$RUN/etcd.out" 2>/dev/null && break; sleep 0.1; done
+grep -qx ready "$RUN/etcd.out" || { say "etcd did not start:"; tail -20 "$RUN/etcd.log" >&2; exit 1; }
+mapfile -t ETCD <"$RUN/etcd/endpoints"
+
 # --- Host processes ----------------------------------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -112,8 +127,10 @@ start_gateway() {
     --enclave "hybrid-vsock:$RUN/vm.vsock:5000" \
     --serve-storage "$RUN/vm.vsock_7000" \
     --serve-boot "$RUN/vm.vsock_7001" \
-    --enclave-args "--vsock-port 5000 --host-storage vsock:7000 --kms-relay vsock:8000 --kms-key $KMS_ARN --service-id $SERVICE" \
+    --enclave-args "--vsock-port 5000 --host-storage vsock:7000 --kms-relay vsock:8000 --kms-key $KMS_ARN --service-id $SERVICE --anchor-relay vsock:8101 --anchor-relay vsock:8102 --anchor-relay vsock:8103" \
     --kms-relay "$RUN/vm.vsock_8000" --kms-target "127.0.0.1:$KMS_PORT" \
+    --anchor-relay "$RUN/vm.vsock_8101=${ETCD[0]}" --anchor-relay "$RUN/vm.vsock_8102=${ETCD[1]}" \
+    --anchor-relay "$RUN/vm.vsock_8103=${ETCD[2]}" \
     >>"$RUN/gateway.log" 2>&1 &
   GATEWAY_PID=$!
   PIDS+=("$GATEWAY_PID")
@@ -217,6 +234,9 @@ check "boot 1: KMS generated the data key for the image's attested Recipient, an
 
 check "walletctl init verifies the emulated NSM's signed document: PCRs from build-eif.sh, KMS key, service" \
   "$BIN/walletctl" init --simulated --measurements "$GOOD" --expect-kms-key "$GOOD_ARN" --expect-service "$SERVICE"
+check "boot 1: walletctl anchor provision: the image's own TLS to etcd (over vsock) writes its first head" \
+  "$BIN/walletctl" anchor provision --ca-cert "$RUN/etcd/ca.pem" --ca-key "$RUN/etcd/ca-key.pem" \
+    --client-name wallet-nitro --key /x402-wallet/nitro/anchor/head --members 3
 "$BIN/walletctl" attest >"$RUN/attest.txt" 2>&1 || true
 check "walletctl attest reports the image's PCR2 and KMS sealing" \
   bash -c "grep -qi '$(pcr "$GOOD" PCR2)' '$RUN/attest.txt' && grep -qi 'kms' '$RUN/attest.txt'"
@@ -235,10 +255,13 @@ official_verify() {
   (cd "$ROOT/tests/x402-compat" && node verify.mjs "$(sed 's/^[^:]*: *//' "$RUN/pr-$1")" "$(cat "$RUN/ps-$1")")
 }
 pay_verified() { pay "$1" && official_verify "$1"; }
+refused_halted() { ! pay "$1" 2>"$RUN/pay-$1.err" && grep -q ANCHOR_HALTED "$RUN/pay-$1.err"; }
 check "boot 1: a payment is signed through the emulated enclave" pay 1
 check "boot 1: the official x402 verifier (@x402/core + @x402/evm) accepts it" official_verify 1
 check "boot 1: the session has spent 0.01" bash -c "'$BIN/walletctl' session list --wallet '$WALLET' | grep -q 'spent 0.01 '"
 stop_qemu
+# The host keeps a copy of the state it holds for the enclave (used in boot 2b).
+cp -a "$RUN/host" "$RUN/host-after-boot-1"
 
 # --- Boot 2: the same image again, from the state the host kept ----------------------------------
 say "boot 2: the same image, restarted from the host-held state"
@@ -256,7 +279,29 @@ check "boot 2: the spend is still counted (spent 0.01)" \
 check "boot 2: the next payment is signed and accepted by the official verifier" pay_verified 2
 check "boot 2: the session has spent 0.02" \
   bash -c "'$BIN/walletctl' session list --wallet '$WALLET' | grep -q 'spent 0.02 '"
+check "boot 2: the anchor serves: the restart's head is in etcd (epoch 2)" \
+  bash -c "'$BIN/walletctl' status | grep -q 'anchor:   serving · /x402-wallet/nitro/anchor/head epoch 2 '"
 stop_qemu
+
+# --- Boot 2b: the whole state rolled back by the host ---------------------------------------------
+say "boot 2b: the host puts back its copy of the state from after boot 1"
+kill "$GATEWAY_PID" 2>/dev/null || true; wait "$GATEWAY_PID" 2>/dev/null || true
+mv "$RUN/host" "$RUN/host-current"
+cp -a "$RUN/host-after-boot-1" "$RUN/host"
+start_gateway "$RUN/host"
+boot 2b "$RUN/eif/good/wallet.eif"
+if wait_console "listening on vsock" 600; then
+  check "boot 2b: walletctl status: ANCHOR HALTED, ROLLED BACK against the head in etcd (exit 5)" \
+    bash -c "'$BIN/walletctl' status >'$RUN/status-2b.txt' 2>&1; [ \$? = 5 ] && grep -q 'ANCHOR HALTED' '$RUN/status-2b.txt' && grep -q 'ROLLED BACK' '$RUN/status-2b.txt'"
+  check "boot 2b: the rolled-back image signs nothing (ANCHOR_HALTED)" \
+    refused_halted 2b
+else
+  fail "boot 2b: the image did not start"; show_console
+fi
+stop_qemu
+kill "$GATEWAY_PID" 2>/dev/null || true; wait "$GATEWAY_PID" 2>/dev/null || true
+rm -rf "$RUN/host"; mv "$RUN/host-current" "$RUN/host"
+start_gateway "$RUN/host"
 
 # --- Boot 3: a tampered image against the real policy ---------------------------------------------
 say "boot 3: the tampered image, same host state and KMS key"
