@@ -244,9 +244,12 @@ pub struct HeadHook {
     pub head: crate::head::CommitHead,
     /// The audit log's record count and chain hash (synced in the same round).
     pub audit_tip: crate::audit::Tip,
-    /// The state store's last durable batch.
-    pub store_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The state store's last durable batch and its chain hash ([`crate::chain`]).
+    pub store_tip: crate::chain::Tip,
 }
+
+/// The spend journal's chain tag ([`crate::chain`]).
+const CHAIN_TAG: &[u8] = b"x402-wallet/spend-journal-chain/v1\0";
 
 /// The append-only spend journal.
 pub struct Journal {
@@ -260,6 +263,10 @@ pub struct Journal {
     anchor: crate::anchor::AnchorCell,
     /// What the last round that wrote the commit head recorded.
     last_round: std::sync::Arc<Mutex<Option<crate::anchor::Local>>>,
+    /// The chain's hash after every record ([`crate::chain`]), and the count and hash a round
+    /// records (set with each append, under the writer's lock).
+    history: crate::chain::History,
+    tip: crate::chain::Tip,
     writer: Mutex<Writer>,
     sealer: Sealer,
     commit: GroupCommit,
@@ -329,7 +336,10 @@ impl Journal {
         #[cfg(feature = "fault-injection")]
         let round_faults = std::sync::Arc::clone(&faults);
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(records.len() as u64));
-        let round_count = std::sync::Arc::clone(&count);
+        let history = crate::chain::History::of(CHAIN_TAG, &records);
+        let (n, h) = history.tip();
+        let tip = crate::chain::Tip::new(n, h);
+        let round_tip = tip.clone();
         // Records known durable, counted from the start of the file: what each new record's
         // watermark says (never a count of rounds or of this run's writes).
         let durable = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(records.len() as u64));
@@ -344,16 +354,19 @@ impl Journal {
             use std::sync::atomic::Ordering as O;
             // What this round covers, read before its syncs: every record and audit line counted
             // here is already written, so the syncs below make it durable.
-            let covered = round_count.load(O::SeqCst);
+            let (covered, journal_chain) = round_tip.get();
             let local = head.as_ref().map(|h| {
                 let (audit_records, chain) = h.audit_tip.get();
+                let (store_seq, state_chain) = h.store_tip.get();
                 crate::anchor::Local {
                     facts: crate::head::Facts {
                         journal_records: covered,
                         audit_records,
-                        store_seq: h.store_seq.load(O::SeqCst),
+                        store_seq,
                     },
                     chain,
+                    journal_chain,
+                    state_chain,
                 }
             });
             #[cfg(feature = "fault-injection")]
@@ -416,6 +429,8 @@ impl Journal {
                 head_armed: armed,
                 anchor,
                 last_round,
+                history,
+                tip,
                 writer,
                 sealer,
                 commit,
@@ -474,6 +489,8 @@ impl Journal {
         }
         w.pos = end;
         w.next += 1;
+        let hash = self.history.push(w.next, plaintext);
+        self.tip.set(w.next, hash);
         self.records.store(w.next, std::sync::atomic::Ordering::SeqCst);
         self.commit.wrote();
         drop(w);
@@ -497,6 +514,12 @@ impl Journal {
     #[must_use]
     pub fn anchor_cell(&self) -> crate::anchor::AnchorCell {
         self.anchor.clone()
+    }
+
+    /// The chain's hash after `n` records (`None` beyond the end).
+    #[must_use]
+    pub fn chain_at(&self, n: u64) -> Option<[u8; 32]> {
+        self.history.at(n)
     }
 
     /// What the last round that wrote the commit head recorded (`None` before the first).

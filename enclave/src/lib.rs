@@ -28,6 +28,7 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod chain;
 pub mod commit;
 pub mod head;
 pub mod hostfile;

@@ -78,6 +78,11 @@ pub struct LogStore {
     /// Batches applied (the sequence number of the last one), and known durable.
     applied_seq: Arc<AtomicU64>,
     durable_seq: Arc<AtomicU64>,
+    /// The chain's hash after every batch ([`crate::chain`]); the last batch applied and the
+    /// last durable one, each with its hash.
+    history: crate::chain::History,
+    applied_tip: crate::chain::Tip,
+    durable_tip: crate::chain::Tip,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -149,6 +154,9 @@ fn decode(mut b: &[u8]) -> Result<Vec<Change>, String> {
     Ok(out)
 }
 
+/// The state log's chain tag ([`crate::chain`]).
+const CHAIN_TAG: &[u8] = b"x402-wallet/state-log-chain/v1\0";
+
 impl LogStore {
     /// Opens the store in `file`, replaying every batch. `min_seq` is the batch the commit head
     /// says was durable: a log holding fewer is refused before a torn tail is cleared (so the
@@ -193,18 +201,23 @@ impl LogStore {
                 };
             }
         }
+        let history = crate::chain::History::of(CHAIN_TAG, &batches);
         drop(batches);
         clear_tail(file.as_ref(), &bytes, end).map_err(io)?;
         drop(bytes);
         let applied_seq = Arc::new(AtomicU64::new(seq));
         let durable_seq = Arc::new(AtomicU64::new(seq));
-        let (round_file, round_applied, round_durable) =
-            (Arc::clone(&file), Arc::clone(&applied_seq), Arc::clone(&durable_seq));
+        let (n, h) = history.tip();
+        let (applied_tip, durable_tip) =
+            (crate::chain::Tip::new(n, h), crate::chain::Tip::new(n, h));
+        let (round_file, round_durable) = (Arc::clone(&file), Arc::clone(&durable_seq));
+        let (round_applied_tip, round_durable_tip) = (applied_tip.clone(), durable_tip.clone());
         let commit = GroupCommit::spawn("state-log-sync", move || {
             // Every batch counted here was written before this sync began, so it covers them.
-            let covered = round_applied.load(Ordering::SeqCst);
+            let (covered, hash) = round_applied_tip.get();
             round_file.sync_data()?;
             round_durable.fetch_max(covered, Ordering::SeqCst);
+            round_durable_tip.advance(covered, hash);
             Ok(())
         })
         .map_err(engine)?;
@@ -216,6 +229,9 @@ impl LogStore {
             records: RwLock::new(records),
             applied_seq,
             durable_seq,
+            history,
+            applied_tip,
+            durable_tip,
         })
     }
 
@@ -244,6 +260,7 @@ impl LogStore {
         body.extend_from_slice(&self.durable_seq.load(Ordering::SeqCst).to_be_bytes());
         encode(&changes, &mut body)?;
         let sealed = self.sealer.seal(&aad(seq - 1), &body);
+        let content = Zeroizing::new(body[8..].to_vec());
         drop(body);
         if sealed.len() > MAX_BATCH {
             return Err(engine(format!(
@@ -271,10 +288,24 @@ impl LogStore {
                 };
             }
         }
+        let hash = self.history.push(seq, &content);
+        self.applied_tip.set(seq, hash);
         self.applied_seq.store(seq, Ordering::SeqCst);
         self.commit.wrote();
         drop(w);
         Ok(())
+    }
+
+    /// The chain's hash after batch `seq` (`None` beyond the last).
+    #[must_use]
+    pub fn chain_at(&self, seq: u64) -> Option<[u8; 32]> {
+        self.history.at(seq)
+    }
+
+    /// The last durable batch and its chain hash, for the commit head and the anchor.
+    #[must_use]
+    pub fn durable_tip(&self) -> crate::chain::Tip {
+        self.durable_tip.clone()
     }
 
     /// Waits until every batch applied before this call is durable (one `fdatasync` per round,
@@ -545,5 +576,25 @@ mod tests {
         let mut huge_count = buf.clone();
         huge_count[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode(&huge_count).is_err(), "a count larger than the bytes is no allocation");
+    }
+
+    #[tokio::test]
+    async fn the_chain_binds_each_batch_and_is_rebuilt_on_replay() {
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            let put = |v: &str| vec![put(Table::Kyt, "k", v)];
+            let (at1, at2) = {
+                let s = open(&files, 0).unwrap();
+                s.apply(put("1")).unwrap();
+                s.apply(put("2")).unwrap();
+                s.sync().await.unwrap();
+                assert_eq!(s.durable_tip().get().0, 2, "{backend:?}");
+                (s.chain_at(1).unwrap(), s.chain_at(2).unwrap())
+            };
+            assert_ne!(at1, at2);
+            let s = open(&files, 0).unwrap();
+            assert_eq!((s.chain_at(1), s.chain_at(2), s.chain_at(3)), (Some(at1), Some(at2), None));
+            assert_eq!(s.durable_tip().get(), (2, at2), "{backend:?}");
+        }
     }
 }

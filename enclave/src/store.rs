@@ -111,11 +111,74 @@ pub struct Store {
     /// Digest of the whole state (see [`Digest`]) and the batch sequence number, kept sealed
     /// under `meta/state-digest` and updated in the same batch as every change. Also serialises
     /// writers.
-    digest: std::sync::Mutex<(Digest, u64)>,
+    digest: std::sync::Mutex<DigestState>,
     /// The sequence number of the last batch applied, and of the last one known durable (what
     /// the commit head records: a store that lost a durable batch is behind it).
     applied_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
     durable_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The last batch applied and the last durable one, each with its chain hash.
+    applied_tip: crate::chain::Tip,
+    durable_tip: crate::chain::Tip,
+}
+
+/// The state's chain tag ([`crate::chain`]): each batch's entry is the state digest after it.
+const CHAIN_TAG: &[u8] = b"x402-wallet/state-chain/v1\0";
+/// How many earlier (batch, chain hash) pairs the digest record keeps: the anchor's start-up
+/// check finds the hash at the anchored batch among them (a store may be ahead of its anchor by
+/// the batches of one unconfirmed round, never by this many).
+const CHAIN_RING: usize = 128;
+
+/// The sealed digest record's content, in memory.
+#[derive(Debug, Clone, Default)]
+struct DigestState {
+    digest: Digest,
+    seq: u64,
+    /// The chain's hash after batch `seq`: `H(tag ‖ previous ‖ seq ‖ digest)`.
+    chain: [u8; 32],
+    /// Earlier batches and their chain hashes, oldest first (at most [`CHAIN_RING`]).
+    ring: std::collections::VecDeque<(u64, [u8; 32])>,
+}
+
+impl DigestState {
+    /// `digest ‖ seq ‖ chain ‖ (seq ‖ chain)*` (a record written before the chain was 40 bytes).
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(72 + 40 * self.ring.len());
+        v.extend_from_slice(&self.digest.0);
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v.extend_from_slice(&self.chain);
+        for (seq, chain) in &self.ring {
+            v.extend_from_slice(&seq.to_be_bytes());
+            v.extend_from_slice(chain);
+        }
+        v
+    }
+
+    fn decode(d: &[u8]) -> Option<Self> {
+        let digest = Digest(d.get(..32)?.try_into().ok()?);
+        let seq = d.get(32..40).map_or(Some(0), |b| b.try_into().ok().map(u64::from_be_bytes))?;
+        let chain = match d.get(40..72) {
+            Some(c) => c.try_into().ok()?,
+            None => [0; 32],
+        };
+        let mut ring = std::collections::VecDeque::new();
+        let mut rest = d.get(72..).unwrap_or_default();
+        while !rest.is_empty() {
+            let entry = rest.get(..40)?;
+            ring.push_back((
+                u64::from_be_bytes(entry[..8].try_into().ok()?),
+                entry[8..].try_into().ok()?,
+            ));
+            rest = &rest[40..];
+        }
+        Some(Self { digest, seq, chain, ring })
+    }
+
+    fn chain_at(&self, seq: u64) -> Option<[u8; 32]> {
+        if seq == self.seq {
+            return Some(self.chain);
+        }
+        self.ring.iter().find(|(s, _)| *s == seq).map(|(_, c)| *c)
+    }
 }
 
 /// An order-independent digest of every record (table, key, plaintext): the sum modulo 2^256 of
@@ -207,14 +270,19 @@ impl Store {
         let durable_seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (round_applied, round_durable) =
             (std::sync::Arc::clone(&applied_seq), std::sync::Arc::clone(&durable_seq));
+        let (applied_tip, durable_tip) =
+            (crate::chain::Tip::default(), crate::chain::Tip::default());
+        let (round_applied_tip, round_durable_tip) = (applied_tip.clone(), durable_tip.clone());
         let commit = GroupCommit::spawn("store-sync", move || {
             use std::sync::atomic::Ordering;
             // Every batch counted here was applied before this flush began, so it covers them.
             let covered = round_applied.load(Ordering::SeqCst);
+            let (tip_seq, tip_chain) = round_applied_tip.get();
             flush_db.flush().map_err(std::io::Error::other)?;
             log.sync_data()?;
             dir_handle.sync_all()?;
             round_durable.fetch_max(covered, Ordering::SeqCst);
+            round_durable_tip.advance(tip_seq, tip_chain);
             Ok(())
         })
         .map_err(|e| StoreError::Engine(e.to_string()))?;
@@ -222,9 +290,11 @@ impl Store {
             commit,
             db,
             sealer,
-            digest: std::sync::Mutex::new((Digest::default(), 0)),
+            digest: std::sync::Mutex::new(DigestState::default()),
             applied_seq,
             durable_seq,
+            applied_tip,
+            durable_tip,
         };
         // Recompute the digest of what is on disk and compare it with the sealed one.
         let mut computed = Digest::default();
@@ -235,20 +305,28 @@ impl Store {
                 records += 1;
             }
         }
-        // The sealed value: the digest, then (since the commit head) the batch sequence number.
-        let seq = match store.get(Table::Meta, DIGEST_KEY)? {
-            Some(d) if d.len() >= 32 && d[..32] == computed.0 => {
-                d.get(32..40).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)
-            }
-            None if records == 0 => 0,
-            _ => {
+        // The sealed value: the digest, then (since the commit head) the batch sequence number,
+        // then (since the anchor) the chain and its ring.
+        let state = match store.get(Table::Meta, DIGEST_KEY)? {
+            Some(d) => match DigestState::decode(&d) {
+                Some(st) if st.digest == computed => st,
+                _ => {
+                    return Err(StoreError::Engine(
+                        "the state on disk does not match its sealed digest: a record was deleted, or an older copy of it was put back. Refusing to start.".into(),
+                    ))
+                }
+            },
+            None if records == 0 => DigestState::default(),
+            None => {
                 return Err(StoreError::Engine(
                     "the state on disk does not match its sealed digest: a record was deleted, or an older copy of it was put back. Refusing to start.".into(),
-                ));
+                ))
             }
         };
-        *store.digest.lock().map_err(|_| StoreError::Engine("digest poisoned".into()))? =
-            (computed, seq);
+        let seq = state.seq;
+        store.applied_tip.set(seq, state.chain);
+        store.durable_tip.set(seq, state.chain);
+        *store.digest.lock().map_err(|_| StoreError::Engine("digest poisoned".into()))? = state;
         store.applied_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
         store.durable_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
         Ok(store)
@@ -265,7 +343,7 @@ impl Store {
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let mut digest =
             self.digest.lock().map_err(|_| StoreError::Engine("digest poisoned".into()))?;
-        let (mut next, seq) = *digest;
+        let (mut next, seq) = (digest.digest, digest.seq);
         let seq = seq + 1;
         let mut batch = sled::Batch::default();
         // Later ops on the same key see earlier ones of this batch.
@@ -296,11 +374,18 @@ impl Store {
             }
         }
         let dk = full_key(Table::Meta, DIGEST_KEY);
-        let mut sealed_value = next.0.to_vec();
-        sealed_value.extend_from_slice(&seq.to_be_bytes());
-        batch.insert(dk.clone(), self.sealer.seal(&dk, &sealed_value));
+        let mut after = digest.clone();
+        after.ring.push_back((after.seq, after.chain));
+        if after.ring.len() > CHAIN_RING {
+            after.ring.pop_front();
+        }
+        after.chain = crate::chain::next(CHAIN_TAG, &after.chain, seq, &next.0);
+        after.digest = next;
+        after.seq = seq;
+        batch.insert(dk.clone(), self.sealer.seal(&dk, &after.encode()));
         self.db.apply_batch(batch).map_err(|e| StoreError::Engine(e.to_string()))?;
-        *digest = (next, seq);
+        self.applied_tip.set(seq, after.chain);
+        *digest = after;
         self.applied_seq.store(seq, std::sync::atomic::Ordering::SeqCst);
         self.commit.wrote();
         Ok(())
@@ -319,6 +404,19 @@ impl Store {
     #[must_use]
     pub fn seq(&self) -> u64 {
         self.applied_seq.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The chain's hash after batch `seq`, if it is the last one or among the
+    /// [`CHAIN_RING`] before it.
+    #[must_use]
+    pub fn chain_at(&self, seq: u64) -> Option<[u8; 32]> {
+        self.digest.lock().ok().and_then(|d| d.chain_at(seq))
+    }
+
+    /// The last durable batch and its chain hash, for the commit head and the anchor.
+    #[must_use]
+    pub fn durable_tip(&self) -> crate::chain::Tip {
+        self.durable_tip.clone()
     }
 
     /// A handle on the sequence number of the last batch known durable, for the commit head.
@@ -396,6 +494,48 @@ mod tests {
                 other => return other.unwrap(),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_chain_binds_each_batch_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |v: &str| vec![Op::Put(Table::Kyt, b"k".to_vec(), v.as_bytes().to_vec().into())];
+        let (at1, at2, durable) = {
+            let s = open(dir.path());
+            s.apply(put("1")).unwrap();
+            s.apply(put("2")).unwrap();
+            s.sync().await.unwrap();
+            (s.chain_at(1).unwrap(), s.chain_at(2).unwrap(), s.durable_tip().get())
+        };
+        assert_ne!(at1, at2);
+        assert_eq!(durable, (2, at2), "the durable tip is the last synced batch and its hash");
+        let s = open(dir.path());
+        assert_eq!((s.chain_at(1), s.chain_at(2), s.chain_at(3)), (Some(at1), Some(at2), None));
+        for i in 0..(CHAIN_RING as u64 + 5) {
+            s.apply(put(&i.to_string())).unwrap();
+        }
+        assert_eq!(s.chain_at(2), None, "older than the ring: cannot be vouched for");
+        assert!(s.chain_at(s.seq() - CHAIN_RING as u64).is_some());
+        // The same writes in another store from the same start give the same hashes; another
+        // value at batch 2 does not.
+        let other = tempfile::tempdir().unwrap();
+        let o = open(other.path());
+        o.apply(put("1")).unwrap();
+        assert_eq!(o.chain_at(1), Some(at1));
+        o.apply(put("two")).unwrap();
+        assert_ne!(o.chain_at(2), Some(at2));
+        // A digest record written before the chain (digest and seq only) still opens.
+        let legacy =
+            DigestState::decode(&[[7u8; 32].as_slice(), &5u64.to_be_bytes()].concat()).unwrap();
+        assert_eq!((legacy.seq, legacy.chain, legacy.ring.len()), (5, [0; 32], 0));
+        let round = DigestState {
+            digest: Digest([1; 32]),
+            seq: 9,
+            chain: [2; 32],
+            ring: [(8, [3; 32])].into(),
+        };
+        let back = DigestState::decode(&round.encode()).unwrap();
+        assert_eq!((back.seq, back.chain, back.chain_at(8)), (9, [2; 32], Some([3; 32])));
     }
 
     #[tokio::test]

@@ -678,7 +678,13 @@ pub fn start_enclave_with(
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
         if let Ok(Some(status)) = guard.0.try_wait() {
-            panic!("enclave exited with {status}; see {}", dir.join("enclave.log").display());
+            let log = std::fs::read_to_string(dir.join("enclave.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            panic!(
+                "enclave exited with {status}; see {}; last lines:\n{}",
+                dir.join("enclave.log").display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         assert!(Instant::now() < deadline, "enclave did not open its socket");
         std::thread::sleep(Duration::from_millis(20));

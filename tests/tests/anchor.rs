@@ -290,39 +290,23 @@ async fn a_copy_started_as_a_second_enclave_never_signs_beside_the_first() {
         let err = pay(&url, &cred, "clone-1").await.expect_err("the stale clone signs nothing");
         assert_eq!(reason(&err), "ANCHOR_HALTED");
     }
-    // 2. A copy taken while the first enclave was stopped, started after it restarted: the
-    //    first's restart is anchored and the copy does not hold it (refused, FORKED).
+    // 2. A copy level with the first enclave (taken while it was stopped; it restarted since
+    //    without writing anything): whichever started last holds the anchor; the other halts
+    //    at its next round. Never both.
     stop_enclave(&mut a.stack);
     std::fs::create_dir_all(&level_dir).unwrap();
     copy_dir(&a.stack.data_dir(), &level_dir.join("data"));
     a.stack.start_enclave_again();
     let first = anchor_state(&a.stack.url).await;
     assert_eq!(first.state, "serving", "{first:?}");
-    {
-        let _enclave = wallet_e2e::start_enclave_with(
-            &level_dir,
-            "info",
-            None,
-            &wallet_e2e::EnclaveStorage::Local,
-            &args,
-        );
-        let (_gateway, url) = wallet_e2e::start_gateway_with(&level_dir, "info", None, &[]);
-        let info = anchor_state(&url).await;
-        assert!(info.state.contains("FORKED"), "{info:?}");
-    }
-    // 3. A copy of the running first enclave's state (a live replica, as a standby would
-    //    have): it takes the anchor over, and the first halts at its next round.
-    let live_dir = a.files.path().join("live");
-    std::fs::create_dir_all(&live_dir).unwrap();
-    copy_dir(&a.stack.data_dir(), &live_dir.join("data"));
     let _enclave = wallet_e2e::start_enclave_with(
-        &live_dir,
+        &level_dir,
         "info",
         None,
         &wallet_e2e::EnclaveStorage::Local,
         &args,
     );
-    let (_gateway, clone_url) = wallet_e2e::start_gateway_with(&live_dir, "info", None, &[]);
+    let (_gateway, clone_url) = wallet_e2e::start_gateway_with(&level_dir, "info", None, &[]);
     let clone = anchor_state(&clone_url).await;
     assert_eq!(clone.state, "serving", "{clone:?}");
     assert!(clone.epoch > first.epoch, "the clone bumped the epoch: {clone:?} vs {first:?}");
@@ -607,12 +591,79 @@ async fn stores_from_two_histories_are_refused_even_when_every_count_is_high_eno
     assert_eq!(anchor_state(&a.stack.url).await.state, "serving");
     pay(&a.stack.url, &cred, "p2").await.expect("signed by the instance holding the anchor");
     stop_enclave(&mut a.stack);
-    // The host now puts the first instance's journal (as many records, none of p2) under the
-    // second's audit log, state and commit head: p2 would be forgotten by the budget.
+    // The host now puts the first instance's journal (longer, none of p2) under the second's
+    // audit log, state and commit head: p2 would be forgotten by the budget.
+    let second = a.files.path().join("second");
+    copy_dir(&a.stack.data_dir(), &second);
+    let second_journal = std::fs::read(second.join("spends.journal")).unwrap();
     std::fs::copy(&first_journal, a.stack.data_dir().join("spends.journal")).unwrap();
     a.stack.start_enclave_again();
     let info = anchor_state(&a.stack.url).await;
     assert!(info.state.starts_with("halted") && info.state.contains("FORKED"), "{info:?}");
     let err = pay(&a.stack.url, &cred, "p3").await.expect_err("a mixed state signs nothing");
     assert_eq!(reason(&err), "ANCHOR_HALTED");
+    stop_enclave(&mut a.stack);
+    // Finer: only p2's record replaced by the first instance's record at the same position
+    // (sealed with the same key and position, so it opens): same count, same everything else.
+    let restore = |stack: &Stack| {
+        std::fs::remove_dir_all(stack.data_dir()).unwrap();
+        copy_dir(&second, &stack.data_dir());
+    };
+    restore(&a.stack);
+    let first = frames(&std::fs::read(&first_journal).unwrap());
+    let mut records = frames(&second_journal);
+    let at = records.len() - 1;
+    assert!(first.len() > at, "the first journal has a record at p2's position");
+    assert_ne!(first[at], records[at]);
+    records[at] = first[at].clone();
+    let mut spliced: Vec<u8> = records.concat();
+    spliced.resize(second_journal.len(), 0);
+    std::fs::write(a.stack.data_dir().join("spends.journal"), &spliced).unwrap();
+    a.stack.start_enclave_again();
+    let info = anchor_state(&a.stack.url).await;
+    assert!(
+        info.state.contains("FORKED") && info.state.contains("spend journal"),
+        "a spliced record is caught by the journal's chain: {info:?}"
+    );
+    // The genuine state back: the enclave serves again.
+    stop_enclave(&mut a.stack);
+    restore(&a.stack);
+    a.stack.start_enclave_again();
+    assert_eq!(anchor_state(&a.stack.url).await.state, "serving");
+    pay(&a.stack.url, &cred, "p4").await.expect("signed");
+}
+
+/// The journal's frames (4-byte big-endian length and sealed record), up to the zeros after
+/// the last one.
+fn frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        out.push(bytes[at..at + 4 + len].to_vec());
+        at += 4 + len;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_enclave_renews_its_certificate_by_re_anchoring() {
+    let cluster = EtcdCluster::start(3);
+    let a = anchored(&cluster, Relays::Test);
+    let w = a.stack.wallet("1").await;
+    let cred = a.stack.session(&w, "1", gw::IssueSessionRequest::default()).await;
+    pay(&a.stack.url, &cred, "before").await.expect("signed");
+    let before = anchor_state(&a.stack.url).await;
+    // A payment after the admin read the head: the head moved on; renewal still works.
+    pay(&a.stack.url, &cred, "between").await.expect("signed");
+    let text = ok(&provision(&a, &["--reanchor", "--replace-head", &before.etcd_head]));
+    assert!(text.contains(&format!("at epoch {}", before.epoch + 1)), "{text}");
+    let after = anchor_state(&a.stack.url).await;
+    assert_eq!(after.state, "serving", "{after:?}");
+    assert_ne!(after.client_public_key, "", "{after:?}");
+    pay(&a.stack.url, &cred, "after").await.expect("signed under the new certificate");
+    assert_eq!(a.stack.status().await.payments_signed, 3);
 }

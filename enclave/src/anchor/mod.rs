@@ -95,13 +95,32 @@ impl AnchorConfig {
     }
 }
 
-/// What the local stores hold durably: the commit head's facts and the audit chain's hash.
+/// What the local stores hold durably: the commit head's facts and each store's hash at them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Local {
     /// The stores' durable counts.
     pub facts: Facts,
     /// The audit chain's hash after `facts.audit_records`.
     pub chain: [u8; 32],
+    /// The spend journal's chain hash after `facts.journal_records`.
+    pub journal_chain: [u8; 32],
+    /// The state store's chain hash after batch `facts.store_seq`.
+    pub state_chain: [u8; 32],
+}
+
+impl Local {
+    /// The head of this state: `epoch`, written by `lineage`.
+    #[must_use]
+    pub fn head(&self, epoch: u64, lineage: [u8; 16]) -> Head {
+        Head {
+            epoch,
+            lineage,
+            facts: self.facts,
+            chain: self.chain,
+            journal_chain: self.journal_chain,
+            state_chain: self.state_chain,
+        }
+    }
 }
 
 /// Where the anchor stands.
@@ -387,12 +406,7 @@ impl Anchor {
             if let Err(why) = Self::judge(local, &anchored, verify) {
                 return Err(StartError::Halted(self.halt_silently(why)));
             }
-            let bumped = Head {
-                epoch: anchored.epoch.saturating_add(1),
-                lineage: self.lineage,
-                facts: local.facts,
-                chain: local.chain,
-            };
+            let bumped = local.head(anchored.epoch.saturating_add(1), self.lineage);
             let value = self.encode(&bumped);
             match retry(deadline, || self.kv.cas(self.key(), Some(current.revision), &value)).await
             {
@@ -483,7 +497,7 @@ impl Anchor {
                 }
             }
         };
-        let head = Head { epoch, lineage: self.lineage, facts: local.facts, chain: local.chain };
+        let head = local.head(epoch, self.lineage);
         let value = self.encode(&head);
         match retry(deadline, || self.kv.cas(self.key(), expected, &value))
             .await
@@ -545,15 +559,10 @@ impl Anchor {
                     None => return Err(unavailable("the anchor was not read at start-up")),
                 }
             };
-            if head.facts == local.facts && head.chain == local.chain {
+            if local.head(head.epoch, head.lineage) == head {
                 return Ok(());
             }
-            let next = Head {
-                epoch: head.epoch,
-                lineage: self.lineage,
-                facts: local.facts,
-                chain: local.chain,
-            };
+            let next = local.head(head.epoch, self.lineage);
             let value = self.encode(&next);
             let outcome = loop {
                 match self.kv.cas(self.key(), Some(rev), &value).await {
@@ -633,6 +642,20 @@ impl Anchor {
                 }
             }
         }
+    }
+
+    /// Takes this anchor out of service for a re-anchoring (a new certificate, say): no more
+    /// rounds, payments refused until the new anchor is in force. Returns the value this
+    /// instance last wrote (or confirmed) and its head, which the new anchor replaces.
+    pub async fn retire(&self) -> Option<(Vec<u8>, Head)> {
+        self.close_and_wait().await;
+        let mut st = self.st();
+        if !matches!(st.phase, Phase::Halted(_)) {
+            st.phase = Phase::Waiting(
+                "re-anchoring in progress (or it failed: re-anchor again, or restart)".into(),
+            );
+        }
+        st.last.map(|(h, _)| (self.encode(&h), h))
     }
 
     /// The enclave is stopping, or this anchor was replaced: later rounds fail at once, and

@@ -1,9 +1,10 @@
 //! The anchored head as stored in etcd: what this enclave had made durable at its last round.
 //!
-//! Layout (138 bytes): [`MAGIC`] (27 bytes) ‖ `epoch` (u64) ‖ `lineage` (16 bytes) ‖
+//! Layout (202 bytes): [`MAGIC`] (27 bytes) ‖ `epoch` (u64) ‖ `lineage` (16 bytes) ‖
 //! `journal_records` ‖ `audit_records` ‖ `store_seq` (u64 big-endian each) ‖ `chain` (32
-//! bytes: the audit chain's hash after record `audit_records`, all zeros for none) ‖ `mac` (32
-//! bytes): HMAC-SHA-256 under the enclave's anchor MAC key over everything before it *and* the
+//! bytes: the audit chain's hash after record `audit_records`, all zeros for none) ‖
+//! `journal_chain` ‖ `state_chain` (32 bytes each: the spend journal's and the state store's
+//! running hashes at their counts, [`crate::chain`]) ‖ `mac` (32 bytes): HMAC-SHA-256 under the enclave's anchor MAC key over everything before it *and* the
 //! anchor's binding ([`binding`]: the etcd key, the CA, the server name). So the anchor's operator
 //! can store an old genuine head (the trust assumption excludes that), but never invent one, move
 //! one from another key, or serve one written under another anchor configuration.
@@ -21,7 +22,7 @@ use crate::head::Facts;
 
 /// The value's tag and version.
 pub const MAGIC: &[u8; 27] = b"x402-wallet/anchor-head/v1\0";
-const LEN: usize = MAGIC.len() + 8 + 16 + 3 * 8 + 32 + 32;
+const LEN: usize = MAGIC.len() + 8 + 16 + 3 * 8 + 3 * 32 + 32;
 
 /// What a head's MAC binds besides the head itself: the etcd key, the anchor CA (PEM) and the
 /// server name, length-prefixed under a domain tag, hashed.
@@ -48,6 +49,10 @@ pub struct Head {
     pub facts: Facts,
     /// The audit chain's hash after `facts.audit_records` records.
     pub chain: [u8; 32],
+    /// The spend journal's chain hash after `facts.journal_records` ([`crate::chain`]).
+    pub journal_chain: [u8; 32],
+    /// The state store's chain hash after batch `facts.store_seq` ([`crate::chain`]).
+    pub state_chain: [u8; 32],
 }
 
 /// Why a stored value was refused.
@@ -83,6 +88,8 @@ impl Head {
             v.extend_from_slice(&w.to_be_bytes());
         }
         v.extend_from_slice(&self.chain);
+        v.extend_from_slice(&self.journal_chain);
+        v.extend_from_slice(&self.state_chain);
         let tag = mac(mac_key, binding, &v);
         v.extend_from_slice(&tag);
         v
@@ -115,8 +122,11 @@ impl Head {
         let m = MAGIC.len();
         let mut lineage = [0u8; 16];
         lineage.copy_from_slice(&body[m + 8..m + 24]);
-        let mut chain = [0u8; 32];
-        chain.copy_from_slice(&body[m + 48..]);
+        let hash = |at: usize| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&body[at..at + 32]);
+            h
+        };
         Ok(Self {
             epoch: word(m),
             lineage,
@@ -125,7 +135,9 @@ impl Head {
                 audit_records: word(m + 32),
                 store_seq: word(m + 40),
             },
-            chain,
+            chain: hash(m + 48),
+            journal_chain: hash(m + 80),
+            state_chain: hash(m + 112),
         })
     }
 }
@@ -141,6 +153,8 @@ mod tests {
         let h = Head {
             epoch: 3,
             lineage: [5; 16],
+            journal_chain: [6; 32],
+            state_chain: [7; 32],
             facts: Facts { journal_records: 10, audit_records: 12, store_seq: 40 },
             chain: [9; 32],
         };

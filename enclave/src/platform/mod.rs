@@ -71,6 +71,8 @@ pub trait StateStore: Send + Sync + Debug {
     /// # Errors
     /// [`StoreError::Sync`] when durability cannot be confirmed.
     fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The chain's hash after batch `seq` ([`crate::chain`]; `None` when not known).
+    fn chain_at(&self, seq: u64) -> Option<[u8; 32]>;
 }
 
 /// The append-only spend log: one record per authorization the enclave decided to release.
@@ -99,6 +101,8 @@ pub trait SpendLog: Send + Sync + Debug {
     fn anchor_cell(&self) -> crate::anchor::AnchorCell;
     /// What the last round that wrote the commit head recorded.
     fn last_round(&self) -> Option<crate::anchor::Local>;
+    /// The chain's hash after `n` records ([`crate::chain`]).
+    fn chain_at(&self, n: u64) -> Option<[u8; 32]>;
 }
 
 /// The audit log: hash-chained records, MACed under a key derived from the sealed audit key.
@@ -181,9 +185,9 @@ struct Opened {
     /// What the head says was durable (`None`: never written).
     durable: Option<Facts>,
     state: Box<dyn StateStore>,
-    /// The state store's last batch, and its durable batch (for the head).
+    /// The state store's last batch, and its durable batch with its chain hash (for the head).
     store_seq: u64,
-    store_durable_seq: Arc<std::sync::atomic::AtomicU64>,
+    store_durable_tip: crate::chain::Tip,
     audit: AuditLog,
     journal: Arc<dyn StorageFile>,
 }
@@ -211,7 +215,7 @@ impl Platform {
         let sealer = || Sealer::new(&sealing_key, entropy.clone());
         let (head, durable) = CommitHead::open(&dir.join(names::COMMIT_HEAD), sealer())?;
         let store = Store::open(&dir.join("state"), sealer())?;
-        let (store_seq, store_durable_seq) = (store.seq(), store.durable_seq());
+        let (store_seq, store_durable_tip) = (store.seq(), store.durable_tip());
         let audit = AuditLog::open(&dir.join(names::AUDIT_LOG))?;
         let journal: Arc<dyn StorageFile> = LocalFile::open(&dir.join(names::SPEND_JOURNAL))?;
         let opened = Opened {
@@ -219,7 +223,7 @@ impl Platform {
             durable,
             state: Box::new(store),
             store_seq,
-            store_durable_seq,
+            store_durable_tip,
             audit,
             journal,
         };
@@ -264,7 +268,7 @@ impl Platform {
             sealer(),
             durable.map_or(0, |f| f.store_seq),
         )?;
-        let (store_seq, store_durable_seq) = (store.seq(), store.durable_seq());
+        let (store_seq, store_durable_tip) = (store.seq(), store.durable_tip());
         let audit = AuditLog::open_file(storage.file(names::AUDIT_LOG)?)?;
         let journal: Arc<dyn StorageFile> = storage.file(names::SPEND_JOURNAL)?;
         let opened = Opened {
@@ -272,7 +276,7 @@ impl Platform {
             durable,
             state: Box::new(store),
             store_seq,
-            store_durable_seq,
+            store_durable_tip,
             audit,
             journal,
         };
@@ -316,7 +320,7 @@ impl Platform {
         let hook = HeadHook {
             head: o.head,
             audit_tip: o.audit.tip_handle(),
-            store_seq: o.store_durable_seq,
+            store_tip: o.store_durable_tip,
         };
         let (journal, spends) = Journal::open_with(
             o.journal,
@@ -357,6 +361,9 @@ impl StateStore for Store {
     fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(Store::sync(self))
     }
+    fn chain_at(&self, seq: u64) -> Option<[u8; 32]> {
+        Store::chain_at(self, seq)
+    }
 }
 
 impl StateStore for LogStore {
@@ -371,6 +378,9 @@ impl StateStore for LogStore {
     }
     fn sync(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(LogStore::sync(self))
+    }
+    fn chain_at(&self, seq: u64) -> Option<[u8; 32]> {
+        LogStore::chain_at(self, seq)
     }
 }
 
@@ -392,6 +402,9 @@ impl SpendLog for Journal {
     }
     fn last_round(&self) -> Option<crate::anchor::Local> {
         Journal::last_round(self)
+    }
+    fn chain_at(&self, n: u64) -> Option<[u8; 32]> {
+        Journal::chain_at(self, n)
     }
 }
 

@@ -2,10 +2,10 @@
 //! start-up check, the gate in front of every signature and state change, and its status. The
 //! anchor itself is [`crate::anchor`].
 //!
-//! Before an instance's first compare-and-swap (start-up, provisioning, re-anchoring) its
-//! lineage is recorded, durably, in the spend journal and in the state store; the start-up check
-//! then requires the anchored head's lineage in both, and its audit hash in the audit log. So a
-//! state assembled from stores of two different histories (each count high enough) is refused.
+//! The start-up check requires, at the anchored counts, the audit log's hash, the spend
+//! journal's chain hash and the state store's chain hash ([`crate::chain`]) to be the anchored
+//! ones: a state assembled from stores (or records) of two different histories, each count high
+//! enough, is refused. Nothing is written before that check passes.
 //!
 //! Provisioning is refused once wallets exist (unless re-anchoring): the anchor's configuration
 //! lives in the sealed state, so a host that rolled the whole state back to before provisioning
@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
 use zeroize::Zeroizing;
 
-use super::{auth::AdminAuthorized, ledger, records, Enclave, Failure, Result};
+use super::{auth::AdminAuthorized, records, Enclave, Failure, Result};
 use crate::{
     anchor::{self, Anchor, AnchorConfig, CreateError, Head, Local, StartError, Verify},
     store::{Op, Table},
@@ -27,8 +27,6 @@ use crate::{
 const CLIENT_KEY_ID: &[u8] = b"anchor-client-key";
 /// Record id of the anchor configuration in the anchor table.
 const CONFIG_ID: &[u8] = b"config";
-/// Prefix of the lineage records in the anchor table.
-const LINEAGE_PREFIX: &str = "lineage/";
 
 impl Enclave {
     /// The MAC key of anchored heads, derived from the identity key.
@@ -93,52 +91,32 @@ impl Enclave {
         )
     }
 
-    /// Records `lineage` in the spend journal and the state store and makes both durable, then
-    /// returns what the stores hold durably (the round's anchoring may fail: the instance with
-    /// this lineage is not in force yet, or not serving).
-    async fn record_lineage(&self, lineage: [u8; 16]) -> Result<Local> {
-        ledger::append_lineage(&*self.spend_log, lineage)?;
-        self.persist_state(vec![Op::Put(
-            Table::Anchor,
-            format!("{LINEAGE_PREFIX}{}", hex::encode(lineage)).into_bytes(),
-            Zeroizing::new(b"1".to_vec()),
-        )])
-        .await?;
-        let _ = self.spend_log.checkpoint().await;
-        self.journal_lineages.lock().map_err(|_| Failure::internal("lineages"))?.insert(lineage);
-        self.spend_log
-            .last_round()
-            .ok_or_else(|| Failure::internal("the commit head has not been written"))
-    }
-
-    /// The local side of the start-up check: the audit chain passes through the head's hash,
-    /// and the journal and the state store hold the head's lineage.
+    /// The local side of the start-up check: each store's hash at the head's count is the
+    /// head's (the audit log's, the spend journal's chain, the state store's chain).
     fn verify_local(&self, head: &Head) -> std::result::Result<(), String> {
-        match self.audit.hash_at(head.facts.audit_records) {
-            Some(h) if h == head.chain => {}
-            Some(_) => {
-                return Err(format!(
-                    "audit record {} differs from the one anchored",
-                    head.facts.audit_records
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "the audit log cannot be read up to record {}",
-                    head.facts.audit_records
-                ))
-            }
-        }
-        let in_journal = self.journal_lineages.lock().is_ok_and(|l| l.contains(&head.lineage));
-        if !in_journal {
-            return Err("the spend journal is not the one the anchored instance wrote".into());
-        }
-        let key = format!("{LINEAGE_PREFIX}{}", hex::encode(head.lineage));
-        match self.state.get(Table::Anchor, key.as_bytes()) {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err("the state store is not the one the anchored instance wrote".into()),
-            Err(e) => Err(format!("the state store cannot be read: {e}")),
-        }
+        let at = |what: &str, n: u64, local: Option<[u8; 32]>, anchored: [u8; 32]| match local {
+            Some(h) if h == anchored => Ok(()),
+            Some(_) => Err(format!("{what} differs from the anchored one at record {n}")),
+            None => Err(format!("{what} cannot be checked at record {n}")),
+        };
+        at(
+            "the audit log",
+            head.facts.audit_records,
+            self.audit.hash_at(head.facts.audit_records),
+            head.chain,
+        )?;
+        at(
+            "the spend journal",
+            head.facts.journal_records,
+            self.spend_log.chain_at(head.facts.journal_records),
+            head.journal_chain,
+        )?;
+        at(
+            "the state store",
+            head.facts.store_seq,
+            self.state.chain_at(head.facts.store_seq),
+            head.state_chain,
+        )
     }
 
     fn verifier(self: &Arc<Self>) -> Verify {
@@ -176,11 +154,10 @@ impl Enclave {
         };
         // In force before the check: until it passes, every round fails (nothing released).
         self.anchor.set(Arc::clone(&anchor));
-        let local = match self.record_lineage(anchor.lineage()).await {
+        let local = match self.anchor_local().await {
             Ok(l) => l,
             Err(f) => {
-                let _ = anchor.gate();
-                self.set_anchor_problem(format!("recording this instance: {}", f.message));
+                self.set_anchor_problem(f.message);
                 return;
             }
         };
@@ -295,7 +272,7 @@ impl Enclave {
             members: r.members,
         };
         config.check().map_err(Failure::bad_argument)?;
-        let replace = if r.replace_head.is_empty() {
+        let mut replace = if r.replace_head.is_empty() {
             None
         } else {
             if !r.reanchor {
@@ -343,6 +320,17 @@ impl Enclave {
         // A new client and lineage for the new configuration (a re-anchoring may bring a new
         // certificate); in force only once its head is written.
         let anchor = Arc::new(self.build_anchor(config.clone()).map_err(Failure::bad_argument)?);
+        // Re-anchoring a serving enclave (a certificate renewal): the named head is one its
+        // anchor wrote; retire that anchor (no more rounds) and replace what it wrote last,
+        // which may be newer than the head the admin saw.
+        if let (Some(current), Some(named)) = (self.anchor.get(), replace.as_deref()) {
+            let ours = current.decode(named).is_ok_and(|h| h.lineage == current.lineage());
+            if ours && current.phase() == anchor::Phase::Serving {
+                if let Some((value, _)) = current.retire().await {
+                    replace = Some(value);
+                }
+            }
+        }
         // The head being replaced, if this enclave wrote it (under the new configuration or
         // the stored one): re-anchoring onto a state behind it or forked from it undoes what
         // was anchored since, so it needs `accept_older_state`.
@@ -373,7 +361,7 @@ impl Enclave {
                 tracing::warn!(reason = %why, "anchor: re-anchoring onto an older state, as the admin asked");
             }
         }
-        let local = self.record_lineage(anchor.lineage()).await?;
+        let local = self.anchor_local().await?;
         let head = anchor.create(local, epoch, replace).await.map_err(|e| match e {
             CreateError::Unavailable(m) => Failure::precondition(Reason::AnchorUnavailable, m),
             CreateError::Refused(m) => Failure::precondition(Reason::InvalidArgument, m),

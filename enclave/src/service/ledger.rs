@@ -115,9 +115,6 @@ enum Entry {
         #[serde(default)]
         at_ms: u64,
     },
-    /// An enclave instance started on this ledger (its rollback-anchor lineage, hex): see
-    /// `anchor::value`. Spends nothing.
-    Lineage { lineage: String },
 }
 
 /// A signed spend, not yet durable. Its signature cannot be read from it: only [`post`] turns
@@ -366,28 +363,11 @@ pub(crate) fn hash_of(h: &str) -> [u8; 32] {
 ///
 /// # Errors
 /// [`StoreError`] for a record that does not parse.
-pub(crate) fn recover(
-    records: &[Zeroizing<Vec<u8>>],
-) -> Result<(Vec<Recovered>, Vec<[u8; 16]>), StoreError> {
-    let mut lineages = Vec::new();
-    let recovered = records
+pub(crate) fn recover(records: &[Zeroizing<Vec<u8>>]) -> Result<Vec<Recovered>, StoreError> {
+    records
         .iter()
-        .filter_map(|bytes| {
-            let entry = match super::records::from_json::<Entry>("journal", bytes) {
-                Ok(e) => e,
-                Err(e) => return Some(Err(e)),
-            };
-            Some(Ok(match entry {
-                Entry::Lineage { lineage } => {
-                    let mut l = [0u8; 16];
-                    if hex::decode_to_slice(&lineage, &mut l).is_err() {
-                        return Some(Err(StoreError::Engine(
-                            "a journal lineage record is not 16 hex bytes".into(),
-                        )));
-                    }
-                    lineages.push(l);
-                    return None;
-                }
+        .map(|bytes| {
+            Ok(match super::records::from_json::<Entry>("journal", bytes)? {
                 Entry::Spend(s) => Recovered::Posted {
                     seq: s.seq,
                     session_id: s.session_id.clone(),
@@ -407,19 +387,9 @@ pub(crate) fn recover(
                         at: UnixMillis(at_ms),
                     }
                 }
-            }))
+            })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok((recovered, lineages))
-}
-
-/// Records in the spend log that an instance with this anchor `lineage` starts here (waits for
-/// the local sync only: the caller anchors afterwards).
-///
-/// # Errors
-/// [`JournalError`].
-pub(crate) fn append_lineage(log: &dyn SpendLog, lineage: [u8; 16]) -> Result<(), JournalError> {
-    log.append(&json(&Entry::Lineage { lineage: hex::encode(lineage) }))
+        .collect()
 }
 
 /// The domain separator a reservation signs under (from the registry).
@@ -458,7 +428,7 @@ mod tests {
 
     fn recovered(record: &serde_json::Value) -> DurableSpend {
         let bytes = Zeroizing::new(serde_json::to_vec(record).unwrap());
-        match recover(&[bytes]).unwrap().0.pop().unwrap() {
+        match recover(&[bytes]).unwrap().pop().unwrap() {
             Recovered::Posted { spend, .. } => spend,
             Recovered::Withheld { .. } => panic!("a spend record"),
         }

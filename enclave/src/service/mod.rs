@@ -115,8 +115,6 @@ pub struct Enclave {
     anchor_required: bool,
     /// Why the configured anchor could not be started.
     anchor_problem: Mutex<Option<String>>,
-    /// The anchor lineages recorded in the spend journal (see `anchor::value`).
-    journal_lineages: Mutex<HashSet<[u8; 16]>>,
     /// The host's relays to the anchor's members (`--anchor-relay`), given at start-up.
     anchor_relays: std::sync::OnceLock<Vec<crate::hoststorage::HostAddress>>,
 }
@@ -201,9 +199,19 @@ impl Enclave {
                 Resp::SignPayment(result?)
             }
             // An agent's reads of its own session (session-signed; no state changes).
-            Req::GetBudget(r) => Resp::SessionBudget(self.get_budget(r).await?),
-            Req::ListPayments(r) => Resp::Payments(self.list_payments(r).await?),
-            Req::PreviewPayment(r) => Resp::PaymentPreview(self.preview_payment(r).await?),
+            // They write the replay floor: not while the anchor does not confirm.
+            Req::GetBudget(r) => {
+                self.anchor_gate()?;
+                Resp::SessionBudget(self.get_budget(r).await?)
+            }
+            Req::ListPayments(r) => {
+                self.anchor_gate()?;
+                Resp::Payments(self.list_payments(r).await?)
+            }
+            Req::PreviewPayment(r) => {
+                self.anchor_gate()?;
+                Resp::PaymentPreview(self.preview_payment(r).await?)
+            }
             // Reads.
             Req::ListWallets(_) => Resp::Wallets(self.list_wallets()),
             Req::GetPolicy(r) => Resp::Policy(self.get_policy(&r.wallet_id)?),
@@ -326,7 +334,7 @@ impl Enclave {
         if let Some(key) = &stored_identity {
             audit.attach_key(mac_key(key)).map_err(|e| StoreError::Engine(e.to_string()))?;
         }
-        let (recovered, lineages) = ledger::recover(&spends)?;
+        let recovered = ledger::recover(&spends)?;
         drop(spends);
         // The stores are verified: the commit head exists (and covers them as they are) before
         // anything is written.
@@ -417,7 +425,6 @@ impl Enclave {
             pcrs,
             anchor,
             anchor_required,
-            journal_lineages: Mutex::new(lineages.into_iter().collect()),
             anchor_problem: Mutex::new(None),
             anchor_relays: std::sync::OnceLock::new(),
         })
