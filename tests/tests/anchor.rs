@@ -28,7 +28,10 @@ use wallet_e2e::{
     etcd::EtcdCluster,
     header, now_ms, ok, Stack,
 };
-use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient};
+use wallet_proto::{
+    gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient},
+    AdminRpc,
+};
 
 const KEY: &str = "/x402-wallet/t1/anchor/head";
 /// 0.01 USDC (6 decimals).
@@ -471,6 +474,36 @@ async fn status_shows_the_head_and_re_anchoring_is_deliberate_and_audited() {
     let out = provision(&a, &["--reanchor", "--replace-head", &halted.etcd_head]);
     let e = wallet_e2e::stderr(&out);
     assert!(!out.status.success() && e.contains("older than"), "{e}");
+    // An acceptance that names another state than this copy's (delivered by the host to another
+    // copy than the one the admin inspected) is refused.
+    let mut c = a.stack.client().await;
+    c.prepare_anchor(a.stack.signed(AdminRpc::PrepareAnchor, gw::PrepareAnchorRequest::default()))
+        .await
+        .expect("prepare");
+    let other_copy = gw::ProvisionAnchorRequest {
+        auth: None,
+        ca_certificate_pem: std::fs::read_to_string(a.files.path().join("ca.pem")).unwrap(),
+        client_certificate_pem: std::fs::read_to_string(
+            a.stack.dir.path().join("home/anchor-client.pem"),
+        )
+        .unwrap(),
+        server_name: wallet_e2e::etcd::SERVER_NAME.into(),
+        key: KEY.into(),
+        members: 3,
+        reanchor: true,
+        replace_head: halted.etcd_head.clone(),
+        accept_older_state: true,
+        expect_journal_records: halted.local_journal_records,
+        expect_audit_records: halted.local_audit_records,
+        expect_store_seq: halted.local_store_seq,
+        // Another copy: same counts, another audit history.
+        expect_audit_hash: "00".repeat(32),
+    };
+    let err = c
+        .provision_anchor(a.stack.signed(AdminRpc::ProvisionAnchor, other_copy))
+        .await
+        .expect_err("another state than the one named");
+    assert!(err.message().contains("another copy"), "{err:?}");
     let text = ok(&provision(
         &a,
         &["--reanchor", "--replace-head", &halted.etcd_head, "--accept-older-state"],

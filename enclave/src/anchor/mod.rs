@@ -408,6 +408,10 @@ impl Anchor {
             }
             let bumped = local.head(anchored.epoch.saturating_add(1), self.lineage);
             let value = self.encode(&bumped);
+            // A start held back while this anchor was replaced (re-anchoring) must not write.
+            if self.is_closed() {
+                return Err(StartError::Unavailable("the anchor was replaced or stopped".into()));
+            }
             match retry(deadline, || self.kv.cas(self.key(), Some(current.revision), &value)).await
             {
                 Ok(etcd::Cas::Committed(rev)) => {
@@ -787,6 +791,8 @@ impl Anchor {
             head: head.map_or_else(String::new, |h| hex::encode(self.encode(&h))),
             rounds: st.rounds,
             etcd_head: st.seen.as_ref().map_or_else(String::new, hex::encode),
+            // The enclave fills in its local state.
+            ..Default::default()
         }
     }
 }

@@ -214,6 +214,17 @@ impl Enclave {
     }
 
     pub(super) fn anchor_info(&self) -> gw::AnchorInfo {
+        let mut info = self.anchor_info_without_local();
+        if let Some(l) = self.spend_log.last_round() {
+            info.local_journal_records = l.facts.journal_records;
+            info.local_audit_records = l.facts.audit_records;
+            info.local_store_seq = l.facts.store_seq;
+        }
+        info.local_audit_hash = hex::encode(self.audit.head().1);
+        info
+    }
+
+    fn anchor_info_without_local(&self) -> gw::AnchorInfo {
         if let Some(a) = self.anchor.get() {
             return a.info();
         }
@@ -356,6 +367,21 @@ impl Enclave {
                     return Err(Failure::precondition(
                         Reason::AnchorHalted,
                         format!("re-anchoring would accept a state older than (or forked from) the head it replaces: {why}. If you mean to accept this enclave's state and undo what was anchored since, re-anchor with accept_older_state (walletctl --accept-older-state)"),
+                    ));
+                }
+                let f = current.facts;
+                let audit_hash = hex::encode(self.audit.head().1);
+                if r.expect_journal_records != f.journal_records
+                    || r.expect_audit_records != f.audit_records
+                    || r.expect_store_seq > f.store_seq
+                    || r.expect_audit_hash != audit_hash
+                {
+                    return Err(Failure::precondition(
+                        Reason::InvalidArgument,
+                        format!(
+                            "this enclave's state ({} spend records, {} audit records ending in {audit_hash}, state batch {}) is not the one the acceptance names ({}, {} ending in {}, batch {}): the request reached another copy of the state than the one inspected. Nothing changed.",
+                            f.journal_records, f.audit_records, f.store_seq, r.expect_journal_records, r.expect_audit_records, r.expect_audit_hash, r.expect_store_seq
+                        ),
                     ));
                 }
                 tracing::warn!(reason = %why, "anchor: re-anchoring onto an older state, as the admin asked");

@@ -136,6 +136,22 @@ pub(crate) async fn run(url: &str, home: &Path, c: AnchorCmd) -> Out {
             return Ok(());
         }
     };
+    // Accepting an older state names the state accepted, as this enclave's signed status shows
+    // it: the enclave refuses a request that reaches another copy.
+    let (mut ej, mut ea, mut es, mut eh) = (0, 0, 0, String::new());
+    if a.accept_older_state {
+        let s = cl.get_status(gw::GetStatusRequest {}).await?;
+        let info = s.anchor.unwrap_or_default();
+        (ej, ea, es, eh) = (
+            info.local_journal_records,
+            info.local_audit_records,
+            info.local_store_seq,
+            info.local_audit_hash,
+        );
+        eprintln!(
+            "accepting this enclave's state: {ej} spend records, {ea} audit records, state batch {es} (what was anchored after it is undone)"
+        );
+    }
     let req = gw::ProvisionAnchorRequest {
         auth: None,
         ca_certificate_pem: ca_pem,
@@ -146,6 +162,10 @@ pub(crate) async fn run(url: &str, home: &Path, c: AnchorCmd) -> Out {
         reanchor: a.reanchor,
         replace_head: a.replace_head.clone().unwrap_or_default(),
         accept_older_state: a.accept_older_state,
+        expect_journal_records: ej,
+        expect_audit_records: ea,
+        expect_store_seq: es,
+        expect_audit_hash: eh,
     };
     let info = cl.provision_anchor(signed(home, AdminRpc::ProvisionAnchor, req)?).await?;
     let cert_path = home.join("anchor-client.pem");
