@@ -8,7 +8,8 @@
 //! the trust assumption).
 //!
 //! * **Every durability round** ends with one compare-and-swap of the head ([`value::Head`]:
-//!   epoch, the stores' durable counts, the audit chain's hash, a MAC) against the etcd
+//!   epoch, the writing instance's lineage, the stores' durable counts and each store's hash at
+//!   them — the audit chain's and [`crate::chain`]'s for the journal and the state — a MAC) against the etcd
 //!   `mod_revision` this enclave last wrote, *after* the local syncs and the local commit head
 //!   and *before* anything the round covers is released ([`Anchor::round`], called by the
 //!   journal's round thread). A payment's signature therefore leaves only once etcd's quorum has
@@ -19,14 +20,14 @@
 //!   started twice) advanced the anchor: this one halts for good ([`Phase::Halted`]).
 //! * **Fail closed**: a round the anchor does not confirm within [`ROUND_WAIT`] fails (its
 //!   signatures are withheld, the spends stay counted), and until a probe reaches the anchor
-//!   again new payments and state changes are refused at once ([`Anchor::gate`]) instead of
+//!   again new payments, state changes and agents' reads are refused at once ([`Anchor::gate`]) instead of
 //!   reserving budget they cannot use. There is no "bounded lag" mode, on purpose: a host that
 //!   can make the enclave sign K payments ahead of the anchor can roll it back to the anchored
 //!   head, let the start-up read through, and repeat — K per cycle, unbounded over cycles.
 //! * **At start-up**, before the first signature ([`Anchor::start`]): a linearizable read of the
 //!   head. Local state *behind* it (any count lower) is a rollback, local state of equal or
-//!   greater counts whose audit chain does not pass through the anchored hash is a fork: both
-//!   halt. Local state ahead and consistent (a crash after local sync, before the CAS: nothing of
+//!   greater counts whose audit log, spend journal or state store does not have the anchored
+//!   hash at the anchored count is a fork: both halt. Nothing is written before this check. Local state ahead and consistent (a crash after local sync, before the CAS: nothing of
 //!   it was released) is rolled forward. The same CAS bumps the epoch, so an older or cloned
 //!   instance still running halts at its next round.
 
@@ -212,9 +213,8 @@ fn halted(why: impl std::fmt::Display) -> String {
     format!("{}: {why}", Reason::AnchorHalted.as_str())
 }
 
-/// Checks that the local state holds an anchored head: its audit chain passes through the
-/// head's hash, and its spend journal and state store hold the head's lineage. `Err` says what
-/// does not match.
+/// Checks that the local state holds an anchored head: the audit log, the spend journal and the
+/// state store each have the head's hash at the head's count. `Err` says what does not match.
 pub type Verify = Arc<dyn Fn(&Head) -> Result<(), String> + Send + Sync>;
 
 /// Why [`Anchor::create`] did not write the head.
@@ -228,8 +228,7 @@ pub enum CreateError {
 
 impl Anchor {
     /// Builds the anchor (no connection yet) in [`Phase::Waiting`], with its own runtime;
-    /// `lineage` is this instance's (draw it from the NSM, and record it in the stores before
-    /// [`Self::start`] or [`Self::create`]).
+    /// `lineage` is this instance's (draw it from the NSM).
     ///
     /// # Errors
     /// A sentence when the configuration or the TLS material cannot be used.

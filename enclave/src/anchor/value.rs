@@ -4,16 +4,16 @@
 //! `journal_records` ‖ `audit_records` ‖ `store_seq` (u64 big-endian each) ‖ `chain` (32
 //! bytes: the audit chain's hash after record `audit_records`, all zeros for none) ‖
 //! `journal_chain` ‖ `state_chain` (32 bytes each: the spend journal's and the state store's
-//! running hashes at their counts, [`crate::chain`]) ‖ `mac` (32 bytes): HMAC-SHA-256 under the enclave's anchor MAC key over everything before it *and* the
-//! anchor's binding ([`binding`]: the etcd key, the CA, the server name). So the anchor's operator
+//! running hashes at their counts, [`crate::chain`]) ‖ `mac` (32 bytes): HMAC-SHA-256 under
+//! the enclave's anchor MAC key over everything before it *and* the anchor's binding ([`binding`]: the etcd key, the CA, the server name). So the anchor's operator
 //! can store an old genuine head (the trust assumption excludes that), but never invent one, move
 //! one from another key, or serve one written under another anchor configuration.
 //!
 //! `lineage` is a random value each enclave instance draws when it starts (or provisions): the
 //! instance that wrote the head. Two instances never write the same bytes, so "the value I tried
-//! to write" is never mistaken for another instance's; and each instance records its lineage in
-//! the spend journal and the state store before its first compare-and-swap, so a store taken
-//! from another instance's history does not hold the anchored lineage.
+//! to write" is never mistaken for another instance's. The three hashes bind each store's
+//! content at the anchored counts, so a store (or a single record) taken from another copy's
+//! history does not pass the start-up check.
 
 use hmac::{Hmac, Mac as _};
 use sha2::{Digest as _, Sha256};
