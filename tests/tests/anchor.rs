@@ -593,6 +593,11 @@ async fn stores_from_two_histories_are_refused_even_when_every_count_is_high_eno
     let mut a = anchored(&cluster, Relays::Test);
     let w = a.stack.wallet("1").await;
     let cred = Arc::new(a.stack.session(&w, "1", gw::IssueSessionRequest::default()).await);
+    // Three requests signed before p1: p1 moves the replay floor past them, so while the anchor
+    // is blocked they go straight to their spend records (no floor advance to wait for it).
+    let early: Vec<gw::SignPaymentRequest> = (0..3)
+        .map(|i| cred.sign_request(&header(CENT), "", "", &format!("unanchored-{i}"), now_ms()))
+        .collect();
     pay(&a.stack.url, &cred, "p1").await.expect("signed");
     // The host copies the running (idle) enclave's state: level with the anchored head.
     let copy = a.files.path().join("copy");
@@ -603,9 +608,12 @@ async fn stores_from_two_histories_are_refused_even_when_every_count_is_high_eno
         r.set(BLACKHOLE);
     }
     let mut tries = Vec::new();
-    for i in 0..3 {
-        let (url, cred) = (a.stack.url.clone(), Arc::clone(&cred));
-        tries.push(tokio::spawn(async move { pay(&url, &cred, &format!("unanchored-{i}")).await }));
+    for req in early {
+        let url = a.stack.url.clone();
+        tries.push(tokio::spawn(async move {
+            let mut c = WalletGatewayClient::connect(url).await.expect("connect");
+            c.sign_payment(req).await
+        }));
     }
     for t in tries {
         let err = t.await.unwrap().expect_err("not released");
@@ -614,6 +622,11 @@ async fn stores_from_two_histories_are_refused_even_when_every_count_is_high_eno
     stop_enclave(&mut a.stack);
     let first_journal = a.files.path().join("first.journal");
     std::fs::copy(a.stack.data_dir().join("spends.journal"), &first_journal).unwrap();
+    assert_eq!(
+        frames(&std::fs::read(&first_journal).unwrap()).len(),
+        4,
+        "p1 and the three unanchored spends are in the first instance's journal"
+    );
     // A second instance from the copy takes the anchor over and anchors a payment of its own.
     for r in &a.relays {
         r.set(FORWARD);
