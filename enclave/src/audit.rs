@@ -96,8 +96,6 @@ pub struct AuditLog {
     file: Arc<dyn StorageFile>,
     /// What to call the file in errors (its path, or its name on the host).
     path: String,
-    /// Records written (complete lines), for the commit head.
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Count and hash together, for the commit head and the anchor.
     tip: Tip,
 }
@@ -149,7 +147,6 @@ impl AuditLog {
             writer: Mutex::new(writer),
             file,
             path,
-            count: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(count)),
             tip: Tip(Arc::new(Mutex::new((count, last)))),
         })
     }
@@ -199,15 +196,8 @@ impl AuditLog {
         w.count += 1;
         w.last = h;
         w.len += line.len() as u64;
-        self.count.store(w.count, std::sync::atomic::Ordering::SeqCst);
         self.tip.set(w.count, w.last);
         Ok(())
-    }
-
-    /// A handle on the number of records written (complete lines), for the commit head.
-    #[must_use]
-    pub fn count_handle(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
-        std::sync::Arc::clone(&self.count)
     }
 
     /// A handle on the count and hash of the last record, for the commit head and the anchor.

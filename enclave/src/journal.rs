@@ -253,8 +253,6 @@ const CHAIN_TAG: &[u8] = b"x402-wallet/spend-journal-chain/v1\0";
 
 /// The append-only spend journal.
 pub struct Journal {
-    /// Records in the file (recovered and appended).
-    records: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Records known durable (recovered, then advanced by each round): each record's watermark.
     durable_records: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Whether rounds write the commit head yet (see [`Self::arm_head`]).
@@ -335,7 +333,6 @@ impl Journal {
         let faults = std::sync::Arc::new(Faults::default());
         #[cfg(feature = "fault-injection")]
         let round_faults = std::sync::Arc::clone(&faults);
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(records.len() as u64));
         let history = crate::chain::History::of(CHAIN_TAG, &records);
         let (n, h) = history.tip();
         let tip = crate::chain::Tip::new(n, h);
@@ -424,7 +421,6 @@ impl Journal {
         let writer = Mutex::new(Writer { file, next, pos: end, allocated, poisoned: false });
         Ok((
             Self {
-                records: count,
                 durable_records: durable,
                 head_armed: armed,
                 anchor,
@@ -491,7 +487,6 @@ impl Journal {
         w.next += 1;
         let hash = self.history.push(w.next, plaintext);
         self.tip.set(w.next, hash);
-        self.records.store(w.next, std::sync::atomic::Ordering::SeqCst);
         self.commit.wrote();
         drop(w);
         Ok(())

@@ -719,7 +719,7 @@ impl Anchor {
                 let mine = st.unknown.contains(&c.value);
                 if confirmed || mine {
                     if mine {
-                        if let Ok(h) = Head::decode(&c.value, &this.mac_key, &this.binding) {
+                        if let Ok(h) = this.decode(&c.value) {
                             st.last = Some((h, c.revision));
                         }
                     }
@@ -741,7 +741,6 @@ impl Anchor {
         self: &Arc<Self>,
         local: impl Fn() -> Option<Local> + Send + 'static,
         verify: Verify,
-        on_serving: impl FnOnce() + Send + 'static,
     ) {
         let this = Arc::clone(self);
         self.rt().spawn(async move {
@@ -753,7 +752,7 @@ impl Anchor {
                 let Some(l) = local() else { continue };
                 match this.start_here(l, &verify).await {
                     Ok(()) => {
-                        on_serving();
+                        tracing::info!("anchor: start-up check passed");
                         break;
                     }
                     Err(StartError::Halted(_)) => break,

@@ -169,11 +169,7 @@ impl Enclave {
             Err(StartError::Unavailable(why)) => {
                 tracing::warn!(error = %why, "anchor: unreachable at start-up; refusing to sign until it answers");
                 let a = Arc::clone(self);
-                anchor.start_in_background(
-                    move || a.spend_log.last_round(),
-                    self.verifier(),
-                    || tracing::info!("anchor: start-up check passed"),
-                );
+                anchor.start_in_background(move || a.spend_log.last_round(), self.verifier());
             }
         }
     }
