@@ -713,3 +713,33 @@ async fn a_serving_enclave_renews_its_certificate_by_re_anchoring() {
     pay(&a.stack.url, &cred, "after").await.expect("signed under the new certificate");
     assert_eq!(a.stack.status().await.payments_signed, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_the_host_runs_with_its_own_ca_is_not_believed() {
+    let cluster = EtcdCluster::start(3);
+    let mut a = anchored(&cluster, Relays::Test);
+    let w = a.stack.wallet("1").await;
+    let cred = a.stack.session(&w, "1", gw::IssueSessionRequest::default()).await;
+    pay(&a.stack.url, &cred, "p1").await.expect("signed");
+    // The host starts an etcd of its own (its own CA, certificates for the same name) and
+    // points the enclave's relays at it.
+    let evil = EtcdCluster::start(1);
+    stop_enclave(&mut a.stack);
+    a.relays.clear();
+    for i in 0..3 {
+        let path = relay_path(a.files.path(), i);
+        let _ = std::fs::remove_file(&path);
+        a.relays.push(TestRelay::spawn(path, evil.client_endpoints()[0]));
+    }
+    a.stack.start_enclave_again();
+    let info = anchor_state(&a.stack.url).await;
+    assert!(info.state.starts_with("waiting"), "{info:?}");
+    let err = pay(&a.stack.url, &cred, "p2").await.expect_err("no anchor it trusts, no signature");
+    assert_eq!(reason(&err), "ANCHOR_UNAVAILABLE", "{err:?}");
+    let log = std::fs::read_to_string(a.stack.enclave_log()).unwrap();
+    assert!(
+        log.contains("invalid peer certificate"),
+        "the enclave refused the server certificate itself: {log}"
+    );
+    assert!(evil.etcdctl_ok(&["get", KEY]).trim().is_empty(), "nothing was written to it");
+}
