@@ -11,7 +11,7 @@ set -euo pipefail
 # "etcd Version: 3.4.23" -> success when the major.minor is at least 3.4.
 etcd_recent_enough() {
   local v major minor
-  v=$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: *\([0-9][0-9.]*\).*/\1/p' | head -n1)
+  v=$(etcd --version 2>/dev/null | sed -n 's/^etcd Version: *\([0-9][0-9.]*\).*/\1/p' | sed -n 1p)
   [ -n "$v" ] || return 1
   major=${v%%.*}
   minor=${v#*.}; minor=${minor%%.*}
@@ -19,8 +19,8 @@ etcd_recent_enough() {
 }
 
 show_versions() {
-  etcd --version | head -n1
-  etcdctl version | head -n1
+  etcd --version | sed -n 1p
+  etcdctl version | sed -n 1p
 }
 
 if command -v etcd >/dev/null && command -v etcdctl >/dev/null && etcd_recent_enough; then
@@ -52,7 +52,7 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
   exit 1
 fi
 etcd_recent_enough || {
-  echo "etcd is older than 3.4: $(etcd --version | head -n1)" >&2
+  echo "etcd is older than 3.4: $(etcd --version | sed -n 1p)" >&2
   exit 1
 }
 show_versions
