@@ -8,6 +8,7 @@
 //!   time-window budgets, rate limits, payee lists, KYT, approval holds), with stable reason codes.
 //! * [`document`]: the policy file (TOML) an owner writes, compiled and checked.
 //! * [`window`]: rolling time-window sums for budgets and rate limits.
+//! * [`share`]: limits shared by several enclave processes through grants kept in one book.
 //! * [`amount`]: money as integers.
 //!
 //! This crate does no I/O, reads no clock (time is a parameter) and holds no keys. It depends on
@@ -22,6 +23,7 @@ pub mod document;
 pub mod eip712;
 pub mod registry;
 pub mod rules;
+pub mod share;
 pub mod window;
 pub mod x402;
 
