@@ -1,14 +1,32 @@
-//! The gateway's link to the enclave: one multiplexed connection, reconnected on demand, to an
-//! [`EnclaveAddress`] (a Unix socket in simulated mode, vsock on Nitro). Requests are tagged with
-//! ids; responses may come back in any order. Frames are [`wallet_proto::frame`]'s, read with
-//! [`read_frame`].
+//! The gateway's links to the enclave: one multiplexed connection per link, reconnected on
+//! demand, to an [`EnclaveAddress`] (a Unix socket in simulated mode, vsock on Nitro). Requests
+//! are tagged with ids; responses may come back in any order. Frames are
+//! [`wallet_proto::frame`]'s, read with [`read_frame`].
 //!
-//! Bounded: at most [`EnclaveClient::max_in_flight`] requests are in flight on the link (default
+//! Bounded: at most [`EnclaveClient::max_in_flight`] requests are in flight on a link (default
 //! [`DEFAULT_MAX_IN_FLIGHT`], the enclave's own per-connection cap, so the enclave never has to
 //! push back on a healthy gateway). A call that finds no free slot within the queue wait (default
 //! [`DEFAULT_QUEUE_WAIT`]) fails at once with `UNAVAILABLE` / `ENCLAVE_UNAVAILABLE` and a message
 //! saying the gateway is saturated; a flood of gRPC calls therefore queues briefly and is shed,
 //! instead of piling up without bound.
+//!
+//! **Sent or not.** [`EnclaveClient::send`] says how a call failed with a [`CallError`]:
+//! [`CallError::NotSent`] only when the request frame certainly never reached the link's writer
+//! (the link could not connect, its connection was already closed, or no in-flight slot freed
+//! within the queue wait); [`CallError::Failed`] for everything else, in particular every failure
+//! after the frame was handed to the writer, when the enclave may have received the request and
+//! acted on it (signed a payment) even though its answer is lost.
+//!
+//! **Several enclaves of one group.** An [`EnclaveGroup`] holds one link per member (copies of
+//! one sealed state serving the same wallets, with one identity key) and routes each call by
+//! [`route_key`]: the members in [`ring_order`] of the key (FNV-1a 64 of the key's UTF-8 bytes,
+//! modulo the number of members, then the next members in list order, wrapping), members that
+//! could not be connected within the last [`DEFAULT_RETRY_AFTER`] moved to the end. A call goes
+//! on to the next member only on [`CallError::NotSent`]; once the frame may have been sent it is
+//! never sent elsewhere (a second member would sign the same payment again: the agent would pay
+//! twice for one request), and the caller gets `UNAVAILABLE` / `ENCLAVE_UNAVAILABLE` (or
+//! `DEADLINE_EXCEEDED` / `ENCLAVE_TIMEOUT`) as from a single link; the agent's retry with the same
+//! idempotency key decides.
 
 use std::{
     collections::HashMap,
@@ -19,7 +37,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use prost::Message as _;
@@ -289,17 +307,17 @@ impl EnclaveClient {
         &self.address
     }
 
-    async fn connection(&self) -> Result<Arc<Conn>, Status> {
+    async fn connection(&self) -> Result<Arc<Conn>, CallError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref().filter(|c| c.alive()) {
             return Ok(Arc::clone(c));
         }
+        // Nothing of the request has been written: a failure here is `NotSent`.
         let stream = self.address.connect().await.map_err(|e| {
-            reason_status(
-                tonic::Code::Unavailable,
-                Reason::EnclaveUnavailable,
-                &format!("cannot reach the enclave at {}: {e}", self.address),
-            )
+            CallError::NotSent(NotSent {
+                cause: NotSentCause::Unreachable,
+                detail: format!("cannot reach the enclave at {}: {e}", self.address),
+            })
         })?;
         let (rd, mut wr) = tokio::io::split(stream);
         // Buffered: several responses arriving together cost one read.
@@ -354,80 +372,424 @@ impl EnclaveClient {
         challenge: Vec<u8>,
         body: Req,
     ) -> Result<(Resp, Vec<u8>), Status> {
-        let saturated = || {
-            reason_status(
-                tonic::Code::Unavailable,
-                Reason::EnclaveUnavailable,
-                &format!(
-                    "the gateway is saturated: {} requests already in flight to the enclave and none finished within {} ms; retry later",
-                    self.max_in_flight,
-                    self.queue_wait.as_millis()
-                ),
-            )
-        };
-        let _slot = match tokio::time::timeout(self.queue_wait, self.in_flight.acquire()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_)) | Err(_) => return Err(saturated()),
-        };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_frame(&EnclaveRequest {
+        let mut request = EnclaveRequest {
             challenge,
             protocol_version: ENCLAVE_PROTOCOL_VERSION,
-            request_id: id,
+            request_id: 0,
             body: Some(body),
-        })
-        .map_err(|e| {
-            reason_status(tonic::Code::InvalidArgument, Reason::RequestTooLarge, &e.to_string())
+        };
+        self.send(&mut request).await.map_err(Status::from)
+    }
+
+    /// Sends `request` on this link (setting its `request_id` and `protocol_version`; its
+    /// challenge and body are left as they are, so the same request can be offered to another
+    /// link after [`CallError::NotSent`]) and returns the answer and the enclave's signature.
+    ///
+    /// # Errors
+    /// [`CallError::NotSent`] when the request frame certainly never reached this link's
+    /// writer: no in-flight slot freed within the queue wait ([`NotSentCause::Saturated`]), the
+    /// enclave could not be connected ([`NotSentCause::Unreachable`]), or the connection was
+    /// closed before the frame was handed over ([`NotSentCause::LinkClosed`]).
+    /// [`CallError::Failed`] otherwise: the frame was handed to the writer and the connection
+    /// closed before the answer (`Unavailable`) or no answer came within the timeout
+    /// (`DeadlineExceeded`) — the enclave may have acted on it —, or the request is too large for
+    /// a frame (`InvalidArgument`), or the timeout passed while the enclave pushed back
+    /// (`DeadlineExceeded`: not sent, but the call's time is spent).
+    pub async fn send(&self, request: &mut EnclaveRequest) -> Result<(Resp, Vec<u8>), CallError> {
+        let not_sent = |cause, detail: String| CallError::NotSent(NotSent { cause, detail });
+        let failed =
+            |code, reason, message: &str| CallError::Failed(reason_status(code, reason, message));
+        let _slot = match tokio::time::timeout(self.queue_wait, self.in_flight.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) | Err(_) => {
+                return Err(not_sent(
+                    NotSentCause::Saturated,
+                    format!(
+                        "the gateway is saturated: {} requests already in flight to the enclave at {} and none finished within {} ms; retry later",
+                        self.max_in_flight,
+                        self.address,
+                        self.queue_wait.as_millis()
+                    ),
+                ))
+            }
+        };
+        request.request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request.protocol_version = ENCLAVE_PROTOCOL_VERSION;
+        let frame = encode_frame(&*request).map_err(|e| {
+            failed(tonic::Code::InvalidArgument, Reason::RequestTooLarge, &e.to_string())
         })?;
         let conn = self.connection().await?;
         let (tx, rx) = oneshot::channel();
         conn.pending
             .lock()
             .map_err(|_| {
-                reason_status(tonic::Code::Internal, Reason::Internal, "enclave client poisoned")
+                failed(tonic::Code::Internal, Reason::Internal, "enclave client poisoned")
             })?
-            .insert(id, tx);
+            .insert(request.request_id, tx);
         // Removes the waiter however this call ends (answered, failed, timed out, or cancelled
         // because the gRPC client went away), so waiters never pile up.
-        let _cleanup = Cleanup { pending: &conn.pending, id };
+        let _cleanup = Cleanup { pending: &conn.pending, id: request.request_id };
         let closed = || {
-            reason_status(
-                tonic::Code::Unavailable,
-                Reason::EnclaveUnavailable,
-                "the enclave connection closed",
+            not_sent(
+                NotSentCause::LinkClosed,
+                format!("the enclave connection to {} closed", self.address),
             )
         };
         if conn.dead.load(Ordering::SeqCst) {
             return Err(closed());
         }
-        // One deadline for queueing the frame (the enclave may push back) and the answer.
-        let exchange = async {
-            conn.tx.send(frame).await.map_err(|_| None)?;
-            rx.await.map_err(|_| Some(()))
+        let timed_out = || {
+            failed(
+                tonic::Code::DeadlineExceeded,
+                Reason::EnclaveTimeout,
+                "the enclave did not answer in time",
+            )
         };
-        let resp = match tokio::time::timeout(self.timeout, exchange).await {
+        // One deadline for queueing the frame (the enclave may push back) and the answer.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        // The point of no return. Until `send` completes the frame is ours: a closed channel
+        // hands it back unwritten, and a `send` given up on (the deadline) never queued it
+        // (tokio's `Sender::send` is cancel-safe). Once it completes, the writer may put it on
+        // the wire at any moment, so every failure after this line is `Failed`, never
+        // `NotSent`: the enclave may have signed.
+        match tokio::time::timeout_at(deadline, conn.tx.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(closed()),
+            Err(_) => return Err(timed_out()),
+        }
+        let resp = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(resp)) => resp,
-            Ok(Err(None)) => return Err(closed()),
-            Ok(Err(Some(()))) => {
-                return Err(reason_status(
+            Ok(Err(_)) => {
+                return Err(failed(
                     tonic::Code::Unavailable,
                     Reason::EnclaveUnavailable,
-                    "the enclave connection closed before it answered",
+                    &format!(
+                        "the enclave connection to {} closed before it answered",
+                        self.address
+                    ),
                 ))
             }
-            Err(_) => {
-                return Err(reason_status(
-                    tonic::Code::DeadlineExceeded,
-                    Reason::EnclaveTimeout,
-                    "the enclave did not answer in time",
-                ))
-            }
+            Err(_) => return Err(timed_out()),
         };
         let signature = resp.answer_signature;
         let body = resp.body.ok_or_else(|| {
-            reason_status(tonic::Code::Internal, Reason::Internal, "enclave sent an empty response")
+            failed(tonic::Code::Internal, Reason::Internal, "enclave sent an empty response")
         })?;
         Ok((body, signature))
+    }
+}
+
+/// How a call on one link ([`EnclaveClient::send`]) failed: whether the request can have reached
+/// the enclave. Decided in `send` at the points where it is known for sure (see
+/// [`CallError::NotSent`]); never inferred from a message.
+#[derive(Debug)]
+pub enum CallError {
+    /// The request frame certainly never reached the link's writer, for a reason of this link's
+    /// own: another member of the group may take the request. Maps to `UNAVAILABLE` /
+    /// `ENCLAVE_UNAVAILABLE`.
+    NotSent(NotSent),
+    /// Anything else. The request may have reached the enclave and taken effect (a payment
+    /// signed whose answer was lost), or it failed for a reason every member would share (too
+    /// large for a frame), or its time is spent. It must not be sent to another member.
+    Failed(Status),
+}
+
+/// A request that certainly never reached the enclave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotSent {
+    /// Why.
+    pub cause: NotSentCause,
+    /// One sentence naming the link's address, for the caller.
+    pub detail: String,
+}
+
+/// Why a request was not sent ([`CallError::NotSent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotSentCause {
+    /// The link could not connect (refused, no socket, vsock or handshake error): nothing was
+    /// written. An [`EnclaveGroup`] tries this member last for a while.
+    Unreachable,
+    /// The link's connection was found closed before the frame was handed to its writer.
+    LinkClosed,
+    /// No in-flight slot freed within the queue wait: the frame was not even encoded.
+    Saturated,
+}
+
+impl From<CallError> for Status {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::NotSent(n) => {
+                reason_status(tonic::Code::Unavailable, Reason::EnclaveUnavailable, &n.detail)
+            }
+            CallError::Failed(status) => status,
+        }
+    }
+}
+
+/// Default time a member that could not be connected is tried last (after every other member)
+/// before it is preferred again.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What a call is routed by ([`route_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKey<'a> {
+    /// The session id of a call carrying one (agent calls and `RevokeSession`).
+    Session(&'a str),
+    /// The wallet id of an admin call carrying one.
+    Wallet(&'a str),
+    /// No key (or an empty one): the members in list order, from the first.
+    Fixed,
+}
+
+/// The routing key of a request: the session id for `SignPayment`, `PreviewPayment`,
+/// `GetBudget`, `ListPayments` and `RevokeSession`; the wallet id for `SetPolicy` (its policy's),
+/// `GetPolicy`, `IssueSession`, `ListSessions`, `FreezeWallet`, `UnfreezeWallet` and
+/// `ListApprovals`; [`RouteKey::Fixed`] for every other call and for an empty id.
+#[must_use]
+pub fn route_key(body: &Req) -> RouteKey<'_> {
+    fn session(id: &str) -> RouteKey<'_> {
+        if id.is_empty() {
+            RouteKey::Fixed
+        } else {
+            RouteKey::Session(id)
+        }
+    }
+    fn wallet(id: &str) -> RouteKey<'_> {
+        if id.is_empty() {
+            RouteKey::Fixed
+        } else {
+            RouteKey::Wallet(id)
+        }
+    }
+    match body {
+        Req::SignPayment(r) => session(&r.session_id),
+        Req::PreviewPayment(r) => session(&r.session_id),
+        Req::GetBudget(r) => session(&r.session_id),
+        Req::ListPayments(r) => session(&r.session_id),
+        Req::RevokeSession(r) => session(&r.session_id),
+        Req::SetPolicy(r) => wallet(r.policy.as_ref().map_or("", |p| p.wallet_id.as_str())),
+        Req::GetPolicy(r) => wallet(&r.wallet_id),
+        Req::IssueSession(r) => wallet(&r.wallet_id),
+        Req::ListSessions(r) => wallet(&r.wallet_id),
+        Req::FreezeWallet(r) | Req::UnfreezeWallet(r) => wallet(&r.wallet_id),
+        Req::ListApprovals(r) => wallet(&r.wallet_id),
+        // Listed one by one, so that a new call needs a decision here.
+        Req::CreateWallet(_)
+        | Req::ListWallets(_)
+        | Req::AddAsset(_)
+        | Req::ListAssets(_)
+        | Req::AddKyt(_)
+        | Req::RemoveKyt(_)
+        | Req::ListKyt(_)
+        | Req::ImportKyt(_)
+        | Req::GetStatus(_)
+        | Req::AddAdmin(_)
+        | Req::RemoveAdmin(_)
+        | Req::ListAdmins(_)
+        | Req::GetAuditHead(_)
+        | Req::ListAudit(_)
+        | Req::DecideApproval(_)
+        | Req::GetAttestation(_)
+        | Req::PrepareAnchor(_)
+        | Req::ProvisionAnchor(_) => RouteKey::Fixed,
+    }
+}
+
+/// 64-bit FNV-1a (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`): the routing hash,
+/// fixed so that every gateway (and every restart of one) routes a key alike.
+#[must_use]
+pub fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The members `0..n` in the order a call with `key` prefers them: the primary
+/// `fnv1a_64(key) mod n` (member 0 for [`RouteKey::Fixed`]), then the next members in list
+/// order, wrapping around.
+#[must_use]
+pub fn ring_order(key: RouteKey<'_>, n: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let primary = match key {
+        RouteKey::Session(id) | RouteKey::Wallet(id) => {
+            // `n` fits in u64 and the remainder is below `n`: both conversions are lossless.
+            usize::try_from(fnv1a_64(id.as_bytes()) % n as u64).unwrap_or(0)
+        }
+        RouteKey::Fixed => 0,
+    };
+    (0..n).map(|i| (primary + i) % n).collect()
+}
+
+/// One member of an [`EnclaveGroup`]: its link and whether it could be connected lately.
+struct Member {
+    link: Arc<EnclaveClient>,
+    /// Set when a connect failed: the member is tried last until then. Cleared by an answer.
+    retry_at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Member {
+    fn health(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.retry_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn backing_off(&self, now: Instant) -> bool {
+        self.health().is_some_and(|t| now < t)
+    }
+}
+
+/// The links to the members of one enclave group (copies of one sealed state that serve the same
+/// wallets and sign with the same identity key), and the routing between them: see the module
+/// documentation. With one member it behaves exactly as that member's [`EnclaveClient`].
+pub struct EnclaveGroup {
+    members: Vec<Member>,
+    retry_after: Duration,
+}
+
+impl fmt::Debug for EnclaveGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnclaveGroup")
+            .field("members", &self.members.iter().map(|m| m.link.address()).collect::<Vec<_>>())
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}
+
+impl From<EnclaveClient> for EnclaveGroup {
+    fn from(link: EnclaveClient) -> Self {
+        Self::new([Arc::new(link)])
+    }
+}
+
+impl From<Arc<EnclaveClient>> for EnclaveGroup {
+    fn from(link: Arc<EnclaveClient>) -> Self {
+        Self::new([link])
+    }
+}
+
+impl EnclaveGroup {
+    /// A group of `links`, in the order given (the ring order of [`ring_order`]). An empty
+    /// group answers every call with `UNAVAILABLE`.
+    #[must_use]
+    pub fn new(links: impl IntoIterator<Item = Arc<EnclaveClient>>) -> Self {
+        let members = links
+            .into_iter()
+            .map(|link| Member { link, retry_at: std::sync::Mutex::new(None) })
+            .collect();
+        Self { members, retry_after: DEFAULT_RETRY_AFTER }
+    }
+
+    /// The same, trying a member that could not be connected last for `retry_after` (default
+    /// [`DEFAULT_RETRY_AFTER`]).
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// The members' addresses, in ring order.
+    pub fn addresses(&self) -> impl Iterator<Item = &EnclaveAddress> {
+        self.members.iter().map(|m| m.link.address())
+    }
+
+    /// How many members.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the group has no member.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The order in which a call with `body` tries the members now: [`ring_order`] of its
+    /// [`route_key`], with the members that could not be connected in the last
+    /// [`Self::with_retry_after`] moved to the end (in ring order among themselves).
+    #[must_use]
+    pub fn preference(&self, body: &Req) -> Vec<usize> {
+        let now = Instant::now();
+        let (up, down): (Vec<usize>, Vec<usize>) = ring_order(route_key(body), self.members.len())
+            .into_iter()
+            .partition(|&i| self.members.get(i).is_some_and(|m| !m.backing_off(now)));
+        up.into_iter().chain(down).collect()
+    }
+
+    /// [`EnclaveClient::call`] on the group.
+    ///
+    /// # Errors
+    /// As [`Self::call_signed`].
+    pub async fn call(&self, body: Req) -> Result<Resp, Status> {
+        self.call_signed(Vec::new(), body).await.map(|(resp, _)| resp)
+    }
+
+    /// Sends the request to the members in [`Self::preference`] order until one takes it: the
+    /// next member is tried only after [`CallError::NotSent`]. Returns the answer and its
+    /// signature.
+    ///
+    /// # Errors
+    /// The first [`CallError::Failed`] as it is (never retried elsewhere: the request may have
+    /// reached that member); when no member took the request, `UNAVAILABLE` /
+    /// `ENCLAVE_UNAVAILABLE` — with one member its own message, with several a message naming
+    /// every member tried and why.
+    pub async fn call_signed(
+        &self,
+        challenge: Vec<u8>,
+        body: Req,
+    ) -> Result<(Resp, Vec<u8>), Status> {
+        let order = self.preference(&body);
+        let mut request = EnclaveRequest {
+            challenge,
+            protocol_version: ENCLAVE_PROTOCOL_VERSION,
+            request_id: 0,
+            body: Some(body),
+        };
+        let mut missed = Vec::new();
+        for i in order {
+            let Some(member) = self.members.get(i) else { continue };
+            match member.link.send(&mut request).await {
+                Ok(answer) => {
+                    if member.health().take().is_some() && self.members.len() > 1 {
+                        tracing::info!(enclave = %member.link.address(), "enclave group member reachable again");
+                    }
+                    return Ok(answer);
+                }
+                Err(CallError::Failed(status)) => return Err(status),
+                Err(CallError::NotSent(n)) => {
+                    if n.cause == NotSentCause::Unreachable {
+                        let was_up =
+                            member.health().replace(Instant::now() + self.retry_after).is_none();
+                        if was_up && self.members.len() > 1 {
+                            tracing::warn!(enclave = %member.link.address(), error = %n.detail, retry_after_ms = self.retry_after.as_millis(), "enclave group member unreachable: tried last for a while");
+                        }
+                    }
+                    tracing::debug!(enclave = %member.link.address(), cause = ?n.cause, "request not sent to this member; trying the next");
+                    missed.push(n);
+                }
+            }
+        }
+        Err(match missed.len() {
+            0 => reason_status(
+                tonic::Code::Unavailable,
+                Reason::EnclaveUnavailable,
+                "no enclave is configured",
+            ),
+            1 => reason_status(
+                tonic::Code::Unavailable,
+                Reason::EnclaveUnavailable,
+                &missed.remove(0).detail,
+            ),
+            n => reason_status(
+                tonic::Code::Unavailable,
+                Reason::EnclaveUnavailable,
+                &format!(
+                    "none of the {n} enclaves of the group took the call (it reached none of them): {}",
+                    missed.iter().map(|m| m.detail.as_str()).collect::<Vec<_>>().join("; ")
+                ),
+            ),
+        })
     }
 }
 

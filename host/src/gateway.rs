@@ -1,4 +1,6 @@
-//! The gRPC gateway: serves `wallet.gateway.v1` and relays to the enclave.
+//! The gRPC gateway: serves `wallet.gateway.v1` and relays to the enclave — to one member of an
+//! [`EnclaveGroup`], chosen per call by its session or wallet id (see
+//! [`crate::enclave_client`] for the routing and when a call goes on to another member).
 //!
 //! The gateway is untrusted. It checks nothing that matters for money — the enclave does — but
 //! it maps errors to precise gRPC statuses and rejects oversized input early.
@@ -24,7 +26,7 @@ use wallet_proto::{
     Reason, ERROR_DOMAIN,
 };
 
-use crate::enclave_client::EnclaveClient;
+use crate::enclave_client::EnclaveGroup;
 
 /// Metadata key carrying the stable reason code of an error (the client reads the same key).
 pub use wallet_client::REASON_METADATA;
@@ -76,15 +78,16 @@ pub fn reason_status(code: Code, reason: Reason, message: &str) -> Status {
 /// The service.
 #[derive(Debug, Clone)]
 pub struct Gateway {
-    enclave: Arc<EnclaveClient>,
+    enclave: Arc<EnclaveGroup>,
     data_dir: String,
 }
 
 impl Gateway {
-    /// A gateway relaying to `enclave`.
+    /// A gateway relaying to `enclave`: one link (an `Arc<EnclaveClient>`) or an
+    /// [`EnclaveGroup`].
     #[must_use]
-    pub fn new(enclave: Arc<EnclaveClient>, data_dir: String) -> Self {
-        Self { enclave, data_dir }
+    pub fn new(enclave: impl Into<EnclaveGroup>, data_dir: String) -> Self {
+        Self { enclave: Arc::new(enclave.into()), data_dir }
     }
 
     /// Relays one request with the caller's challenge (from [`CHALLENGE_METADATA`]) and returns
@@ -341,6 +344,10 @@ impl WalletGateway for Gateway {
     ) -> Result<Response<gw::AnchorInfo>, Status> {
         relay!(self, request, ProvisionAnchor => Anchor)
     }
+    /// Routed like every call without a key: to the first member (in list order) that takes it,
+    /// members that could not be connected lately last. `enclave_reachable: false` (an unsigned
+    /// answer of the gateway's own) when none took it, or when the one that did dropped the
+    /// connection before answering (never resent, as for every call).
     async fn get_status(
         &self,
         request: Request<gw::GetStatusRequest>,

@@ -2,8 +2,10 @@
 //!
 //! * [`gateway`]: the tonic service `wallet.gateway.v1`, relaying every call to the enclave and
 //!   mapping its errors to gRPC statuses (with `google.rpc.ErrorInfo`).
-//! * [`enclave_client`]: the multiplexed link to the enclave, at an
-//!   [`EnclaveAddress`](enclave_client::EnclaveAddress) (Unix socket or vsock).
+//! * [`enclave_client`]: the multiplexed link to the enclave, at an [`EnclaveAddress`] (Unix
+//!   socket or vsock), and the [`EnclaveGroup`] of several links to the members of one group
+//!   (routing by session or wallet id; a call goes on to the next member only when it certainly
+//!   reached no enclave).
 //! * [`kyt_import`]: the KYT denylist file parser used by `walletctl kyt import`.
 //! * [`storage`]: the storage server the enclave keeps its sealed files on (Nitro mode has no
 //!   disk): `wallet-gateway --serve-storage`.
@@ -39,7 +41,7 @@ use tokio::{
 };
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-pub use enclave_client::{EnclaveAddress, EnclaveClient};
+pub use enclave_client::{EnclaveAddress, EnclaveClient, EnclaveGroup};
 
 /// Default gateway address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7402";
@@ -56,9 +58,10 @@ pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 /// * `max_concurrent_streams`: HTTP/2 streams a client may open on one connection
 ///   (advertised in SETTINGS; the client queues past it).
 /// * `concurrency_limit_per_connection`: requests handled at once per connection (more wait).
-/// * `max_enclave_in_flight`: requests in flight to the enclave, all clients together; a call
-///   that finds no free slot within [`enclave_client::DEFAULT_QUEUE_WAIT`] fails with
-///   `UNAVAILABLE` / `ENCLAVE_UNAVAILABLE` ("the gateway is saturated").
+/// * `max_enclave_in_flight`: requests in flight to each enclave link, all clients together; a
+///   call that finds no free slot within [`enclave_client::DEFAULT_QUEUE_WAIT`] goes on to the
+///   next member of the group (it was not sent), and with none left fails with `UNAVAILABLE` /
+///   `ENCLAVE_UNAVAILABLE` ("the gateway is saturated").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// TCP connections served at once.
@@ -67,7 +70,7 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Requests handled at once per connection.
     pub concurrency_limit_per_connection: usize,
-    /// Requests in flight to the enclave.
+    /// Requests in flight to each enclave link.
     pub max_enclave_in_flight: usize,
 }
 
@@ -104,15 +107,16 @@ pub async fn serve_gateway(
     data_dir: String,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    serve_gateway_with(listener, enclave, data_dir, Limits::default(), shutdown).await
+    serve_gateway_with(listener, [enclave], data_dir, Limits::default(), shutdown).await
 }
 
 /// Logs what the enclave attests, once it answers (retrying for about a minute): the root that
 /// verified its document, its PCR0..2 and `module_id`, or why the document does not verify with
 /// this build's roots. Informational only: the gateway is untrusted and decides nothing on it —
 /// `walletctl init` and `walletctl attest` check for themselves. `wallet-gateway` runs it at
-/// start, on a connection of its own to `enclave`.
+/// start for each member of the group, on a connection of its own to `enclave`.
 pub async fn log_attestation(enclave: EnclaveAddress) {
+    let address = enclave.to_string();
     let client = EnclaveClient::new(enclave);
     use rand_core::{OsRng, RngCore as _};
     use wallet_proto::enclave::v1::{enclave_request::Body as Req, enclave_response::Body as Resp};
@@ -135,16 +139,17 @@ pub async fn log_attestation(enclave: EnclaveAddress) {
                                 .map(|v| wallet_attestation::hex_pcr(v))
                                 .unwrap_or_default()
                         };
-                        tracing::info!(root = %doc.root, module_id = %doc.module_id.escape_debug(), pcr0 = %pcr(0), pcr1 = %pcr(1), pcr2 = %pcr(2), "the enclave's attestation document verifies");
+                        tracing::info!(enclave = %address, root = %doc.root, module_id = %doc.module_id.escape_debug(), pcr0 = %pcr(0), pcr1 = %pcr(1), pcr2 = %pcr(2), "the enclave's attestation document verifies");
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e.to_string().escape_debug(), "the enclave's attestation document does not verify with this build's roots")
+                        tracing::warn!(enclave = %address, error = %e.to_string().escape_debug(), "the enclave's attestation document does not verify with this build's roots")
                     }
                 }
                 return;
             }
             Ok(other) => {
                 tracing::warn!(
+                    enclave = %address,
                     answer = wallet_proto::answer::response::parts(&other).0,
                     "the enclave did not attest"
                 );
@@ -155,33 +160,51 @@ pub async fn log_attestation(enclave: EnclaveAddress) {
     }
 }
 
-/// [`serve_gateway`] within `limits`.
+/// [`serve_gateway`] within `limits`, relaying to the members of one enclave group at
+/// `enclaves` (one link each, in this order: see [`EnclaveGroup`] for the routing).
 ///
 /// # Errors
 /// When the server fails.
 pub async fn serve_gateway_with(
     listener: tokio::net::TcpListener,
-    enclave: EnclaveAddress,
+    enclaves: impl IntoIterator<Item = EnclaveAddress>,
     data_dir: String,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let client =
-        Arc::new(EnclaveClient::new(enclave).with_max_in_flight(limits.max_enclave_in_flight));
+    let group = EnclaveGroup::new(enclaves.into_iter().map(|address| {
+        Arc::new(EnclaveClient::new(address).with_max_in_flight(limits.max_enclave_in_flight))
+    }));
+    serve_group(listener, group, data_dir, limits, shutdown).await
+}
+
+/// [`serve_gateway_with`] relaying to links made by the caller (their in-flight caps, queue
+/// waits and timeouts are theirs; `limits.max_enclave_in_flight` is not used).
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_group(
+    listener: tokio::net::TcpListener,
+    group: EnclaveGroup,
+    data_dir: String,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let incoming = limited_incoming(listener, limits.max_connections);
-    serve_incoming_with(incoming, client, data_dir, limits, shutdown).await
+    serve_incoming_with(incoming, group, data_dir, limits, shutdown).await
 }
 
 /// Runs the gateway (with gRPC health and reflection) on any stream of connections, e.g. an
 /// in-memory `tokio::io::duplex` transport in tests, until `shutdown` resolves, with the default
 /// per-connection [`Limits`] (the connection cap and the enclave link's cap are the caller's:
-/// the stream and the client).
+/// the stream and the client). `enclave` is one link (`Arc<EnclaveClient>`) or an
+/// [`EnclaveGroup`].
 ///
 /// # Errors
 /// When the server fails.
 pub async fn serve_incoming<I, IO, IE>(
     incoming: I,
-    enclave: Arc<EnclaveClient>,
+    enclave: impl Into<EnclaveGroup>,
     data_dir: String,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
@@ -195,11 +218,15 @@ where
 
 /// [`serve_incoming`] with the per-connection limits of `limits` (streams and concurrency).
 ///
+/// Health and reflection are the gateway's own and never touch an enclave: health reports
+/// `wallet.gateway.v1.WalletGateway` SERVING while the gateway runs, whichever members of the
+/// group are up (`GetStatus` says whether an enclave answers).
+///
 /// # Errors
 /// When the server fails.
 pub async fn serve_incoming_with<I, IO, IE>(
     incoming: I,
-    enclave: Arc<EnclaveClient>,
+    enclave: impl Into<EnclaveGroup>,
     data_dir: String,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -15,9 +15,38 @@ struct Args {
     listen: SocketAddr,
     /// Where the enclave listens: a Unix socket (unix:/path or a path; the simulated enclave),
     /// vsock:CID:PORT (Nitro), or hybrid-vsock:/path:PORT (an enclave image under QEMU behind
-    /// vhost-device-vsock, scripts/nitro-e2e.sh) [default: DATA_DIR/enclave.sock].
-    #[arg(long, visible_alias = "enclave", env = "WALLET_ENCLAVE_SOCKET")]
-    enclave_socket: Option<EnclaveAddress>,
+    /// vhost-device-vsock, scripts/nitro-e2e.sh). Repeat it for the members of one enclave
+    /// group [env: WALLET_ENCLAVE_SOCKET, comma-separated] [default: DATA_DIR/enclave.sock].
+    ///
+    /// Several: the members of ONE group, copies of one sealed state that serve the same
+    /// wallets and sign with the same identity key (answers verify whichever member signed);
+    /// never unrelated enclaves. The gateway keeps one link to each.
+    ///
+    /// Routing: the members are numbered 0..N-1 in the order given. A call's key is its
+    /// session id when it carries one (SignPayment, PreviewPayment, GetBudget, ListPayments,
+    /// RevokeSession), else its wallet id when it carries one (SetPolicy, GetPolicy,
+    /// IssueSession, ListSessions, FreezeWallet, UnfreezeWallet, ListApprovals for a wallet);
+    /// it goes first to member FNV-1a-64(key) mod N (64-bit FNV-1a of the key's UTF-8 bytes),
+    /// then to the next members in order, wrapping. A call without a key (GetStatus,
+    /// ListWallets, admins, assets, KYT, audit, attestation, anchor, ...) starts at member 0.
+    /// So one session's payments go to one member while it is up, and sessions spread over
+    /// the members.
+    ///
+    /// Failover: a call goes on to the next member only when it certainly reached no enclave:
+    /// the member could not be connected, its link was already closed, or no in-flight slot
+    /// freed within 2 s (--max-enclave-in-flight). Once the request was handed to a member's
+    /// link it is never sent to another (that member may have signed; a second signature
+    /// would pay twice): a lost answer is UNAVAILABLE (ENCLAVE_UNAVAILABLE), a late one
+    /// DEADLINE_EXCEEDED, and the agent retries with the same idempotency key. A member that
+    /// could not be connected is tried last for 1 s, then preferred again. GetStatus answers
+    /// from the first member that takes it (enclave_reachable false when none does); gRPC
+    /// health says the gateway serves, whichever members are up.
+    ///
+    /// With several members, --serve-storage and --serve-boot are refused (each serves one
+    /// enclave: run one wallet-gateway per member for them); --kms-relay and --anchor-relay
+    /// serve every member.
+    #[arg(long, visible_alias = "enclave", value_name = "ADDR")]
+    enclave_socket: Vec<EnclaveAddress>,
     /// Data directory of the local stack [default: $XDG_DATA_HOME/agent-wallet or ~/.local/share/agent-wallet].
     #[arg(long, env = "WALLET_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -32,8 +61,9 @@ struct Args {
     /// HTTP/2 streams (concurrent calls) per connection.
     #[arg(long, env = "WALLET_GATEWAY_MAX_STREAMS", default_value_t = wallet_host::DEFAULT_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_connection: u32,
-    /// Requests in flight to the enclave, all clients together; a call that waits 2 s for a
-    /// slot fails with UNAVAILABLE (ENCLAVE_UNAVAILABLE).
+    /// Requests in flight to each enclave link, all clients together; a call that waits 2 s
+    /// for a slot goes on to the next member of the group, and with none left fails with
+    /// UNAVAILABLE (ENCLAVE_UNAVAILABLE).
     #[arg(long, env = "WALLET_GATEWAY_MAX_ENCLAVE_IN_FLIGHT", default_value_t = wallet_host::enclave_client::DEFAULT_MAX_IN_FLIGHT, value_parser = positive)]
     max_enclave_in_flight: usize,
     /// Also serve the enclave's storage (a Nitro enclave has no disk; `wallet-enclave
@@ -42,12 +72,13 @@ struct Args {
     /// 0600) and synced for real (fdatasync) when the enclave asks. The enclave seals and
     /// checks everything in them: this host can deny service, not change what it signs. Start
     /// the gateway before the enclave. On vsock only the enclave's context id (from --enclave
-    /// vsock:CID:PORT) is served.
+    /// vsock:CID:PORT) is served. One enclave's files: refused with several --enclave.
     #[arg(long, env = "WALLET_SERVE_STORAGE", value_name = "ADDR")]
     serve_storage: Option<StorageListen>,
     /// Also relay the enclave's connections to KMS, like AWS's vsock-proxy: accept at
     /// unix:/path (or a path) or vsock:PORT and pipe each connection's bytes to --kms-target.
-    /// TLS ends inside the enclave: this host carries only ciphertext.
+    /// TLS ends inside the enclave: this host carries only ciphertext. Any peer is piped, so
+    /// it serves every member of a group.
     #[arg(long, env = "WALLET_KMS_RELAY", value_name = "ADDR", requires = "kms_target")]
     kms_relay: Option<StorageListen>,
     /// Where the KMS relay connects: HOST:PORT, e.g. kms.us-east-1.amazonaws.com:443.
@@ -60,7 +91,7 @@ struct Args {
     /// and WALLET_ENCLAVE_LOG as its RUST_LOG. On vsock only the enclave's context id (from
     /// --enclave vsock:CID:PORT) is answered. Nothing in it is trusted by the enclave: the
     /// KMS key and service id it ends up with are in its attestation (walletctl init checks
-    /// them).
+    /// them). One enclave's configuration: refused with several --enclave.
     #[arg(long, env = "WALLET_SERVE_BOOT", value_name = "ADDR", requires = "enclave_args")]
     serve_boot: Option<StorageListen>,
     /// The enclave image's arguments, split at white space, e.g. "--vsock-port 5000
@@ -78,7 +109,8 @@ struct Args {
     /// member at HOST:PORT. Give it once per member, in the order the anchor was provisioned
     /// with (the enclave gets the same LISTEN addresses as --anchor-relay, in order). TLS ends
     /// inside the enclave and etcd checks its client certificate: this host carries only
-    /// ciphertext, and blocking it stops the enclave signing, never makes it sign more.
+    /// ciphertext, and blocking it stops the enclave signing, never makes it sign more. Any
+    /// peer is piped, so it serves every member of a group.
     #[arg(long = "anchor-relay", value_name = "LISTEN=HOST:PORT", value_parser = relay_pair)]
     anchor_relays: Vec<(StorageListen, String)>,
     /// Storage connections served at once (the enclave holds one).
@@ -127,6 +159,36 @@ async fn start_relay(address: &StorageListen, target: &str, what: &str) -> std::
     Ok(())
 }
 
+/// The environment variable holding the enclave addresses when no --enclave is given.
+const ENCLAVE_ENV: &str = "WALLET_ENCLAVE_SOCKET";
+
+/// The enclave group's addresses: the --enclave flags, else [`ENCLAVE_ENV`] (comma-separated;
+/// blanks around and empty items are ignored), else none. Duplicates are refused.
+fn enclave_addresses(
+    flags: Vec<EnclaveAddress>,
+    env: Option<std::ffi::OsString>,
+) -> Result<Vec<EnclaveAddress>, String> {
+    let addresses = if !flags.is_empty() {
+        flags
+    } else if let Some(value) = env {
+        let value = value.into_string().map_err(|_| format!("{ENCLAVE_ENV} is not valid UTF-8"))?;
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| a.parse::<EnclaveAddress>().map_err(|e| format!("{ENCLAVE_ENV}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    for (i, a) in addresses.iter().enumerate() {
+        if addresses[..i].contains(a) {
+            return Err(format!("enclave {a} is given twice"));
+        }
+    }
+    Ok(addresses)
+}
+
 /// A whole number above zero.
 fn positive(s: &str) -> Result<usize, String> {
     s.parse::<usize>()
@@ -159,8 +221,32 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let enclave =
-        args.enclave_socket.unwrap_or_else(|| EnclaveAddress::Unix(data_dir.join("enclave.sock")));
+    let mut enclaves = match enclave_addresses(args.enclave_socket, std::env::var_os(ENCLAVE_ENV)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("wallet-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if enclaves.is_empty() {
+        enclaves.push(EnclaveAddress::Unix(data_dir.join("enclave.sock")));
+    }
+    if enclaves.len() > 1 {
+        // Both serve one enclave: the storage server one data directory's files (two enclaves
+        // writing the same state.log would destroy each other's state) and, on vsock, one
+        // context id; the boot configuration one enclave's arguments and credentials, on vsock
+        // to one context id.
+        for (given, flag) in [
+            (args.serve_storage.is_some(), "--serve-storage"),
+            (args.serve_boot.is_some(), "--serve-boot"),
+        ] {
+            if given {
+                eprintln!("wallet-gateway: {flag} serves one enclave, but {} enclaves are given; run one wallet-gateway with {flag} per member, with that member as its only --enclave", enclaves.len());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let enclave = &enclaves[0];
     // The storage server first: bound (or failed) before anything is announced, so an enclave
     // started after the announcement finds it.
     if let Some(address) = &args.serve_storage {
@@ -171,7 +257,7 @@ async fn main() -> ExitCode {
         match wallet_host::storage::StorageServer::bind(address, &data_dir, limits) {
             Ok(server) => {
                 // On vsock, answer the enclave's context id only.
-                let server = match &enclave {
+                let server = match enclave {
                     EnclaveAddress::Vsock { cid, .. } => server.only_peer(*cid),
                     _ => server,
                 };
@@ -196,7 +282,7 @@ async fn main() -> ExitCode {
                 tokio::spawn(f);
             }),
             #[cfg(target_os = "linux")]
-            StorageListen::Vsock(port) => match &enclave {
+            StorageListen::Vsock(port) => match enclave {
                 EnclaveAddress::Vsock { cid, .. } => config.serve_vsock(*port, *cid).map(|f| {
                     tokio::spawn(f);
                 }),
@@ -231,7 +317,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    tokio::spawn(wallet_host::log_attestation(enclave.clone()));
+    for member in &enclaves {
+        tokio::spawn(wallet_host::log_attestation(member.clone()));
+    }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -240,7 +328,8 @@ async fn main() -> ExitCode {
         }
     };
     let addr = listener.local_addr().map_or_else(|_| args.listen.to_string(), |a| a.to_string());
-    tracing::info!(listen = %addr, %enclave, "gateway listening");
+    let members = enclaves.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    tracing::info!(listen = %addr, enclave = %members, "gateway listening");
     // One line on stdout, for scripts and tests that start the gateway on port 0.
     println!("wallet-gateway listening on http://{addr}");
     let shutdown = async {
@@ -261,7 +350,7 @@ async fn main() -> ExitCode {
     tracing::info!(?limits, "limits");
     match wallet_host::serve_gateway_with(
         listener,
-        enclave,
+        enclaves,
         data_dir.display().to_string(),
         limits,
         shutdown,
@@ -278,5 +367,45 @@ async fn main() -> ExitCode {
             eprintln!("wallet-gateway: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enclave_addresses_come_from_the_flags_else_the_comma_separated_env() {
+        let unix = |p: &str| EnclaveAddress::Unix(PathBuf::from(p));
+        let env = |v: &str| Some(std::ffi::OsString::from(v));
+        assert_eq!(enclave_addresses(vec![], None), Ok(vec![]));
+        assert_eq!(
+            enclave_addresses(vec![], env(" /a.sock, vsock:16:5000 ,,unix:/b,")),
+            Ok(vec![unix("/a.sock"), EnclaveAddress::Vsock { cid: 16, port: 5000 }, unix("/b")])
+        );
+        // The flags win over the environment, and a flag is never split at commas.
+        assert_eq!(enclave_addresses(vec![unix("/x,y")], env("/a,/b")), Ok(vec![unix("/x,y")]));
+        assert!(enclave_addresses(vec![], env("/a,vsock:x")).unwrap_err().contains("vsock:x"));
+        let twice = enclave_addresses(vec![unix("/a"), unix("/b"), unix("/a")], None);
+        assert!(twice.unwrap_err().contains("unix:/a is given twice"));
+        assert!(enclave_addresses(vec![], env("/a,unix:/a")).is_err());
+    }
+
+    #[test]
+    fn several_enclaves_parse_from_repeated_flags_and_the_alias() {
+        let args = Args::try_parse_from([
+            "wallet-gateway",
+            "--enclave",
+            "/a.sock",
+            "--enclave-socket",
+            "vsock:16:5000",
+            "--enclave",
+            "hybrid-vsock:/run/vm.vsock:5000",
+        ])
+        .unwrap();
+        assert_eq!(args.enclave_socket.len(), 3);
+        assert_eq!(args.enclave_socket[0], EnclaveAddress::Unix(PathBuf::from("/a.sock")));
+        let none = Args::try_parse_from(["wallet-gateway"]).unwrap();
+        assert!(none.enclave_socket.is_empty());
     }
 }
