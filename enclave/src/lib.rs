@@ -67,6 +67,10 @@ pub struct Config {
     pub idempotency_ttl_seconds: u64,
     /// The host's relays to the rollback anchor's members, in order (`--anchor-relay`).
     pub anchor_relays: Vec<hoststorage::HostAddress>,
+    /// Do not start the stored anchor: this process runs a copy of a group member's state to
+    /// join the group under a head of its own (`--await-join`). It signs and changes nothing
+    /// until the join is provisioned.
+    pub await_join: bool,
 }
 
 /// Default data directory: `$WALLET_DATA_DIR`, else `$XDG_DATA_HOME/agent-wallet`, else
@@ -189,7 +193,7 @@ async fn run_nitro(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
         let enclave = open_with_kms(storage, kms, nsm).await?;
         enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
         let enclave = Arc::new(enclave);
-        enclave.start_anchor(config.anchor_relays).await;
+        enclave.start_anchor(config.anchor_relays, config.await_join).await;
         transport::serve_vsock(port, enclave).await?;
         Ok(())
     }
@@ -227,7 +231,7 @@ async fn run_simulated(config: Config) -> Result<(), Box<dyn std::error::Error +
     };
     enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
     let enclave = Arc::new(enclave);
-    enclave.start_anchor(config.anchor_relays).await;
+    enclave.start_anchor(config.anchor_relays, config.await_join).await;
     let socket = config.socket.unwrap_or_else(|| config.data_dir.join("enclave.sock"));
     let serve = transport::serve_unix(&socket, Arc::clone(&enclave));
     tokio::select! {

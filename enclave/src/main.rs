@@ -49,6 +49,10 @@ OPTIONS:
                         unix:/path or vsock:[CID:]PORT (wallet-gateway --anchor-relay). Only
                         used once the anchor is provisioned (walletctl anchor provision); an
                         anchored state signs nothing until the anchor confirms it.
+    --await-join        This state is a copy of a group member's, started to join the group
+                        under a head of its own (walletctl anchor provision --join): the stored
+                        anchor (the other member's head) is not started, and nothing is signed
+                        or changed until the join is provisioned.
     --idempotency-ttl SECONDS
                         How long a payment's idempotency key is remembered; a retry after
                         that is a new payment [default: 86400]
@@ -72,6 +76,7 @@ fn parse(
         host_storage: None,
         kms: None,
         anchor_relays: Vec::new(),
+        await_join: false,
     };
     let mut host_storage = None;
     let mut anchor_relays = Vec::new();
@@ -103,6 +108,7 @@ fn parse(
             "--kms-relay" => kms_relay = Some(value("--kms-relay")?),
             "--kms-endpoint" => kms_endpoint = Some(value("--kms-endpoint")?),
             "--anchor-relay" => anchor_relays.push(value("--anchor-relay")?),
+            "--await-join" => c.await_join = true,
             "--parent-cid" => {
                 parent_cid = value("--parent-cid")?
                     .parse()

@@ -1542,11 +1542,15 @@ async fn every_random_byte_comes_from_the_platform() {
     let paid = h.pay(agent.request(&header("10000"), "a")).await.unwrap();
     let drawn = nsm.0.lock().unwrap().clone();
     let came_from_nsm = |bytes: &[u8]| drawn.windows(bytes.len()).any(|w| w == bytes);
-    // The EIP-3009 nonce of the signed authorization.
-    let v: Value = serde_json::from_str(&paid.payment_payload_json).unwrap();
-    let nonce =
-        hex::decode(&v["payload"]["authorization"]["nonce"].as_str().unwrap()[2..]).unwrap();
-    assert!(came_from_nsm(&nonce), "EIP-3009 nonce");
+    // The EIP-3009 nonce is not drawn: it is derived from the payment (session, idempotency
+    // key, request: `ledger::authorization_nonce`), so one payment signed twice — a group's two
+    // members — settles once. Two payments still get two.
+    let nonce_of = |p: &wallet_proto::gateway::v1::SignPaymentResponse| {
+        let v: Value = serde_json::from_str(&p.payment_payload_json).unwrap();
+        v["payload"]["authorization"]["nonce"].as_str().unwrap().to_owned()
+    };
+    let again = h.pay(agent.request(&header("10000"), "b")).await.unwrap();
+    assert_ne!(nonce_of(&paid), nonce_of(&again), "two payments, two EIP-3009 nonces");
     // Record ids.
     assert!(came_from_nsm(&hex::decode(&w.wallet_id[2..]).unwrap()), "wallet id");
     assert!(came_from_nsm(&hex::decode(&agent.id[2..]).unwrap()), "session id");

@@ -40,21 +40,37 @@ pub fn anchored_stack(
     gateway_relays: bool,
     key: &str,
 ) -> Stack {
+    anchored_stack_with(cluster, files, gateway_relays, key, &[])
+}
+
+/// The `--anchor-relay LISTEN=MEMBER` arguments of a gateway that relays for an enclave whose
+/// relays are under `files`.
+#[must_use]
+pub fn gateway_relay_args(cluster: &EtcdCluster, files: &Path) -> Vec<String> {
+    cluster
+        .client_endpoints()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| {
+            ["--anchor-relay".to_owned(), format!("unix:{}={e}", relay_path(files, i).display())]
+        })
+        .collect()
+}
+
+/// [`anchored_stack`], provisioning with `extra` arguments (e.g. `--shared-prefix P`).
+///
+/// # Panics
+/// When the stack does not start or provisioning fails.
+#[must_use]
+pub fn anchored_stack_with(
+    cluster: &EtcdCluster,
+    files: &Path,
+    gateway_relays: bool,
+    key: &str,
+    extra: &[&str],
+) -> Stack {
     let endpoints = cluster.client_endpoints();
-    let gateway_args = if gateway_relays {
-        endpoints
-            .iter()
-            .enumerate()
-            .flat_map(|(i, e)| {
-                [
-                    "--anchor-relay".to_owned(),
-                    format!("unix:{}={e}", relay_path(files, i).display()),
-                ]
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let gateway_args = if gateway_relays { gateway_relay_args(cluster, files) } else { Vec::new() };
     let stack = Stack::start_with(StackOptions {
         // Tests swap the data directory under a stopped enclave.
         storage: Some(Storage::Local),
@@ -65,7 +81,7 @@ pub fn anchored_stack(
     cluster.grant_prefix(CN, PREFIX);
     std::fs::write(files.join("ca.pem"), cluster.ca_cert_pem()).expect("write CA");
     std::fs::write(files.join("ca-key.pem"), cluster.ca_key_pem()).expect("write CA key");
-    let text = ok(&provision(&stack, files, key, endpoints.len(), &[]));
+    let text = ok(&provision(&stack, files, key, endpoints.len(), extra));
     assert!(text.contains("at epoch 1"), "{text}");
     stack
 }

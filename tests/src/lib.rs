@@ -20,6 +20,7 @@ use wallet_proto::gateway::v1::{self as gw, wallet_gateway_client::WalletGateway
 use wallet_proto::AdminSigned;
 pub mod anchor;
 pub mod etcd;
+pub mod group;
 pub mod peers;
 
 /// The Base Sepolia USDC of the official vectors.

@@ -498,6 +498,8 @@ async fn status_shows_the_head_and_re_anchoring_is_deliberate_and_audited() {
         expect_store_seq: halted.local_store_seq,
         // Another copy: same counts, another audit history.
         expect_audit_hash: "00".repeat(32),
+        shared_prefix: String::new(),
+        join: false,
     };
     let err = c
         .provision_anchor(a.stack.signed(AdminRpc::ProvisionAnchor, other_copy))

@@ -275,30 +275,8 @@ impl Kv {
         expected: Option<i64>,
         value: &[u8],
     ) -> Result<Cas, EtcdError> {
-        let compare = match expected {
-            Some(rev) => Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Mod as i32,
-                key: key.to_vec(),
-                target_union: Some(TargetUnion::ModRevision(rev)),
-                range_end: vec![],
-            },
-            None => Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Create as i32,
-                key: key.to_vec(),
-                target_union: Some(TargetUnion::CreateRevision(0)),
-                range_end: vec![],
-            },
-        };
-        let put = RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                lease: 0,
-                prev_kv: false,
-            })),
-        };
+        let compare = compare_revision(key, expected);
+        let put = put(key, value);
         let txn =
             TxnRequest { compare: vec![compare], success: vec![put], failure: vec![range(key)] };
         let r = self.txn(txn).await?;
@@ -308,6 +286,126 @@ impl Kv {
         } else {
             Ok(Cas::Conflict(first_kv(&r)))
         }
+    }
+}
+
+/// One key a multi-key transaction writes ([`Kv::txn_put_all`]).
+#[derive(Clone)]
+pub struct Put {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its `mod_revision` as last read (`None`: the key must not exist).
+    pub expected: Option<i64>,
+    /// What to write.
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for Put {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Put")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("expected", &self.expected)
+            .field("len", &self.value.len())
+            .finish()
+    }
+}
+
+/// The outcome of a multi-key transaction that reached etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Multi {
+    /// Every key written; etcd's revision after the write (each key's new `mod_revision`).
+    Committed(i64),
+    /// A comparison failed: what the guard key and each key hold now, in order (`None`: absent).
+    Conflict {
+        /// The guard key (the head).
+        guard: Option<Versioned>,
+        /// The written keys, in the order given.
+        keys: Vec<Option<Versioned>>,
+    },
+}
+
+fn compare_revision(key: &[u8], expected: Option<i64>) -> Compare {
+    match expected {
+        Some(rev) => Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Mod as i32,
+            key: key.to_vec(),
+            target_union: Some(TargetUnion::ModRevision(rev)),
+            range_end: vec![],
+        },
+        None => Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            key: key.to_vec(),
+            target_union: Some(TargetUnion::CreateRevision(0)),
+            range_end: vec![],
+        },
+    }
+}
+
+fn put(key: &[u8], value: &[u8]) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease: 0,
+            prev_kv: false,
+        })),
+    }
+}
+
+impl Kv {
+    /// One transaction: if `guard` (a key this caller does not write, the head) still has
+    /// `mod_revision` `guard_revision` and every key of `puts` still has its expected
+    /// revision, writes them all; otherwise reads the guard and every key back, in the same
+    /// transaction. All or nothing: etcd applies a transaction atomically.
+    ///
+    /// # Errors
+    /// [`EtcdError`] when the outcome is unknown (it may have been written).
+    pub async fn txn_put_all(
+        &self,
+        guard: &[u8],
+        guard_revision: i64,
+        puts: &[Put],
+    ) -> Result<Multi, EtcdError> {
+        let mut compare = vec![compare_revision(guard, Some(guard_revision))];
+        compare.extend(puts.iter().map(|p| compare_revision(&p.key, p.expected)));
+        let success = puts.iter().map(|p| put(&p.key, &p.value)).collect();
+        let mut failure = vec![range(guard)];
+        failure.extend(puts.iter().map(|p| range(&p.key)));
+        let r = self.txn(TxnRequest { compare, success, failure }).await?;
+        if r.succeeded {
+            return Ok(Multi::Committed(r.header.as_ref().map_or(0, |h| h.revision)));
+        }
+        let mut values = r.responses.iter().map(read_of);
+        let guard = values.next().flatten();
+        let keys: Vec<_> = values.collect();
+        if keys.len() != puts.len() {
+            return Err(EtcdError {
+                member: usize::MAX,
+                message: format!(
+                    "etcd answered a failed transaction with {} reads for {} keys",
+                    keys.len() + 1,
+                    puts.len() + 1
+                ),
+                permission_denied: false,
+            });
+        }
+        Ok(Multi::Conflict { guard, keys })
+    }
+
+    /// Linearizable reads of several keys in one transaction, in order (`None`: absent).
+    ///
+    /// # Errors
+    /// [`EtcdError`] on any failure.
+    pub async fn get_all(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Versioned>>, EtcdError> {
+        let txn = TxnRequest {
+            compare: vec![],
+            success: keys.iter().map(|k| range(k)).collect(),
+            failure: vec![],
+        };
+        let r = self.txn(txn).await?;
+        Ok(r.responses.iter().map(read_of).collect())
     }
 }
 
@@ -324,13 +422,18 @@ fn range(key: &[u8]) -> RequestOp {
 }
 
 fn first_kv(r: &pb::TxnResponse) -> Option<Versioned> {
-    r.responses.iter().find_map(|op| match &op.response {
+    r.responses.iter().find_map(read_of)
+}
+
+/// What a range answer in a transaction read (`None`: the key is absent, or not a range).
+fn read_of(op: &pb::ResponseOp) -> Option<Versioned> {
+    match &op.response {
         Some(response_op::Response::ResponseRange(range)) => range
             .kvs
             .first()
             .map(|kv| Versioned { value: kv.value.clone(), revision: kv.mod_revision }),
         _ => None,
-    })
+    }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -54,6 +54,10 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 pub const MAX_KEY_LEN: usize = 200;
 /// The most members (relays) accepted.
 pub const MAX_MEMBERS: u32 = 7;
+/// The longest shared prefix accepted (book keys add a scope and an id to it).
+pub const MAX_SHARED_PREFIX_LEN: usize = 100;
+/// How long a write of shared budgets may take before the payment waiting for it is refused.
+pub const SHARED_WAIT: Duration = Duration::from_secs(2);
 
 /// The anchor's configuration, as the admin provisioned it (sealed in the state store).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,6 +72,11 @@ pub struct AnchorConfig {
     pub key: String,
     /// How many members (relays) there are.
     pub members: u32,
+    /// Where the budgets shared with the other members of this enclave's group live (an etcd
+    /// prefix ending in `/`, e.g. `/x402-wallet/prod/shared/`); empty: this enclave shares
+    /// nothing (a group of one). See [`crate::service`]'s `sharing`.
+    #[serde(default)]
+    pub shared_prefix: String,
 }
 
 impl AnchorConfig {
@@ -91,6 +100,19 @@ impl AnchorConfig {
         }
         if self.server_name.is_empty() || self.server_name.len() > 253 {
             return Err("anchor server name must be a DNS name".into());
+        }
+        let p = &self.shared_prefix;
+        if !p.is_empty()
+            && (p.len() > MAX_SHARED_PREFIX_LEN
+                || !p.starts_with('/')
+                || !p.ends_with('/')
+                || !p.bytes().all(|b| b.is_ascii_graphic())
+                || p.split('/').filter(|x| !x.is_empty()).count() < 2
+                || self.key.starts_with(p.as_str()))
+        {
+            return Err(format!(
+                "shared prefix must be at most {MAX_SHARED_PREFIX_LEN} printable ASCII characters, start and end with '/', have at least two parts (e.g. /x402-wallet/prod/shared/), and not contain the head's key"
+            ));
         }
         Ok(())
     }
@@ -181,6 +203,9 @@ pub struct Anchor {
     closed: std::sync::atomic::AtomicBool,
     /// A round is talking to etcd (on the runtime; [`Self::close_and_wait`] waits for it).
     in_round: std::sync::atomic::AtomicBool,
+    /// Held by a round's compare-and-swap and by a write of shared budgets: each compares the
+    /// head's revision this instance knows, so they take turns rather than fail each other.
+    io: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Anchor {
@@ -265,6 +290,7 @@ impl Anchor {
             probing: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
             in_round: std::sync::atomic::AtomicBool::new(false),
+            io: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -448,6 +474,21 @@ impl Anchor {
         why
     }
 
+    /// What etcd holds at another `key` now (a linearizable read, within [`ROUND_WAIT`]): the
+    /// head of the member a joining copy was taken from.
+    ///
+    /// # Errors
+    /// A sentence when etcd did not answer.
+    pub async fn read_key(self: &Arc<Self>, key: String) -> Result<Option<Vec<u8>>, String> {
+        let this = Arc::clone(self);
+        self.on_io(async move {
+            let deadline = Instant::now() + ROUND_WAIT;
+            retry(deadline, || this.kv.get(key.as_bytes())).await.map_err(|e| e.to_string())
+        })
+        .await?
+        .map(|v| v.map(|v| v.value))
+    }
+
     /// What etcd holds at the key now (a linearizable read, within [`ROUND_WAIT`]).
     ///
     /// # Errors
@@ -547,6 +588,8 @@ impl Anchor {
     }
 
     async fn advance(self: &Arc<Self>, local: Local) -> Result<(), String> {
+        let _turn = self.io.lock().await;
+        // From when this round has etcd to itself (a shared write may have held it).
         let deadline = Instant::now() + ROUND_WAIT;
         loop {
             if self.is_closed() {
@@ -764,6 +807,145 @@ impl Anchor {
         });
     }
 
+    /// This instance's member id in shared budgets: the first 16 bytes of SHA-256 over a tag
+    /// and the head's key (each member of a group has a head key of its own, so the id is
+    /// stable across restarts and distinct between members).
+    #[must_use]
+    pub fn member(&self) -> [u8; 16] {
+        use sha2::Digest as _;
+        let h = sha2::Sha256::new()
+            .chain_update(b"x402-wallet/member/v1\0")
+            .chain_update(self.config.key.as_bytes())
+            .finalize();
+        let mut m = [0u8; 16];
+        m.copy_from_slice(&h[..16]);
+        m
+    }
+
+    /// The shared budgets' prefix, when this enclave shares its budgets with a group.
+    #[must_use]
+    pub fn shared_prefix(&self) -> Option<&str> {
+        Some(self.config.shared_prefix.as_str()).filter(|p| !p.is_empty())
+    }
+
+    /// A shared value as stored at `key`: `bytes` ‖ HMAC-SHA-256 under the anchor MAC key over
+    /// the binding of `key` (with the CA and server name) and `bytes`. Every member of a group
+    /// holds the same MAC key (they run copies of one sealed state), so each reads what the
+    /// others wrote; the anchor's operator can neither invent a value nor move one to another
+    /// key.
+    #[must_use]
+    pub fn seal_shared(&self, key: &str, bytes: &[u8]) -> Vec<u8> {
+        value::seal_shared(&self.mac_key, &self.shared_binding(key), bytes)
+    }
+
+    /// The bytes of a value [`Self::seal_shared`] wrote at `key`.
+    ///
+    /// # Errors
+    /// [`value::ValueError`] when the MAC does not verify (not written by this group for this
+    /// key).
+    pub fn open_shared<'v>(
+        &self,
+        key: &str,
+        stored: &'v [u8],
+    ) -> Result<&'v [u8], value::ValueError> {
+        value::open_shared(&self.mac_key, &self.shared_binding(key), stored)
+    }
+
+    fn shared_binding(&self, key: &str) -> [u8; 32] {
+        value::binding(key, &self.config.ca_pem, &self.config.server_name)
+    }
+
+    /// Linearizable reads of shared keys, in order (`None`: absent).
+    ///
+    /// # Errors
+    /// `ANCHOR_UNAVAILABLE` (with the reason code) when etcd did not answer within
+    /// [`SHARED_WAIT`], or the anchor does not serve.
+    pub async fn read_shared(
+        self: &Arc<Self>,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<etcd::Versioned>>, (Reason, String)> {
+        self.gate()?;
+        let this = Arc::clone(self);
+        let keys: Vec<Vec<u8>> = keys.into_iter().map(String::into_bytes).collect();
+        self.on_io(async move {
+            let deadline = Instant::now() + SHARED_WAIT;
+            retry(deadline, || this.kv.get_all(&keys)).await
+        })
+        .await
+        .map_err(|e| (Reason::AnchorUnavailable, unavailable(e)))?
+        .map_err(|e| (Reason::AnchorUnavailable, unavailable(e)))
+    }
+
+    /// Writes shared keys in one etcd transaction guarded by this instance's head (an instance
+    /// whose head another one superseded — a clone, a stale copy — takes nothing). Takes turns
+    /// with the rounds. An error that may have committed is retried with the same compare; a
+    /// conflict that shows every key holding the value this call wrote is that write, confirmed.
+    ///
+    /// # Errors
+    /// `ANCHOR_UNAVAILABLE` when etcd did not confirm within [`SHARED_WAIT`] (the write may
+    /// have committed: what it wrote stays counted, the caller must not use it), or the anchor
+    /// does not serve; `ANCHOR_HALTED` when the head moved (another instance).
+    pub async fn write_shared(
+        self: &Arc<Self>,
+        puts: Vec<etcd::Put>,
+    ) -> Result<etcd::Multi, (Reason, String)> {
+        self.gate()?;
+        let this = Arc::clone(self);
+        self.on_io(async move { this.write_shared_here(&puts).await })
+            .await
+            .map_err(|e| (Reason::AnchorUnavailable, unavailable(e)))?
+    }
+
+    async fn write_shared_here(&self, puts: &[etcd::Put]) -> Result<etcd::Multi, (Reason, String)> {
+        let _turn = self.io.lock().await;
+        let deadline = Instant::now() + SHARED_WAIT;
+        let mut uncertain = false;
+        loop {
+            if self.is_closed() {
+                return Err((
+                    Reason::AnchorUnavailable,
+                    unavailable("the anchor was replaced or stopped"),
+                ));
+            }
+            let Some((_, head_rev)) = self.st().last else {
+                return Err((
+                    Reason::AnchorUnavailable,
+                    unavailable("the anchor was not read at start-up"),
+                ));
+            };
+            match self.kv.txn_put_all(self.key(), head_rev, puts).await {
+                Ok(etcd::Multi::Committed(rev)) => return Ok(etcd::Multi::Committed(rev)),
+                Ok(etcd::Multi::Conflict { guard, keys }) => {
+                    let ours = keys
+                        .iter()
+                        .zip(puts)
+                        .all(|(k, p)| k.as_ref().is_some_and(|k| k.value == p.value));
+                    if uncertain && ours {
+                        let rev = keys.iter().flatten().map(|k| k.revision).max().unwrap_or(0);
+                        tracing::info!(revision = rev, "anchor: an unconfirmed write of shared budgets had committed; confirmed once");
+                        return Ok(etcd::Multi::Committed(rev));
+                    }
+                    if guard.as_ref().map(|g| g.revision) != Some(head_rev) {
+                        // Rounds take turns with this write: only another instance moves it.
+                        return Err((Reason::AnchorHalted, halted(format!(
+                            "the anchored head at {} moved under this instance (another instance advanced it): it takes no shared budget",
+                            self.config.key
+                        ))));
+                    }
+                    return Ok(etcd::Multi::Conflict { guard, keys });
+                }
+                Err(e)
+                    if Instant::now() < deadline && !e.permission_denied && !self.is_closed() =>
+                {
+                    uncertain = true;
+                    tracing::debug!(error = %e, "anchor: shared write not confirmed; retrying the same transaction");
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                Err(e) => return Err((Reason::AnchorUnavailable, unavailable(e))),
+            }
+        }
+    }
+
     /// What `GetStatus` shows.
     #[must_use]
     pub fn info(&self) -> gw::AnchorInfo {
@@ -789,6 +971,8 @@ impl Anchor {
             head: head.map_or_else(String::new, |h| hex::encode(self.encode(&h))),
             rounds: st.rounds,
             etcd_head: st.seen.as_ref().map_or_else(String::new, hex::encode),
+            shared_prefix: self.config.shared_prefix.clone(),
+            member: hex::encode(self.member()),
             // The enclave fills in its local state.
             ..Default::default()
         }
@@ -889,8 +1073,12 @@ mod tests {
             server_name: "etcd.anchor.test".into(),
             key: "/x402-wallet/a/anchor/head".into(),
             members: 3,
+            shared_prefix: String::new(),
         };
         assert!(ok.check().is_ok());
+        assert!(AnchorConfig { shared_prefix: "/x402-wallet/shared/".into(), ..ok.clone() }
+            .check()
+            .is_ok());
         for bad in [
             AnchorConfig { key: "no-slash".into(), ..ok.clone() },
             AnchorConfig { key: "/head".into(), ..ok.clone() },
@@ -900,6 +1088,9 @@ mod tests {
             AnchorConfig { members: 0, ..ok.clone() },
             AnchorConfig { members: MAX_MEMBERS + 1, ..ok.clone() },
             AnchorConfig { server_name: String::new(), ..ok.clone() },
+            AnchorConfig { shared_prefix: "/x402-wallet/shared".into(), ..ok.clone() },
+            AnchorConfig { shared_prefix: "/shared/".into(), ..ok.clone() },
+            AnchorConfig { shared_prefix: "/x402-wallet/a/".into(), ..ok.clone() },
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }

@@ -142,6 +142,37 @@ impl Head {
     }
 }
 
+/// A shared value's stored form: `bytes` ‖ HMAC-SHA-256(`mac_key`, `binding` ‖ `bytes`).
+#[must_use]
+pub fn seal_shared(mac_key: &[u8; 32], binding: &[u8; 32], bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len() + 32);
+    v.extend_from_slice(bytes);
+    v.extend_from_slice(&mac(mac_key, binding, bytes));
+    v
+}
+
+/// The bytes of a value [`seal_shared`] made for `binding`.
+///
+/// # Errors
+/// [`ValueError::Format`] when it is too short to carry a MAC, [`ValueError::Mac`] when the
+/// MAC does not verify.
+pub fn open_shared<'v>(
+    mac_key: &[u8; 32],
+    binding: &[u8; 32],
+    stored: &'v [u8],
+) -> Result<&'v [u8], ValueError> {
+    if stored.len() < 32 {
+        return Err(ValueError::Format(stored.len()));
+    }
+    let (bytes, tag) = stored.split_at(stored.len() - 32);
+    let want = mac(mac_key, binding, bytes);
+    let diff = want.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if diff != 0 {
+        return Err(ValueError::Mac);
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +211,21 @@ mod tests {
         }
         assert_eq!(Head::decode(&v[..LEN - 1], &key, &a), Err(ValueError::Format(LEN - 1)));
         assert!(Head::decode(b"", &key, &a).is_err());
+    }
+
+    #[test]
+    fn shared_values_are_bound_to_their_key() {
+        let key = [7u8; 32];
+        let (a, b) = (binding("/g/s/s_1", "CA", "etcd"), binding("/g/s/s_2", "CA", "etcd"));
+        let v = seal_shared(&key, &a, b"book");
+        assert_eq!(open_shared(&key, &a, &v), Ok(&b"book"[..]));
+        assert_eq!(open_shared(&key, &b, &v), Err(ValueError::Mac), "moved to another key");
+        assert_eq!(open_shared(&[8; 32], &a, &v), Err(ValueError::Mac), "another group");
+        for i in 0..v.len() {
+            let mut bad = v.clone();
+            bad[i] ^= 1;
+            assert_eq!(open_shared(&key, &a, &bad), Err(ValueError::Mac), "byte {i}");
+        }
+        assert_eq!(open_shared(&key, &a, &v[..31]), Err(ValueError::Format(31)));
     }
 }

@@ -128,8 +128,17 @@ impl Enclave {
     /// anchored, records this instance's lineage and runs the start-up check (in the background
     /// while the anchor is unreachable; until it passes, payments and state changes are
     /// refused).
-    pub async fn start_anchor(self: &Arc<Self>, relays: Vec<crate::hoststorage::HostAddress>) {
+    ///
+    /// With `await_join` (`--await-join`, a host's choice: it can only withhold service) the
+    /// stored anchor is not started: this process runs a copy of a group member's state, whose
+    /// head it must not take over, until a join gives it a head of its own.
+    pub async fn start_anchor(
+        self: &Arc<Self>,
+        relays: Vec<crate::hoststorage::HostAddress>,
+        await_join: bool,
+    ) {
         let _ = self.anchor_relays.set(relays);
+        self.spawn_grant_sweeper();
         let config = match self.stored_anchor_config() {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -144,6 +153,12 @@ impl Enclave {
                 return;
             }
         };
+        if await_join {
+            self.awaiting_join.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::warn!("anchor: started to join a group (--await-join): nothing is signed until the join is provisioned");
+            self.set_anchor_problem("started to join a group (--await-join): nothing is signed or changed until this member's join is provisioned (walletctl anchor provision --join)".into());
+            return;
+        }
         let anchor = match self.build_anchor(config) {
             Ok(a) => Arc::new(a),
             Err(e) => {
@@ -277,8 +292,12 @@ impl Enclave {
             server_name: r.server_name.trim().to_owned(),
             key: r.key.trim().to_owned(),
             members: r.members,
+            shared_prefix: r.shared_prefix.trim().to_owned(),
         };
         config.check().map_err(Failure::bad_argument)?;
+        if r.join && !r.reanchor {
+            return Err(Failure::bad_argument("join needs reanchor: a member joining a group re-anchors a copy of another member's state under a head key of its own"));
+        }
         let mut replace = if r.replace_head.is_empty() {
             None
         } else {
@@ -304,14 +323,54 @@ impl Enclave {
                     "provision the anchor before creating wallets: its configuration lives in the state, so a host that restored a copy from before provisioning would get an enclave without rollback protection holding those wallets",
                 ));
             }
+        } else if let (Some(old), true) = (&stored, r.join) {
+            // A new member: a copy of a member's state, which shares its budgets already (a
+            // copy from before sharing began would not have them counted), taking a head of
+            // its own under the same shared prefix. Copies of this state from before the join
+            // carry the other member's key: they face that member's head.
+            if old.shared_prefix.is_empty() || old.shared_prefix != config.shared_prefix {
+                return Err(Failure::precondition(
+                    Reason::InvalidArgument,
+                    format!("joining a group needs a copy of a member's state that shares its budgets under the same prefix (this state's: {:?}): provision the first member with a shared prefix before creating wallets", old.shared_prefix),
+                ));
+            }
+            if old.key == config.key || replace.is_some() {
+                return Err(Failure::precondition(
+                    Reason::InvalidArgument,
+                    "a joining member takes a head key of its own, absent in etcd (the copied state's key is the other member's)",
+                ));
+            }
+            if !self.awaiting_join.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Failure::precondition(
+                    Reason::InvalidArgument,
+                    "only a copy started to join (wallet-enclave --await-join) joins a group: this enclave runs its own anchor already",
+                ));
+            }
+            if old.ca_pem != config.ca_pem || old.server_name != config.server_name {
+                return Err(Failure::precondition(
+                    Reason::InvalidArgument,
+                    "a joining member uses the anchor (CA and server name) of the member it was copied from: the group's books live there",
+                ));
+            }
         } else if let Some(old) = &stored {
             // The old key's head would keep verifying for copies taken before a move.
+            if old.shared_prefix != config.shared_prefix {
+                return Err(Failure::precondition(
+                    Reason::InvalidArgument,
+                    "re-anchoring keeps the shared prefix: budgets shared under the old one would be forgotten",
+                ));
+            }
             if old.key != config.key {
                 return Err(Failure::precondition(
                     Reason::InvalidArgument,
                     format!("re-anchoring keeps the anchor's key ({}): a head left at the old key would still vouch for copies of the state taken before the move", old.key),
                 ));
             }
+        } else if r.join {
+            return Err(Failure::precondition(
+                Reason::InvalidArgument,
+                "this state was never anchored: a member joins with a copy of an anchored member's state",
+            ));
         } else if !self.lock().wallets.is_empty() {
             return Err(Failure::precondition(
                 Reason::InvalidArgument,
@@ -383,16 +442,58 @@ impl Enclave {
                 tracing::warn!(reason = %why, "anchor: re-anchoring onto an older state, as the admin asked");
             }
         }
+        if r.join {
+            self.check_join_source(&anchor, stored.as_ref()).await?;
+        }
         let local = self.anchor_local().await?;
         let head = anchor.create(local, epoch, replace).await.map_err(|e| match e {
             CreateError::Unavailable(m) => Failure::precondition(Reason::AnchorUnavailable, m),
             CreateError::Refused(m) => Failure::precondition(Reason::InvalidArgument, m),
         })?;
         self.anchor.set(Arc::clone(&anchor));
+        self.awaiting_join.store(false, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(key = %config.key, epoch = head.epoch, journal = head.facts.journal_records, audit = head.facts.audit_records, reanchor = r.reanchor, "anchor: head written");
         self.persist(vec![Op::Put(Table::Anchor, CONFIG_ID.to_vec(), records::json(&config))])
             .await?;
         Ok(anchor.info())
+    }
+
+    /// A joining copy must hold the state the member it was copied from has anchored (its
+    /// head, read now): not behind it, not forked from it — else a stale backup of a member
+    /// (older policies, sessions, admins) would join the group.
+    async fn check_join_source(
+        &self,
+        anchor: &Arc<Anchor>,
+        source: Option<&AnchorConfig>,
+    ) -> Result<()> {
+        let source = source.ok_or_else(|| Failure::internal("join without a stored anchor"))?;
+        let value = anchor
+            .read_key(source.key.clone())
+            .await
+            .map_err(|e| Failure::precondition(Reason::AnchorUnavailable, e))?
+            .ok_or_else(|| {
+                Failure::precondition(
+                    Reason::InvalidArgument,
+                    format!(
+                        "the member this state was copied from has no head at {}: nothing to join",
+                        source.key
+                    ),
+                )
+            })?;
+        let binding = anchor::value::binding(&source.key, &source.ca_pem, &source.server_name);
+        let head = Head::decode(&value, &self.anchor_mac_key(), &binding).map_err(|e| {
+            Failure::precondition(
+                Reason::InvalidArgument,
+                format!("the head at {}: {e}", source.key),
+            )
+        })?;
+        let local = self.anchor_local().await?;
+        behind_or_forked(local, &head, &|h| self.verify_local(h)).map_err(|why| {
+            Failure::precondition(
+                Reason::AnchorHalted,
+                format!("this copy is not the state the member it was copied from has anchored ({why}): a stale or forked copy does not join. Copy the member's current state (stopped) and join that"),
+            )
+        })
     }
 
     /// What the local stores hold durably now (runs a round first; its anchoring may fail, the

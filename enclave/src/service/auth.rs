@@ -68,6 +68,8 @@ impl SessionAuthenticated {
 pub(crate) struct AdminAuthorized {
     /// The first 8 bytes of the admin's key, hex: how the audit log names the admin.
     pub admin: String,
+    /// The request's signed timestamp (Unix ms): orders a group's freezes and policies.
+    pub timestamp_ms: u64,
 }
 
 /// How far ahead of the newest request timestamp the durable replay floor is set, ms. After a
@@ -193,7 +195,7 @@ impl Enclave {
     }
 
     /// The clock, but never earlier than it has read before in this run.
-    fn monotonic_now(&self) -> UnixMillis {
+    pub(super) fn monotonic_now(&self) -> UnixMillis {
         use std::sync::atomic::Ordering;
         let now = self.clock.now().as_millis();
         UnixMillis(self.max_now.fetch_max(now, Ordering::SeqCst).max(now))
@@ -309,6 +311,6 @@ impl Enclave {
         }
         let admin = hex::encode(&pk[..8]);
         tracing::info!(%rpc, %admin, "admin request authorized");
-        Ok(AdminAuthorized { admin })
+        Ok(AdminAuthorized { admin, timestamp_ms: auth.timestamp_ms })
     }
 }

@@ -54,7 +54,7 @@ use zeroize::Zeroizing;
 use super::{payment::Reservation, records::json};
 use crate::{
     journal::JournalError,
-    platform::{Entropy, SpendLog, UnixMillis},
+    platform::{SpendLog, UnixMillis},
     store::StoreError,
 };
 
@@ -214,7 +214,34 @@ pub(crate) struct SignContext<'a> {
     pub session_cap: U256,
 }
 
-/// Step "sign": a fresh 32-byte EIP-3009 nonce, the EIP-712 digest with the registry's domain,
+/// The EIP-3009 nonce of the authorization signed for one payment: SHA-256 over a tag, the
+/// paying wallet's address, the session id, the idempotency key and the request's hash (the
+/// `PAYMENT-REQUIRED` bytes and the preferences, which the key is bound to). The same payment
+/// — a retry with the same key, or one request a host delivers to two enclaves of a group —
+/// gets one nonce wherever it is signed, so the token contract settles only one of its
+/// authorizations (EIP-3009 `authorizationState`) and the payee is paid once; two different
+/// payments (another key, or the same key for another request after its time to live) get two.
+#[must_use]
+pub(crate) fn authorization_nonce(
+    from: &Address,
+    session_id: &str,
+    idempotency_key: &str,
+    request_hash: &[u8; 32],
+) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::new()
+        .chain_update(b"x402-wallet/eip3009-nonce/v1\0")
+        .chain_update(from.as_slice())
+        .chain_update((session_id.len() as u64).to_be_bytes())
+        .chain_update(session_id.as_bytes())
+        .chain_update((idempotency_key.len() as u64).to_be_bytes())
+        .chain_update(idempotency_key.as_bytes())
+        .chain_update(request_hash)
+        .finalize()
+        .into()
+}
+
+/// Step "sign": the request's 32-byte EIP-3009 nonce ([`authorization_nonce`]), the EIP-712 digest with the registry's domain,
 /// a k256 signature, and the payload JSON as the official client of the requirement's x402
 /// version writes it (v2: `validAfter` 0, the `PAYMENT-SIGNATURE` payload; v1: `validAfter`
 /// `now - 600`, the `X-PAYMENT` payload), `validAfter`/`validBefore` as the decision set them.
@@ -224,12 +251,12 @@ pub(crate) struct SignContext<'a> {
 pub(crate) fn sign(
     reservation: &Reservation<'_>,
     cx: &SignContext<'_>,
-    entropy: &Entropy,
 ) -> Result<(SignedSpend, [u8; 32]), String> {
     let charge = &reservation.charge;
     let approval: &rules::Approval = &charge.approval;
     let key = &charge.key;
-    let nonce: [u8; 32] = entropy.bytes();
+    let nonce =
+        authorization_nonce(&key.address(), cx.session_id, cx.idempotency_key, &cx.request_hash);
     let req = &approval.requirement;
     let auth = Authorization {
         from: key.address(),
@@ -398,6 +425,21 @@ pub(crate) type Domain = B256;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_authorization_nonce_is_the_payments_and_nothing_else() {
+        let (a, b) = (Address::repeat_byte(1), Address::repeat_byte(2));
+        let n = authorization_nonce(&a, "s_1", "k1", &[7; 32]);
+        // The same payment, wherever it is signed: one nonce (the token settles it once).
+        assert_eq!(n, authorization_nonce(&a, "s_1", "k1", &[7; 32]));
+        // Another key, request, session or wallet: another nonce.
+        assert_ne!(n, authorization_nonce(&a, "s_1", "k2", &[7; 32]));
+        assert_ne!(n, authorization_nonce(&a, "s_1", "k1", &[8; 32]));
+        assert_ne!(n, authorization_nonce(&a, "s_2", "k1", &[7; 32]));
+        assert_ne!(n, authorization_nonce(&b, "s_1", "k1", &[7; 32]));
+        // Length-prefixed: moving a byte between the session id and the key changes it.
+        assert_ne!(authorization_nonce(&a, "s_1k", "1", &[7; 32]), n);
+    }
 
     /// A spend-log record as the enclave wrote it before x402 v1 support: no `x402_version`,
     /// no `accepted_json`.

@@ -34,6 +34,7 @@ pub mod ledger;
 mod payment;
 mod records;
 mod sessions;
+mod sharing;
 mod state;
 mod wallets;
 mod wire;
@@ -117,6 +118,12 @@ pub struct Enclave {
     anchor_problem: Mutex<Option<String>>,
     /// The host's relays to the anchor's members (`--anchor-relay`), given at start-up.
     anchor_relays: std::sync::OnceLock<Vec<crate::hoststorage::HostAddress>>,
+    /// Started with `--await-join`: the stored anchor is not running, and only a join (a head
+    /// of this copy's own) may be provisioned.
+    awaiting_join: std::sync::atomic::AtomicBool,
+    /// The shared budgets' books as last read or written; held while taking grants, so one
+    /// payment at a time talks to etcd for them (see `sharing`).
+    books: tokio::sync::Mutex<sharing::BookCache>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -427,6 +434,8 @@ impl Enclave {
             anchor_required,
             anchor_problem: Mutex::new(None),
             anchor_relays: std::sync::OnceLock::new(),
+            awaiting_join: std::sync::atomic::AtomicBool::new(false),
+            books: tokio::sync::Mutex::new(sharing::BookCache::default()),
         })
     }
 

@@ -32,6 +32,7 @@ use super::{
     idempotency::{IdemEntry, IdemKey, Stage},
     ledger::{self, DurableSpend, SignContext, SignedSpend},
     records::{ApprovalRecord, HoldState},
+    sharing,
     state::Inner,
     Enclave, Failure, Result,
 };
@@ -186,6 +187,7 @@ enum Next {
     Reserve,
     Wait(watch::Receiver<bool>),
     Hold(Box<ApprovalRecord>),
+    Grants { needs: sharing::Needs, charge: U256 },
 }
 
 /// What [`reserve`] decided.
@@ -193,13 +195,33 @@ enum Next {
 enum Reserved {
     Charge(Charge, watch::Sender<bool>),
     Hold(Box<ApprovalRecord>),
+    /// A shared wallet: this member's grants do not cover the charge; take grants for these
+    /// scopes and decide again, or, if the books have no room, the denial stands.
+    NeedGrants {
+        needs: sharing::Needs,
+        charge: U256,
+    },
 }
+
+/// Whether the wallet's budgets are shared with a group ([`sharing`]), and whether the payment
+/// may still take grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shared {
+    No,
+    Yes { may_take: bool, now_ms: u64 },
+}
+
+/// How many times a payment on a shared wallet takes grants and decides again before its
+/// denial stands (a grant it took may be used up by concurrent payments meanwhile).
+const GRANT_ROUNDS: usize = 4;
 
 impl Enclave {
     /// Step 3: idempotency, then the decision and the reservation, atomically.
     async fn decide_and_reserve<'e>(&'e self, p: &Decoded) -> Result<Decision<'e>> {
         let now = p.now();
         let mut approved_hold: Option<ApprovalRecord> = None;
+        let shared = self.sharing();
+        let mut grant_rounds = 0;
         loop {
             let next = {
                 let mut inner = self.lock();
@@ -244,9 +266,19 @@ impl Enclave {
                     },
                 };
                 match next {
-                    Next::Wait(_) | Next::Hold(_) => next,
+                    Next::Wait(_) | Next::Hold(_) | Next::Grants { .. } => next,
                     Next::Reserve => {
-                        match reserve(&mut inner, p, approved_hold.as_ref(), &self.entropy) {
+                        // Grants are spent at the time of the decision, on the clock that never
+                        // goes back (the request's authentication may be long past by now).
+                        let sharing = match shared {
+                            None => Shared::No,
+                            Some(_) => Shared::Yes {
+                                may_take: grant_rounds < GRANT_ROUNDS,
+                                now_ms: self.monotonic_now().as_millis(),
+                            },
+                        };
+                        match reserve(&mut inner, p, approved_hold.as_ref(), &self.entropy, sharing)
+                        {
                             Ok(Reserved::Charge(charge, done)) => {
                                 return Ok(Decision::Reserved(Box::new(Reservation {
                                     charge,
@@ -262,6 +294,9 @@ impl Enclave {
                                 })));
                             }
                             Ok(Reserved::Hold(hold)) => Next::Hold(hold),
+                            Ok(Reserved::NeedGrants { needs, charge }) => {
+                                Next::Grants { needs, charge }
+                            }
                             Err(f) => {
                                 if f.code == ErrorCode::Denied {
                                     let wallet = inner
@@ -281,6 +316,33 @@ impl Enclave {
             let mut rx = match next {
                 Next::Wait(rx) => rx,
                 Next::Hold(hold) => return Err(self.hold(*hold).await),
+                Next::Grants { needs, charge } => {
+                    grant_rounds += 1;
+                    let anchor = shared
+                        .as_ref()
+                        .ok_or_else(|| Failure::internal("grants asked for without sharing"))?;
+                    match self.take_grants(anchor, &needs, charge).await? {
+                        sharing::Taken::Granted => {}
+                        // The books have no room: decide once more on the grants as they are,
+                        // without taking more, so the denial names the limit that binds.
+                        sharing::Taken::Exhausted => grant_rounds = GRANT_ROUNDS,
+                        sharing::Taken::Closed(scope) => {
+                            let (f, wallet) = match scope {
+                                sharing::Scope::Session(_) => (
+                                    Failure::denied(Reason::SessionRevoked, "the session was revoked (at a member of this wallet's group)"),
+                                    needs.wallet_id().unwrap_or_default(),
+                                ),
+                                sharing::Scope::Wallet(w) | sharing::Scope::Payee(w, _) => (
+                                    Failure::denied(Reason::WalletFrozen, "the wallet is frozen (at a member of its group)"),
+                                    w,
+                                ),
+                            };
+                            self.audit_denial(now, p.session_id(), &wallet, &f);
+                            return Err(f);
+                        }
+                    }
+                    continue;
+                }
                 Next::Reserve => unreachable!("a reservation returns above. qed"),
             };
             // The same request is in flight under this key: wait for it, then look again.
@@ -309,7 +371,7 @@ impl Enclave {
             session_spent: r.charge.session_spent,
             session_cap: r.charge.session_cap,
         };
-        let (signed, nonce) = ledger::sign(r, &cx, &self.entropy).map_err(Failure::internal)?;
+        let (signed, nonce) = ledger::sign(r, &cx).map_err(Failure::internal)?;
         self.audit
             .append(AuditRecord {
                 at_ms: p.now().as_millis(),
@@ -399,6 +461,31 @@ fn reserve(
     p: &Decoded,
     approved: Option<&ApprovalRecord>,
     entropy: &Entropy,
+    shared: Shared,
+) -> Result<Reserved> {
+    // The grants sit beside the state the decision borrows.
+    let mut grants = std::mem::take(&mut inner.grants);
+    let out = reserve_with(inner, &mut grants, p, approved, entropy, shared);
+    inner.grants = grants;
+    out
+}
+
+/// Whether a denial is a limit that more of the shared budgets could lift.
+fn is_budget(reason: rules::DenyReason) -> bool {
+    use rules::DenyReason as D;
+    matches!(
+        reason,
+        D::SessionCap | D::SessionBudget | D::WalletBudget | D::PayeeCap | D::RateLimited
+    )
+}
+
+fn reserve_with(
+    inner: &mut Inner,
+    grants: &mut sharing::Grants,
+    p: &Decoded,
+    approved: Option<&ApprovalRecord>,
+    entropy: &Entropy,
+    shared: Shared,
 ) -> Result<Reserved> {
     let now = p.now();
     let r = p.auth.request();
@@ -416,13 +503,58 @@ fn reserve(
         }
         None => &p.required,
     };
-    let mut decision = rules::choose(
-        &d.ctx,
-        &mut d.ledger,
-        options,
-        p.preferred_network.as_deref(),
-        p.auth.preferred_asset(),
-    )
+    let cap = super::agent::effective_cap(d.session, d.policy);
+    let (preferred_network, preferred_asset) =
+        (p.preferred_network.as_deref(), p.auth.preferred_asset());
+    // A shared wallet decides on this member's grants; without a policy nothing is charged
+    // (the decision denies), so there is nothing to share.
+    let (shared_policy, grants_now_ms) = match (shared, d.policy) {
+        (Shared::Yes { may_take, now_ms }, Some(policy)) => (Some((may_take, policy)), now_ms),
+        _ => (None, 0),
+    };
+    let mut decision = match shared_policy {
+        None => rules::choose(&d.ctx, &mut d.ledger, options, preferred_network, preferred_asset),
+        Some((may_take, policy)) => {
+            let mut ledger = sharing::SharedLedger {
+                local: wallet_policy::window::ScopeLedger {
+                    wallet: &mut *d.ledger.wallet,
+                    session: &mut *d.ledger.session,
+                },
+                grants: &*grants,
+                policy,
+                session: sharing::Scope::Session(r.session_id.clone()),
+                wallet: sharing::Scope::Wallet(d.wallet.record.id.clone()),
+                wallet_id: &d.wallet.record.id,
+                now_ms: grants_now_ms,
+            };
+            let mut ctx = d.ctx;
+            ctx.session.spent = ledger.session_spent(cap);
+            match rules::choose(&ctx, &mut ledger, options, preferred_network, preferred_asset) {
+                Err(denial) if may_take && is_budget(denial.reason) => {
+                    // What this payment would charge, and to whom, were the budgets open: the
+                    // grants to take for it.
+                    let mut open = ctx;
+                    open.session.spent = U256::ZERO;
+                    let mut empty = rules::EmptyLedger;
+                    match rules::choose(
+                        &open,
+                        &mut empty,
+                        options,
+                        preferred_network,
+                        preferred_asset,
+                    ) {
+                        Ok(a) => {
+                            let needs =
+                                sharing::needs(policy, d.session, cap, Some(a.requirement.pay_to));
+                            return Ok(Reserved::NeedGrants { needs, charge: a.charge });
+                        }
+                        Err(_) => Err(denial),
+                    }
+                }
+                other => other,
+            }
+        }
+    }
     .inspect_err(|e| {
         tracing::debug!(session = %r.session_id, reason = e.reason.code(), "payment denied");
     })?;
@@ -460,6 +592,20 @@ fn reserve(
         inner.approvals.insert(hold.id.clone(), hold.clone());
         return Ok(Reserved::Hold(Box::new(hold)));
     }
+    if let Some((may_take, policy)) = shared_policy {
+        // Every scope the payment draws on needs a grant, limited or not: the wallet's book
+        // also carries its freeze for the group.
+        let needs = sharing::needs(policy, d.session, cap, Some(decision.requirement.pay_to));
+        if !needs.scopes.iter().all(|(s, _)| grants.covers(s, grants_now_ms, decision.charge)) {
+            if may_take {
+                return Ok(Reserved::NeedGrants { needs, charge: decision.charge });
+            }
+            return Err(Failure::precondition(
+                Reason::AnchorUnavailable,
+                "the grants of the shared budgets this payment needs could not be kept long enough to use them; retry",
+            ));
+        }
+    }
     let key = Arc::clone(&d.wallet.key);
     let domain = *d
         .registry
@@ -471,9 +617,18 @@ fn reserve(
         d.spent.checked_add(decision.charge).ok_or_else(|| Failure::internal("spend overflow"))?;
     // What is left is reported against the cap in force (the policy's session cap may be lower
     // than the issued one), as `GetBudget` reports it.
-    let (session_spent, session_cap) = (*d.spent, super::agent::effective_cap(d.session, d.policy));
+    let (session_spent, session_cap) = (*d.spent, cap);
     d.ledger.session.record(now.as_secs(), decision.charge);
     d.ledger.wallet.record(decision.requirement.pay_to, now.as_secs(), decision.charge);
+    if let Some((_, policy)) = shared_policy {
+        let scopes: Vec<sharing::Scope> =
+            sharing::needs(policy, d.session, cap, Some(decision.requirement.pay_to))
+                .scopes
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
+        grants.charge(&scopes, decision.charge);
+    }
     let (done, rx) = watch::channel(false);
     inner
         .idem

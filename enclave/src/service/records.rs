@@ -66,6 +66,10 @@ pub(crate) struct SessionRecord {
 pub(crate) struct StoredPolicy {
     pub version: u64,
     pub document: String,
+    /// The signing admin's timestamp (Unix ms) of the request that set it; 0 when stored
+    /// before it was kept. A group's members compare it in the wallet's shared book.
+    #[serde(default)]
+    pub admin_ts: u64,
 }
 
 /// A policy as stored before policy documents: converted to the basic document when read.
@@ -78,13 +82,15 @@ struct LegacyPolicy {
     max_validity_seconds: u64,
 }
 
-/// Parses a stored policy (either form).
-pub(crate) fn load_policy(bytes: &[u8]) -> Result<Policy, StoreError> {
+/// Parses a stored policy (either form), with the admin timestamp it was set with (0 when not
+/// recorded).
+pub(crate) fn load_policy_with_ts(bytes: &[u8]) -> Result<(Policy, u64), StoreError> {
     let stored = match serde_json::from_slice::<StoredPolicy>(bytes) {
         Ok(s) => s,
         Err(_) => {
             let l: LegacyPolicy = from_json("policy", bytes)?;
             StoredPolicy {
+                admin_ts: 0,
                 version: l.version,
                 document: Policy::basic_document(
                     l.max_per_payment,
@@ -98,7 +104,7 @@ pub(crate) fn load_policy(bytes: &[u8]) -> Result<Policy, StoreError> {
     let mut p = Policy::parse(&stored.document)
         .map_err(|e| StoreError::Engine(format!("stored policy does not parse: {e}")))?;
     p.version = stored.version;
-    Ok(p)
+    Ok((p, stored.admin_ts))
 }
 
 /// Where a hold for approval stands.

@@ -81,7 +81,7 @@ impl Enclave {
     /// Effective in memory at once (no signature is released after this point), then durable.
     pub(super) async fn revoke_session(
         &self,
-        _: &AdminAuthorized,
+        by: &AdminAuthorized,
         session_id: &str,
     ) -> Result<gw::Session> {
         let record = {
@@ -95,6 +95,14 @@ impl Enclave {
         self.persist(vec![Op::Put(Table::Sessions, record.id.as_bytes().to_vec(), json(&record))])
             .await?;
         tracing::info!(session = %session_id, "session revoked");
+        // A group: the other members take no more grants for it (they spend what their grant
+        // has left for at most `sharing::LEASE_MS`).
+        self.mark_shared(super::sharing::Scope::Session(session_id.to_owned()), true, by.timestamp_ms).await.map_err(
+            |f| Failure {
+                message: format!("the session is revoked at this enclave, but the group's shared book was not updated ({}): retry the revocation", f.message),
+                ..f
+            },
+        )?;
         let inner = self.lock();
         inner
             .sessions

@@ -18,8 +18,7 @@ use super::{
     idempotency::{IdemEntry, Index, ReplayCache, Stage, DEFAULT_IDEMPOTENCY_TTL_SECONDS},
     ledger::Recovered,
     records::{
-        asset_key, from_json, json, load_policy, AdminRecord, ApprovalRecord, SessionRecord,
-        WalletRecord,
+        asset_key, from_json, json, AdminRecord, ApprovalRecord, SessionRecord, WalletRecord,
     },
     session_key,
 };
@@ -83,6 +82,10 @@ pub(crate) struct Inner {
     pub approvals: HashMap<String, ApprovalRecord>,
     pub idem: Index,
     pub replay: ReplayCache,
+    /// This member's grants of shared budgets (a group member only; see `sharing`).
+    pub grants: super::sharing::Grants,
+    /// The admin timestamp (Unix ms) of each wallet's policy in force (0: not recorded).
+    pub policy_ts: HashMap<String, u64>,
 }
 
 /// What the spend log showed at start-up.
@@ -138,7 +141,10 @@ impl Inner {
             inner.wallets.insert(record.id.clone(), WalletEntry { record, key: Arc::new(key) });
         }
         for (k, v) in store.scan(Table::Policies)? {
-            inner.policies.insert(String::from_utf8_lossy(&k).into_owned(), load_policy(&v)?);
+            let wallet = String::from_utf8_lossy(&k).into_owned();
+            let (policy, admin_ts) = super::records::load_policy_with_ts(&v)?;
+            inner.policy_ts.insert(wallet.clone(), admin_ts);
+            inner.policies.insert(wallet, policy);
         }
         for (k, _) in store.scan(Table::Kyt)? {
             if let Ok(a) = <[u8; 20]>::try_from(k.as_slice()) {

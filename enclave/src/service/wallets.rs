@@ -59,7 +59,7 @@ impl Enclave {
     /// is durable.
     pub(super) async fn set_frozen(
         &self,
-        _: &AdminAuthorized,
+        by: &AdminAuthorized,
         wallet_id: &str,
         frozen: bool,
     ) -> Result<gw::Wallet> {
@@ -81,12 +81,20 @@ impl Enclave {
             }
         }
         tracing::info!(wallet = %wallet_id, frozen, "wallet freeze changed");
+        // A group: the other members take no more grants while it is frozen (they spend what
+        // their grant has left for at most `sharing::LEASE_MS`).
+        self.mark_shared(super::sharing::Scope::Wallet(wallet_id.to_owned()), frozen, by.timestamp_ms).await.map_err(
+            |f| Failure {
+                message: format!("the wallet's freeze changed at this enclave, but the group's shared book was not updated ({}): retry", f.message),
+                ..f
+            },
+        )?;
         Ok(wallet_proto(&record))
     }
 
     pub(super) async fn set_policy(
         &self,
-        _: &AdminAuthorized,
+        by: &AdminAuthorized,
         r: gw::SetPolicyRequest,
     ) -> Result<gw::Policy> {
         let p = r.policy.ok_or_else(|| Failure::bad_argument("policy is required"))?;
@@ -118,7 +126,7 @@ impl Enclave {
             }
             inner.policies.get(&p.wallet_id).map_or(1, |old| old.version + 1)
         };
-        let stored = StoredPolicy { version: policy.version, document };
+        let stored = StoredPolicy { version: policy.version, document, admin_ts: by.timestamp_ms };
         self.persist(vec![Op::Put(
             Table::Policies,
             p.wallet_id.as_bytes().to_vec(),
@@ -127,7 +135,24 @@ impl Enclave {
         .await?;
         tracing::info!(wallet = %p.wallet_id, version = policy.version, "policy set");
         let out = policy_proto(&p.wallet_id, &policy);
-        self.lock().policies.insert(p.wallet_id, policy);
+        {
+            let mut inner = self.lock();
+            // Shared budgets: grants taken under the old limits are not spent from any more.
+            let sessions: Vec<String> = inner
+                .sessions
+                .values()
+                .filter(|s| s.record.wallet_id == p.wallet_id)
+                .map(|s| s.record.id.clone())
+                .collect();
+            inner.grants.retire_wallet(&p.wallet_id, &sessions);
+            inner.policy_ts.insert(p.wallet_id.clone(), by.timestamp_ms);
+            inner.policies.insert(p.wallet_id.clone(), policy);
+        }
+        // A group: members whose policy is older take no grant until they apply this one.
+        self.publish_policy(&p.wallet_id, by.timestamp_ms).await.map_err(|f| Failure {
+            message: format!("the policy is set at this enclave, but the group's shared book was not updated ({}): set it again", f.message),
+            ..f
+        })?;
         Ok(out)
     }
 

@@ -410,11 +410,144 @@ async fn anchor_bench() {
     );
 }
 
+/// `clients` clients, client `c` paying through `urls[c % urls.len()]` with session
+/// `creds[c % creds.len()]`, `per_client` payments each, requests signed just before.
+async fn pay_through(
+    urls: &[String],
+    creds: &[wallet_client::Credential],
+    tag: &str,
+    clients: usize,
+    per_client: usize,
+) -> Run {
+    let hdr = header("1000");
+    let batches: Vec<Vec<gw::SignPaymentRequest>> = (0..clients)
+        .map(|c| {
+            let cred = &creds[c % creds.len()];
+            (0..per_client)
+                .map(|i| cred.sign_request(&hdr, "", "", &format!("{tag}-{c}-{i}"), now_ms()))
+                .collect()
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for url in urls {
+        let ch = tonic::transport::Endpoint::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        conns.push(WalletGatewayClient::new(ch));
+    }
+    let conns = Arc::new(conns);
+    drive(batches, move |c, r| {
+        let mut client = conns[c % conns.len()].clone();
+        async move { client.sign_payment(r).await.is_ok() }
+    })
+    .await
+}
+
+/// One wallet's budget on one enclave against two (`wallet-bench group`): an anchored enclave
+/// that shares nothing, the first member of a group alone, and both members of the group.
+#[allow(clippy::cast_precision_loss, clippy::too_many_lines)]
+async fn group_bench() {
+    use wallet_e2e::{anchor::anchored_stack_with, etcd::EtcdCluster, group};
+    const SHARED: &str = "/x402-wallet/t1/shared/";
+    // Budgets in every scope a payment draws on: the session's cap and window, the wallet's.
+    const POLICY: &str = r#"version = 1
+[session]
+budgets = [{ per = "1h", max = "1000000" }]
+[wallet]
+budgets = [{ per = "1h", max = "1000000" }]
+[[rule]]
+action = "allow"
+"#;
+    let cluster = EtcdCluster::start(3);
+    let files = tempfile::tempdir().expect("tempdir");
+    let solo_files = files.path().join("solo");
+    std::fs::create_dir_all(&solo_files).expect("dir");
+    let solo = wallet_e2e::anchor::anchored_stack(
+        &cluster,
+        &solo_files,
+        true,
+        "/x402-wallet/t1/solo/head",
+    );
+    let mut a = anchored_stack_with(
+        &cluster,
+        files.path(),
+        true,
+        "/x402-wallet/t1/a/head",
+        &["--shared-prefix", SHARED],
+    );
+    let sessions = 16;
+    let mut solo_creds = Vec::new();
+    let w = solo.wallet("1").await;
+    solo.set_document(&w, POLICY).await;
+    for _ in 0..sessions {
+        solo_creds.push(solo.session(&w, "1000000", gw::IssueSessionRequest::default()).await);
+    }
+    let w = a.wallet("1").await;
+    a.set_document(&w, POLICY).await;
+    let mut creds = Vec::new();
+    for _ in 0..sessions {
+        creds.push(a.session(&w, "1000000", gw::IssueSessionRequest::default()).await);
+    }
+    let dir = files.path().join("b");
+    group::copy_state(&mut a, &dir);
+    let b = group::join(&cluster, &a, files.path(), &dir, "/x402-wallet/t1/b/head", SHARED).await;
+    let solo_url = [solo.url.clone()];
+    let a_url = [a.url.clone()];
+    let both = [a.url.clone(), b.url.clone()];
+    let _ = pay_through(&solo_url, &solo_creds, "warm-s", 8, 50).await;
+    let _ = pay_through(&both, &creds, "warm-g", 8, 50).await;
+    let rounds = 3;
+    let (mut solo1, mut a1, mut solo64, mut a64, mut both64) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        solo1.push(pay_through(&solo_url, &solo_creds, &format!("s1-{r}"), 1, 400).await);
+        a1.push(pay_through(&a_url, &creds, &format!("a1-{r}"), 1, 400).await);
+        solo64.push(pay_through(&solo_url, &solo_creds, &format!("s64-{r}"), 64, 40).await);
+        a64.push(pay_through(&a_url, &creds, &format!("a64-{r}"), 64, 40).await);
+        both64.push(pay_through(&both, &creds, &format!("b64-{r}"), 64, 40).await);
+    }
+    let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> f64 {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let row = |name: &str, runs: &[Run]| {
+        println!(
+            "| {name} | {} | {:.0} /s | {:.0} µs | {:.0} µs |",
+            runs.iter().map(|r| r.ok).sum::<usize>(),
+            median(runs, &|r| r.throughput),
+            median(runs, &|r| r.p50.as_secs_f64() * 1e6),
+            median(runs, &|r| r.p99.as_secs_f64() * 1e6),
+        );
+    };
+    println!("One wallet (session and wallet budgets) on anchored enclaves, 3-member etcd, {sessions} sessions, interleaved, {rounds} rounds each, medians:");
+    println!();
+    println!("| measurement | requests | throughput | p50 | p99 |");
+    println!("|---|---|---|---|---|");
+    row("one enclave, not shared, 1 client", &solo1);
+    row("group member alone (shared budgets), 1 client", &a1);
+    row("one enclave, not shared, 64 clients", &solo64);
+    row("group member alone (shared budgets), 64 clients", &a64);
+    row("two group members, 64 clients (32 each)", &both64);
+    println!();
+    let t = |runs: &[Run]| median(runs, &|r| r.throughput);
+    println!("ratio shared_over_unshared_throughput_1client = {:.2}", t(&a1) / t(&solo1));
+    println!("ratio shared_over_unshared_throughput_64clients = {:.2}", t(&a64) / t(&solo64));
+    println!("ratio two_members_over_one_throughput_64clients = {:.2}", t(&both64) / t(&a64));
+    drop(b);
+}
+
 #[tokio::main]
 #[allow(clippy::too_many_lines)]
 async fn main() {
     if std::env::args().nth(1).as_deref() == Some("anchor") {
         anchor_bench().await;
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("group") {
+        group_bench().await;
         return;
     }
     let raw_n = 20_000;

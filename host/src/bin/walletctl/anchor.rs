@@ -25,6 +25,11 @@ pub(crate) enum AnchorCmd {
     /// Re-anchoring (the anchor's data was lost, or you deliberately accept an older state):
     /// --reanchor, with --replace-head HEX naming the head etcd holds now (from `walletctl
     /// status`) if it holds one. The audit log records which head was accepted.
+    ///
+    /// A group (several enclaves serving the same wallets under one budget): provision the
+    /// first member with --shared-prefix before creating wallets. A further member runs a copy
+    /// of a member's sealed state, started with `wallet-enclave --await-join`, and joins with
+    /// --join and a --key of its own under the same --shared-prefix.
     Provision(ProvisionArgs),
 }
 
@@ -68,6 +73,17 @@ pub(crate) struct ProvisionArgs {
     /// to an old copy of the state gains nothing).
     #[arg(long, requires = "replace_head")]
     accept_older_state: bool,
+    /// Share this enclave's budgets with a group under this etcd prefix (ending in "/", e.g.
+    /// /x402-wallet/prod/shared/): session caps, window budgets and rate limits are then
+    /// charged through grants in etcd, so several enclaves serving the same wallets never
+    /// spend more together than the policy allows.
+    #[arg(long, value_name = "PREFIX")]
+    shared_prefix: Option<String>,
+    /// Join a group: this enclave runs a copy of a member's state (started with
+    /// `wallet-enclave --await-join`) and takes --key as its own head (absent in etcd) under
+    /// the same --shared-prefix. Implies --reanchor.
+    #[arg(long, requires = "shared_prefix", conflicts_with_all = ["replace_head", "accept_older_state"])]
+    join: bool,
 }
 
 fn read(path: &Path, what: &str) -> Result<String, Fail> {
@@ -159,13 +175,15 @@ pub(crate) async fn run(url: &str, home: &Path, c: AnchorCmd) -> Out {
         server_name: a.server_name.clone(),
         key: a.key.clone(),
         members: a.members,
-        reanchor: a.reanchor,
+        reanchor: a.reanchor || a.join,
         replace_head: a.replace_head.clone().unwrap_or_default(),
         accept_older_state: a.accept_older_state,
         expect_journal_records: ej,
         expect_audit_records: ea,
         expect_store_seq: es,
         expect_audit_hash: eh,
+        shared_prefix: a.shared_prefix.clone().unwrap_or_default(),
+        join: a.join,
     };
     let info = cl.provision_anchor(signed(home, AdminRpc::ProvisionAnchor, req)?).await?;
     let cert_path = home.join("anchor-client.pem");
@@ -185,6 +203,12 @@ pub(crate) async fn run(url: &str, home: &Path, c: AnchorCmd) -> Out {
     println!("  etcdctl user add {cn} --no-password");
     println!("  etcdctl role add {cn}");
     println!("  etcdctl role grant-permission {cn} --prefix=true readwrite {prefix}");
+    if !info.shared_prefix.is_empty() {
+        println!(
+            "  etcdctl role grant-permission {cn} --prefix=true readwrite {}",
+            info.shared_prefix
+        );
+    }
     println!("  etcdctl user grant-role {cn} {cn}");
     println!("Start the enclave with one --anchor-relay per member from now on; `walletctl status` shows the anchored head.");
     Ok(())
@@ -201,10 +225,16 @@ pub(crate) fn status_line(home: &Path, anchor: Option<&gw::AnchorInfo>) -> Resul
         }
         return Ok("none: no protection against a rollback of the whole state (walletctl anchor provision)".into());
     };
-    let line = format!(
+    let mut line = format!(
         "{} · {} epoch {} · head: {} spend records, {} audit records, state batch {} · etcd revision {} · {} rounds since start",
         a.state, a.key, a.epoch, a.journal_records, a.audit_records, a.store_seq, a.revision, a.rounds
     );
+    if !a.shared_prefix.is_empty() {
+        line.push_str(&format!(
+            " · budgets shared under {} as member {}",
+            a.shared_prefix, a.member
+        ));
+    }
     if a.state.starts_with("halted") {
         return Err(Fail(
             5,

@@ -30,7 +30,8 @@ pub(crate) enum SessionCmd {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
-    /// Revoke a session: no signature is released for it once this returns.
+    /// Revoke a session: no signature is released for it once this returns (in a group of
+    /// enclaves: by this member; the others stop within a grant's lease, 5 s).
     Revoke {
         /// Session id (s_...).
         session: String,

@@ -19,7 +19,8 @@ pub(crate) enum WalletCmd {
     },
     /// List wallets.
     List,
-    /// Kill switch: no signature is released for the wallet once this returns.
+    /// Kill switch: no signature is released for the wallet once this returns (in a group of
+    /// enclaves: by this member; the others stop within a grant's lease, 5 s).
     Freeze {
         /// Wallet id.
         #[arg(value_parser = crate::wallet_id)]
