@@ -19,6 +19,10 @@
 //! stack and on an anchored one (the gateway relaying the enclave's TLS to etcd), interleaved
 //! round after round, at 1 and 64 clients; then 16 clients paying on the anchored stack while
 //! etcd's leader is killed: the latency of payments around the leader change.
+//!
+//! `scripts/bench.sh group` measures one wallet's budgets shared by a group of enclaves: an
+//! anchored enclave that shares nothing, the first member of a group alone, and both members
+//! (the second a copy of the first's state, joined), interleaved, at 1 and 64 clients.
 
 use std::{
     sync::Arc,
