@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wallet_e2e::{
     anchor::{anchored_stack, enclave_relay_args, relay_path},
     etcd::EtcdCluster,
+    group::anchor_state,
     header, now_ms, ok, Stack,
 };
 use wallet_proto::{
@@ -155,16 +156,6 @@ async fn pay(
     c.sign_payment(cred.sign_request(&header(CENT), "", "", key, now_ms()))
         .await
         .map(tonic::Response::into_inner)
-}
-
-async fn anchor_state(url: &str) -> gw::AnchorInfo {
-    let mut c = WalletGatewayClient::connect(url.to_owned()).await.expect("connect");
-    c.get_status(gw::GetStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .anchor
-        .expect("anchor")
 }
 
 /// Pays with fresh idempotency keys until one is signed (or `within` passes).

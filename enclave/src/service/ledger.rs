@@ -221,6 +221,8 @@ pub(crate) struct SignContext<'a> {
 /// gets one nonce wherever it is signed, so the token contract settles only one of its
 /// authorizations (EIP-3009 `authorizationState`) and the payee is paid once; two different
 /// payments (another key, or the same key for another request after its time to live) get two.
+/// The same key reused for a byte-identical request after the key's time to live
+/// (`--idempotency-ttl`) is signed and charged again with the same nonce: it settles once.
 #[must_use]
 pub(crate) fn authorization_nonce(
     from: &Address,

@@ -187,7 +187,7 @@ enum Next {
     Reserve,
     Wait(watch::Receiver<bool>),
     Hold(Box<ApprovalRecord>),
-    Grants { needs: sharing::Needs, charge: U256 },
+    Grants { needs: sharing::Needs, charge: U256, generation: u64 },
 }
 
 /// What [`reserve`] decided.
@@ -200,6 +200,8 @@ enum Reserved {
     NeedGrants {
         needs: sharing::Needs,
         charge: U256,
+        /// The grants' generation when decided (a policy change since voids what is taken).
+        generation: u64,
     },
 }
 
@@ -294,8 +296,8 @@ impl Enclave {
                                 })));
                             }
                             Ok(Reserved::Hold(hold)) => Next::Hold(hold),
-                            Ok(Reserved::NeedGrants { needs, charge }) => {
-                                Next::Grants { needs, charge }
+                            Ok(Reserved::NeedGrants { needs, charge, generation }) => {
+                                Next::Grants { needs, charge, generation }
                             }
                             Err(f) => {
                                 if f.code == ErrorCode::Denied {
@@ -316,12 +318,15 @@ impl Enclave {
             let mut rx = match next {
                 Next::Wait(rx) => rx,
                 Next::Hold(hold) => return Err(self.hold(*hold).await),
-                Next::Grants { needs, charge } => {
+                Next::Grants { needs, charge, generation } => {
                     grant_rounds += 1;
                     let anchor = shared
                         .as_ref()
                         .ok_or_else(|| Failure::internal("grants asked for without sharing"))?;
-                    match self.take_grants(anchor, &needs, charge).await? {
+                    match self
+                        .take_grants(anchor, &needs, charge, now.as_millis(), generation)
+                        .await?
+                    {
                         sharing::Taken::Granted => {}
                         // The books have no room: decide once more on the grants as they are,
                         // without taking more, so the denial names the limit that binds.
@@ -546,7 +551,11 @@ fn reserve_with(
                         Ok(a) => {
                             let needs =
                                 sharing::needs(policy, d.session, cap, Some(a.requirement.pay_to));
-                            return Ok(Reserved::NeedGrants { needs, charge: a.charge });
+                            return Ok(Reserved::NeedGrants {
+                                needs,
+                                charge: a.charge,
+                                generation: grants.generation(),
+                            });
                         }
                         Err(_) => Err(denial),
                     }
@@ -598,7 +607,11 @@ fn reserve_with(
         let needs = sharing::needs(policy, d.session, cap, Some(decision.requirement.pay_to));
         if !needs.scopes.iter().all(|(s, _)| grants.covers(s, grants_now_ms, decision.charge)) {
             if may_take {
-                return Ok(Reserved::NeedGrants { needs, charge: decision.charge });
+                return Ok(Reserved::NeedGrants {
+                    needs,
+                    charge: decision.charge,
+                    generation: grants.generation(),
+                });
             }
             return Err(Failure::precondition(
                 Reason::AnchorUnavailable,

@@ -33,10 +33,13 @@
 //! # What this does not share (ARCHITECTURE.md, "One budget, several enclaves")
 //!
 //! Idempotency keys and request nonces are each member's own: a request the host delivers to
-//! two members is charged (and paid) twice, within the shared limits. "Paid this payee before"
-//! (first-payment approval) is each member's own knowledge, so a member may hold a payment the
-//! other would not (stricter, never looser). Sessions, policies, revocations and freezes are
-//! each member's own state: an admin change must reach every member.
+//! two members is signed and charged twice within the shared limits, but with one EIP-3009
+//! nonce (`ledger::authorization_nonce`), so the token settles it once. "Paid this payee
+//! before" (first-payment approval) is each member's own knowledge, so a member may hold a
+//! payment the other would not (stricter, never looser). Sessions, policies and admins are each
+//! member's own state: an admin change must reach every member — the books carry what makes a
+//! member that missed one safe: a revocation or freeze closes the scope's book for the group, and
+//! a member whose policy is older than the newest any member applied takes no grant.
 
 use std::collections::HashMap;
 
@@ -91,12 +94,20 @@ pub(crate) struct Active {
     count: u64,
     used: U256,
     used_count: u64,
+    /// When it was taken, by the enclave's own monotonic timer: a grant is spent from for at
+    /// most [`LEASE_MS`] of it too, whatever the (host-set) clock says.
+    taken: std::time::Instant,
 }
 
 impl Active {
-    /// What is left to spend at `now_ms`: nothing outside the grant's interval.
+    fn lease_over(&self) -> bool {
+        self.taken.elapsed() > std::time::Duration::from_millis(LEASE_MS)
+    }
+
+    /// What is left to spend at `now_ms`: nothing outside the grant's interval, nor after its
+    /// lease by the enclave's own timer.
     fn headroom(&self, now_ms: u64) -> (U256, u64) {
-        if now_ms < self.from_ms || now_ms > self.until_ms {
+        if now_ms < self.from_ms || now_ms > self.until_ms || self.lease_over() {
             return (U256::ZERO, 0);
         }
         (self.amount.saturating_sub(self.used), self.count.saturating_sub(self.used_count))
@@ -156,6 +167,11 @@ impl Grants {
 
     fn headroom(&self, scope: &Scope, now_ms: u64) -> (U256, u64) {
         self.active.get(scope).map_or((U256::ZERO, 0), |a| a.headroom(now_ms))
+    }
+
+    /// Changes with every retirement of a wallet's grants (a policy change).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Whether this member's grant for `scope` covers one more payment of `charge` now.
@@ -414,13 +430,34 @@ fn internal(message: impl Into<String>) -> Failure {
     Failure::internal(message)
 }
 
-/// What this member needs to check a wallet's book against: its policy's admin timestamp.
-fn policy_ts(inner: &super::state::Inner, scope: &Scope) -> Option<u64> {
+/// What this member knows of a scope, to check its book against.
+struct Local {
+    /// A wallet's book: the admin timestamp of the policy this member applied.
+    policy_ts: Option<u64>,
+    /// This member has spent in the scope (so its book must exist).
+    spent: bool,
+}
+
+fn local_facts(inner: &super::state::Inner, scope: &Scope) -> Local {
     match scope {
-        Scope::Wallet(w) => Some(inner.policy_ts.get(w).copied().unwrap_or(0)),
-        _ => None,
+        Scope::Wallet(w) => Local {
+            policy_ts: Some(inner.policy_ts.get(w).copied().unwrap_or(0)),
+            spent: inner.wallet_history.get(w).is_some_and(|h| !h.payees.is_empty()),
+        },
+        Scope::Session(id) => Local {
+            policy_ts: None,
+            spent: inner.sessions.get(id).is_some_and(|s| s.spent > U256::ZERO),
+        },
+        Scope::Payee(w, p) => Local {
+            policy_ts: None,
+            spent: inner.wallet_history.get(w).is_some_and(|h| h.payees.contains_key(p)),
+        },
     }
 }
+
+/// The longest a payment may wait between its authentication and taking its grants: grants
+/// start, and books are compacted, at times the request's fresh timestamp vouches for.
+pub const MAX_GRANT_DELAY_MS: u64 = 3_000;
 
 impl Enclave {
     /// The anchor, when this enclave shares its budgets.
@@ -429,13 +466,19 @@ impl Enclave {
     }
 
     /// Takes grants for `needs` covering `charge` now (module docs), closing this member's
-    /// grants they replace. The grants' interval starts at this member's monotonic clock read
-    /// once the books are held (not at the request's authentication, which may be long past).
+    /// grants they replace. `request_ms` is when the request was authenticated (an agent's
+    /// fresh timestamp vouched for it); the grants start at this member's monotonic clock once
+    /// the books are held, which must not be more than [`MAX_GRANT_DELAY_MS`] later (else the
+    /// host stepped the clock, or held the request: refused), and the books are compacted at
+    /// `request_ms`. `generation` is [`Grants::generation`] when the payment was decided: a
+    /// policy change since makes the new grants unusable (sized under the old limits).
     pub(super) async fn take_grants(
         &self,
         anchor: &std::sync::Arc<Anchor>,
         needs: &Needs,
         charge: U256,
+        request_ms: u64,
+        generation: u64,
     ) -> Result<Taken> {
         let Some(prefix) = anchor.shared_prefix().map(str::to_owned) else {
             return Ok(Taken::Granted);
@@ -443,16 +486,22 @@ impl Enclave {
         let member = anchor.member();
         let mut cache = self.books.lock().await;
         let now_ms = self.monotonic_now().as_millis();
+        if now_ms.saturating_sub(request_ms) > MAX_GRANT_DELAY_MS {
+            return Err(Failure::precondition(
+                Reason::AnchorUnavailable,
+                format!("the request waited {} ms for the shared budgets (the clock moved, or the host held it): nothing is taken for it; retry", now_ms.saturating_sub(request_ms)),
+            ));
+        }
         // Another payment may have taken what this one needs while it waited for the lock.
-        let (missing, generation, local_policy_ts) = {
+        let (missing, local) = {
             let inner = self.lock();
             let missing: Vec<&(Scope, Limits)> = needs
                 .scopes
                 .iter()
                 .filter(|(s, _)| !inner.grants.covers(s, now_ms, charge))
                 .collect();
-            let ts: Vec<Option<u64>> = missing.iter().map(|(s, _)| policy_ts(&inner, s)).collect();
-            (missing, inner.grants.generation, ts)
+            let local: Vec<Local> = missing.iter().map(|(s, _)| local_facts(&inner, s)).collect();
+            (missing, local)
         };
         if missing.is_empty() {
             return Ok(Taken::Granted);
@@ -471,9 +520,7 @@ impl Enclave {
             };
             let mut puts = Vec::with_capacity(missing.len());
             let mut new = Vec::with_capacity(missing.len());
-            for (((scope, limits), key), local_ts) in
-                missing.iter().zip(&keys).zip(&local_policy_ts)
-            {
+            for (((scope, limits), key), local) in missing.iter().zip(&keys).zip(&local) {
                 let mut cached = cache.books.get(key).cloned().flatten();
                 let (mut header, mut book) =
                     open_book(anchor, key, cached.as_ref().map(|c| c.0.as_slice()))?;
@@ -489,30 +536,40 @@ impl Enclave {
                         return Ok(Taken::Closed(scope.clone()));
                     }
                 }
-                if let Some(local) = local_ts {
-                    if *local < header.policy_ts {
+                if cached.is_none() && local.spent {
+                    // This member has spent in this scope, so its book existed: it was deleted
+                    // (an operator), and must not start over empty.
+                    return Err(Failure::precondition(
+                        Reason::AnchorHalted,
+                        format!("the shared book at {key} is missing, though this member has spent in its scope: it was deleted from etcd, and is not started over (an operator must restore the group's books, or re-create the group)"),
+                    ));
+                }
+                if let Some(local) = local.policy_ts {
+                    if local < header.policy_ts {
                         return Err(Failure::precondition(
                             Reason::AnchorUnavailable,
                             format!("another member of the group applied a newer policy for this wallet (admin time {}) than this one (admin time {local}): send this member the policy (walletctl policy set) — until then it takes no shared budget", header.policy_ts),
                         ));
                     }
                 }
-                // Members' clocks must agree within SKEW_MS: a member behind another's
-                // latest grant stops, rather than take grants the others cannot see.
+                // Members' clocks must agree within SKEW_MS: a member behind a grant already in
+                // the book (another member's, or its own from before its clock was set back)
+                // stops, rather than take grants the check regions would not see together.
                 if let Some(ahead) = book
                     .grants
                     .iter()
-                    .filter(|g| g.member != member)
                     .map(|g| g.from_ms)
                     .max()
                     .filter(|from| *from > now_ms.saturating_add(wallet_policy::share::SKEW_MS))
                 {
                     return Err(Failure::precondition(
                         Reason::AnchorUnavailable,
-                        format!("this member's clock is behind another member's by more than {} ms (a grant from {ahead}, now {now_ms}): it takes no shared budget until the clocks agree", wallet_policy::share::SKEW_MS),
+                        format!("this member's clock is behind a grant in the group's book by more than {} ms (a grant from {ahead}, now {now_ms}): it takes no shared budget until the clocks agree", wallet_policy::share::SKEW_MS),
                     ));
                 }
-                book.compact(now_ms);
+                // Compacted at the request's time, which an agent's fresh timestamp vouched
+                // for: never further ahead than the grant's start.
+                book.compact(request_ms.min(now_ms));
                 for r in retired.iter().filter(|r| &r.scope == scope) {
                     // A grant already folded away, or closed by an earlier attempt whose answer
                     // was lost, needs nothing more.
@@ -544,25 +601,27 @@ impl Enclave {
                         count,
                         used: U256::ZERO,
                         used_count: 0,
+                        taken: std::time::Instant::now(),
                     },
                 ));
+            }
+            // Until etcd confirms them, the new grants are retired (unused): if this payment is
+            // cancelled, or the answer is lost, they are closed by a later transaction instead
+            // of staying open and counted for good.
+            {
+                let mut inner = self.lock();
+                for (scope, a) in &new {
+                    inner.grants.retired.push(Retired {
+                        scope: scope.clone(),
+                        id: a.id,
+                        used: U256::ZERO,
+                        used_count: 0,
+                    });
+                }
             }
             let outcome = match anchor.write_shared(puts.clone()).await {
                 Ok(o) => o,
                 Err((reason, why)) => {
-                    // It may have committed: the new grants are counted, never used; close
-                    // them (unused) with the next transaction on their books.
-                    {
-                        let mut inner = self.lock();
-                        for (scope, a) in new {
-                            inner.grants.retired.push(Retired {
-                                scope,
-                                id: a.id,
-                                used: U256::ZERO,
-                                used_count: 0,
-                            });
-                        }
-                    }
                     for k in &keys {
                         cache.forget(k);
                     }
@@ -577,15 +636,18 @@ impl Enclave {
                     }
                     let mut inner = self.lock();
                     let closed: Vec<&Scope> = missing.iter().map(|(s, _)| s).collect();
+                    // The grants this transaction closed, and the new ones, leave the list.
                     inner.grants.retired.retain(|r| {
-                        !(closed.contains(&&r.scope)
-                            && retired.iter().any(|x| x.scope == r.scope && x.id == r.id))
+                        let was_closed = closed.contains(&&r.scope)
+                            && retired.iter().any(|x| x.scope == r.scope && x.id == r.id);
+                        let is_new = new.iter().any(|(s, a)| *s == r.scope && a.id == r.id);
+                        !(was_closed || is_new)
                     });
                     let stale = inner.grants.generation != generation;
                     for (scope, active) in new {
                         if stale {
-                            // A policy change while this transaction ran: sized under the old
-                            // limits, so never spent from; closed unused later.
+                            // A policy change since the payment was decided: sized under the
+                            // old limits, so never spent from; closed unused later.
                             inner.grants.retired.push(Retired {
                                 scope,
                                 id: active.id,
@@ -651,7 +713,7 @@ impl Enclave {
                 .grants
                 .active
                 .iter()
-                .filter(|(_, a)| a.until_ms < now_ms)
+                .filter(|(_, a)| a.until_ms < now_ms || a.lease_over())
                 .map(|(s, _)| s.clone())
                 .collect();
             for s in &expired {
@@ -744,49 +806,25 @@ impl Enclave {
         closed: bool,
         admin_ts: u64,
     ) -> Result<()> {
-        let Some(anchor) = self.sharing() else { return Ok(()) };
-        let Some(prefix) = anchor.shared_prefix().map(str::to_owned) else { return Ok(()) };
-        let key = scope.key(&prefix);
-        let mut cache = self.books.lock().await;
-        cache.fill(&anchor, std::slice::from_ref(&key)).await?;
-        for _ in 0..TXN_TRIES {
-            let cached = cache.books.get(&key).cloned().flatten();
-            let (mut header, book) =
-                open_book(&anchor, &key, cached.as_ref().map(|c| c.0.as_slice()))?;
-            if matches!(scope, Scope::Wallet(_)) {
-                if admin_ts <= header.freeze_ts {
+        let wallet = matches!(scope, Scope::Wallet(_));
+        self.rewrite_header(scope, |mut header, _| {
+            if wallet {
+                // A freeze always holds (the kill switch); an unfreeze only if it is newer than
+                // the freeze or unfreeze in force (else it is a request the host kept).
+                if !closed && admin_ts <= header.freeze_ts {
                     return Err(Failure::precondition(
                         Reason::InvalidArgument,
-                        format!("a newer freeze or unfreeze (admin time {}) holds for the group than this one ({admin_ts}): the group's book is unchanged", header.freeze_ts),
+                        format!("a newer freeze or unfreeze (admin time {}) holds for the group than this unfreeze ({admin_ts}): nothing changed", header.freeze_ts),
                     ));
                 }
-                header.freeze_ts = admin_ts;
+                header.freeze_ts = header.freeze_ts.max(admin_ts);
             }
             // Written even when the cached value already says so: the cache may be stale, and
             // the compare on its revision is what makes the write land on the current book.
             header.flags = if closed { header.flags | CLOSED } else { header.flags & !CLOSED };
-            let value = seal_book(&anchor, &key, header, &book);
-            let put = etcd::Put {
-                key: key.clone().into_bytes(),
-                expected: cached.as_ref().map(|(_, rev)| *rev),
-                value: value.clone(),
-            };
-            match anchor.write_shared(vec![put]).await {
-                Err((reason, why)) => {
-                    cache.forget(&key);
-                    return Err(Failure::precondition(reason, why));
-                }
-                Ok(etcd::Multi::Committed(rev)) => return cache.put(&key, Some((value, rev))),
-                Ok(etcd::Multi::Conflict { keys, .. }) => {
-                    let now = keys.into_iter().next().flatten();
-                    cache.put(&key, now.map(|v| (v.value, v.revision)))?;
-                }
-            }
-        }
-        Err(Failure::precondition(
-            Reason::AnchorUnavailable,
-            format!("the shared book at {key} stayed contended for {TXN_TRIES} tries; retry"),
-        ))
+            Ok(Some(header))
+        })
+        .await
     }
 
     /// Records, in the wallet's book, that a member applied a policy the admin signed at
@@ -795,19 +833,35 @@ impl Enclave {
     /// # Errors
     /// `ANCHOR_UNAVAILABLE` when etcd did not confirm (the policy holds at this member).
     pub(super) async fn publish_policy(&self, wallet: &str, admin_ts: u64) -> Result<()> {
+        self.rewrite_header(Scope::Wallet(wallet.to_owned()), |mut header, exists| {
+            // The timestamp only grows, so a stale cached value at or past it is past it in
+            // etcd too.
+            if header.policy_ts >= admin_ts && exists {
+                return Ok(None);
+            }
+            header.policy_ts = header.policy_ts.max(admin_ts);
+            Ok(Some(header))
+        })
+        .await
+    }
+
+    /// Rewrites a scope's book header with `change` (given the header and whether the book
+    /// exists; `None`: nothing to write), by compare-and-swap on the book, when this enclave
+    /// shares its budgets.
+    async fn rewrite_header(
+        &self,
+        scope: Scope,
+        change: impl Fn(Header, bool) -> Result<Option<Header>>,
+    ) -> Result<()> {
         let Some(anchor) = self.sharing() else { return Ok(()) };
         let Some(prefix) = anchor.shared_prefix().map(str::to_owned) else { return Ok(()) };
-        let key = Scope::Wallet(wallet.to_owned()).key(&prefix);
+        let key = scope.key(&prefix);
         let mut cache = self.books.lock().await;
         cache.fill(&anchor, std::slice::from_ref(&key)).await?;
         for _ in 0..TXN_TRIES {
             let cached = cache.books.get(&key).cloned().flatten();
-            let (mut header, book) =
-                open_book(&anchor, &key, cached.as_ref().map(|c| c.0.as_slice()))?;
-            if header.policy_ts >= admin_ts && cached.is_some() {
-                return Ok(());
-            }
-            header.policy_ts = header.policy_ts.max(admin_ts);
+            let (header, book) = open_book(&anchor, &key, cached.as_ref().map(|c| c.0.as_slice()))?;
+            let Some(header) = change(header, cached.is_some())? else { return Ok(()) };
             let value = seal_book(&anchor, &key, header, &book);
             let put = etcd::Put {
                 key: key.clone().into_bytes(),
@@ -883,6 +937,7 @@ mod tests {
             count: 3,
             used: u(40),
             used_count: 1,
+            taken: std::time::Instant::now(),
         };
         assert_eq!(a.headroom(999), (U256::ZERO, 0));
         assert_eq!(a.headroom(1_000), (u(60), 2));

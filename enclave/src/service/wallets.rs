@@ -68,10 +68,19 @@ impl Enclave {
                 Failure::not_found(format!("wallet {wallet_id:?} does not exist"))
             })?;
         record.frozen = frozen;
+        let scope = super::sharing::Scope::Wallet(wallet_id.to_owned());
+        let group = |f: Failure| Failure {
+            message: format!("the group's shared book was not updated: {}", f.message),
+            ..f
+        };
         if frozen {
             if let Some(w) = self.lock().wallets.get_mut(wallet_id) {
                 w.record.frozen = true;
             }
+        } else {
+            // A group: an unfreeze is checked against the group's book first (a newer freeze
+            // there wins, and this member stays frozen).
+            self.mark_shared(scope.clone(), false, by.timestamp_ms).await.map_err(group)?;
         }
         self.persist(vec![Op::Put(Table::Wallets, record.id.as_bytes().to_vec(), json(&record))])
             .await?;
@@ -81,14 +90,17 @@ impl Enclave {
             }
         }
         tracing::info!(wallet = %wallet_id, frozen, "wallet freeze changed");
-        // A group: the other members take no more grants while it is frozen (they spend what
-        // their grant has left for at most `sharing::LEASE_MS`).
-        self.mark_shared(super::sharing::Scope::Wallet(wallet_id.to_owned()), frozen, by.timestamp_ms).await.map_err(
-            |f| Failure {
-                message: format!("the wallet's freeze changed at this enclave, but the group's shared book was not updated ({}): retry", f.message),
-                ..f
-            },
-        )?;
+        if frozen {
+            // A group: the other members take no more grants while it is frozen (they spend
+            // what their grant has left for at most `sharing::LEASE_MS`).
+            self.mark_shared(scope, true, by.timestamp_ms).await.map_err(|f| {
+                let message = format!(
+                    "the wallet is frozen at this enclave, but {}: retry",
+                    group(f.clone()).message
+                );
+                Failure { message, ..f }
+            })?;
+        }
         Ok(wallet_proto(&record))
     }
 
