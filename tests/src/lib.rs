@@ -744,7 +744,7 @@ pub fn start_gateway_on(
         .append(true)
         .open(dir.join("gateway.log"))
         .expect("log file");
-    let mut child = command_limited(&bin("wallet-gateway"), nofile)
+    let child = command_limited(&bin("wallet-gateway"), nofile)
         .args(["--listen", "127.0.0.1:0", "--enclave-socket"])
         .arg(dir.join("enclave.sock"))
         .arg("--data-dir")
@@ -758,12 +758,7 @@ pub fn start_gateway_on(
         .stderr(log)
         .spawn()
         .expect("spawn gateway");
-    let stdout = child.stdout.take().expect("stdout");
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("gateway announces its address");
-    let url = line.trim().rsplit(' ').next().expect("url").to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "unexpected gateway line {line:?}");
+    let (guard, url) = announced(child, dir);
     if pending_marker(dir).exists() {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !dir.join("enclave.sock").exists() {
@@ -777,6 +772,54 @@ pub fn start_gateway_on(
         let _ = std::fs::remove_file(pending_marker(dir));
     }
     (guard, url)
+}
+
+/// The URL a gateway just started announces on its first line of stdout.
+///
+/// # Panics
+/// When it exits or announces something else (the tail of `dir/gateway.log` is shown).
+fn announced(mut child: Child, dir: &Path) -> (ChildGuard, String) {
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("gateway announces its address");
+    let url = line.trim().rsplit(' ').next().expect("url").to_owned();
+    if !url.starts_with("http://127.0.0.1:") {
+        let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        panic!(
+            "unexpected gateway line {line:?}; gateway.log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    (guard, url)
+}
+
+/// A gateway in front of the members of one group (`--enclave` once per socket), on an
+/// ephemeral loopback port, logging to `dir/gateway.log`.
+///
+/// # Panics
+/// When it does not announce its address.
+#[must_use]
+pub fn start_group_gateway(dir: &Path, members: &[PathBuf]) -> (ChildGuard, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .expect("log file");
+    let mut cmd = Command::new(bin("wallet-gateway"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.join("data"));
+    for m in members {
+        cmd.arg("--enclave").arg(m);
+    }
+    let child = cmd
+        .env("RUST_LOG", "info")
+        .env_remove("WALLET_ENCLAVE_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn gateway");
+    announced(child, dir)
 }
 
 /// A `PAYMENT-REQUIRED` value with one Base Sepolia USDC option of `amount` atomic units.

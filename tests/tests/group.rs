@@ -169,15 +169,10 @@ async fn sixty_four_agents_on_two_enclaves_never_overspend_across_sigkills() {
     let (mut g, creds) = group_with_sessions(EtcdCluster::start(3), &["5.00", "5.00"]).await;
     // A third gateway in front of both members (routing by session, failing over to the
     // other member when one is down), beside each member's own gateway.
-    let both = [
-        "--enclave".to_owned(),
-        g.a.dir.path().join("enclave.sock").display().to_string(),
-        "--enclave".to_owned(),
-        g.b.dir.join("enclave.sock").display().to_string(),
-    ];
+    let both = [g.a.dir.path().join("enclave.sock"), g.b.dir.join("enclave.sock")];
     let front_dir = g.files.path().join("front");
     std::fs::create_dir_all(&front_dir).unwrap();
-    let (_front, front) = wallet_e2e::start_gateway_with(&front_dir, "info", None, &both);
+    let (_front, front) = wallet_e2e::start_group_gateway(&front_dir, &both);
     let signed = Arc::new(Mutex::new(Signed::default()));
     let agents = load(
         [front.clone(), g.b.url.clone()],
