@@ -774,6 +774,12 @@ pub fn start_gateway_on(
     (guard, url)
 }
 
+/// The reason code (`x-wallet-reason`) of a refused call; empty when it has none.
+#[must_use]
+pub fn reason(s: &tonic::Status) -> String {
+    s.metadata().get("x-wallet-reason").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
 /// The URL a gateway just started announces on its first line of stdout.
 ///
 /// # Panics

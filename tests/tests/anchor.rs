@@ -27,7 +27,7 @@ use wallet_e2e::{
     anchor::{anchored_stack, enclave_relay_args, relay_path},
     etcd::EtcdCluster,
     group::anchor_state,
-    header, now_ms, ok, Stack,
+    header, now_ms, ok, reason, Stack,
 };
 use wallet_proto::{
     gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient},
@@ -140,11 +140,6 @@ fn anchored(cluster: &EtcdCluster, relays: Relays) -> Anchored {
     };
     let stack = anchored_stack(cluster, files.path(), relays == Relays::Gateway, KEY);
     Anchored { stack, files, relays: test_relays }
-}
-
-/// The reason code of a refused call.
-fn reason(s: &tonic::Status) -> String {
-    s.metadata().get("x-wallet-reason").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
 }
 
 async fn pay(

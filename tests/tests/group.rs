@@ -28,7 +28,7 @@ use wallet_e2e::{
     anchor::{anchored_stack_with, enclave_relay_args, gateway_relay_args},
     etcd::EtcdCluster,
     group::{anchor_state, copy_state, join, join_args, walletctl_at, Member},
-    header, now_ms, EnclaveStorage, Stack,
+    header, now_ms, reason, EnclaveStorage, Stack,
 };
 use wallet_proto::{
     gateway::v1::{self as gw, wallet_gateway_client::WalletGatewayClient},
@@ -64,11 +64,6 @@ struct Group {
     b: Member,
     files: tempfile::TempDir,
     wallet: gw::Wallet,
-}
-
-/// The reason code of a refused call.
-fn reason(s: &tonic::Status) -> String {
-    s.metadata().get("x-wallet-reason").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
 }
 
 async fn pay(

@@ -601,6 +601,9 @@ fn reserve_with(
         inner.approvals.insert(hold.id.clone(), hold.clone());
         return Ok(Reserved::Hold(Box::new(hold)));
     }
+    // A shared wallet: the scopes the payment draws on, computed once (checked here, charged
+    // below).
+    let mut shared_needs = None;
     if let Some((may_take, policy)) = shared_policy {
         // Every scope the payment draws on needs a grant, limited or not: the wallet's book
         // also carries its freeze for the group.
@@ -618,6 +621,7 @@ fn reserve_with(
                 "the grants of the shared budgets this payment needs could not be kept long enough to use them; retry",
             ));
         }
+        shared_needs = Some(needs);
     }
     let key = Arc::clone(&d.wallet.key);
     let domain = *d
@@ -633,14 +637,8 @@ fn reserve_with(
     let (session_spent, session_cap) = (*d.spent, cap);
     d.ledger.session.record(now.as_secs(), decision.charge);
     d.ledger.wallet.record(decision.requirement.pay_to, now.as_secs(), decision.charge);
-    if let Some((_, policy)) = shared_policy {
-        let scopes: Vec<sharing::Scope> =
-            sharing::needs(policy, d.session, cap, Some(decision.requirement.pay_to))
-                .scopes
-                .into_iter()
-                .map(|(s, _)| s)
-                .collect();
-        grants.charge(&scopes, decision.charge);
+    if let Some(needs) = shared_needs {
+        grants.charge(needs.scopes.iter().map(|(s, _)| s), decision.charge);
     }
     let (done, rx) = watch::channel(false);
     inner

@@ -181,7 +181,7 @@ impl Grants {
     }
 
     /// Charges a reserved payment to the grants it drew on.
-    pub fn charge(&mut self, scopes: &[Scope], amount: U256) {
+    pub fn charge<'s>(&mut self, scopes: impl IntoIterator<Item = &'s Scope>, amount: U256) {
         for s in scopes {
             if let Some(a) = self.active.get_mut(s) {
                 a.used = a.used.saturating_add(amount);
