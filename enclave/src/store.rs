@@ -221,6 +221,9 @@ impl Digest {
     }
 }
 
+/// sled's page cache, bytes.
+const CACHE_BYTES: u64 = 16 << 20;
+
 /// Tables covered by the state digest (everything but `Meta`).
 const DIGESTED: [Table; 10] = [
     Table::Wallets,
@@ -258,6 +261,10 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // The state is held in memory once loaded (`service::state`); sled's page cache
+            // (1 GiB by default) would otherwise keep a second copy of everything it read, in
+            // an enclave whose memory is fixed.
+            .cache_capacity(CACHE_BYTES)
             // We flush (and fsync) ourselves, in group-commit rounds; no competing flusher thread.
             .flush_every_ms(None)
             .open()
@@ -346,8 +353,9 @@ impl Store {
         let (mut next, seq) = (digest.digest, digest.seq);
         let seq = seq + 1;
         let mut batch = sled::Batch::default();
-        // Later ops on the same key see earlier ones of this batch.
-        let mut pending: std::collections::HashMap<Vec<u8>, Option<Zeroizing<Vec<u8>>>> =
+        // Later ops on the same key see earlier ones of this batch (their digest terms: not
+        // a second copy of every value).
+        let mut pending: std::collections::HashMap<Vec<u8>, Option<[u8; 32]>> =
             std::collections::HashMap::new();
         for op in ops {
             let (t, k, new) = match op {
@@ -357,16 +365,17 @@ impl Store {
             let fk = full_key(t, &k);
             if t != Table::Meta {
                 let old = match pending.get(&fk) {
-                    Some(v) => v.clone(),
-                    None => self.get(t, &k)?,
+                    Some(term) => *term,
+                    None => self.get(t, &k)?.map(|v| Digest::term(t, &k, &v)),
                 };
                 if let Some(old) = &old {
-                    next.sub(&Digest::term(t, &k, old));
+                    next.sub(old);
                 }
-                if let Some(new) = &new {
-                    next.add(&Digest::term(t, &k, new));
+                let term = new.as_ref().map(|v| Digest::term(t, &k, v));
+                if let Some(term) = &term {
+                    next.add(term);
                 }
-                pending.insert(fk.clone(), new.clone());
+                pending.insert(fk.clone(), term);
             }
             match new {
                 Some(v) => batch.insert(fk.clone(), self.sealer.seal(&fk, &v)),

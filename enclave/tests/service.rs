@@ -13,7 +13,7 @@ use wallet_enclave::{
     journal::Faults,
     platform::{simulated, Clock, Mode, Nsm, NsmError, Platform, TrustRoot, UnixMillis},
     service::{Enclave, Failure},
-    store::Store,
+    store::{Op, Store, Table},
 };
 use wallet_policy::{
     address::parse_address, eip712::Authorization, registry::default_assets, U256,
@@ -1407,6 +1407,14 @@ async fn denied_and_expired_holds_are_never_signed() {
     h.pay(a.request(&header("10000"), "p5")).await.unwrap();
 }
 
+async fn kyt_list(h: &Harness) -> Vec<String> {
+    let Resp::KytList(l) = h.call(Req::ListKyt(gw::ListKytRequest::default())).await.unwrap()
+    else {
+        panic!()
+    };
+    l.addresses
+}
+
 fn packed(addrs: &[&str]) -> Vec<u8> {
     addrs.iter().flat_map(|a| parse_address(&a.to_lowercase()).unwrap().to_vec()).collect()
 }
@@ -1473,6 +1481,190 @@ async fn kyt_imports_are_chunked_checked_and_atomic() {
         h.pay(a.request(&header("10000"), "restarted")).await.unwrap_err().reason,
         "KYT_DENIED"
     );
+}
+
+/// A commit whose answer was lost is asked again under the same import id (the operation id):
+/// the enclave answers with what it applied and applies nothing twice, also after a restart; a
+/// commit whose chunks are gone is refused with nothing changed.
+#[tokio::test]
+async fn a_repeated_kyt_commit_answers_with_the_import_it_applied() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let a = h.session(&w, "1").await;
+    let import = |id: &str, addrs: Vec<u8>, commit: bool, expected: u64| {
+        Req::ImportKyt(gw::ImportKytRequest {
+            import_id: id.into(),
+            addresses: addrs,
+            commit,
+            replace: true,
+            expected_total: expected,
+            auth: None,
+        })
+    };
+    let third = "0x00000000000000000000000000000000000000bb";
+    h.call(import("op-1", packed(&[third]), false, 0)).await.unwrap();
+    let Resp::KytImport(first) = h.call(import("op-1", packed(&[PAYEE]), true, 2)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((first.committed, first.added, first.removed, first.total), (true, 2, 0, 2));
+    // The list changes after the import; asking about the import again changes nothing back.
+    let other = "0x00000000000000000000000000000000000000aa";
+    h.call(Req::RemoveKyt(gw::KytRequest { addresses: vec![PAYEE.into()], auth: None }))
+        .await
+        .unwrap();
+    h.call(Req::AddKyt(gw::KytRequest { addresses: vec![other.into()], auth: None }))
+        .await
+        .unwrap();
+    let Resp::KytImport(again) = h.call(import("op-1", packed(&[PAYEE]), true, 2)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(again, first);
+    assert_eq!(kyt_list(&h).await.len(), 2, "{third} and {other}: the repeat re-applied nothing");
+    h.pay(a.request(&header("10000"), "payee-removed")).await.unwrap();
+    // After a restart the result is still known (it is stored with the import).
+    let h = h.restart().await;
+    let Resp::KytImport(after) = h.call(import("op-1", packed(&[PAYEE]), true, 2)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(after, first);
+    assert_eq!(kyt_list(&h).await.len(), 2);
+    // A commit for an import whose chunks the enclave no longer holds (it restarted, or the
+    // first commit failed) applies nothing and says so.
+    h.call(import("op-2", packed(&[PAYEE]), false, 0)).await.unwrap();
+    let h = h.restart().await;
+    let e = h.call(import("op-2", packed(&[third]), true, 2)).await.unwrap_err();
+    assert_eq!(e.reason, "KYT_IMPORT_INCOMPLETE");
+    assert_eq!(kyt_list(&h).await.len(), 2);
+    h.pay(a.request(&header("10000"), "still-allowed")).await.unwrap();
+}
+
+/// Import ids are operation ids: the last 16 imports' results are kept, so one asked about after
+/// another import was applied is still known; chunks staged again under an id already applied
+/// are refused (an id names one import).
+#[tokio::test]
+async fn kyt_import_ids_name_one_import_each() {
+    let h = Harness::new().await;
+    let import = |id: &str, addrs: Vec<u8>, commit: bool, expected: u64| {
+        Req::ImportKyt(gw::ImportKytRequest {
+            import_id: id.into(),
+            addresses: addrs,
+            commit,
+            replace: false,
+            expected_total: expected,
+            auth: None,
+        })
+    };
+    let (x, y) = (
+        "0x00000000000000000000000000000000000000aa",
+        "0x00000000000000000000000000000000000000bb",
+    );
+    let Resp::KytImport(first) = h.call(import("X", packed(&[x]), true, 1)).await.unwrap() else {
+        panic!()
+    };
+    h.call(import("Y", packed(&[y]), true, 1)).await.unwrap();
+    let Resp::KytImport(again) = h.call(import("X", packed(&[x]), true, 1)).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(again, first, "X is known after Y");
+    let e = h.call(import("X", packed(&[PAYEE]), false, 1)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{e:?}");
+    assert_eq!(kyt_list(&h).await.len(), 2);
+}
+
+/// A KYT change whose batch was applied but whose durability round failed: the list in force is
+/// the stored one (not the old one), so the next change's diff is right, and the import's result
+/// is known when asked again after the restart.
+#[tokio::test]
+async fn a_kyt_import_whose_confirmation_fails_is_in_force_and_known() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let a = h.session(&w, "1").await;
+    let e = h.pay(a.request(&header("2000000"), "warm-up")).await.unwrap_err();
+    assert_eq!(e.reason, "PER_TX_LIMIT");
+    let other = "0x00000000000000000000000000000000000000aa";
+    let import = || {
+        Req::ImportKyt(gw::ImportKytRequest {
+            import_id: "op".into(),
+            addresses: packed(&[PAYEE, other]),
+            commit: true,
+            replace: true,
+            expected_total: 2,
+            auth: None,
+        })
+    };
+    h.faults.fail.store(true, Ordering::SeqCst);
+    let e = h.call(import()).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
+    assert_eq!(kyt_list(&h).await.len(), 2, "memory follows the applied batch");
+    let h = h.restart().await;
+    assert_eq!(kyt_list(&h).await.len(), 2);
+    let Resp::KytImport(r) = h.call(import()).await.unwrap() else { panic!() };
+    assert_eq!((r.committed, r.added, r.total), (true, 2, 2));
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "listed")).await.unwrap_err().reason,
+        "KYT_DENIED"
+    );
+}
+
+/// A state store of the layout before buckets (one record per address) is read whole and
+/// moved to buckets at start-up.
+#[tokio::test]
+async fn a_per_address_kyt_store_is_moved_to_buckets() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let a = h.session(&w, "1").await;
+    let Harness { dir, now, enclave, admin, .. } = h;
+    drop(Arc::try_unwrap(enclave).expect("no other users"));
+    {
+        let (platform, _) = Platform::open_dir(
+            dir.path(),
+            &simulated::FileSealingKey(dir.path().join("sealing.key")),
+            Arc::new(simulated::SimulatedNsm),
+            Arc::new(TestClock(Arc::clone(&now))),
+        )
+        .unwrap();
+        let legacy: Vec<Op> = [PAYEE, "0x00000000000000000000000000000000000000aa"]
+            .iter()
+            .map(|s| {
+                Op::Put(
+                    Table::Kyt,
+                    parse_address(&s.to_lowercase()).unwrap().to_vec(),
+                    Vec::new().into(),
+                )
+            })
+            .collect();
+        platform.state.apply(legacy).unwrap();
+        platform.state.sync().await.unwrap();
+    }
+    now.fetch_add(wallet_enclave::service::REPLAY_FLOOR_MARGIN_MS + 1, Ordering::SeqCst);
+    let (enclave, faults) = open(dir.path(), &now).await;
+    let h = Harness { dir, now, enclave: Arc::new(enclave), admin, faults };
+    assert_eq!(
+        h.pay(a.request(&header("10000"), "listed")).await.unwrap_err().reason,
+        "KYT_DENIED"
+    );
+    assert_eq!(
+        kyt_list(&h).await,
+        vec!["0x00000000000000000000000000000000000000AA".to_owned(), PAYEE.to_owned()],
+        "both entries moved"
+    );
+    let Harness { dir, now, enclave, admin, .. } = h;
+    drop(Arc::try_unwrap(enclave).expect("no other users"));
+    let (platform, _) = Platform::open_dir(
+        dir.path(),
+        &simulated::FileSealingKey(dir.path().join("sealing.key")),
+        Arc::new(simulated::SimulatedNsm),
+        Arc::new(TestClock(Arc::clone(&now))),
+    )
+    .unwrap();
+    let keys: Vec<usize> =
+        platform.state.scan(Table::Kyt).unwrap().iter().map(|(k, _)| k.len()).collect();
+    assert_eq!(keys, vec![2, 2], "two buckets, no per-address record left");
+    drop(platform);
+    drop(admin);
 }
 
 #[tokio::test]

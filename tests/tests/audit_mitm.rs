@@ -25,6 +25,19 @@ enum Mode {
     ForgeAnswers,
     /// Relays a payment, keeps the signed answer, and tells the agent it was denied.
     HideSignedPayment,
+    /// Relays the first KYT import commit and answers it with the gateway's timeout (the
+    /// enclave applied it; the admin was told nothing); later calls pass.
+    LoseFirstCommitAnswer,
+    /// Answers the first KYT import commit with the gateway's timeout without relaying it (the
+    /// enclave never saw it); later calls pass.
+    DropFirstCommit,
+}
+
+/// The gateway's own error when the enclave does not answer in time.
+fn enclave_timeout() -> Status {
+    let mut s = Status::deadline_exceeded("ENCLAVE_TIMEOUT: the enclave did not answer in time");
+    s.metadata_mut().insert("x-wallet-reason", "ENCLAVE_TIMEOUT".parse().unwrap());
+    s
 }
 
 /// The request as the client sent it, metadata (its challenge) included, for the upstream call.
@@ -42,6 +55,8 @@ struct Mitm {
     upstream: WalletGatewayClient<Channel>,
     mode: Arc<Mutex<Mode>>,
     saved: Arc<Mutex<Option<(tonic::metadata::MetadataMap, gw::AuditHead)>>>,
+    /// KYT import commits seen.
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[tonic::async_trait]
@@ -141,6 +156,16 @@ impl WalletGateway for Mitm {
         &self,
         r: Request<gw::ImportKytRequest>,
     ) -> Result<Response<gw::ImportKytResponse>, Status> {
+        let mode = *self.mode.lock().unwrap();
+        if r.get_ref().commit
+            && self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+            && matches!(mode, Mode::LoseFirstCommitAnswer | Mode::DropFirstCommit)
+        {
+            if mode == Mode::LoseFirstCommitAnswer {
+                let _applied = self.upstream.clone().import_kyt(forward(r)).await?;
+            }
+            return Err(enclave_timeout());
+        }
         self.upstream.clone().import_kyt(forward(r)).await
     }
     async fn list_approvals(
@@ -322,8 +347,12 @@ async fn verify_rejects_what_a_compromised_gateway_fakes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mitm_url = format!("http://{}", listener.local_addr().unwrap());
     let mode = Arc::new(Mutex::new(Mode::Pass));
-    let mitm =
-        Mitm { upstream: stack.client().await, mode: Arc::clone(&mode), saved: Arc::default() };
+    let mitm = Mitm {
+        upstream: stack.client().await,
+        mode: Arc::clone(&mode),
+        saved: Arc::default(),
+        commits: Arc::default(),
+    };
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(WalletGatewayServer::new(mitm))
@@ -446,4 +475,52 @@ async fn verify_rejects_what_a_compromised_gateway_fakes() {
     *mode.lock().unwrap() = Mode::Pass;
     let out = verify(Arc::clone(&stack), mitm_url).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A KYT import whose commit answer is lost (the gateway times out while the enclave applies
+/// it, or drops the commit before the enclave sees it) is followed by walletctl under its
+/// operation id until the enclave says what happened: walletctl reports the import applied,
+/// with its counts, exit 0, and the list is in force exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kyt_import_whose_answer_is_lost_is_followed_to_the_end() {
+    let stack = Arc::new(Stack::start());
+    let file = stack.dir.path().join("list.txt");
+    let listed: Vec<String> = (1..=50_001u32).map(|i| format!("0x{i:040x}")).collect();
+    std::fs::write(&file, listed.join("\n")).unwrap();
+    for mode in [Mode::LoseFirstCommitAnswer, Mode::DropFirstCommit] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mitm = Mitm {
+            upstream: stack.client().await,
+            mode: Arc::new(Mutex::new(mode)),
+            saved: Arc::default(),
+            commits: Arc::default(),
+        };
+        let commits = Arc::clone(&mitm.commits);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WalletGatewayServer::new(mitm))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let (s, f) = (Arc::clone(&stack), file.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            s.walletctl(&["--gateway", &url, "kyt", "import", "--replace", f.to_str().unwrap()], "")
+        })
+        .await
+        .unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{mode:?}: {stderr}");
+        assert!(commits.load(std::sync::atomic::Ordering::SeqCst) >= 2, "{mode:?}: followed up");
+        assert!(stderr.contains("asking the enclave again"), "{mode:?}: {stderr}");
+        assert!(stderr.contains("confirmed applied"), "{mode:?}: {stderr}");
+        // Replacing with the same list a second time adds nothing: the counts are the import's.
+        let want = if mode == Mode::LoseFirstCommitAnswer {
+            "imported: 50001 added, 0 removed, denylist now 50001"
+        } else {
+            "imported: 0 added, 0 removed, denylist now 50001"
+        };
+        assert!(stdout.contains(want), "{mode:?}: {stdout}");
+        assert_eq!(stack.status().await.kyt_entries, 50_001);
+    }
 }

@@ -39,12 +39,9 @@ mod state;
 mod wallets;
 mod wire;
 
-use std::{
-    collections::HashSet,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex, MutexGuard,
 };
 
 use alloy_primitives::{Address, U256};
@@ -100,8 +97,8 @@ pub struct Enclave {
     /// The latest time the clock showed in this run (Unix ms): freshness and the replay cache
     /// use it, so stepping the clock back does not make an old request fresh again.
     max_now: AtomicU64,
-    /// A KYT import being uploaded: its id and the addresses so far.
-    kyt_staging: Mutex<Option<(String, HashSet<Address>)>>,
+    /// A KYT import being uploaded: its id and the addresses so far (duplicates included).
+    kyt_staging: Mutex<Option<(String, Vec<Address>)>>,
     /// Each session's recent payments, denials and holds (bounded; see `agent`). Never held
     /// together with `inner`.
     activity: Mutex<agent::Activity>,

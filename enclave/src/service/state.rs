@@ -1,10 +1,7 @@
 //! The enclave's state in memory, and how it is rebuilt at start-up from the state store and the
 //! spend log.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use alloy_primitives::{Address, B256, U256};
 use ed25519_dalek::VerifyingKey;
@@ -74,7 +71,10 @@ pub(crate) struct Inner {
     pub wallets: HashMap<String, WalletEntry>,
     pub policies: HashMap<String, Policy>,
     pub registry: Registry,
-    pub kyt: HashSet<Address>,
+    pub kyt: super::kyt::KytList,
+    /// The results of the last KYT imports applied, the newest last (an id among them answers a
+    /// repeated commit).
+    pub kyt_imports: Vec<super::kyt::LastImport>,
     pub sessions: HashMap<String, SessionEntry>,
     /// Each wallet's spends, for its time-window budgets, payee caps and rate limit.
     pub wallet_history: HashMap<String, WalletHistory>,
@@ -146,11 +146,15 @@ impl Inner {
             inner.policy_ts.insert(wallet.clone(), admin_ts);
             inner.policies.insert(wallet, policy);
         }
-        for (k, _) in store.scan(Table::Kyt)? {
-            if let Ok(a) = <[u8; 20]>::try_from(k.as_slice()) {
-                inner.kyt.insert(Address::from(a));
-            }
+        let kyt = super::kyt::load(store.scan(Table::Kyt)?)?;
+        if !kyt.migration.is_empty() {
+            // A store of the per-address layout: moved to buckets once, in one batch.
+            tracing::info!(entries = kyt.list.len(), "moving the KYT list to the bucketed layout");
+            store.apply(kyt.migration)?;
+            store.sync().await?;
         }
+        inner.kyt = kyt.list;
+        inner.kyt_imports = kyt.imports;
         for (_, v) in store.scan(Table::Sessions)? {
             let record: SessionRecord = from_json("session", &v)?;
             let key = session_key(&record.public_key).map_err(|e| StoreError::Engine(e.message))?;

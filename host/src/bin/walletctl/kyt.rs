@@ -3,12 +3,13 @@
 use std::{
     io::Read as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use clap::Subcommand;
-use wallet_client::{random_idempotency_key, AdminRpc, GatewayClient};
+use wallet_client::{random_idempotency_key, AdminRpc, ClientError, GatewayClient};
 use wallet_host::kyt_import::{parse, Format, MAX_INPUT_BYTES};
-use wallet_proto::gateway::v1 as gw;
+use wallet_proto::{gateway::v1 as gw, Reason};
 
 use crate::{admin::signed, client, Fail, Out};
 
@@ -109,6 +110,143 @@ pub(crate) async fn run(url: &str, home: &Path, c: KytCmd) -> Out {
 
 /// Addresses per `ImportKyt` chunk: 40,000 × 20 bytes stays well under the 1 MiB frame.
 pub(crate) const KYT_CHUNK: usize = 40_000;
+/// How long an import whose outcome is unknown (its answer lost or late) is followed before
+/// walletctl gives up and says the outcome is unknown.
+const FOLLOW_FOR: Duration = Duration::from_secs(600);
+/// Pause between two questions about an import whose outcome is unknown.
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+/// Times a chunk whose answer was lost is sent again.
+const CHUNK_RETRIES: u32 = 3;
+/// Longest wait for one call's answer (below the enclave's 120 s validity of an admin request).
+const REQUEST_WAIT: Duration = Duration::from_secs(60);
+
+fn percent(part: usize, whole: usize) -> usize {
+    part.saturating_mul(100).checked_div(whole).unwrap_or(100)
+}
+
+/// What one `ImportKyt` call came to.
+enum Answer {
+    /// The enclave's verified answer.
+    Done(gw::ImportKytResponse),
+    /// An error: the enclave's signed refusal, or the host's word (see [`ClientError`]).
+    Failed(ClientError),
+    /// Nothing within [`REQUEST_WAIT`].
+    NoAnswer,
+}
+
+/// Sends one `ImportKyt`, signed afresh (an admin request is valid once, for 120 s), and waits at
+/// most [`REQUEST_WAIT`] for its answer.
+async fn ask(
+    cl: &mut GatewayClient,
+    home: &Path,
+    request: gw::ImportKytRequest,
+) -> Result<Answer, Fail> {
+    let req = signed(home, AdminRpc::ImportKyt, request)?;
+    Ok(match tokio::time::timeout(REQUEST_WAIT, cl.import_kyt(req)).await {
+        Ok(Ok(r)) => Answer::Done(r),
+        Ok(Err(e)) => Answer::Failed(e),
+        Err(_) => Answer::NoAnswer,
+    })
+}
+
+/// Sends one chunk (not the commit); sent again when its answer was lost, since a repeated
+/// chunk changes nothing.
+async fn upload_chunk(
+    cl: &mut GatewayClient,
+    home: &Path,
+    request: impl Fn() -> gw::ImportKytRequest,
+) -> Out {
+    let mut attempt = 0;
+    loop {
+        let why = match ask(cl, home, request()).await? {
+            Answer::Done(_) => return Ok(()),
+            Answer::Failed(e) if !e.outcome_unknown() || attempt >= CHUNK_RETRIES => {
+                return Err(e.into())
+            }
+            Answer::Failed(e) => e.to_string(),
+            Answer::NoAnswer if attempt >= CHUNK_RETRIES => {
+                return Err(Fail(
+                    1,
+                    format!(
+                        "no answer to a chunk in {} s, {} times; nothing was applied (the import is applied only by its last step)",
+                        REQUEST_WAIT.as_secs(),
+                        attempt + 1
+                    ),
+                ))
+            }
+            Answer::NoAnswer => format!("no answer in {} s", REQUEST_WAIT.as_secs()),
+        };
+        attempt += 1;
+        eprintln!("a chunk's answer was lost ({why}); sending it again");
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+/// Sends the committing chunk. When its answer is lost or late (a timeout, a broken
+/// connection, an answer that does not verify, a refusal that says nothing about the import),
+/// the import may have been applied, may still be applying, or may never have arrived:
+/// walletctl asks again with the same import id (the operation id) until the enclave says
+/// which — it answers a commit of one of its last 16 imports with that import's result and
+/// applies nothing twice, and refuses one whose chunks it no longer holds with
+/// `KYT_IMPORT_INCOMPLETE` — or [`FOLLOW_FOR`] has passed.
+async fn commit(
+    cl: &mut GatewayClient,
+    home: &Path,
+    import_id: &str,
+    request: impl Fn() -> gw::ImportKytRequest,
+) -> Result<gw::ImportKytResponse, Fail> {
+    let started = std::time::Instant::now();
+    let mut asked = 0u32;
+    loop {
+        let why = match ask(cl, home, request()).await? {
+            Answer::Done(r) if r.committed => {
+                if asked > 0 {
+                    eprintln!(
+                        "import {import_id}: confirmed applied after {} s",
+                        started.elapsed().as_secs()
+                    );
+                }
+                return Ok(r);
+            }
+            Answer::Done(_) => {
+                return Err(Fail(
+                    1,
+                    format!("import {import_id}: the enclave staged the last chunk but did not apply the import; nothing was changed"),
+                ))
+            }
+            // The first answer, a refusal that is the enclave's own (or the gateway was never
+            // reached): this commit did nothing.
+            Answer::Failed(e) if asked == 0 && !e.outcome_unknown() => return Err(e.into()),
+            Answer::Failed(e)
+                if e.is_enclave_signed() && e.reason() == Some(Reason::KytImportIncomplete) =>
+            {
+                return Err(Fail(
+                    e.exit_code(),
+                    format!(
+                        "import {import_id} was not applied: the enclave no longer holds its chunks and it is not among the last imports applied ({e}). Nothing was changed; run the import again"
+                    ),
+                ));
+            }
+            Answer::Failed(e) => e.to_string(),
+            Answer::NoAnswer => format!("no answer in {} s", REQUEST_WAIT.as_secs()),
+        };
+        if started.elapsed() >= FOLLOW_FOR {
+            return Err(Fail(
+                1,
+                format!(
+                    "import {import_id}: no confirmation after {} s ({why}). Whether it was applied is unknown: `walletctl kyt list` shows the list in force",
+                    FOLLOW_FOR.as_secs()
+                ),
+            ));
+        }
+        asked += 1;
+        eprintln!(
+            "import {import_id}: not confirmed yet ({why}); asking the enclave again ({} s so far)",
+            started.elapsed().as_secs()
+        );
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
 
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub(crate) async fn kyt_import(
@@ -165,23 +303,31 @@ pub(crate) async fn kyt_import(
     } else {
         parsed.addresses.chunks(KYT_CHUNK).collect()
     };
+    let total = parsed.addresses.len();
     let last = chunks.len() - 1;
+    let mut sent = 0usize;
+    let request = |chunk: &[[u8; 20]], commit: bool| gw::ImportKytRequest {
+        import_id: import_id.clone(),
+        addresses: chunk.concat(),
+        commit,
+        replace,
+        expected_total: total as u64,
+        auth: None,
+    };
+    // Progress and the operation id go to stderr; stdout carries the result alone.
+    eprintln!("import {import_id}: uploading {total} addresses in {} chunks", chunks.len());
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let req = gw::ImportKytRequest {
-            import_id: import_id.clone(),
-            addresses: chunk.concat(),
-            commit: i == last,
-            replace,
-            expected_total: parsed.addresses.len() as u64,
-            auth: None,
-        };
-        let r = cl.import_kyt(signed(home, AdminRpc::ImportKyt, req)?).await?;
-        if r.committed {
-            println!(
-                "imported: {} added, {} removed, denylist now {}",
-                r.added, r.removed, r.total
-            );
+        if i < last {
+            // A chunk whose answer was lost is sent again: the enclave counts an address once
+            // however often it arrives.
+            upload_chunk(cl, home, || request(chunk, false)).await?;
+            sent += chunk.len();
+            eprintln!("import {import_id}: uploaded {sent}/{total} ({}%)", percent(sent, total));
+            continue;
         }
+        eprintln!("import {import_id}: applying {total} addresses");
+        let r = commit(cl, home, &import_id, || request(chunk, true)).await?;
+        println!("imported: {} added, {} removed, denylist now {}", r.added, r.removed, r.total);
     }
     Ok(())
 }
