@@ -5,9 +5,14 @@
 //!
 //! The log is for verification outside the enclave, so it is not sealed; it holds no secret
 //! (no signature, no key). On open the chain is verified: a torn last line (a crash mid-write)
-//! is cut off; any other break stops the enclave, naming the record. While running, every read
-//! re-reads the file and checks it against the head in memory, so editing or truncating the file
-//! under a running enclave is reported too.
+//! is cut off; any other break stops the enclave, naming the record. While running, a read
+//! checks what it returns against what the enclave wrote: the enclave keeps, every
+//! [`MARK_EVERY`] records, the record's byte offset and the chain's hash before it (40 bytes per
+//! 1,024 records), and a read re-reads and re-verifies only the stretch between the checkpoints
+//! around the page it returns (at most about 1,024 records more than the page), ending at a hash
+//! the enclave holds. So editing or truncating the records a read covers is reported by that
+//! read, in time independent of the log's length; a change elsewhere is reported by the read that
+//! covers it (`walletctl audit verify` reads every page) and at the next start-up.
 
 use std::{
     path::Path,
@@ -16,13 +21,25 @@ use std::{
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
-use wallet_policy::audit::{clip, verify_chain, ChainError, Record};
+use wallet_policy::audit::{clip, verify_chain, verify_chain_from, ChainError, Record};
 use zeroize::Zeroizing;
 
 use crate::hostfile::{LocalFile, StorageFile};
 
 /// Largest page of records returned by one read, in bytes (well under a 1 MiB frame).
 const MAX_PAGE_BYTES: usize = 512 * 1024;
+/// Records between two read checkpoints (see the module docs).
+pub const MARK_EVERY: u64 = 1024;
+/// Most records one read verifies beyond its checkpoints: a page is at most [`MAX_PAGE_BYTES`]
+/// anyway, and records are at least tens of bytes.
+const MAX_PAGE_RECORDS: u64 = 16 * 1024;
+
+/// A read checkpoint: where record `i × MARK_EVERY` starts, and the chain's hash before it.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    offset: u64,
+    prev: [u8; 32],
+}
 
 fn mac(key: &[u8; 32], hash_hex: &str) -> String {
     let mut m =
@@ -71,6 +88,8 @@ struct Writer {
     poisoned: bool,
     /// MAC key (derived from the sealed audit key); set by [`AuditLog::attach_key`].
     key: Option<Zeroizing<[u8; 32]>>,
+    /// Checkpoint `i` is at record `i × MARK_EVERY` (one per started stretch).
+    marks: Vec<Mark>,
 }
 
 /// The count and hash of the last record written, read together (for the commit head and the
@@ -133,8 +152,10 @@ impl AuditLog {
             file.sync_all().map_err(io)?;
         }
         let body = String::from_utf8_lossy(&text[..complete]).into_owned();
-        let (count, last) = verify_chain(body.lines())
+        // Lines end at '\n' only (as reads split them): a '\r' the host added is an edit.
+        let (count, last) = verify_chain(body.split_terminator('\n'))
             .map_err(|source| AuditError::Broken { path: path.clone(), source })?;
+        let marks = marks_of(&body, &path)?;
         let writer = Writer {
             file: Arc::clone(&file),
             count,
@@ -142,6 +163,7 @@ impl AuditLog {
             len: complete as u64,
             poisoned: false,
             key: None,
+            marks,
         };
         Ok(Self {
             writer: Mutex::new(writer),
@@ -158,7 +180,7 @@ impl AuditLog {
     /// [`AuditError::Broken`] naming the first record whose MAC fails.
     pub fn attach_key(&self, key: Zeroizing<[u8; 32]>) -> Result<(), AuditError> {
         let text = self.read_text()?;
-        check_macs(&key, text.lines(), &self.path)?;
+        check_macs(&key, text.split_terminator('\n'), &self.path)?;
         self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?.key = Some(key);
         Ok(())
     }
@@ -183,6 +205,8 @@ impl AuditLog {
         r.mac = mac(&key, &r.hash);
         let mut line = serde_json::to_string(&r).map_err(|e| AuditError::Io(e.to_string()))?;
         line.push('\n');
+        let mark =
+            w.count.is_multiple_of(MARK_EVERY).then_some(Mark { offset: w.len, prev: w.last });
         // At the end of the last complete record, as the enclave knows it (not wherever the
         // file ends now: a line is never chained after bytes this enclave did not write).
         if let Err(e) = w.file.write_all_at(line.as_bytes(), w.len) {
@@ -192,6 +216,9 @@ impl AuditLog {
                 w.poisoned = true;
             }
             return Err(AuditError::Io(e.to_string()));
+        }
+        if let Some(m) = mark {
+            w.marks.push(m);
         }
         w.count += 1;
         w.last = h;
@@ -248,45 +275,113 @@ impl AuditLog {
             .map_err(|e| AuditError::Io(format!("{}: not UTF-8: {e}", self.path)))
     }
 
-    /// Reads the log from disk, checks it against what was written, and returns lines
-    /// `from..from + limit` and the total.
+    /// Reads records `from..from + limit` from the file, checks them (and the records around
+    /// them up to the nearest checkpoints) against what this enclave wrote, and returns them
+    /// (at most [`MAX_PAGE_BYTES`]; at least one when any is asked for) and the number written.
     ///
     /// # Errors
-    /// [`AuditError`] when the file was edited or truncated.
+    /// [`AuditError`] when the stretch read was edited or cut.
     pub fn read(&self, from: u64, limit: u64) -> Result<(Vec<String>, u64), AuditError> {
-        let (written, head, key) = {
+        let (written, first, start, end, end_hash, key) = {
             let w = self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?;
-            (w.count, w.last, w.key.clone())
+            if from >= w.count || limit == 0 {
+                return Ok((Vec::new(), w.count));
+            }
+            let mark = |i: u64| w.marks.get(usize::try_from(i).unwrap_or(usize::MAX)).copied();
+            let internal = || AuditError::Io("audit checkpoints missing".into());
+            let at = mark(from / MARK_EVERY).ok_or_else(internal)?;
+            let want = from.saturating_add(limit.min(MAX_PAGE_RECORDS)).min(w.count);
+            let check = want.div_ceil(MARK_EVERY).saturating_mul(MARK_EVERY).min(w.count);
+            let (end, end_hash) = if check == w.count {
+                (w.len, w.last)
+            } else {
+                let m = mark(check / MARK_EVERY).ok_or_else(internal)?;
+                (m.offset, m.prev)
+            };
+            (w.count, from - from % MARK_EVERY, at, (check, end), end_hash, w.key.clone())
         };
-        let text = self.read_text()?;
-        let lines: Vec<&str> = text.lines().collect();
+        let (check, end_offset) = end;
         let path = self.path.clone();
-        let (count, _) = verify_chain(lines.iter().copied())
+        let mut bytes = vec![0u8; usize::try_from(end_offset - start.offset).unwrap_or(0)];
+        let mut got = 0;
+        while got < bytes.len() {
+            let n = self
+                .file
+                .read_at(&mut bytes[got..], start.offset + got as u64)
+                .map_err(|e| AuditError::Io(format!("{path}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if got < bytes.len() {
+            // Cut short: count what the file holds now for the message (the rare path).
+            let on_disk = self
+                .read_text()
+                .map(|t| t.lines().count() as u64)
+                .unwrap_or(0)
+                .min(written.saturating_sub(1));
+            return Err(AuditError::Truncated { path, on_disk, written });
+        }
+        // Exactly the bytes the enclave wrote, if nothing was changed: the lines' content is
+        // checked below (a change of length shows as a record out of place).
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.strip_suffix('\n').unwrap_or(&text).split('\n').collect();
+        let broken = |seq: u64, why: &str| AuditError::Broken {
+            path: path.clone(),
+            source: ChainError::Broken { seq, why: why.to_owned() },
+        };
+        let (next, hash) = verify_chain_from(lines.iter().copied(), first, start.prev)
             .map_err(|source| AuditError::Broken { path: path.clone(), source })?;
+        if next != check {
+            return Err(broken(next.min(check), "records added or removed"));
+        }
+        if hash != end_hash {
+            return Err(broken(check - 1, "not the record this enclave wrote"));
+        }
         if let Some(key) = &key {
-            check_macs(key, lines.iter().copied(), &self.path)?;
+            check_macs_from(key, lines.iter().copied(), first, &self.path)?;
         }
-        // The file must hold exactly what this enclave wrote, up to its head.
-        let at_head = written == 0
-            || lines
-                .get(usize::try_from(written - 1).unwrap_or(usize::MAX))
-                .and_then(|l| serde_json::from_str::<Record>(l).ok())
-                .is_some_and(|r| r.hash == hex::encode(head));
-        if count < written || !at_head {
-            return Err(AuditError::Truncated { path, on_disk: count, written });
-        }
-        let from = usize::try_from(from).unwrap_or(usize::MAX).min(lines.len());
+        let skip = usize::try_from(from - first).unwrap_or(usize::MAX);
+        let take = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut out = Vec::new();
-        let mut bytes = 0;
-        for l in lines[from..].iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
-            bytes += l.len();
-            if bytes > MAX_PAGE_BYTES && !out.is_empty() {
+        let mut size = 0;
+        for l in lines.iter().skip(skip).take(take) {
+            size += l.len();
+            if size > MAX_PAGE_BYTES && !out.is_empty() {
                 break;
             }
             out.push((*l).to_owned());
         }
-        Ok((out, count))
+        Ok((out, written))
     }
+}
+
+/// The read checkpoints of a verified log's text (see [`Mark`]).
+fn marks_of(body: &str, path: &str) -> Result<Vec<Mark>, AuditError> {
+    let mut marks = Vec::new();
+    let mut offset = 0u64;
+    for (i, line) in body.split_inclusive('\n').enumerate() {
+        if (i as u64).is_multiple_of(MARK_EVERY) {
+            let prev = if i == 0 {
+                [0; 32]
+            } else {
+                // Checked by the chain's verification: the hash of the record before.
+                let r: Record =
+                    serde_json::from_str(line.trim_end()).map_err(|e| AuditError::Broken {
+                        path: path.to_owned(),
+                        source: ChainError::Malformed { seq: i as u64, why: e.to_string() },
+                    })?;
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&r.prev, &mut h)
+                    .map_err(|e| AuditError::Io(format!("{path}: record {i}: {e}")))?;
+                h
+            };
+            marks.push(Mark { offset, prev });
+        }
+        offset += line.len() as u64;
+    }
+    Ok(marks)
 }
 
 fn check_macs<'a>(
@@ -294,16 +389,25 @@ fn check_macs<'a>(
     lines: impl Iterator<Item = &'a str>,
     path: &str,
 ) -> Result<(), AuditError> {
-    for (i, line) in lines.enumerate() {
+    check_macs_from(key, lines, 0, path)
+}
+
+fn check_macs_from<'a>(
+    key: &[u8; 32],
+    lines: impl Iterator<Item = &'a str>,
+    first: u64,
+    path: &str,
+) -> Result<(), AuditError> {
+    for (i, line) in (first..).zip(lines) {
         let r: Record = serde_json::from_str(line).map_err(|e| AuditError::Broken {
             path: path.to_owned(),
-            source: ChainError::Malformed { seq: i as u64, why: e.to_string() },
+            source: ChainError::Malformed { seq: i, why: e.to_string() },
         })?;
         if r.mac != mac(key, &r.hash) {
             return Err(AuditError::Broken {
                 path: path.to_owned(),
                 source: ChainError::Broken {
-                    seq: i as u64,
+                    seq: i,
                     why: "MAC does not match: not written by this enclave".into(),
                 },
             });
@@ -335,6 +439,146 @@ mod tests {
         a.append(rec("admin")).unwrap();
         drop(a);
         assert_eq!(AuditLog::open(&dir.path().join("audit.log")).unwrap().head().0, 1);
+    }
+
+    /// A file that counts the bytes read from it.
+    #[derive(Debug)]
+    struct Counting(Arc<LocalFile>, std::sync::atomic::AtomicU64);
+
+    impl StorageFile for Counting {
+        fn label(&self) -> &str {
+            self.0.label()
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            self.0.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            let n = self.0.read_at(buf, offset)?;
+            self.1.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+            Ok(n)
+        }
+        fn read_all(&self) -> std::io::Result<Vec<u8>> {
+            let v = self.0.read_all()?;
+            self.1.fetch_add(v.len() as u64, std::sync::atomic::Ordering::SeqCst);
+            Ok(v)
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.0.write_all_at(buf, offset)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.0.sync_data()
+        }
+        fn sync_all(&self) -> std::io::Result<()> {
+            self.0.sync_all()
+        }
+    }
+
+    /// Reads check the stretch between the checkpoints around the page, whatever the log's
+    /// length, and catch an edit or a cut there; the rest of the file is not read.
+    #[test]
+    fn reads_verify_only_around_the_page_and_catch_what_they_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let n = 5 * MARK_EVERY + 17;
+        let file = Arc::new(Counting(LocalFile::open(&p).unwrap(), Default::default()));
+        let a = AuditLog::open_file(Arc::clone(&file) as Arc<dyn StorageFile>).unwrap();
+        a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
+        for i in 0..n {
+            a.append(Record {
+                kind: "payment".into(),
+                detail: format!("r{i}"),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let size = std::fs::metadata(&p).unwrap().len();
+        let read = |from: u64, limit: u64| {
+            let before = file.1.load(std::sync::atomic::Ordering::SeqCst);
+            let page = a.read(from, limit);
+            (page, file.1.load(std::sync::atomic::Ordering::SeqCst) - before)
+        };
+        // Every page, anywhere, is what was written; each read costs one stretch or two.
+        for from in [0, 1, MARK_EVERY - 1, MARK_EVERY, 3 * MARK_EVERY + 5, n - 3] {
+            let (page, bytes) = read(from, 10);
+            let (lines, total) = page.unwrap();
+            assert_eq!(total, n);
+            let want = (n - from).min(10);
+            assert_eq!(lines.len() as u64, want, "from {from}");
+            for (i, l) in lines.iter().enumerate() {
+                let r: Record = serde_json::from_str(l).unwrap();
+                assert_eq!(r.seq, from + i as u64);
+            }
+            assert!(bytes < size / 2, "from {from}: read {bytes} of {size} bytes");
+        }
+        assert_eq!(a.hash_at(n).unwrap(), a.head().1);
+        assert_eq!(a.read(n, 10).unwrap(), (Vec::new(), n));
+        // An edit in the fourth stretch: pages there fail, pages elsewhere do not.
+        let text = std::fs::read_to_string(&p).unwrap();
+        let victim = 3 * MARK_EVERY + 100;
+        let edited = text.replacen(&format!("\"r{victim}\""), &format!("\"R{victim}\""), 1);
+        assert_ne!(edited, text);
+        std::fs::write(&p, &edited).unwrap();
+        assert!(matches!(
+            read(victim - 50, 10).0,
+            Err(AuditError::Broken { source: ChainError::Broken { seq, .. }, .. }) if seq == victim
+        ));
+        assert!(read(0, 10).0.is_ok());
+        assert!(read(5 * MARK_EVERY, 10).0.is_ok());
+        // Put back: the page reads again.
+        std::fs::write(&p, &text).unwrap();
+        assert!(read(victim, 1).0.is_ok());
+        // Cut in the middle: a page beyond the cut says truncated.
+        let keep: String = text.split_inclusive('\n').take(2 * MARK_EVERY as usize).collect();
+        std::fs::write(&p, &keep).unwrap();
+        assert!(matches!(
+            read(4 * MARK_EVERY, 10).0,
+            Err(AuditError::Truncated { on_disk, written, .. }) if on_disk == 2 * MARK_EVERY && written == n
+        ));
+        std::fs::write(&p, &text).unwrap();
+        drop(a);
+        // Reopened: the checkpoints are rebuilt from the file.
+        let a = AuditLog::open(&p).unwrap();
+        a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
+        let (lines, _) = a.read(4 * MARK_EVERY + 1, 3).unwrap();
+        let r: Record = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(r.seq, 4 * MARK_EVERY + 1);
+        a.append(rec("admin")).unwrap();
+        assert_eq!(a.read(n, 5).unwrap().0.len(), 1);
+    }
+
+    /// A MAC changed in place is caught by the read that covers it; a log of an exact multiple of
+    /// the checkpoint stretch reads to its end; CRLF line ends are an edit.
+    #[test]
+    fn reads_check_macs_and_boundaries_and_open_refuses_crlf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        let a = AuditLog::open(&p).unwrap();
+        a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
+        for _ in 0..2 * MARK_EVERY {
+            a.append(rec("payment")).unwrap();
+        }
+        let (lines, total) = a.read(2 * MARK_EVERY - 2, 10).unwrap();
+        assert_eq!((lines.len(), total), (2, 2 * MARK_EVERY));
+        assert_eq!(a.read(MARK_EVERY, 1).unwrap().0.len(), 1);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let victim = MARK_EVERY + 3;
+        let line = text.lines().nth(usize::try_from(victim).unwrap()).unwrap();
+        let r: Record = serde_json::from_str(line).unwrap();
+        let flipped = if r.mac.starts_with('0') { "1" } else { "0" };
+        let forged = line.replacen(&r.mac, &format!("{flipped}{}", &r.mac[1..]), 1);
+        std::fs::write(&p, text.replacen(line, &forged, 1)).unwrap();
+        assert!(matches!(
+            a.read(victim, 1),
+            Err(AuditError::Broken { source: ChainError::Broken { seq, .. }, .. }) if seq == victim
+        ));
+        assert!(a.read(0, 5).is_ok());
+        std::fs::write(&p, &text).unwrap();
+        drop(a);
+        std::fs::write(&p, text.replace('\n', "\r\n")).unwrap();
+        assert!(matches!(AuditLog::open(&p), Err(AuditError::Broken { .. })));
     }
 
     fn chain_survives_reopen_torn_lines_are_cut_and_edits_refuse_to_open_on(files: &Files) {

@@ -119,8 +119,22 @@ pub enum ChainError {
 pub fn verify_chain<'a>(
     lines: impl IntoIterator<Item = &'a str>,
 ) -> Result<(u64, [u8; 32]), ChainError> {
-    let mut prev = [0u8; 32];
-    let mut count = 0u64;
+    verify_chain_from(lines, 0, [0; 32])
+}
+
+/// Verifies a stretch of a chain: its first line must be record `first` and chain from `prev`
+/// (the hash of record `first - 1`; all zeros for record 0). Returns the number after the last
+/// record (`first` plus the lines) and the last hash (`prev` for no lines).
+///
+/// # Errors
+/// [`ChainError`] naming the first bad record by its number in the whole chain.
+pub fn verify_chain_from<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    first: u64,
+    prev: [u8; 32],
+) -> Result<(u64, [u8; 32]), ChainError> {
+    let mut prev = prev;
+    let mut count = first;
     for line in lines {
         let r: Record = serde_json::from_str(line)
             .map_err(|e| ChainError::Malformed { seq: count, why: e.to_string() })?;
