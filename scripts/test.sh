@@ -12,6 +12,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo fmt --manifest-path eif/Cargo.toml -- --check
 cargo clippy --manifest-path eif/Cargo.toml --target-dir target/eif-tool --all-targets --locked -- -D warnings
 cargo test --manifest-path eif/Cargo.toml --target-dir target/eif-tool --locked
+# The fuzz targets (fuzz/, a workspace of its own; instrumented builds in fuzz/target): each
+# decoder of untrusted bytes fuzzed for 15 s over its committed corpus (scripts/fuzz-smoke.sh).
+# (Clippy on fuzz/ is left to `cargo clippy --manifest-path fuzz/Cargo.toml --target-dir
+# fuzz/target`: its check build would add minutes to every run.)
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+scripts/fuzz-smoke.sh
 # The official x402 packages (pinned, offline at run time) for the compatibility test.
 if [ -z "${WALLET_SKIP_X402_COMPAT:-}" ]; then
   command -v npm >/dev/null || { echo "npm is required for the official x402 check (or set WALLET_SKIP_X402_COMPAT=1)" >&2; exit 1; }

@@ -30,6 +30,9 @@ pub mod anchor;
 pub mod audit;
 pub mod chain;
 pub mod commit;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod head;
 pub mod hostfile;
 pub mod hoststorage;

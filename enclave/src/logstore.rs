@@ -53,7 +53,7 @@ fn aad(index: u64) -> Vec<u8> {
     format!("state-log/v1/{index}").into_bytes()
 }
 
-const FRAMING: Framing = Framing { aad, max_record: MAX_BATCH };
+pub(crate) const FRAMING: Framing = Framing { aad, max_record: MAX_BATCH };
 
 /// One decoded operation: the full key, and the value for a put.
 type Change = (Vec<u8>, Option<Zeroizing<Vec<u8>>>);
