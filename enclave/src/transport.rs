@@ -27,13 +27,13 @@ use std::{
 
 use prost::Message as _;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite},
     sync::{mpsc, OwnedSemaphorePermit, Semaphore},
 };
 use wallet_proto::{
     enclave::v1::{self as en, enclave_response::Body as Resp, ErrorCode},
     encode_frame,
-    frame::{read_frame, ReadError, MAX_FRAME},
+    frame::{read_frame, write_joined, ReadError, MAX_FRAME},
     Reason,
 };
 
@@ -128,8 +128,11 @@ async fn serve_limited<S>(
     let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(per_conn);
     let writer = tokio::spawn(async move {
+        // The answers ready together leave in one write (one system call, and the gateway's
+        // buffered reader takes them in one read).
+        let mut batch = Vec::new();
         while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
+            if write_joined(&mut wr, &mut batch, frame, || rx.try_recv().ok()).await.is_err() {
                 break;
             }
         }
@@ -173,7 +176,10 @@ async fn serve_limited<S>(
             let resp = match en::EnclaveRequest::decode(buf.as_slice()) {
                 Ok(req) => {
                     drop(buf);
-                    enclave.handle(req).await
+                    // Boxed: the payment path's state machine is tens of kilobytes, and tokio
+                    // copies a spawned future whole (into its task cell, and again when the task
+                    // finishes); this task then holds only the box.
+                    Box::pin(enclave.handle(req)).await
                 }
                 Err(e) => en::EnclaveResponse {
                     answer_signature: Vec::new(),
@@ -336,7 +342,10 @@ pub async fn serve_vsock(port: u32, enclave: Arc<Enclave>) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::{io::AsyncReadExt as _, net::UnixStream};
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::UnixStream,
+    };
     use wallet_proto::gateway::v1::GetStatusRequest;
 
     fn status_frame(id: u64) -> Vec<u8> {

@@ -42,7 +42,7 @@ use std::{
 
 use prost::Message as _;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite},
     sync::{mpsc, oneshot, Mutex, Semaphore},
 };
 use tonic::Status;
@@ -52,7 +52,7 @@ use wallet_proto::{
         EnclaveResponse,
     },
     encode_frame,
-    frame::read_frame,
+    frame::{read_frame, write_joined},
     Reason, ENCLAVE_PROTOCOL_VERSION,
 };
 
@@ -327,8 +327,10 @@ impl EnclaveClient {
         let dead = Arc::new(AtomicBool::new(false));
         let (writer_dead, writer_pending) = (Arc::clone(&dead), Arc::clone(&pending));
         tokio::spawn(async move {
+            // Requests queued together leave in one write.
+            let mut batch = Vec::new();
             while let Some(frame) = rx.recv().await {
-                if wr.write_all(&frame).await.is_err() {
+                if write_joined(&mut wr, &mut batch, frame, || rx.try_recv().ok()).await.is_err() {
                     break;
                 }
             }

@@ -11,6 +11,15 @@
 //!    interleaved with the basic-policy stack, round after round, at 64 clients and at 1: first
 //!    right after the import, then after a restart of that enclave (the steady state).
 //!
+//! 4. the floor of a payment (issue 14): `fdatasync` of a small write in the data directory, raw
+//!    k256 signing, Ed25519 verification and an empty relayed RPC (`GetStatus`), with the official
+//!    x402 client's in-process signer (`tests/x402-compat/bench-official.mjs`, node) and payments
+//!    at 1 and 64 clients, in interleaved rounds; then an open loop at half the 64-client
+//!    throughput (latency from the scheduled send time). The run ends with the fixed-format lines
+//!    `ratio throughput_64_over_raw_sign`, `ratio p50_1client_over_floor`,
+//!    `ratio throughput_1client_over_official_client` (medians of the rounds' ratios) and
+//!    `open_loop_p99_at_half_max_us`. `WALLET_BENCH_COMPARE=0` skips part 3.
+//!
 //! Agents' requests are signed by their session keys before the timed phase (the agent's own
 //! CPU is not the wallet's). Usage: `scripts/bench.sh` (builds release first).
 //!
@@ -19,6 +28,9 @@
 //! stack and on an anchored one (the gateway relaying the enclave's TLS to etcd), interleaved
 //! round after round, at 1 and 64 clients; then 16 clients paying on the anchored stack while
 //! etcd's leader is killed: the latency of payments around the leader change.
+//!
+//! `scripts/bench.sh profile` runs payments at 64 clients for a profiler (callgrind's counters
+//! zeroed and dumped around them; `WALLET_BENCH_STRACE=DIR` attaches `strace -c -f`).
 //!
 //! `scripts/bench.sh group` measures one wallet's budgets shared by a group of enclaves: an
 //! anchored enclave that shares nothing, the first member of a group alone, and both members
@@ -191,6 +203,257 @@ async fn enclave_only(stack: &Stack, clients: usize, per_client: usize) -> Run {
         async move { matches!(client.call(Req::SignPayment(r)).await, Ok(Resp::SignPayment(_))) }
     })
     .await
+}
+
+/// `fdatasync` of a small write on the file system of `dir` (the stack's data directory): 200
+/// bytes written over a preallocated, synced file (as the spend journal appends: no size or
+/// extent change, so no metadata to commit), then `fdatasync`; `n` times. Returns the p50.
+fn fdatasync_p50(dir: &std::path::Path, n: usize) -> Duration {
+    use std::os::unix::fs::FileExt as _;
+    let path = dir.join("bench-fdatasync");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("fdatasync probe file");
+    f.write_all_at(&vec![0u8; 1 << 20], 0).expect("preallocate");
+    f.sync_all().expect("sync");
+    let record = [0x5au8; 200];
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        f.write_all_at(&record, (i * record.len()) as u64 % (1 << 20)).expect("write");
+        f.sync_data().expect("fdatasync");
+        lat.push(t.elapsed());
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    lat.sort();
+    percentile(&lat, 0.5)
+}
+
+/// Ed25519 `verify_strict` (the enclave's check of a session's request signature) of a message
+/// the size of a `SignPayment` request's canonical bytes; returns the p50.
+fn ed25519_verify_p50(n: usize) -> Duration {
+    use ed25519_dalek::{Signer as _, SigningKey as EdKey};
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let key = EdKey::from_bytes(&seed);
+    let public = key.verifying_key();
+    let mut message = header("1000").into_bytes();
+    message.extend_from_slice(&[7u8; 160]);
+    let signature = key.sign(&message);
+    for _ in 0..200 {
+        public.verify_strict(&message, &signature).expect("verify");
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        std::hint::black_box(public.verify_strict(std::hint::black_box(&message), &signature))
+            .expect("verify");
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    percentile(&lat, 0.5)
+}
+
+/// The cheapest relayed call, `GetStatus`, sequentially over one HTTP/2 connection: the same
+/// path as a payment (bench client → gateway → frame over the Unix socket → enclave, which
+/// signs its answer → back) with no work of its own.
+async fn empty_rpc(stack: &Stack, n: usize) -> Run {
+    let ch = tonic::transport::Endpoint::from_shared(stack.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let client = WalletGatewayClient::new(ch);
+    let batches = vec![vec![gw::SignPaymentRequest::default(); n]];
+    drive(batches, move |_, _| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_status(gw::GetStatusRequest {})
+                .await
+                .is_ok_and(|s| s.get_ref().enclave_reachable)
+        }
+    })
+    .await
+}
+
+/// The official x402 client's in-process signer (`tests/x402-compat/bench-official.mjs`, the
+/// installed `@x402` packages) on the bench's own header, `n` payments at 1 concurrency:
+/// (throughput, p50). `None` when node or the packages are missing.
+fn official_client(n: usize) -> Option<(f64, Duration)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("x402-compat");
+    if !dir.join("node_modules/@x402/evm").exists() {
+        eprintln!(
+            "official client: {} has no node_modules (npm ci --prefix tests/x402-compat)",
+            dir.display()
+        );
+        return None;
+    }
+    let out = std::process::Command::new("node")
+        .arg(dir.join("bench-official.mjs"))
+        .arg(header("1000"))
+        .arg(n.to_string())
+        .output()
+        .map_err(|e| eprintln!("official client: cannot run node: {e}"))
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("official client failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["throughput"].as_f64()?, Duration::from_secs_f64(v["p50_us"].as_f64()? / 1e6)))
+}
+
+/// Open loop: payments sent at a fixed rate (`rate` a second for `secs` seconds, spread over
+/// `channels` HTTP/2 connections) whatever the answers do; each latency is measured from the
+/// payment's scheduled send time, so a stall counts against every payment it delays
+/// (no coordinated omission). The schedule runs on a thread of its own (`thread::sleep` is
+/// finer than tokio's 1 ms timer).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+async fn open_loop(stack: &Stack, rate: f64, secs: f64, channels: usize) -> Run {
+    let n = (rate * secs).max(1.0) as usize;
+    let reqs = batches(stack, "o", 1, n, None).await.pop().expect("one batch");
+    let mut conns = Vec::new();
+    for _ in 0..channels {
+        let ch = tonic::transport::Endpoint::from_shared(stack.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        conns.push(WalletGatewayClient::new(ch));
+    }
+    let handle = tokio::runtime::Handle::current();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let start = Instant::now() + Duration::from_millis(20);
+    let scheduler = std::thread::spawn(move || {
+        for (i, r) in reqs.into_iter().enumerate() {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            let mut client = conns[i % conns.len()].clone();
+            let tx = done_tx.clone();
+            handle.spawn(async move {
+                let ok = client.sign_payment(r).await.is_ok();
+                let _ = tx.send((ok, at.elapsed()));
+            });
+        }
+    });
+    let mut lat = Vec::with_capacity(n);
+    let mut ok = 0;
+    while lat.len() < n {
+        let Some((signed, l)) = done_rx.recv().await else { break };
+        ok += usize::from(signed);
+        lat.push(l);
+    }
+    let total = start.elapsed();
+    scheduler.join().expect("scheduler");
+    assert_eq!(ok, n, "every request of the open-loop run must be signed");
+    lat.sort();
+    Run {
+        ok,
+        throughput: ok as f64 / total.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
+}
+
+/// `wallet-bench profile`: a stack, a warm-up, then `WALLET_BENCH_PROFILE_N` payments (default
+/// 2,000) at 64 clients on 4 connections, with the enclave's and the gateway's counters zeroed
+/// before and dumped after when they run under callgrind (the stack's binaries replaced by
+/// wrappers that exec `valgrind --tool=callgrind`; `callgrind_control` must be on the PATH).
+/// Prints how many payments the dump covers.
+async fn profile_bench() {
+    let n: usize =
+        std::env::var("WALLET_BENCH_PROFILE_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    let clients = 64.min(n);
+    let stack = Stack::start();
+    let _warm = end_to_end(&stack, 8, 20, 2, None).await;
+    let pids = [stack.enclave.0.id(), stack.gateway.0.id()];
+    let control = |flag: &str| {
+        for pid in pids {
+            let _ = std::process::Command::new("callgrind_control")
+                .arg(flag)
+                .arg(pid.to_string())
+                .status();
+        }
+    };
+    // WALLET_BENCH_STRACE=DIR: `strace -c -f` attached to both processes for the measured
+    // payments only (system calls per payment), summaries in DIR.
+    let straces: Vec<std::process::Child> = std::env::var_os("WALLET_BENCH_STRACE")
+        .map(|dir| {
+            let dir = std::path::PathBuf::from(dir);
+            ["enclave", "gateway"]
+                .iter()
+                .zip(pids)
+                .filter_map(|(name, pid)| {
+                    std::process::Command::new("strace")
+                        .args(["-c", "-f", "-p", &pid.to_string(), "-o"])
+                        .arg(dir.join(format!("{name}.strace")))
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !straces.is_empty() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    control("-z");
+    let start = Instant::now();
+    let run = end_to_end(&stack, clients, n / clients, 4, None).await;
+    let took = start.elapsed();
+    control("-d");
+    for mut s in straces {
+        let _ = std::process::Command::new("kill").args(["-INT", &s.id().to_string()]).status();
+        let _ = s.wait();
+    }
+    println!(
+        "profiled {} payments ({} signed) in {:.1} s; enclave pid {}, gateway pid {}",
+        clients * (n / clients),
+        run.ok,
+        took.as_secs_f64(),
+        pids[0],
+        pids[1]
+    );
+}
+
+/// One round of the floor's parts and the figures compared with them, taken back to back.
+struct FloorRound {
+    /// Raw k256: throughput, p50.
+    raw: (f64, Duration),
+    sync: Duration,
+    verify: Duration,
+    empty: Run,
+    official: Option<(f64, Duration)>,
+    one: Run,
+    many: Run,
+}
+
+impl FloorRound {
+    fn floor(&self) -> Duration {
+        self.sync + self.raw.1 + self.verify + self.empty.p50
+    }
+}
+
+async fn floor_round(stack: &Stack) -> FloorRound {
+    let raw = raw_k256(5_000);
+    let sync = fdatasync_p50(stack.dir.path(), 300);
+    let verify = ed25519_verify_p50(2_000);
+    let empty = empty_rpc(stack, 600).await;
+    assert_eq!(empty.ok, 600, "every GetStatus must be answered by the enclave");
+    let official = official_client(600);
+    let one = end_to_end(stack, 1, 600, 1, None).await;
+    let many = end_to_end(stack, 64, 60, 4, None).await;
+    assert_eq!((one.ok, many.ok), (600, 64 * 60), "every request must be signed");
+    FloorRound { raw, sync, verify, empty, official, one, many }
 }
 
 /// The full policy of the comparison: every control on, none of them binding.
@@ -554,6 +817,10 @@ async fn main() {
         group_bench().await;
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("profile") {
+        profile_bench().await;
+        return;
+    }
     let raw_n = 20_000;
     let (raw_tps, raw_p50) = raw_k256(raw_n);
     let stack = Stack::start();
@@ -561,8 +828,135 @@ async fn main() {
     let one = end_to_end(&stack, 1, 2_000, 1, None).await;
     let many = end_to_end(&stack, 64, 150, 4, None).await;
     let direct = enclave_only(&stack, 64, 150).await;
+    // The floor's parts, on the same machine in the same run (issue 14): a durable, policy-checked,
+    // isolated payment needs at least one fdatasync, one k256 signature, one Ed25519 verification
+    // and one relayed call. Measured in interleaved rounds with the payments and the official
+    // client, so that each round's ratios compare figures taken within seconds of each other
+    // (the load of this shared machine moves more than that between the start and the end of a
+    // run); the ratios printed are the medians of the rounds'.
+    let rounds: usize = std::env::var("WALLET_BENCH_FLOOR_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let mut floor_rounds = Vec::new();
+    for _ in 0..rounds {
+        floor_rounds.push(floor_round(&stack).await);
+    }
+    let med = |f: &dyn Fn(&FloorRound) -> f64| median(floor_rounds.iter().map(f).collect());
+    let sync_p50 = Duration::from_secs_f64(med(&|r| r.sync.as_secs_f64()));
+    let verify_p50 = Duration::from_secs_f64(med(&|r| r.verify.as_secs_f64()));
+    let empty = Run {
+        ok: floor_rounds.iter().map(|r| r.empty.ok).sum(),
+        throughput: med(&|r| r.empty.throughput),
+        p50: Duration::from_secs_f64(med(&|r| r.empty.p50.as_secs_f64())),
+        p99: Duration::from_secs_f64(med(&|r| r.empty.p99.as_secs_f64())),
+    };
+    let official = floor_rounds.iter().all(|r| r.official.is_some()).then(|| {
+        (
+            med(&|r| r.official.map_or(0.0, |o| o.0)),
+            Duration::from_secs_f64(med(&|r| r.official.map_or(0.0, |o| o.1.as_secs_f64()))),
+        )
+    });
+    let ratio_x = med(&|r| r.many.throughput / r.raw.0);
+    let ratio_y = med(&|r| r.one.p50.as_secs_f64() / r.floor().as_secs_f64());
+    let ratio_z =
+        official.map(|_| med(&|r| r.one.throughput / r.official.map_or(f64::NAN, |o| o.0)));
+    // Open loop at half the closed-loop maximum (64 clients, median of the rounds).
+    let open_rate = med(&|r| r.many.throughput) / 2.0;
+    let open = open_loop(&stack, open_rate, 4.0, 4).await;
     if let Some(keep) = std::env::var_os("WALLET_BENCH_KEEP_LOG") {
         let _ = std::fs::copy(stack.enclave_log(), keep);
+    }
+    let floor = Duration::from_secs_f64(med(&|r| r.floor().as_secs_f64()));
+    let print_floor = || {
+        println!("| measurement | requests | throughput | p50 | p99 |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| raw k256 sign_prehash_recoverable, 1 core | {raw_n} | {raw_tps:.0} /s | {} | |",
+            us(raw_p50)
+        );
+        println!(
+            "| fdatasync of a 200-byte write (data directory's file system), median of {rounds} rounds | {} | | {} | |",
+            300 * rounds,
+            us(sync_p50)
+        );
+        println!(
+            "| Ed25519 verify_strict, 1 core, median of {rounds} rounds | {} | | {} | |",
+            2000 * rounds,
+            us(verify_p50)
+        );
+        println!(
+            "| empty RPC (GetStatus: client → gateway → enclave → back, answer signed), 1 client, median of {rounds} rounds | {} | {:.0} /s | {} | {} |",
+            empty.ok,
+            empty.throughput,
+            us(empty.p50),
+            us(empty.p99)
+        );
+        println!(
+            "| **floor** = fdatasync + k256 sign + Ed25519 verify + empty RPC (p50s; median of the rounds' sums) | | | {} | |",
+            us(floor)
+        );
+        match official {
+            Some((tps, p50)) => println!(
+                "| official x402 client (@x402/evm, in process, raw key), 1 concurrency, median of {rounds} rounds | {} | {tps:.0} /s | {} | |",
+                600 * rounds,
+                us(p50)
+            ),
+            None => println!("| official x402 client | not run (see stderr) | | | |"),
+        }
+        println!(
+            "| SignPayment end to end, 1 client | {} | {:.0} /s | {} | {} |",
+            one.ok,
+            one.throughput,
+            us(one.p50),
+            us(one.p99)
+        );
+        println!(
+            "| SignPayment end to end, 64 clients | {} | {:.0} /s | {} | {} |",
+            many.ok,
+            many.throughput,
+            us(many.p50),
+            us(many.p99)
+        );
+        println!("| SignPayment enclave only (Unix socket frames, no gateway), 64 clients | {} | {:.0} /s | {} | {} |", direct.ok, direct.throughput, us(direct.p50), us(direct.p99));
+        for (i, r) in floor_rounds.iter().enumerate() {
+            println!(
+                "| round {}: raw sign {:.0} /s; floor {}; 1 client {:.0} /s, p50 {}; 64 clients {:.0} /s; official {} | | | | |",
+                i + 1,
+                r.raw.0,
+                us(r.floor()),
+                r.one.throughput,
+                us(r.one.p50),
+                r.many.throughput,
+                r.official.map_or_else(|| "n/a".to_owned(), |o| format!("{:.0} /s", o.0)),
+            );
+        }
+        println!(
+            "| SignPayment open loop at {open_rate:.0} /s (half the 64-client throughput), 4 connections, from the scheduled send | {} | {:.0} /s | {} | {} |",
+            open.ok,
+            open.throughput,
+            us(open.p50),
+            us(open.p99)
+        );
+    };
+    let print_ratios = || {
+        println!("ratio throughput_64_over_raw_sign = {ratio_x:.2}");
+        println!("ratio p50_1client_over_floor = {ratio_y:.2}");
+        match ratio_z {
+            Some(z) => println!("ratio throughput_1client_over_official_client = {z:.2}"),
+            None => println!("ratio throughput_1client_over_official_client = n/a"),
+        }
+        println!("open_loop_p99_at_half_max_us = {:.0}", open.p99.as_secs_f64() * 1e6);
+    };
+    // WALLET_BENCH_COMPARE=0: the floor and the ratios only, without the full-policy comparison.
+    if std::env::var("WALLET_BENCH_COMPARE").is_ok_and(|v| v == "0") {
+        print_floor();
+        println!();
+        print_ratios();
+        assert_eq!(one.ok, 2_000, "every request of the 1-client run must be signed");
+        assert_eq!(many.ok, 64 * 150, "every request of the 64-client run must be signed");
+        return;
     }
 
     // Basic policy against the full one, interleaved on two stacks.
@@ -597,27 +991,7 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!();
-    println!("| measurement | requests | throughput | p50 | p99 |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| raw k256 sign_prehash_recoverable, 1 core | {raw_n} | {raw_tps:.0} /s | {} | |",
-        us(raw_p50)
-    );
-    println!(
-        "| SignPayment end to end, 1 client | {} | {:.0} /s | {} | {} |",
-        one.ok,
-        one.throughput,
-        us(one.p50),
-        us(one.p99)
-    );
-    println!(
-        "| SignPayment end to end, 64 clients | {} | {:.0} /s | {} | {} |",
-        many.ok,
-        many.throughput,
-        us(many.p50),
-        us(many.p99)
-    );
-    println!("| SignPayment enclave only (Unix socket frames, no gateway), 64 clients | {} | {:.0} /s | {} | {} |", direct.ok, direct.throughput, us(direct.p50), us(direct.p99));
+    print_floor();
     println!();
     println!("Full policy ({kyt_n} KYT entries loaded in {:.1} s, enclave restart with them {:.1} s; windows, payee cap, rate limits, payee list, rules, approval threshold) against the basic policy, interleaved:", kyt_time.as_secs_f64(), restart.as_secs_f64());
     println!();
@@ -632,8 +1006,10 @@ async fn main() {
     println!();
     after_import.print();
     println!();
-    let ratio = many.throughput / raw_tps;
-    println!("64-client throughput / raw k256 throughput = {ratio:.2} (target >= 0.25); p99 at 64 clients = {} (target < 10 ms)", us(many.p99));
+    println!("p99 at 64 clients = {} (issue 4's target < 10 ms)", us(many.p99));
     assert_eq!(one.ok, 2_000, "every request of the 1-client run must be signed");
     assert_eq!(many.ok, 64 * 150, "every request of the 64-client run must be signed");
+    println!();
+    // Last, in this fixed format (issue 14's targets: >= 0.4, <= 1.5, >= 1.0, < 5000).
+    print_ratios();
 }
