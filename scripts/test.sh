@@ -50,6 +50,10 @@ cargo test --workspace --locked
 # The end-to-end suite again with the enclave's state on storage the host provides (the Nitro
 # path: the gateway serves it, the enclave has no data directory of its own).
 WALLET_E2E_STORAGE=host cargo test -p wallet-e2e --locked
+# A short soak (about 2 minutes; the full one is 30: scripts/soak.sh): half the measured maximum
+# rate with sessions issued and revoked, policies changed and the enclave restarted; no request
+# may fail that should not, the ledger must add up, memory and descriptors must stay flat.
+SOAK_SECONDS=100 SOAK_PROFILE=debug scripts/soak.sh
 # The enclave image (scripts/build-eif.sh): the same sources give the same PCRs and bytes from
 # another path and an empty target directory; then the image boots under QEMU's nitro-enclave
 # machine, unseals through the KMS stand-in, pays, restarts, and a tampered image is refused.

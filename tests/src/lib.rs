@@ -676,7 +676,10 @@ pub fn start_enclave_with(
             return guard;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // WALLET_E2E_START_SECS: how long a start may take (default 20 s; the scale measurements
+    // start enclaves with long histories).
+    let wait = std::env::var("WALLET_E2E_START_SECS").ok().and_then(|v| v.parse().ok());
+    let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(20));
     while !sock.exists() {
         if let Ok(Some(status)) = guard.0.try_wait() {
             let log = std::fs::read_to_string(dir.join("enclave.log")).unwrap_or_default();
@@ -926,4 +929,91 @@ pub fn field<'a>(text: &'a str, after: &str) -> &'a str {
         .skip_while(|w| *w != after)
         .nth(1)
         .unwrap_or_else(|| panic!("no {after:?} in {text:?}"))
+}
+
+/// Starts the simulated enclave on `DIR/data` as [`start_enclave_with`] does (logging to
+/// `DIR/enclave.log`, no descriptor limit), but waits up to `wait` for its socket and returns an
+/// error instead of panicking: for long runs (the soak), whose enclave reads a long history at
+/// start-up.
+///
+/// # Errors
+/// When it exits before opening its socket, or does not open it within `wait` (it is then
+/// killed), with the tail of its log.
+pub fn start_enclave_patiently(
+    dir: &Path,
+    log_level: &str,
+    storage: &EnclaveStorage,
+    extra_args: &[String],
+    wait: Duration,
+) -> Result<ChildGuard, String> {
+    let data = dir.join("data");
+    let sock = dir.join("enclave.sock");
+    let _ = std::fs::remove_file(&sock);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("enclave.log"))
+        .map_err(|e| format!("enclave log: {e}"))?;
+    let child = Command::new(bin("wallet-enclave"))
+        .args(["--simulated", "--data-dir"])
+        .arg(&data)
+        .arg("--socket")
+        .arg(&sock)
+        .args(match storage {
+            EnclaveStorage::Local => Vec::new(),
+            EnclaveStorage::Host(addr) => vec!["--host-storage".to_owned(), addr.clone()],
+        })
+        .args(extra_args)
+        .env("RUST_LOG", std::env::var("WALLET_TEST_LOG").unwrap_or_else(|_| log_level.to_owned()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn enclave: {e}"))?;
+    let mut guard = ChildGuard(child);
+    let tail = || {
+        let log = std::fs::read_to_string(dir.join("enclave.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
+    let deadline = Instant::now() + wait;
+    while !sock.exists() {
+        if let Ok(Some(status)) = guard.0.try_wait() {
+            return Err(format!("the enclave exited with {status}; its log ends:\n{}", tail()));
+        }
+        if Instant::now() >= deadline {
+            guard.kill();
+            return Err(format!(
+                "the enclave did not open its socket within {} s; its log ends:\n{}",
+                wait.as_secs(),
+                tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(guard)
+}
+
+/// Resident set (`VmRSS`, KiB) and open descriptors (entries of `/proc/PID/fd`) of a process;
+/// `None` when it is gone (or not readable).
+#[must_use]
+pub fn rss_and_fds(pid: u32) -> Option<(u64, u64)> {
+    let rss = status_kib(pid, "VmRSS:")?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some((rss, fds))
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), KiB; `None` when the process is gone.
+#[must_use]
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// (VmRSS, VmHWM) of a process, KiB (0 when unknown).
+#[must_use]
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    (status_kib(pid, "VmRSS:").unwrap_or(0), status_kib(pid, "VmHWM:").unwrap_or(0))
 }
