@@ -9,21 +9,8 @@
 
 use std::{path::Path, time::Instant};
 
-use wallet_e2e::{header_json, now_ms, Stack};
+use wallet_e2e::{header_json, memory_kib, now_ms, Stack};
 use wallet_proto::gateway::v1 as gw;
-
-/// (VmRSS, VmHWM) of a process, KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
