@@ -125,7 +125,7 @@ fn percent(part: usize, whole: usize) -> usize {
 }
 
 /// What one `ImportKyt` call came to.
-enum Answer {
+enum Reply {
     /// The enclave's verified answer.
     Done(gw::ImportKytResponse),
     /// An error: the enclave's signed refusal, or the host's word (see [`ClientError`]).
@@ -140,12 +140,12 @@ async fn ask(
     cl: &mut GatewayClient,
     home: &Path,
     request: gw::ImportKytRequest,
-) -> Result<Answer, Fail> {
+) -> Result<Reply, Fail> {
     let req = signed(home, AdminRpc::ImportKyt, request)?;
     Ok(match tokio::time::timeout(REQUEST_WAIT, cl.import_kyt(req)).await {
-        Ok(Ok(r)) => Answer::Done(r),
-        Ok(Err(e)) => Answer::Failed(e),
-        Err(_) => Answer::NoAnswer,
+        Ok(Ok(r)) => Reply::Done(r),
+        Ok(Err(e)) => Reply::Failed(e),
+        Err(_) => Reply::NoAnswer,
     })
 }
 
@@ -159,12 +159,12 @@ async fn upload_chunk(
     let mut attempt = 0;
     loop {
         let why = match ask(cl, home, request()).await? {
-            Answer::Done(_) => return Ok(()),
-            Answer::Failed(e) if !e.outcome_unknown() || attempt >= CHUNK_RETRIES => {
+            Reply::Done(_) => return Ok(()),
+            Reply::Failed(e) if !e.outcome_unknown() || attempt >= CHUNK_RETRIES => {
                 return Err(e.into())
             }
-            Answer::Failed(e) => e.to_string(),
-            Answer::NoAnswer if attempt >= CHUNK_RETRIES => {
+            Reply::Failed(e) => e.to_string(),
+            Reply::NoAnswer if attempt >= CHUNK_RETRIES => {
                 return Err(Fail(
                     1,
                     format!(
@@ -174,7 +174,7 @@ async fn upload_chunk(
                     ),
                 ))
             }
-            Answer::NoAnswer => format!("no answer in {} s", REQUEST_WAIT.as_secs()),
+            Reply::NoAnswer => format!("no answer in {} s", REQUEST_WAIT.as_secs()),
         };
         attempt += 1;
         eprintln!("a chunk's answer was lost ({why}); sending it again");
@@ -199,7 +199,7 @@ async fn commit(
     let mut asked = 0u32;
     loop {
         let why = match ask(cl, home, request()).await? {
-            Answer::Done(r) if r.committed => {
+            Reply::Done(r) if r.committed => {
                 if asked > 0 {
                     eprintln!(
                         "import {import_id}: confirmed applied after {} s",
@@ -208,7 +208,7 @@ async fn commit(
                 }
                 return Ok(r);
             }
-            Answer::Done(_) => {
+            Reply::Done(_) => {
                 return Err(Fail(
                     1,
                     format!("import {import_id}: the enclave staged the last chunk but did not apply the import; nothing was changed"),
@@ -216,8 +216,8 @@ async fn commit(
             }
             // The first answer, a refusal that is the enclave's own (or the gateway was never
             // reached): this commit did nothing.
-            Answer::Failed(e) if asked == 0 && !e.outcome_unknown() => return Err(e.into()),
-            Answer::Failed(e)
+            Reply::Failed(e) if asked == 0 && !e.outcome_unknown() => return Err(e.into()),
+            Reply::Failed(e)
                 if e.is_enclave_signed() && e.reason() == Some(Reason::KytImportIncomplete) =>
             {
                 return Err(Fail(
@@ -227,8 +227,8 @@ async fn commit(
                     ),
                 ));
             }
-            Answer::Failed(e) => e.to_string(),
-            Answer::NoAnswer => format!("no answer in {} s", REQUEST_WAIT.as_secs()),
+            Reply::Failed(e) => e.to_string(),
+            Reply::NoAnswer => format!("no answer in {} s", REQUEST_WAIT.as_secs()),
         };
         if started.elapsed() >= FOLLOW_FOR {
             return Err(Fail(
