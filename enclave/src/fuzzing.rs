@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     hostfile::StorageFile,
-    journal::{clear_tail, recover_frames, Framing, Record, JOURNAL_FRAMING},
+    journal::{clear_tail, recover_frames, scan_frames, Framing, Record, JOURNAL_FRAMING},
     logstore::{LogStore, FRAMING as STATE_LOG_FRAMING},
     platform::{Entropy, Mode, Nsm, NsmError, TrustRoot},
     seal::Sealer,
@@ -212,11 +212,14 @@ pub fn recover_journal(bytes: &[u8]) -> Result<Recovered, String> {
     let (records, end) =
         recover_frames(bytes, &sealer, JOURNAL_FRAMING).map_err(|e| e.to_string())?;
     check_idempotent(bytes, &sealer, JOURNAL_FRAMING, &records, end);
-    for r in crate::service::ledger::recover(&records).map_err(|e| e.to_string())? {
-        if let crate::service::ledger::Recovered::Posted { spend, .. } = r {
-            let _ = (spend.response(), spend.at());
-        }
-    }
+    // What the enclave does at start-up: the same frames, read a window at a time, each record
+    // read back as a spend or a withheld signature.
+    let mut recovery = crate::service::ledger::Recovery::default();
+    let (count, streamed_end) =
+        scan_frames(&bytes, &sealer, JOURNAL_FRAMING, &mut |at, r| recovery.visit(at, r))
+            .map_err(|e| e.to_string())?;
+    assert_eq!((count, streamed_end), (records.len() as u64, end as u64));
+    assert_eq!(recovery.len(), records.len());
     Ok((records, end))
 }
 

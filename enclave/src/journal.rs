@@ -137,67 +137,188 @@ pub(crate) struct Framing {
 /// The spend journal's framing.
 pub(crate) const JOURNAL_FRAMING: Framing = Framing { aad, max_record: MAX_RECORD };
 
-/// Reads the spend journal's records until the end of the data (see the module docs). Returns
-/// them and where the valid data ends.
-fn recover(bytes: &[u8], sealer: &Sealer) -> Result<(Vec<Record>, usize), JournalError> {
-    recover_frames(bytes, sealer, JOURNAL_FRAMING)
+/// Where a record lies in the spend journal: its number (from 0) and its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef {
+    /// Record number, from 0 (its seal's associated data).
+    pub index: u64,
+    /// Byte offset of its frame (the length header).
+    pub offset: u64,
+    /// Length of the sealed blob after the 4-byte header, bytes.
+    pub len: u32,
 }
 
-/// Reads frames laid out by `framing` until the end of the data, with the journal's recovery
-/// rules (see the module docs): a bad frame below the highest watermark, or vouched for by a
-/// later frame, is corruption; otherwise it is a torn tail. Returns the opened records (without
-/// their watermarks) and where the valid data ends.
+/// Bytes read at an offset: a whole log in memory, or a [`StorageFile`].
+pub(crate) trait ReadAt {
+    /// Reads up to `buf.len()` bytes at `at`; fewer only at the end of the data.
+    fn read_up_to(&self, buf: &mut [u8], at: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for &[u8] {
+    fn read_up_to(&self, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+        let start = usize::try_from(at).unwrap_or(usize::MAX).min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl ReadAt for &dyn StorageFile {
+    fn read_up_to(&self, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+        crate::hostfile::read_up_to(*self, buf, at)
+    }
+}
+
+/// How much a recovery reads at a time: start-up holds this much of the log, not all of it.
+const READ_WINDOW: usize = 4 << 20;
+
+/// A window onto a log read front to back: at most [`READ_WINDOW`] (or one frame) in memory.
+struct Window<'a> {
+    src: &'a dyn ReadAt,
+    /// Offset of `buf[0]`.
+    start: u64,
+    buf: Vec<u8>,
+    /// Whether `buf` reaches the end of the data.
+    at_end: bool,
+}
+
+impl<'a> Window<'a> {
+    fn new(src: &'a dyn ReadAt) -> Self {
+        Self { src, start: 0, buf: Vec::new(), at_end: false }
+    }
+
+    /// The bytes at `at..at + n`, fewer where the data ends.
+    fn get(&mut self, at: u64, n: usize) -> std::io::Result<&[u8]> {
+        let have_end = self.start + self.buf.len() as u64;
+        if at < self.start || (at + n as u64 > have_end && !self.at_end) {
+            let want = n.max(READ_WINDOW);
+            self.buf.resize(want, 0);
+            let got = self.src.read_up_to(&mut self.buf, at)?;
+            self.buf.truncate(got);
+            self.start = at;
+            self.at_end = got < want;
+        }
+        let lo = usize::try_from(at - self.start).unwrap_or(usize::MAX).min(self.buf.len());
+        let hi = lo.saturating_add(n).min(self.buf.len());
+        Ok(&self.buf[lo..hi])
+    }
+
+    /// Everything from `at` to the end of the data (read only where recovery fails or ends).
+    fn rest(&mut self, at: u64) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut pos = at;
+        loop {
+            let chunk = self.get(pos, READ_WINDOW)?;
+            if chunk.is_empty() {
+                return Ok(out);
+            }
+            out.extend_from_slice(chunk);
+            pos += chunk.len() as u64;
+        }
+    }
+
+    /// Whether the data from `at` on is all zeros (preallocated space), read a window at a time.
+    fn zeros_from(&mut self, at: u64) -> std::io::Result<bool> {
+        let mut pos = at;
+        loop {
+            let chunk = self.get(pos, READ_WINDOW)?;
+            if chunk.is_empty() {
+                return Ok(true);
+            }
+            if chunk.iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+            pos += chunk.len() as u64;
+        }
+    }
+}
+
+/// What a visitor of recovered records is given: where the record lies, and its plaintext
+/// (without the watermark). An error refuses the log as corrupt at that record.
+pub(crate) type Visit<'v> = dyn FnMut(RecordRef, &[u8]) -> Result<(), String> + 'v;
+
+/// Reads frames laid out by `framing` from `src` until the end of the data, front to back a
+/// window at a time, with the journal's recovery rules (see the module docs): a bad frame below
+/// the highest watermark, or vouched for by a later frame, is corruption; otherwise it is a torn
+/// tail. Each opened record goes to `visit` in order. Returns the number of records and where
+/// the valid data ends.
+pub(crate) fn scan_frames(
+    src: &dyn ReadAt,
+    sealer: &Sealer,
+    framing: Framing,
+    visit: &mut Visit<'_>,
+) -> Result<(u64, u64), JournalError> {
+    let Framing { aad, max_record } = framing;
+    let io = |e: std::io::Error| JournalError::Io(e.to_string());
+    let mut window = Window::new(src);
+    let mut offset = 0u64;
+    let mut index = 0u64;
+    let mut watermark = 0u64;
+    loop {
+        let header = window.get(offset, 4).map_err(io)?;
+        let failure = if header.len() < 4 {
+            None
+        } else {
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            if len == 0 && window.zeros_from(offset).map_err(io)? {
+                None
+            } else if len == 0 || len > max_record {
+                Some(format!("impossible record length {len}"))
+            } else {
+                let frame = window.get(offset, 4 + len).map_err(io)?;
+                if frame.len() < 4 + len {
+                    Some("record cut off by the end of the file".to_owned())
+                } else {
+                    match sealer.open(&aad(index), &frame[4..]) {
+                        Ok(plain) if plain.len() >= 8 => {
+                            let mark =
+                                u64::from_be_bytes(plain[..8].try_into().unwrap_or_default());
+                            watermark = watermark.max(mark);
+                            #[allow(clippy::cast_possible_truncation)] // len <= max_record
+                            let at = RecordRef { index, offset, len: len as u32 };
+                            visit(at, &plain[8..]).map_err(|reason| JournalError::Corrupt {
+                                index,
+                                offset,
+                                reason,
+                            })?;
+                            offset += 4 + len as u64;
+                            index += 1;
+                            continue;
+                        }
+                        Ok(_) => Some("record too short".to_owned()),
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+            }
+        };
+        match failure {
+            Some(reason) => {
+                let rest = window.rest(offset).map_err(io)?;
+                if index < watermark || acknowledged_later(&rest, index, sealer, framing) {
+                    return Err(JournalError::Corrupt { index, offset, reason });
+                }
+                tracing::warn!(index, offset, %reason, "clearing a torn journal tail (never acknowledged as durable)");
+                return Ok((index, offset));
+            }
+            // A zero length header (preallocated space) or the end of the file: no more records.
+            None => return Ok((index, offset)),
+        }
+    }
+}
+
+/// Reads frames laid out by `framing` from a whole log in memory ([`scan_frames`]). Returns the
+/// opened records (without their watermarks) and where the valid data ends.
 pub(crate) fn recover_frames(
     bytes: &[u8],
     sealer: &Sealer,
     framing: Framing,
 ) -> Result<(Vec<Record>, usize), JournalError> {
-    let Framing { aad, max_record } = framing;
     let mut records = Vec::new();
-    let mut offset = 0usize;
-    let mut watermark = 0u64;
-    loop {
-        let index = records.len() as u64;
-        let rest = &bytes[offset..];
-        let failure = if rest.len() < 4 {
-            None
-        } else {
-            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len == 0 && rest.iter().all(|b| *b == 0) {
-                None
-            } else if len == 0 || len > max_record {
-                Some(format!("impossible record length {len}"))
-            } else if rest.len() < 4 + len {
-                Some("record cut off by the end of the file".to_owned())
-            } else {
-                match sealer.open(&aad(index), &rest[4..4 + len]) {
-                    Ok(plain) if plain.len() >= 8 => {
-                        let mark = u64::from_be_bytes(plain[..8].try_into().unwrap_or_default());
-                        watermark = watermark.max(mark);
-                        records.push(Zeroizing::new(plain[8..].to_vec()));
-                        offset += 4 + len;
-                        continue;
-                    }
-                    Ok(_) => Some("record too short".to_owned()),
-                    Err(e) => Some(e.to_string()),
-                }
-            }
-        };
-        match failure {
-            Some(reason)
-                if index < watermark
-                    || acknowledged_later(&bytes[offset..], index, sealer, framing) =>
-            {
-                return Err(JournalError::Corrupt { index, offset: offset as u64, reason });
-            }
-            Some(reason) => {
-                tracing::warn!(index, offset, %reason, "clearing a torn journal tail (never acknowledged as durable)");
-                return Ok((records, offset));
-            }
-            // A zero length header (preallocated space) or the end of the file: no more records.
-            None => return Ok((records, offset)),
-        }
-    }
+    let (_, end) = scan_frames(&bytes, sealer, framing, &mut |_, plain| {
+        records.push(Zeroizing::new(plain.to_vec()));
+        Ok(())
+    })?;
+    Ok((records, usize::try_from(end).unwrap_or(usize::MAX)))
 }
 
 /// How far ahead [`acknowledged_later`] looks for the true index of a displaced record.
@@ -242,6 +363,22 @@ fn aad(index: u64) -> Vec<u8> {
 pub(crate) fn clear_tail(file: &dyn StorageFile, bytes: &[u8], end: usize) -> std::io::Result<()> {
     if bytes[end..].iter().any(|b| *b != 0) {
         file.write_all_at(&vec![0u8; bytes.len() - end], end as u64)?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// [`clear_tail`] for a file read a window at a time: zeros over `end..size` unless they are
+/// zeros already, then a sync.
+fn clear_tail_from(file: &dyn StorageFile, end: u64, size: u64) -> std::io::Result<()> {
+    if end < size && !Window::new(&file).zeros_from(end)? {
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = end;
+        while at < size {
+            let n = usize::try_from(size - at).unwrap_or(usize::MAX).min(zeros.len());
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
         file.sync_all()?;
     }
     Ok(())
@@ -299,6 +436,8 @@ pub struct Journal {
     history: crate::chain::History,
     tip: crate::chain::Tip,
     writer: Mutex<Writer>,
+    /// The same file, for reading records back ([`Self::read`]) without the writer's lock.
+    reader: Arc<dyn StorageFile>,
     sealer: Sealer,
     commit: GroupCommit,
     #[cfg(feature = "fault-injection")]
@@ -323,20 +462,28 @@ impl std::fmt::Debug for Journal {
 
 impl Journal {
     /// Opens the journal at `path` (a local file, created 0600), returning it and every record
-    /// in order (opened).
+    /// in order (opened). For tools and tests: the enclave visits records as they are read
+    /// ([`Self::open_with`]) rather than holding them all.
     ///
     /// # Errors
     /// [`JournalError`] on I/O failure or a corrupt record.
     pub fn open(path: &Path, sealer: Sealer) -> Result<(Self, Vec<Record>), JournalError> {
         let file = LocalFile::open(path).map_err(|e| JournalError::Io(e.to_string()))?;
-        Self::open_with(file, sealer, None, None, 0)
+        let mut records = Vec::new();
+        let journal = Self::open_with(file, sealer, None, None, 0, &mut |_, plain| {
+            records.push(Zeroizing::new(plain.to_vec()));
+            Ok(())
+        })?;
+        Ok((journal, records))
     }
 
     /// Opens the journal in `file` (local, or stored by the host), also syncing `also` (the
     /// audit log) in every durability round, in parallel with the journal, then writing the
     /// commit head (`head`) once both are durable. `min_records` is what the commit head says
     /// was durable: fewer records is an error (checked before a torn tail is cleared, so the
-    /// evidence stays).
+    /// evidence stays). Each record is handed to `visit` as it is read (where it lies, and its
+    /// plaintext), so start-up holds a window of the file rather than all of it; an error from
+    /// `visit` refuses the journal as corrupt at that record.
     ///
     /// # Errors
     /// As [`Self::open`]; [`JournalError::BehindHead`].
@@ -346,33 +493,33 @@ impl Journal {
         also: Option<Arc<dyn StorageFile>>,
         mut head: Option<HeadHook>,
         min_records: u64,
-    ) -> Result<(Self, Vec<Record>), JournalError> {
+        visit: &mut Visit<'_>,
+    ) -> Result<Self, JournalError> {
         let label = file.label().to_owned();
         let io = |e: std::io::Error| JournalError::Io(format!("{label}: {e}"));
-        let bytes = file.read_all().map_err(io)?;
-        let (records, end) = recover(&bytes, &sealer)?;
-        if (records.len() as u64) < min_records {
-            return Err(JournalError::BehindHead {
-                found: records.len() as u64,
-                durable: min_records,
-            });
+        let history = crate::chain::History::of::<&[u8]>(CHAIN_TAG, &[]);
+        let (count, end) =
+            scan_frames(&file.as_ref(), &sealer, JOURNAL_FRAMING, &mut |at, plain| {
+                history.push(at.index + 1, plain);
+                visit(at, plain)
+            })?;
+        if count < min_records {
+            return Err(JournalError::BehindHead { found: count, durable: min_records });
         }
-        clear_tail(file.as_ref(), &bytes, end).map_err(io)?;
-        let end = end as u64;
-        let allocated = preallocate(file.as_ref(), bytes.len() as u64, end).map_err(io)?;
-        drop(bytes);
+        let size = file.size().map_err(io)?;
+        clear_tail_from(file.as_ref(), end, size).map_err(io)?;
+        let allocated = preallocate(file.as_ref(), size, end).map_err(io)?;
         let sync_file = Arc::clone(&file);
         #[cfg(feature = "fault-injection")]
         let faults = std::sync::Arc::new(Faults::default());
         #[cfg(feature = "fault-injection")]
         let round_faults = std::sync::Arc::clone(&faults);
-        let history = crate::chain::History::of(CHAIN_TAG, &records);
         let (n, h) = history.tip();
         let tip = crate::chain::Tip::new(n, h);
         let round_tip = tip.clone();
         // Records known durable, counted from the start of the file: what each new record's
         // watermark says (never a count of rounds or of this run's writes).
-        let durable = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(records.len() as u64));
+        let durable = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(count));
         let round_durable = std::sync::Arc::clone(&durable);
         let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let round_armed = std::sync::Arc::clone(&armed);
@@ -454,31 +601,29 @@ impl Journal {
             Ok(())
         })
         .map_err(io)?;
-        let next = records.len() as u64;
-        let writer = Mutex::new(Writer { file, next, pos: end, allocated, poisoned: false });
-        Ok((
-            Self {
-                durable_records: durable,
-                head_armed: armed,
-                anchor,
-                last_round,
-                history,
-                tip,
-                writer,
-                sealer,
-                commit,
-                #[cfg(feature = "fault-injection")]
-                faults,
-            },
-            records,
-        ))
+        let reader = Arc::clone(&file);
+        let writer = Mutex::new(Writer { file, next: count, pos: end, allocated, poisoned: false });
+        Ok(Self {
+            durable_records: durable,
+            head_armed: armed,
+            anchor,
+            last_round,
+            history,
+            tip,
+            writer,
+            reader,
+            sealer,
+            commit,
+            #[cfg(feature = "fault-injection")]
+            faults,
+        })
     }
 
-    /// Appends one record (not yet durable: await [`Self::durable`]).
+    /// Appends one record (not yet durable: await [`Self::durable`]); returns where it lies.
     ///
     /// # Errors
     /// [`JournalError::Io`]; the journal is then unusable until restart (fail closed).
-    pub fn append(&self, plaintext: &[u8]) -> Result<(), JournalError> {
+    pub fn append(&self, plaintext: &[u8]) -> Result<RecordRef, JournalError> {
         let mut w = self.writer.lock().map_err(|_| JournalError::Io("writer poisoned".into()))?;
         if w.poisoned {
             return Err(JournalError::Io(
@@ -520,13 +665,39 @@ impl Journal {
             w.poisoned = true;
             return Err(JournalError::Io(e.to_string()));
         }
+        #[allow(clippy::cast_possible_truncation)] // sealed.len() <= MAX_RECORD
+        let at = RecordRef { index: w.next, offset: w.pos, len: sealed.len() as u32 };
         w.pos = end;
         w.next += 1;
         let hash = self.history.push(w.next, plaintext);
         self.tip.set(w.next, hash);
         self.commit.wrote();
         drop(w);
-        Ok(())
+        Ok(at)
+    }
+
+    /// Reads record `at` back (its plaintext, without the watermark): the frame must have the
+    /// length `at` says and open under record number `at.index`, so the host can only answer
+    /// with the genuine record or be caught.
+    ///
+    /// # Errors
+    /// [`JournalError::Io`] when it cannot be read; [`JournalError::Corrupt`] when what was
+    /// read is not that record.
+    pub fn read(&self, at: RecordRef) -> Result<Record, JournalError> {
+        let corrupt =
+            |reason: String| JournalError::Corrupt { index: at.index, offset: at.offset, reason };
+        let mut frame = vec![0u8; 4 + at.len as usize];
+        let got = crate::hostfile::read_up_to(self.reader.as_ref(), &mut frame, at.offset)
+            .map_err(|e| JournalError::Io(format!("{}: {e}", self.reader.label())))?;
+        if got < frame.len() || frame[..4] != at.len.to_be_bytes() {
+            return Err(corrupt("the record read back is cut off or of another length".into()));
+        }
+        let plain =
+            self.sealer.open(&aad(at.index), &frame[4..]).map_err(|e| corrupt(e.to_string()))?;
+        if plain.len() < 8 {
+            return Err(corrupt("record too short".into()));
+        }
+        Ok(Zeroizing::new(plain[8..].to_vec()))
     }
 
     /// Fault injection for tests (delays and failures of the durability rounds).
@@ -593,7 +764,100 @@ mod tests {
     const NAME: &str = "spends.journal";
 
     fn open(files: &Files) -> Result<(Journal, Vec<Record>), JournalError> {
-        Journal::open_with(files.file(NAME), sealer(), None, None, 0)
+        open_at(files, 0)
+    }
+
+    /// Opens with the commit head saying `min_records` were durable; the records visited.
+    fn open_at(files: &Files, min_records: u64) -> Result<(Journal, Vec<Record>), JournalError> {
+        let mut records = Vec::new();
+        let journal = Journal::open_with(
+            files.file(NAME),
+            sealer(),
+            None,
+            None,
+            min_records,
+            &mut |_, r| {
+                records.push(Zeroizing::new(r.to_vec()));
+                Ok(())
+            },
+        )?;
+        Ok((journal, records))
+    }
+
+    /// Start-up reads the journal a window at a time: records that straddle windows come back
+    /// whole and in order, each where `append` said it lies, and `read` gives each back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_across_read_windows_come_back_where_they_lie() {
+        for backend in BACKENDS {
+            let files = Files::new(backend);
+            let bodies: Vec<Vec<u8>> = (0..12u8)
+                .map(|i| vec![i; if i % 3 == 0 { 950_000 } else { 90_000 + usize::from(i) }])
+                .collect();
+            let mut refs = Vec::new();
+            {
+                let (j, _) = open(&files).unwrap();
+                for b in &bodies {
+                    refs.push(j.append(b).unwrap());
+                }
+                j.durable().await.unwrap();
+            }
+            assert!(
+                refs.last().unwrap().offset > READ_WINDOW as u64,
+                "the records span more than one window"
+            );
+            let mut seen = Vec::new();
+            let j = Journal::open_with(files.file(NAME), sealer(), None, None, 12, &mut |at, r| {
+                seen.push((at, r.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen.len(), bodies.len(), "{backend:?}");
+            for ((at, body), (r, b)) in seen.iter().zip(refs.iter().zip(&bodies)) {
+                assert_eq!((at, body), (r, b), "{backend:?}");
+                assert_eq!(j.read(*r).unwrap().as_slice(), b.as_slice());
+            }
+            // A reference to another record's place, or a wrong length, is not read as it.
+            let wrong_index = RecordRef { index: refs[1].index + 1, ..refs[1] };
+            assert!(matches!(j.read(wrong_index), Err(JournalError::Corrupt { .. })));
+            let wrong_len = RecordRef { len: refs[1].len - 1, ..refs[1] };
+            assert!(matches!(j.read(wrong_len), Err(JournalError::Corrupt { .. })));
+            // A host that changes a record's bytes after it was written is caught on read (here
+            // by the head's count: these records were all appended before their one round).
+            drop(j);
+            let mut bytes = std::fs::read(files.path(NAME)).unwrap();
+            #[allow(clippy::cast_possible_truncation)]
+            let inside = refs[2].offset as usize + 100;
+            bytes[inside] ^= 1;
+            std::fs::write(files.path(NAME), &bytes).unwrap();
+            let reopened = open_at(&files, 12);
+            assert!(
+                matches!(reopened, Err(JournalError::BehindHead { found: 2, durable: 12 })),
+                "{backend:?}: {reopened:?}"
+            );
+        }
+    }
+
+    /// A visitor's refusal (a record that does not parse) refuses the journal at that record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_the_visitor_refuses_refuses_the_journal() {
+        let files = Files::new(BACKENDS[0]);
+        {
+            let (j, _) = open(&files).unwrap();
+            j.append(b"fine").unwrap();
+            j.append(b"not a spend").unwrap();
+            j.durable().await.unwrap();
+        }
+        let r = Journal::open_with(files.file(NAME), sealer(), None, None, 0, &mut |_, r| {
+            if r == b"fine" {
+                Ok(())
+            } else {
+                Err("does not parse".into())
+            }
+        });
+        assert!(
+            matches!(&r, Err(JournalError::Corrupt { index: 1, reason, .. }) if reason == "does not parse"),
+            "{r:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,7 +985,7 @@ mod tests {
             torn.extend_from_slice(&full[4 * frame..4 * frame + frame / 2]);
             torn.extend_from_slice(&[0u8; 4096]);
             std::fs::write(files.path(NAME), &torn).unwrap();
-            let r = Journal::open_with(files.file(NAME), sealer(), None, None, 5);
+            let r = open_at(&files, 5);
             assert!(
                 matches!(r, Err(JournalError::BehindHead { found: 4, durable: 5 })),
                 "{backend:?}: {r:?}"
@@ -782,7 +1046,7 @@ mod tests {
             }
             host.set(crate::hoststorage::fake_host::Mode::Honest);
         }
-        let r = Journal::open_with(files.file(NAME), sealer(), None, None, 3);
+        let r = open_at(&files, 3);
         assert!(matches!(r, Err(JournalError::BehindHead { found: 0, durable: 3 })), "{r:?}");
     }
 }

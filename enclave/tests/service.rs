@@ -1948,3 +1948,40 @@ async fn session_remaining_is_reported_against_the_policy_cap_when_lower() {
     let resp = h.pay(a.request(&header("100000"), "k")).await.unwrap();
     assert_eq!((resp.session_spent.as_str(), resp.session_remaining.as_str()), ("0.1", "0.4"));
 }
+
+/// A retry's payload is read back from the spend journal (the idempotency index keeps only
+/// where it lies): a host that changes the record or puts another one in its place makes the
+/// retry fail, never answers it with other bytes, and the genuine record answers it again.
+#[tokio::test]
+async fn a_retry_reads_its_payload_back_and_a_host_cannot_swap_it() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    let first = h.pay(agent.request(&header("10000"), "a")).await.unwrap();
+    let second = h.pay(agent.request(&header("10000"), "b")).await.unwrap();
+    let path = h.dir.path().join("spends.journal");
+    let original = std::fs::read(&path).unwrap();
+    let frames = journal_frames(&original);
+    assert_eq!(frames.len(), 2, "one record per payment");
+    let retry = || h.pay(agent.request(&header("10000"), "a"));
+    // One bit of the first record changed.
+    let mut flipped = original.clone();
+    flipped[frames[0].0 + 40] ^= 1;
+    std::fs::write(&path, &flipped).unwrap();
+    let e = retry().await.unwrap_err();
+    assert_eq!((e.code, e.reason.as_str()), (ErrorCode::Internal, "INTERNAL"), "{e:?}");
+    // The second record (same length: same amounts and key lengths) in the first one's place.
+    assert_eq!(frames[0].1, frames[1].1);
+    let mut swapped = original.clone();
+    swapped.copy_within(frames[1].0..frames[1].0 + frames[1].1, frames[0].0);
+    std::fs::write(&path, &swapped).unwrap();
+    let e = retry().await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
+    assert_ne!(second.payment_signature, first.payment_signature);
+    // The genuine bytes back: the retry gets the payment it made, once charged.
+    std::fs::write(&path, &original).unwrap();
+    let again = retry().await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.payment_signature, first.payment_signature);
+    assert_eq!(h.spent(&agent.id).await, "0.02");
+}

@@ -83,7 +83,12 @@ pub trait SpendLog: Send + Sync + Debug {
     ///
     /// # Errors
     /// [`JournalError`]; the log is then unusable until restart (fail closed).
-    fn append(&self, record: &[u8]) -> Result<(), JournalError>;
+    fn append(&self, record: &[u8]) -> Result<crate::journal::RecordRef, JournalError>;
+    /// Reads a record back (a durable one, where [`Self::append`] said it lies).
+    ///
+    /// # Errors
+    /// [`JournalError`] when it cannot be read or is not that record.
+    fn read(&self, at: crate::journal::RecordRef) -> Result<Zeroizing<Vec<u8>>, JournalError>;
     /// Waits until every record appended before this call is durable.
     ///
     /// # Errors
@@ -154,8 +159,9 @@ pub struct Platform {
     pub state: Box<dyn StateStore>,
     /// The spend ledger.
     pub spend_log: Box<dyn SpendLog>,
-    /// The spend ledger's records as recovered when it was opened, in order.
-    pub spends: Vec<Zeroizing<Vec<u8>>>,
+    /// The spend ledger as recovered when it was opened (its records in order, without their
+    /// payloads).
+    pub spends: crate::service::ledger::Recovery,
     /// The audit log.
     pub audit: Box<dyn AuditSink>,
     /// Where the state lives, for `status` (a path, or a description).
@@ -322,12 +328,14 @@ impl Platform {
             audit_tip: o.audit.tip_handle(),
             store_tip: o.store_durable_tip,
         };
-        let (journal, spends) = Journal::open_with(
+        let mut spends = crate::service::ledger::Recovery::default();
+        let journal = Journal::open_with(
             o.journal,
             journal_sealer,
             Some(o.audit.sync_handle()),
             Some(hook),
             o.durable.map_or(0, |f| f.journal_records),
+            &mut |at, record| spends.visit(at, record),
         )?;
         let handles = Handles {
             #[cfg(feature = "fault-injection")]
@@ -385,8 +393,11 @@ impl StateStore for LogStore {
 }
 
 impl SpendLog for Journal {
-    fn append(&self, record: &[u8]) -> Result<(), JournalError> {
+    fn append(&self, record: &[u8]) -> Result<crate::journal::RecordRef, JournalError> {
         Journal::append(self, record)
+    }
+    fn read(&self, at: crate::journal::RecordRef) -> Result<Zeroizing<Vec<u8>>, JournalError> {
+        Journal::read(self, at)
     }
     fn durable(&self) -> BoxFuture<'_, Result<(), JournalError>> {
         Box::pin(Journal::durable(self))

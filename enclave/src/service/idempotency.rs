@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::watch;
 use wallet_proto::{auth::FRESHNESS_WINDOW_MS, Reason};
 
-use super::ledger::DurableSpend;
+use super::ledger::Posted;
 use crate::platform::UnixMillis;
 
 /// Default time an idempotency key is remembered: 24 hours.
@@ -20,8 +20,8 @@ pub(crate) type IdemKey = (String, String);
 pub(crate) enum Stage {
     /// Reserved: being signed or made durable; `done` flips when it settles.
     Reserved { done: watch::Receiver<bool> },
-    /// Posted: durable; a retry gets the same payload.
-    Posted(DurableSpend),
+    /// Posted: durable; a retry gets the same payload, read back from the spend log.
+    Posted(Posted),
     /// Posted, but revoked or frozen before release: never released.
     Withheld { reason: Reason, at: UnixMillis },
     /// Failed after the reservation (the spend may be recorded): the key cannot be reused.
@@ -43,7 +43,7 @@ impl IdemEntry {
     fn settled_at(&self) -> Option<UnixMillis> {
         match &self.stage {
             Stage::Reserved { .. } | Stage::Held { .. } => None,
-            Stage::Posted(spend) => Some(spend.at()),
+            Stage::Posted(posted) => Some(posted.decided),
             Stage::Withheld { at, .. } | Stage::Failed { at } => Some(*at),
         }
     }

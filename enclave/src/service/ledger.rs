@@ -40,6 +40,12 @@
 
 use std::sync::Arc;
 
+use super::{payment::Reservation, records::json};
+use crate::{
+    journal::{JournalError, RecordRef},
+    platform::{SpendLog, UnixMillis},
+    store::StoreError,
+};
 use alloy_primitives::{Address, B256, U256};
 use serde::{Deserialize, Serialize};
 use wallet_policy::{
@@ -49,14 +55,6 @@ use wallet_policy::{
     x402::{encode_header, payment_payload_json, PaymentRequired},
 };
 use wallet_proto::{gateway::v1 as gw, Reason};
-use zeroize::Zeroizing;
-
-use super::{payment::Reservation, records::json};
-use crate::{
-    journal::JournalError,
-    platform::{SpendLog, UnixMillis},
-    store::StoreError,
-};
 
 /// A spend as recorded in the spend log: what was authorized, and what is needed to answer an
 /// idempotent retry with the same response.
@@ -149,7 +147,7 @@ impl std::fmt::Debug for SignedSpend {
 /// }
 /// ```
 #[derive(Clone)]
-pub struct DurableSpend(Arc<SpendRecord>);
+pub struct DurableSpend(Arc<SpendRecord>, RecordRef);
 
 impl std::fmt::Debug for DurableSpend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,7 +155,21 @@ impl std::fmt::Debug for DurableSpend {
     }
 }
 
+/// A posted spend as the idempotency index keeps it: where its record lies in the spend log
+/// (a retry reads the payload back from there, see [`read_back`]), its wallet and when it was
+/// decided — about 100 bytes, where the record is ~1.6 KB.
+#[derive(Debug, Clone)]
+pub(crate) struct Posted {
+    pub record: RecordRef,
+    pub wallet_id: String,
+    pub decided: UnixMillis,
+}
+
 impl DurableSpend {
+    /// What the idempotency index keeps of it.
+    pub(crate) fn posted(&self) -> Posted {
+        Posted { record: self.1, wallet_id: self.0.wallet_id.clone(), decided: self.at() }
+    }
     /// The wallet that paid.
     #[must_use]
     pub fn wallet_id(&self) -> &str {
@@ -330,10 +342,43 @@ pub(crate) async fn post(
     spend: SignedSpend,
 ) -> Result<DurableSpend, JournalError> {
     let entry = Entry::Spend(Box::new(spend.record));
-    log.append(&json(&entry))?;
+    let at = log.append(&json(&entry))?;
     log.durable().await?;
     let Entry::Spend(record) = entry else { unreachable!("constructed as a spend above. qed") };
-    Ok(DurableSpend(Arc::new(*record)))
+    Ok(DurableSpend(Arc::new(*record), at))
+}
+
+/// Reads a posted spend back from the spend log for a retry under `(session_id,
+/// idempotency_key)` with request hash `request_hash`: the record must open as record number
+/// `posted.record.index` (its seal) and be that spend (the same session, key and request).
+///
+/// # Errors
+/// [`JournalError`] when it cannot be read or is not that spend (the retry gets an internal
+/// error; nothing is released).
+pub(crate) fn read_back(
+    log: &dyn SpendLog,
+    posted: &Posted,
+    session_id: &str,
+    idempotency_key: &str,
+    request_hash: &[u8; 32],
+) -> Result<DurableSpend, JournalError> {
+    let bytes = log.read(posted.record)?;
+    let not_it = |reason: &str| JournalError::Corrupt {
+        index: posted.record.index,
+        offset: posted.record.offset,
+        reason: reason.to_owned(),
+    };
+    match super::records::from_json::<Entry>("journal", &bytes) {
+        Ok(Entry::Spend(s))
+            if s.session_id == session_id
+                && s.idempotency_key == idempotency_key
+                && hash_of(&s.request_hash) == *request_hash =>
+        {
+            Ok(DurableSpend(Arc::from(s), posted.record))
+        }
+        Ok(_) => Err(not_it("the record read back is not the spend the index points to")),
+        Err(_) => Err(not_it("the record read back does not parse")),
+    }
 }
 
 /// Records durably that a posted spend is withheld for good.
@@ -363,14 +408,16 @@ pub(crate) async fn withhold(
 pub(crate) enum Recovered {
     /// A posted spend.
     Posted {
-        spend: DurableSpend,
+        posted: Posted,
         seq: u64,
         session_id: String,
-        wallet_id: String,
         pay_to: Address,
         charge: U256,
         idempotency_key: String,
         request_hash: [u8; 32],
+        /// The activity-list entry (outcome, reason and approval left to fill), kept for the
+        /// newest [`RECENT`] posted spends only: older ones are read back if the list needs them.
+        shown: Option<Box<gw::PaymentRecord>>,
     },
     /// A withheld one (it follows its posted record).
     Withheld {
@@ -382,43 +429,115 @@ pub(crate) enum Recovered {
     },
 }
 
+/// How many of the newest posted spends keep their activity-list entry through start-up: as
+/// many as the activity list holds (`agent::MAX_ACTIVITY_RECORDS`).
+const RECENT: usize = super::agent::MAX_ACTIVITY_RECORDS;
+
 /// A request hash as stored (hex) back to its 32 bytes (zeros if malformed: it then matches no
 /// request, so the key cannot be reused).
 pub(crate) fn hash_of(h: &str) -> [u8; 32] {
     hex::decode(h).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()).unwrap_or_default()
 }
 
-/// Reads the log's records back (in order).
+/// The spend log as read back at start-up, one record at a time ([`Self::visit`]): about 200
+/// bytes per record (the payloads are not kept), so start-up memory follows the number of
+/// spends, not the log's size.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub(crate) records: Vec<Recovered>,
+    /// Positions in `records` of the posted spends that keep their `shown` entry, oldest first.
+    recent: std::collections::VecDeque<usize>,
+}
+
+impl Recovery {
+    /// Takes the next record of the log (read at `at`).
+    ///
+    /// # Errors
+    /// A sentence, for a record that does not parse.
+    pub fn visit(&mut self, at: RecordRef, bytes: &[u8]) -> Result<(), String> {
+        let r = recovered(at, bytes).map_err(|e| e.to_string())?;
+        if matches!(r, Recovered::Posted { .. }) {
+            self.recent.push_back(self.records.len());
+            if self.recent.len() > RECENT {
+                if let Some(Recovered::Posted { shown, .. }) =
+                    self.recent.pop_front().and_then(|i| self.records.get_mut(i))
+                {
+                    *shown = None;
+                }
+            }
+        }
+        self.records.push(r);
+        Ok(())
+    }
+
+    /// Number of records.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// A spend's activity-list entry as recorded (outcome, reason and approval left to fill).
+fn shown(spend: &DurableSpend) -> gw::PaymentRecord {
+    let resp = spend.response();
+    gw::PaymentRecord {
+        at_ms: spend.at().as_millis(),
+        amount: resp.amount,
+        amount_human: resp.charged,
+        asset: resp.asset,
+        asset_symbol: resp.asset_symbol,
+        network: resp.network,
+        pay_to: resp.pay_to,
+        ..Default::default()
+    }
+}
+
+/// Reads one record of the log back (read at `at`).
 ///
 /// # Errors
 /// [`StoreError`] for a record that does not parse.
-pub(crate) fn recover(records: &[Zeroizing<Vec<u8>>]) -> Result<Vec<Recovered>, StoreError> {
-    records
-        .iter()
-        .map(|bytes| {
-            Ok(match super::records::from_json::<Entry>("journal", bytes)? {
-                Entry::Spend(s) => Recovered::Posted {
-                    seq: s.seq,
-                    session_id: s.session_id.clone(),
-                    wallet_id: s.wallet_id.clone(),
-                    pay_to: s.pay_to,
-                    charge: s.charge,
-                    idempotency_key: s.idempotency_key.clone(),
-                    request_hash: hash_of(&s.request_hash),
-                    spend: DurableSpend(Arc::from(s)),
-                },
-                Entry::Withheld { session_id, idempotency_key, request_hash, reason, at_ms } => {
-                    Recovered::Withheld {
-                        session_id,
-                        idempotency_key,
-                        request_hash: hash_of(&request_hash),
-                        reason: Reason::from_code(&reason).unwrap_or(Reason::Internal),
-                        at: UnixMillis(at_ms),
-                    }
-                }
-            })
-        })
-        .collect()
+fn recovered(at: RecordRef, bytes: &[u8]) -> Result<Recovered, StoreError> {
+    Ok(match super::records::from_json::<Entry>("journal", bytes)? {
+        Entry::Spend(s) => {
+            let spend = DurableSpend(Arc::from(s), at);
+            let r = &spend.0;
+            Recovered::Posted {
+                posted: spend.posted(),
+                seq: r.seq,
+                session_id: r.session_id.clone(),
+                pay_to: r.pay_to,
+                charge: r.charge,
+                idempotency_key: r.idempotency_key.clone(),
+                request_hash: hash_of(&r.request_hash),
+                shown: Some(Box::new(shown(&spend))),
+            }
+        }
+        Entry::Withheld { session_id, idempotency_key, request_hash, reason, at_ms } => {
+            Recovered::Withheld {
+                session_id,
+                idempotency_key,
+                request_hash: hash_of(&request_hash),
+                reason: Reason::from_code(&reason).unwrap_or(Reason::Internal),
+                at: UnixMillis(at_ms),
+            }
+        }
+    })
+}
+
+/// The activity-list entry of the posted spend at `at`, read back from the log (for start-up,
+/// when the list reaches past the entries [`Recovery`] kept).
+pub(crate) fn shown_at(log: &dyn SpendLog, at: RecordRef) -> Option<gw::PaymentRecord> {
+    let bytes = log.read(at).ok()?;
+    match super::records::from_json::<Entry>("journal", &bytes).ok()? {
+        Entry::Spend(s) => Some(shown(&DurableSpend(Arc::from(s), at))),
+        Entry::Withheld { .. } => None,
+    }
 }
 
 /// The domain separator a reservation signs under (from the registry).
@@ -426,6 +545,8 @@ pub(crate) type Domain = B256;
 
 #[cfg(test)]
 mod tests {
+    use zeroize::Zeroizing;
+
     use super::*;
 
     #[test]
@@ -472,10 +593,33 @@ mod tests {
 
     fn recovered(record: &serde_json::Value) -> DurableSpend {
         let bytes = Zeroizing::new(serde_json::to_vec(record).unwrap());
-        match recover(&[bytes]).unwrap().pop().unwrap() {
-            Recovered::Posted { spend, .. } => spend,
-            Recovered::Withheld { .. } => panic!("a spend record"),
+        match super::super::records::from_json::<Entry>("journal", &bytes).unwrap() {
+            Entry::Spend(s) => {
+                DurableSpend(Arc::from(s), RecordRef { index: 0, offset: 0, len: 0 })
+            }
+            Entry::Withheld { .. } => panic!("a spend record"),
         }
+    }
+
+    /// Start-up keeps ~200 bytes per record and the list entries of the newest spends only.
+    #[test]
+    fn recovery_keeps_list_entries_of_the_newest_spends_only() {
+        let bytes = serde_json::to_vec(&legacy_record()).unwrap();
+        let mut recovery = Recovery::default();
+        let n = RECENT + 3;
+        for i in 0..n as u64 {
+            recovery.visit(RecordRef { index: i, offset: i * 2_000, len: 1_900 }, &bytes).unwrap();
+        }
+        assert_eq!(recovery.len(), n);
+        let kept: Vec<bool> = recovery
+            .records
+            .iter()
+            .map(|r| matches!(r, Recovered::Posted { shown: Some(_), .. }))
+            .collect();
+        assert!(kept[..3].iter().all(|k| !k) && kept[3..].iter().all(|k| *k));
+        let Recovered::Posted { posted, .. } = &recovery.records[5] else { panic!("a spend") };
+        assert_eq!(posted.record, RecordRef { index: 5, offset: 10_000, len: 1_900 });
+        assert!(recovery.visit(RecordRef { index: 0, offset: 0, len: 1 }, b"{}").is_err());
     }
 
     /// Records written before v1 support stay readable, and are v2 payments.

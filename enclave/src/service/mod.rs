@@ -338,14 +338,14 @@ impl Enclave {
         if let Some(key) = &stored_identity {
             audit.attach_key(mac_key(key)).map_err(|e| StoreError::Engine(e.to_string()))?;
         }
-        let recovered = ledger::recover(&spends)?;
-        drop(spends);
+        let recovered = spends.records;
         // The stores are verified: the commit head exists (and covers them as they are) before
         // anything is written.
         spend_log.arm_head();
         spend_log.checkpoint().await.map_err(checkpoint)?;
         let mut inner = state::Inner::load(&*state, clock.now()).await?;
-        let activity = agent::Activity::rebuild(&recovered, &inner);
+        let activity =
+            agent::Activity::rebuild(&recovered, &inner, &|at| ledger::shown_at(&*spend_log, at));
         let summary = inner.replay_ledger(recovered)?;
         tracing::info!(
             wallets = inner.wallets.len(),
@@ -439,7 +439,10 @@ impl Enclave {
     /// Sets how long idempotency keys are remembered (default 24 h). A retry after that is a new
     /// payment.
     pub fn set_idempotency_ttl(&self, seconds: u64) {
-        self.idem_ttl_ms.store(seconds.saturating_mul(1000), Ordering::Relaxed);
+        let ms = seconds.saturating_mul(1000);
+        self.idem_ttl_ms.store(ms, Ordering::Relaxed);
+        // Keys replayed from the journal at start-up that are already past it go now.
+        self.lock().idem.prune(self.clock.now(), ms);
     }
 
     /// The enclave's identity: the Ed25519 public key that signs its audit heads and that admins

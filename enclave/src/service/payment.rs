@@ -54,7 +54,22 @@ impl Enclave {
         let payment = Decoded::new(authenticated)?;
         // 3. Decide and reserve under the state lock (or answer a replay, or hold, or deny).
         let reservation = match self.decide_and_reserve(&payment).await? {
-            Decision::Replay(spend) => return Ok(replayed(&spend)),
+            Decision::Replay(posted) => {
+                let spend = ledger::read_back(
+                    &*self.spend_log,
+                    &posted,
+                    payment.session_id(),
+                    &payment.key.1,
+                    &payment.hash,
+                )
+                .map_err(|e| {
+                    tracing::error!(error = %e, "a retry's spend record could not be read back");
+                    Failure::internal(
+                        "this payment's record could not be read back from the spend journal (the host changed or lost it); nothing was released",
+                    )
+                })?;
+                return Ok(replayed(&spend));
+            }
             Decision::Reserved(reservation) => *reservation,
         };
         // 4. Sign.
@@ -170,7 +185,7 @@ impl Drop for InFlight<'_> {
 /// What step 3 came to.
 enum Decision<'e> {
     /// The key's spend is posted: answer with it again.
-    Replay(DurableSpend),
+    Replay(ledger::Posted),
     /// Charged: sign it.
     Reserved(Box<Reservation<'e>>),
 }
@@ -237,10 +252,10 @@ impl Enclave {
                         ));
                     }
                     Some(e) => match &e.stage {
-                        Stage::Posted(spend) => {
+                        Stage::Posted(posted) => {
                             // A replay is a release too: revocation and freeze apply to it.
-                            check_release(&inner, p.session_id(), spend.wallet_id())?;
-                            return Ok(Decision::Replay(spend.clone()));
+                            check_release(&inner, p.session_id(), &posted.wallet_id)?;
+                            return Ok(Decision::Replay(posted.clone()));
                         }
                         Stage::Withheld { reason, .. } => {
                             return Err(Failure::denied(
@@ -404,7 +419,7 @@ impl Enclave {
         match check {
             Ok(()) => {
                 let resp = durable.response();
-                in_flight.settle(Stage::Posted(durable));
+                in_flight.settle(Stage::Posted(durable.posted()));
                 if let Some(id) = hold {
                     self.mark_hold_used(&id).await;
                 }

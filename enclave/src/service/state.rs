@@ -194,19 +194,19 @@ impl Inner {
         for r in log {
             match r {
                 Recovered::Posted {
-                    spend,
+                    posted,
                     seq,
                     session_id,
-                    wallet_id,
                     pay_to,
                     charge,
                     idempotency_key,
                     request_hash,
+                    ..
                 } => {
                     max_seq = max_seq.max(seq);
                     summary.released += 1;
-                    summary.last_at = summary.last_at.max(spend.at());
-                    let at_s = spend.at().as_secs();
+                    summary.last_at = summary.last_at.max(posted.decided);
+                    let at_s = posted.decided.as_secs();
                     if let Some(sess) = self.sessions.get_mut(&session_id) {
                         sess.spent = sess
                             .spent
@@ -214,10 +214,13 @@ impl Inner {
                             .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
                         sess.history.record(at_s, charge);
                     }
-                    self.wallet_history.entry(wallet_id).or_default().record(pay_to, at_s, charge);
+                    self.wallet_history
+                        .entry(posted.wallet_id.clone())
+                        .or_default()
+                        .record(pay_to, at_s, charge);
                     self.idem.settle(
                         (session_id, idempotency_key),
-                        IdemEntry { hash: request_hash, stage: Stage::Posted(spend) },
+                        IdemEntry { hash: request_hash, stage: Stage::Posted(posted) },
                     );
                 }
                 Recovered::Withheld { session_id, idempotency_key, request_hash, reason, at } => {
