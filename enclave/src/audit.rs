@@ -21,7 +21,7 @@ use std::{
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
-use wallet_policy::audit::{clip, verify_chain, verify_chain_from, ChainError, Record};
+use wallet_policy::audit::{clip, verify_chain_from, ChainError, Record};
 use zeroize::Zeroizing;
 
 use crate::hostfile::{LocalFile, StorageFile};
@@ -78,7 +78,26 @@ pub enum AuditError {
     },
 }
 
+/// Where the audit log's verification starts, from a ledger snapshot (`crate::snapshot`):
+/// record `count` (a multiple of [`MARK_EVERY`]) at byte `offset`, the chain's hash before it,
+/// and every read checkpoint up to it (`(byte offset, hash before)` of records `0`,
+/// `MARK_EVERY`, …, `count`). Start-up verifies the records from there on only; reads of
+/// earlier records check them against these checkpoints, as any read does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Start {
+    /// First record verified at open.
+    pub count: u64,
+    /// Its byte offset.
+    pub offset: u64,
+    /// The chain's hash before it.
+    pub prev: [u8; 32],
+    /// The checkpoints up to and including `count`'s.
+    pub marks: Vec<(u64, [u8; 32])>,
+}
+
 struct Writer {
+    /// First record and its byte offset verified at open (0 and 0 without a snapshot).
+    first: (u64, u64),
     file: Arc<dyn StorageFile>,
     count: u64,
     last: [u8; 32],
@@ -139,28 +158,69 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError`] when it cannot be read or its chain is broken.
     pub fn open_file(file: Arc<dyn StorageFile>) -> Result<Self, AuditError> {
+        Self::open_file_from(file, None)
+    }
+
+    /// Opens the log in `file`, verifying its chain from `start` on (a ledger snapshot's
+    /// position; from the first record without one): the records before it are not read.
+    ///
+    /// # Errors
+    /// [`AuditError`] when it cannot be read, its chain is broken, or it is shorter than
+    /// `start` says.
+    pub fn open_file_from(
+        file: Arc<dyn StorageFile>,
+        start: Option<Start>,
+    ) -> Result<Self, AuditError> {
         let path = file.label().to_owned();
         let io = |e: std::io::Error| AuditError::Io(format!("{path}: {e}"));
-        let text = file.read_all().map_err(io)?;
+        let (first, base, prev, mut marks) = match start {
+            None => (0, 0, [0; 32], Vec::new()),
+            Some(s) => {
+                let fits = s.count.is_multiple_of(MARK_EVERY)
+                    && s.marks.len() as u64 == s.count / MARK_EVERY + 1
+                    && s.marks.last() == Some(&(s.offset, s.prev));
+                if !fits {
+                    return Err(AuditError::Io(format!(
+                        "{path}: the snapshot's audit position does not fit its checkpoints"
+                    )));
+                }
+                let mut marks: Vec<Mark> = s
+                    .marks
+                    .iter()
+                    .map(|(offset, prev)| Mark { offset: *offset, prev: *prev })
+                    .collect();
+                marks.pop();
+                (s.count, s.offset, s.prev, marks)
+            }
+        };
+        let size = file.size().map_err(io)?;
+        if size < base {
+            return Err(AuditError::Truncated { path, on_disk: 0, written: first });
+        }
+        let mut text = vec![0u8; usize::try_from(size - base).unwrap_or(0)];
+        let got = crate::hostfile::read_up_to(file.as_ref(), &mut text, base).map_err(io)?;
+        text.truncate(got);
         let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if complete < text.len() {
             tracing::warn!(
                 dropped = text.len() - complete,
                 "cutting a torn last audit line (a crash mid-write)"
             );
-            file.set_len(complete as u64).map_err(io)?;
+            file.set_len(base + complete as u64).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
         let body = String::from_utf8_lossy(&text[..complete]).into_owned();
+        drop(text);
         // Lines end at '\n' only (as reads split them): a '\r' the host added is an edit.
-        let (count, last) = verify_chain(body.split_terminator('\n'))
+        let (count, last) = verify_chain_from(body.split_terminator('\n'), first, prev)
             .map_err(|source| AuditError::Broken { path: path.clone(), source })?;
-        let marks = marks_of(&body, &path)?;
+        marks.extend(marks_of(&body, &path, (first, base), prev)?);
         let writer = Writer {
+            first: (first, base),
             file: Arc::clone(&file),
             count,
             last,
-            len: complete as u64,
+            len: base + complete as u64,
             poisoned: false,
             key: None,
             marks,
@@ -179,10 +239,32 @@ impl AuditLog {
     /// # Errors
     /// [`AuditError::Broken`] naming the first record whose MAC fails.
     pub fn attach_key(&self, key: Zeroizing<[u8; 32]>) -> Result<(), AuditError> {
-        let text = self.read_text()?;
-        check_macs(&key, text.split_terminator('\n'), &self.path)?;
-        self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?.key = Some(key);
+        let mut w = self.writer.lock().map_err(|_| AuditError::Io("writer poisoned".into()))?;
+        let (first, base) = w.first;
+        let mut bytes = vec![0u8; usize::try_from(w.len - base).unwrap_or(0)];
+        let got = crate::hostfile::read_up_to(self.file.as_ref(), &mut bytes, base)
+            .map_err(|e| AuditError::Io(format!("{}: {e}", self.path)))?;
+        bytes.truncate(got);
+        let text = String::from_utf8(bytes)
+            .map_err(|e| AuditError::Io(format!("{}: not UTF-8: {e}", self.path)))?;
+        check_macs_from(&key, text.split_terminator('\n'), first, &self.path)?;
+        w.key = Some(key);
         Ok(())
+    }
+
+    /// Where a snapshot whose records up to `durable` are durable may start the log's
+    /// verification: the last checkpoint at or before `durable` (`None` before the first).
+    #[must_use]
+    pub fn start_at(&self, durable: u64) -> Option<Start> {
+        let w = self.writer.lock().ok()?;
+        let k = usize::try_from(durable / MARK_EVERY).ok()?.min(w.marks.len().checked_sub(1)?);
+        let m = w.marks[k];
+        Some(Start {
+            count: k as u64 * MARK_EVERY,
+            offset: m.offset,
+            prev: m.prev,
+            marks: w.marks[..=k].iter().map(|m| (m.offset, m.prev)).collect(),
+        })
     }
 
     /// Appends a record (its `seq`, `prev` and `hash` are filled in). Made durable with the next
@@ -358,19 +440,27 @@ impl AuditLog {
 }
 
 /// The read checkpoints of a verified log's text (see [`Mark`]).
-fn marks_of(body: &str, path: &str) -> Result<Vec<Mark>, AuditError> {
+/// The checkpoints of `body`, whose first line is record `first.0` at byte `first.1`, the
+/// chain's hash before it being `prev`.
+fn marks_of(
+    body: &str,
+    path: &str,
+    first: (u64, u64),
+    prev: [u8; 32],
+) -> Result<Vec<Mark>, AuditError> {
     let mut marks = Vec::new();
-    let mut offset = 0u64;
-    for (i, line) in body.split_inclusive('\n').enumerate() {
-        if (i as u64).is_multiple_of(MARK_EVERY) {
-            let prev = if i == 0 {
-                [0; 32]
+    let (first, mut offset) = first;
+    let first_prev = prev;
+    for (i, line) in (first..).zip(body.split_inclusive('\n')) {
+        if i.is_multiple_of(MARK_EVERY) {
+            let prev = if i == first {
+                first_prev
             } else {
                 // Checked by the chain's verification: the hash of the record before.
                 let r: Record =
                     serde_json::from_str(line.trim_end()).map_err(|e| AuditError::Broken {
                         path: path.to_owned(),
-                        source: ChainError::Malformed { seq: i as u64, why: e.to_string() },
+                        source: ChainError::Malformed { seq: i, why: e.to_string() },
                     })?;
                 let mut h = [0u8; 32];
                 hex::decode_to_slice(&r.prev, &mut h)
@@ -382,14 +472,6 @@ fn marks_of(body: &str, path: &str) -> Result<Vec<Mark>, AuditError> {
         offset += line.len() as u64;
     }
     Ok(marks)
-}
-
-fn check_macs<'a>(
-    key: &[u8; 32],
-    lines: impl Iterator<Item = &'a str>,
-    path: &str,
-) -> Result<(), AuditError> {
-    check_macs_from(key, lines, 0, path)
 }
 
 fn check_macs_from<'a>(

@@ -52,10 +52,12 @@ impl Tip {
     }
 }
 
-/// The hash after every record: `at(n)` for `n` in `0..=len`.
+/// The hash after every record since `base`: `at(n)` for `n` in `base..=len` (`base` is 0, or
+/// the position of a ledger snapshot the store was opened from).
 #[derive(Debug, Clone)]
 pub struct History {
     tag: &'static [u8],
+    base: u64,
     hashes: Arc<Mutex<Vec<[u8; 32]>>>,
 }
 
@@ -70,31 +72,39 @@ impl History {
             h = next(tag, &h, i as u64 + 1, r.as_ref());
             hashes.push(h);
         }
-        Self { tag, hashes: Arc::new(Mutex::new(hashes)) }
+        Self { tag, base: 0, hashes: Arc::new(Mutex::new(hashes)) }
+    }
+
+    /// A history that starts after `base` records, whose chain hash there is `hash`.
+    #[must_use]
+    pub fn starting_at(tag: &'static [u8], base: u64, hash: [u8; 32]) -> Self {
+        Self { tag, base, hashes: Arc::new(Mutex::new(vec![hash])) }
     }
 
     /// Appends record number `n` (must be the next one); returns the new hash.
     pub fn push(&self, n: u64, record: &[u8]) -> [u8; 32] {
         let mut hashes = self.hashes.lock().unwrap_or_else(PoisonError::into_inner);
         let prev = hashes.last().copied().unwrap_or_default();
-        debug_assert_eq!(hashes.len() as u64, n, "records are chained in order");
+        debug_assert_eq!(self.base + hashes.len() as u64, n, "records are chained in order");
         let h = next(self.tag, &prev, n, record);
         hashes.push(h);
         h
     }
 
-    /// The hash after `n` records (`None` beyond the end).
+    /// The hash after `n` records (`None` beyond the end, or before the base).
     #[must_use]
     pub fn at(&self, n: u64) -> Option<[u8; 32]> {
         let hashes = self.hashes.lock().unwrap_or_else(PoisonError::into_inner);
-        usize::try_from(n).ok().and_then(|i| hashes.get(i).copied())
+        n.checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| hashes.get(i).copied())
     }
 
     /// The number of records and the last hash.
     #[must_use]
     pub fn tip(&self) -> (u64, [u8; 32]) {
         let hashes = self.hashes.lock().unwrap_or_else(PoisonError::into_inner);
-        ((hashes.len() - 1) as u64, hashes.last().copied().unwrap_or_default())
+        (self.base + (hashes.len() - 1) as u64, hashes.last().copied().unwrap_or_default())
     }
 }
 
@@ -116,6 +126,10 @@ mod tests {
         assert_ne!(other.at(2), a.at(2));
         assert_ne!(History::of(b"u", &[b"one".as_slice()]).at(1), a.at(1), "tags separate stores");
         assert_eq!(a.at(3), None);
+        // A history opened at a snapshot's position continues the same chain.
+        let c = History::starting_at(b"t", 1, a.at(1).unwrap());
+        assert_eq!(c.push(2, b"two"), a.at(2).unwrap());
+        assert_eq!((c.at(0), c.at(1), c.tip()), (None, a.at(1), (2, a.at(2).unwrap())));
         let t = Tip::new(1, [1; 32]);
         t.advance(0, [0; 32]);
         assert_eq!(t.get(), (1, [1; 32]), "a tip never goes back");

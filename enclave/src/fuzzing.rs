@@ -214,12 +214,12 @@ pub fn recover_journal(bytes: &[u8]) -> Result<Recovered, String> {
     check_idempotent(bytes, &sealer, JOURNAL_FRAMING, &records, end);
     // What the enclave does at start-up: the same frames, read a window at a time, each record
     // read back as a spend or a withheld signature.
-    let mut recovery = crate::service::ledger::Recovery::default();
+    let mut recovery = crate::service::replay::Ledger::default();
     let (count, streamed_end) =
         scan_frames(&bytes, &sealer, JOURNAL_FRAMING, &mut |at, r| recovery.visit(at, r))
             .map_err(|e| e.to_string())?;
     assert_eq!((count, streamed_end), (records.len() as u64, end as u64));
-    assert_eq!(recovery.len(), records.len());
+    assert_eq!(recovery.visited, records.len() as u64);
     Ok((records, end))
 }
 

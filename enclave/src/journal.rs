@@ -148,6 +148,18 @@ pub struct RecordRef {
     pub len: u32,
 }
 
+/// Where the journal continues: the next record's number, its frame's byte offset, and the
+/// chain's hash after the records before it ([`crate::chain`]). All zeros: the journal's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JournalStart {
+    /// Number of the next record (the records before it are covered by a ledger snapshot).
+    pub index: u64,
+    /// Byte offset of its frame.
+    pub offset: u64,
+    /// The chain's hash after record `index - 1` (zeros for 0).
+    pub chain: [u8; 32],
+}
+
 /// Bytes read at an offset: a whole log in memory, or a [`StorageFile`].
 pub(crate) trait ReadAt {
     /// Reads up to `buf.len()` bytes at `at`; fewer only at the end of the data.
@@ -235,7 +247,7 @@ impl<'a> Window<'a> {
 
 /// What a visitor of recovered records is given: where the record lies, and its plaintext
 /// (without the watermark). An error refuses the log as corrupt at that record.
-pub(crate) type Visit<'v> = dyn FnMut(RecordRef, &[u8]) -> Result<(), String> + 'v;
+pub type Visit<'v> = dyn FnMut(RecordRef, &[u8]) -> Result<(), String> + 'v;
 
 /// Reads frames laid out by `framing` from `src` until the end of the data, front to back a
 /// window at a time, with the journal's recovery rules (see the module docs): a bad frame below
@@ -248,13 +260,28 @@ pub(crate) fn scan_frames(
     framing: Framing,
     visit: &mut Visit<'_>,
 ) -> Result<(u64, u64), JournalError> {
+    scan_frames_from(src, sealer, framing, (0, 0), u64::MAX, visit)
+}
+
+/// [`scan_frames`] from record number `from.0` at byte `from.1` (a ledger snapshot's position),
+/// stopping before record `until`.
+pub(crate) fn scan_frames_from(
+    src: &dyn ReadAt,
+    sealer: &Sealer,
+    framing: Framing,
+    from: (u64, u64),
+    until: u64,
+    visit: &mut Visit<'_>,
+) -> Result<(u64, u64), JournalError> {
     let Framing { aad, max_record } = framing;
     let io = |e: std::io::Error| JournalError::Io(e.to_string());
     let mut window = Window::new(src);
-    let mut offset = 0u64;
-    let mut index = 0u64;
+    let (mut index, mut offset) = from;
     let mut watermark = 0u64;
     loop {
+        if index >= until {
+            return Ok((index, offset));
+        }
         let header = window.get(offset, 4).map_err(io)?;
         let failure = if header.len() < 4 {
             None
@@ -431,6 +458,9 @@ pub struct Journal {
     anchor: crate::anchor::AnchorCell,
     /// What the last round that wrote the commit head recorded.
     last_round: std::sync::Arc<Mutex<Option<crate::anchor::Local>>>,
+    /// What the last round that completed recorded: durable, in the commit head and (with an
+    /// anchor) anchored. A ledger snapshot covers at most this.
+    confirmed: std::sync::Arc<Mutex<Option<crate::anchor::Local>>>,
     /// The chain's hash after every record ([`crate::chain`]), and the count and hash a round
     /// records (set with each append, under the writer's lock).
     history: crate::chain::History,
@@ -470,7 +500,8 @@ impl Journal {
     pub fn open(path: &Path, sealer: Sealer) -> Result<(Self, Vec<Record>), JournalError> {
         let file = LocalFile::open(path).map_err(|e| JournalError::Io(e.to_string()))?;
         let mut records = Vec::new();
-        let journal = Self::open_with(file, sealer, None, None, 0, &mut |_, plain| {
+        let start = JournalStart::default();
+        let journal = Self::open_with(file, sealer, None, None, 0, start, &mut |_, plain| {
             records.push(Zeroizing::new(plain.to_vec()));
             Ok(())
         })?;
@@ -481,9 +512,11 @@ impl Journal {
     /// audit log) in every durability round, in parallel with the journal, then writing the
     /// commit head (`head`) once both are durable. `min_records` is what the commit head says
     /// was durable: fewer records is an error (checked before a torn tail is cleared, so the
-    /// evidence stays). Each record is handed to `visit` as it is read (where it lies, and its
-    /// plaintext), so start-up holds a window of the file rather than all of it; an error from
-    /// `visit` refuses the journal as corrupt at that record.
+    /// evidence stays). Reading starts at `start` (a ledger snapshot's position: the records
+    /// before it are not read; the journal's start without one). Each record is handed to
+    /// `visit` as it is read (where it lies, and its plaintext), so start-up holds a window of
+    /// the file rather than all of it; an error from `visit` refuses the journal as corrupt at
+    /// that record.
     ///
     /// # Errors
     /// As [`Self::open`]; [`JournalError::BehindHead`].
@@ -493,16 +526,23 @@ impl Journal {
         also: Option<Arc<dyn StorageFile>>,
         mut head: Option<HeadHook>,
         min_records: u64,
+        start: JournalStart,
         visit: &mut Visit<'_>,
     ) -> Result<Self, JournalError> {
         let label = file.label().to_owned();
         let io = |e: std::io::Error| JournalError::Io(format!("{label}: {e}"));
-        let history = crate::chain::History::of::<&[u8]>(CHAIN_TAG, &[]);
-        let (count, end) =
-            scan_frames(&file.as_ref(), &sealer, JOURNAL_FRAMING, &mut |at, plain| {
+        let history = crate::chain::History::starting_at(CHAIN_TAG, start.index, start.chain);
+        let (count, end) = scan_frames_from(
+            &file.as_ref(),
+            &sealer,
+            JOURNAL_FRAMING,
+            (start.index, start.offset),
+            u64::MAX,
+            &mut |at, plain| {
                 history.push(at.index + 1, plain);
                 visit(at, plain)
-            })?;
+            },
+        )?;
         if count < min_records {
             return Err(JournalError::BehindHead { found: count, durable: min_records });
         }
@@ -527,6 +567,8 @@ impl Journal {
         let round_anchor = anchor.clone();
         let last_round = std::sync::Arc::new(Mutex::new(None));
         let round_last = std::sync::Arc::clone(&last_round);
+        let confirmed = std::sync::Arc::new(Mutex::new(None));
+        let round_confirmed = std::sync::Arc::clone(&confirmed);
         // The audit log's syncs run on a thread of their own, started once: spawning one per
         // round (as before) cost a clone, a stack mapping and a join on every payment's path.
         let also = match also {
@@ -598,6 +640,9 @@ impl Journal {
                 };
                 anchor.round(local).map_err(crate::commit::RoundError::Transient)?;
             }
+            if let (Some(local), Ok(mut c)) = (anchored, round_confirmed.lock()) {
+                *c = Some(local);
+            }
             Ok(())
         })
         .map_err(io)?;
@@ -608,6 +653,7 @@ impl Journal {
             head_armed: armed,
             anchor,
             last_round,
+            confirmed,
             history,
             tip,
             writer,
@@ -674,6 +720,48 @@ impl Journal {
         self.commit.wrote();
         drop(w);
         Ok(at)
+    }
+
+    /// What the last completed round recorded (durable, in the commit head, anchored when
+    /// there is an anchor); `None` before the first.
+    #[must_use]
+    pub fn confirmed(&self) -> Option<crate::anchor::Local> {
+        self.confirmed.lock().ok().and_then(|c| *c)
+    }
+
+    /// Reads the records from `from` up to record `until` (exclusive; durable ones: see
+    /// [`Self::confirmed`]) a window at a time, handing each to `visit`, and returns where the
+    /// journal continues after them, its chain hash computed from `from`'s.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupt`] when a record is missing or does not open at its number, or
+    /// `visit` refuses one; [`JournalError::Io`].
+    pub fn scan(
+        &self,
+        from: JournalStart,
+        until: u64,
+        visit: &mut Visit<'_>,
+    ) -> Result<JournalStart, JournalError> {
+        let mut chain = from.chain;
+        let (index, offset) = scan_frames_from(
+            &self.reader.as_ref(),
+            &self.sealer,
+            JOURNAL_FRAMING,
+            (from.index, from.offset),
+            until,
+            &mut |at, plain| {
+                chain = crate::chain::next(CHAIN_TAG, &chain, at.index + 1, plain);
+                visit(at, plain)
+            },
+        )?;
+        if index != until {
+            return Err(JournalError::Corrupt {
+                index,
+                offset,
+                reason: format!("record {index} of {until} durable ones is missing"),
+            });
+        }
+        Ok(JournalStart { index, offset, chain })
     }
 
     /// Reads record `at` back (its plaintext, without the watermark): the frame must have the
@@ -776,6 +864,7 @@ mod tests {
             None,
             None,
             min_records,
+            JournalStart::default(),
             &mut |_, r| {
                 records.push(Zeroizing::new(r.to_vec()));
                 Ok(())
@@ -806,10 +895,18 @@ mod tests {
                 "the records span more than one window"
             );
             let mut seen = Vec::new();
-            let j = Journal::open_with(files.file(NAME), sealer(), None, None, 12, &mut |at, r| {
-                seen.push((at, r.to_vec()));
-                Ok(())
-            })
+            let j = Journal::open_with(
+                files.file(NAME),
+                sealer(),
+                None,
+                None,
+                12,
+                JournalStart::default(),
+                &mut |at, r| {
+                    seen.push((at, r.to_vec()));
+                    Ok(())
+                },
+            )
             .unwrap();
             assert_eq!(seen.len(), bodies.len(), "{backend:?}");
             for ((at, body), (r, b)) in seen.iter().zip(refs.iter().zip(&bodies)) {
@@ -847,13 +944,21 @@ mod tests {
             j.append(b"not a spend").unwrap();
             j.durable().await.unwrap();
         }
-        let r = Journal::open_with(files.file(NAME), sealer(), None, None, 0, &mut |_, r| {
-            if r == b"fine" {
-                Ok(())
-            } else {
-                Err("does not parse".into())
-            }
-        });
+        let r = Journal::open_with(
+            files.file(NAME),
+            sealer(),
+            None,
+            None,
+            0,
+            JournalStart::default(),
+            &mut |_, r| {
+                if r == b"fine" {
+                    Ok(())
+                } else {
+                    Err("does not parse".into())
+                }
+            },
+        );
         assert!(
             matches!(&r, Err(JournalError::Corrupt { index: 1, reason, .. }) if reason == "does not parse"),
             "{r:?}"

@@ -44,6 +44,7 @@ pub mod platform;
 pub mod seal;
 pub mod service;
 pub mod smallwrites;
+pub mod snapshot;
 pub mod store;
 pub mod transport;
 

@@ -178,8 +178,15 @@ impl Harness {
 
     /// Drops the enclave and opens the same state again: a restart.
     async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Stops the enclave, lets `edit` change its data directory (the host's files), and starts
+    /// it again.
+    async fn restart_with(self, edit: impl FnOnce(&std::path::Path)) -> Self {
         let Self { dir, now, enclave, admin, .. } = self;
         drop(Arc::try_unwrap(enclave).expect("no other users"));
+        edit(dir.path());
         // A restart takes time: requests signed after it are newer than the replay floor.
         now.fetch_add(wallet_enclave::service::REPLAY_FLOOR_MARGIN_MS + 1, Ordering::SeqCst);
         let (enclave, faults) = open(dir.path(), &now).await;
@@ -1984,4 +1991,129 @@ async fn a_retry_reads_its_payload_back_and_a_host_cannot_swap_it() {
     assert!(again.replayed);
     assert_eq!(again.payment_signature, first.payment_signature);
     assert_eq!(h.spent(&agent.id).await, "0.02");
+}
+
+/// The ledger snapshot slots of a data directory.
+fn snapshot_slots(dir: &std::path::Path) -> [Vec<u8>; 2] {
+    wallet_enclave::snapshot::FILES.map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
+}
+
+/// Start-up reads the newest ledger snapshot and the journal records after it: the records
+/// before it may be gone (archived) and the ledger is the same; a retry whose payload was among
+/// them fails rather than being answered with other bytes. A snapshot the host rolls back,
+/// forges or deletes only means replaying more: the ledger is the same again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_replays_the_records_after_the_newest_snapshot_only() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let (a, b) = (h.session(&w, "5").await, h.session(&w, "5").await);
+    let mut first = Vec::new();
+    for (agent, key) in [(&a, "k0"), (&a, "k1"), (&b, "k2")] {
+        first.push(h.pay(agent.request(&header("10000"), key)).await.unwrap());
+    }
+    assert_eq!(h.enclave.snapshot().await.unwrap(), Some(3));
+    let oldest = snapshot_slots(h.dir.path());
+    for (agent, key, amount) in [(&a, "k3", "20000"), (&b, "k4", "30000"), (&b, "k5", "10000")] {
+        h.pay(agent.request(&header(amount), key)).await.unwrap();
+    }
+    assert_eq!(h.enclave.snapshot().await.unwrap(), Some(6));
+    assert_eq!(h.enclave.snapshot().await.unwrap(), None, "nothing new to cover");
+    let tail = h.pay(b.request(&header("40000"), "k6")).await.unwrap();
+    h.pay(a.request(&header("10000"), "k7")).await.unwrap();
+    let spent = (h.spent(&a.id).await, h.spent(&b.id).await);
+    assert_eq!(spent, ("0.05".to_owned(), "0.09".to_owned()));
+    let journal = std::fs::read(h.dir.path().join("spends.journal")).unwrap();
+    let frames = journal_frames(&journal);
+    assert_eq!(frames.len(), 8);
+
+    // The journal before the newest snapshot's position zeroed (archived by the host).
+    let h = h
+        .restart_with(|dir| {
+            let mut archived = journal.clone();
+            archived[..frames[6].0].fill(0);
+            std::fs::write(dir.join("spends.journal"), archived).unwrap();
+        })
+        .await;
+    assert_eq!((h.spent(&a.id).await, h.spent(&b.id).await), spent);
+    let again = h.pay(b.request(&header("40000"), "k6")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.payment_signature, tail.payment_signature);
+    let gone = h.pay(a.request(&header("10000"), "k0")).await.unwrap_err();
+    assert_eq!(gone.code, ErrorCode::Internal, "{gone:?}");
+    // A conflicting request under an archived key is still refused: the index kept its hash.
+    let conflict = h.pay(a.request(&header("20000"), "k0")).await.unwrap_err();
+    assert_eq!(conflict.reason, "IDEMPOTENCY_CONFLICT");
+
+    // The journal whole again, the newest snapshot rolled back to the oldest and the other
+    // slot forged: the same ledger, and the early payload is back.
+    let h = h
+        .restart_with(|dir| {
+            std::fs::write(dir.join("spends.journal"), &journal).unwrap();
+            let [f0, f1] = wallet_enclave::snapshot::FILES;
+            let (old, forged) = if oldest[0].is_empty() { (f1, f0) } else { (f0, f1) };
+            std::fs::write(dir.join(old), oldest.iter().find(|s| !s.is_empty()).unwrap()).unwrap();
+            let mut bad = std::fs::read(dir.join(old)).unwrap();
+            let at = bad.len() / 2;
+            bad[at] ^= 1;
+            std::fs::write(dir.join(forged), bad).unwrap();
+        })
+        .await;
+    assert_eq!((h.spent(&a.id).await, h.spent(&b.id).await), spent);
+    let early = h.pay(a.request(&header("10000"), "k0")).await.unwrap();
+    assert!(early.replayed);
+    assert_eq!(early.payment_signature, first[0].payment_signature);
+
+    // No snapshot at all: a replay from the first record, the same ledger.
+    let h = h
+        .restart_with(|dir| {
+            for f in wallet_enclave::snapshot::FILES {
+                std::fs::remove_file(dir.join(f)).unwrap();
+            }
+        })
+        .await;
+    assert_eq!((h.spent(&a.id).await, h.spent(&b.id).await), spent);
+    // Budgets hold across all of it: the session cap counts every payment once.
+    h.pay(a.request(&header("10000"), "k8")).await.unwrap();
+    assert_eq!(h.spent(&a.id).await, "0.06");
+}
+
+/// With a snapshot, start-up verifies the audit log from the snapshot's checkpoint on: a log
+/// whose earlier records were archived still opens, its recent pages read, and reading the
+/// archived stretch is reported, not answered. Without the snapshot the same log is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_verifies_the_audit_log_from_the_snapshots_checkpoint() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "20").await;
+    let mark = wallet_enclave::audit::MARK_EVERY as usize;
+    for i in 0..mark + 8 {
+        h.pay(agent.request(&header("10000"), &format!("k{i}"))).await.unwrap();
+    }
+    let covered = h.enclave.snapshot().await.unwrap().unwrap();
+    assert_eq!(covered, mark as u64 + 8);
+    let log = std::fs::read(h.dir.path().join("audit.log")).unwrap();
+    let at: usize = log.split_inclusive(|b| *b == b'\n').take(mark).map(<[u8]>::len).sum();
+    let list = |from: u64| Req::ListAudit(gw::ListAuditRequest { from_seq: from, limit: 10 });
+    let h = h
+        .restart_with(|dir| {
+            let mut archived = log.clone();
+            archived[..at].fill(b' ');
+            std::fs::write(dir.join("audit.log"), archived).unwrap();
+        })
+        .await;
+    let Ok(Resp::Audit(page)) = h.call(list(mark as u64)).await else {
+        panic!("recent pages read")
+    };
+    assert_eq!(page.records.len(), 10);
+    let old = h.call(list(0)).await.map(|_| ()).unwrap_err();
+    assert_eq!(old.reason, "AUDIT_TAMPERED", "{old:?}");
+    let spent = h.spent(&agent.id).await;
+    let Harness { dir, enclave, .. } = h;
+    drop(Arc::try_unwrap(enclave).expect("no other users"));
+    for f in wallet_enclave::snapshot::FILES {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let e = refused(dir.path()).await;
+    assert!(e.contains("audit"), "{e}");
+    assert_eq!(spent, "10.32");
 }

@@ -90,6 +90,31 @@ impl History {
     }
 
     /// Drops slots older than the longest window, relative to the newest slot.
+    /// The recorded payments, oldest first, grouped by second: `(unix second, amount in token
+    /// units, number of payments)` — what a ledger snapshot keeps ([`Self::from_slots`]).
+    pub fn slots(&self) -> impl Iterator<Item = (u64, U256, u64)> + '_ {
+        self.slots.iter().map(|s| (s.sec, s.amount, s.count))
+    }
+
+    /// The history that recorded `slots` (as [`Self::slots`] gives them, oldest first): the same
+    /// totals for every window. Seconds out of order are merged into the newest, as
+    /// [`Self::record`] does.
+    #[must_use]
+    pub fn from_slots(slots: impl IntoIterator<Item = (u64, U256, u64)>) -> Self {
+        let mut h = Self::new();
+        for (sec, amount, count) in slots {
+            match h.slots.back_mut() {
+                Some(last) if sec <= last.sec => {
+                    last.amount = last.amount.saturating_add(amount);
+                    last.count = last.count.saturating_add(count);
+                }
+                _ => h.slots.push_back(Slot { sec, amount, count }),
+            }
+        }
+        h.prune();
+        h
+    }
+
     fn prune(&mut self) {
         let Some(newest) = self.slots.back().map(|s| s.sec) else { return };
         while let Some(front) = self.slots.front().copied() {
@@ -190,6 +215,24 @@ mod tests {
 
     fn u(n: u64) -> U256 {
         U256::from(n)
+    }
+
+    /// A history rebuilt from its slots answers every window as the original does.
+    #[test]
+    fn a_history_rebuilt_from_its_slots_has_the_same_totals() {
+        let mut h = History::new();
+        for (sec, amount) in [(100, 5), (100, 1), (150, 7), (4_000, 2), (90_000, 9)] {
+            h.record(sec, u(amount));
+        }
+        let _ = h.totals(60, 150);
+        let mut again = History::from_slots(h.slots());
+        assert_eq!(again.slots().collect::<Vec<_>>(), h.slots().collect::<Vec<_>>());
+        for (len, now) in
+            [(60, 150), (3_600, 4_000), (86_400, 90_000), (MAX_WINDOW_SECONDS, 90_001)]
+        {
+            assert_eq!(again.totals(len, now), h.totals(len, now), "{len} at {now}");
+        }
+        assert!(History::from_slots(std::iter::empty()).is_empty());
     }
 
     #[test]

@@ -61,10 +61,17 @@ pub mod storage {
     pub const STORAGE_PROTOCOL_VERSION: u32 = 1;
 
     /// The files the host stores for the enclave, by name (no paths): the state store's log, the
-    /// spend journal, the audit log, the commit head and the KMS-wrapped sealing key (Nitro
-    /// configuration). Both ends refuse any other name.
-    pub const FILES: [&str; 5] =
-        ["state.log", "spends.journal", "audit.log", "commit.head", "sealing-key.kms"];
+    /// spend journal, the audit log, the commit head, the KMS-wrapped sealing key (Nitro
+    /// configuration) and the two ledger snapshot slots. Both ends refuse any other name.
+    pub const FILES: [&str; 7] = [
+        "state.log",
+        "spends.journal",
+        "audit.log",
+        "commit.head",
+        "sealing-key.kms",
+        "ledger.snapshot.0",
+        "ledger.snapshot.1",
+    ];
 
     /// Largest `Read.length` and `Write.data` in bytes (a frame holds at most 1 MiB).
     pub const MAX_CHUNK: usize = 512 * 1024;

@@ -108,6 +108,19 @@ pub trait SpendLog: Send + Sync + Debug {
     fn last_round(&self) -> Option<crate::anchor::Local>;
     /// The chain's hash after `n` records ([`crate::chain`]).
     fn chain_at(&self, n: u64) -> Option<[u8; 32]>;
+    /// What the last completed round recorded (durable, in the commit head, anchored when
+    /// there is an anchor).
+    fn confirmed(&self) -> Option<crate::anchor::Local>;
+    /// Reads records `from..until` (durable ones) into `visit`; where the log continues after.
+    ///
+    /// # Errors
+    /// [`JournalError`] when one is missing, does not open or is refused by `visit`.
+    fn scan(
+        &self,
+        from: crate::journal::JournalStart,
+        until: u64,
+        visit: &mut crate::journal::Visit<'_>,
+    ) -> Result<crate::journal::JournalStart, JournalError>;
 }
 
 /// The audit log: hash-chained records, MACed under a key derived from the sealed audit key.
@@ -131,6 +144,9 @@ pub trait AuditSink: Send + Sync + Debug {
     fn head(&self) -> (u64, [u8; 32]);
     /// The chain's hash after `n` records as stored (`None`: fewer records, or unreadable).
     fn hash_at(&self, n: u64) -> Option<[u8; 32]>;
+    /// Where a snapshot covering `durable` records may start verification (see
+    /// [`crate::audit::Start`]).
+    fn start_at(&self, durable: u64) -> Option<crate::audit::Start>;
     /// Records `from..from + limit` as stored, and the total, after checking the stored log
     /// against the head.
     ///
@@ -159,9 +175,10 @@ pub struct Platform {
     pub state: Box<dyn StateStore>,
     /// The spend ledger.
     pub spend_log: Box<dyn SpendLog>,
-    /// The spend ledger as recovered when it was opened (its records in order, without their
-    /// payloads).
-    pub spends: crate::service::ledger::Recovery,
+    /// The ledger the spend journal made: the newest snapshot and the records after it.
+    pub spends: crate::service::replay::Ledger,
+    /// The ledger snapshot slots ([`crate::snapshot`]).
+    pub snapshots: crate::snapshot::Snapshots,
     /// The audit log.
     pub audit: Box<dyn AuditSink>,
     /// Where the state lives, for `status` (a path, or a description).
@@ -196,6 +213,9 @@ struct Opened {
     store_durable_tip: crate::chain::Tip,
     audit: AuditLog,
     journal: Arc<dyn StorageFile>,
+    snapshots: crate::snapshot::Snapshots,
+    /// The newest snapshot's ledger (an empty one at the journal's start without one).
+    ledger: crate::service::replay::Ledger,
 }
 
 impl Platform {
@@ -222,7 +242,16 @@ impl Platform {
         let (head, durable) = CommitHead::open(&dir.join(names::COMMIT_HEAD), sealer())?;
         let store = Store::open(&dir.join("state"), sealer())?;
         let (store_seq, store_durable_tip) = (store.seq(), store.durable_tip());
-        let audit = AuditLog::open(&dir.join(names::AUDIT_LOG))?;
+        let slots: [Arc<dyn StorageFile>; 2] = [
+            LocalFile::open(&dir.join(crate::snapshot::FILES[0]))?,
+            LocalFile::open(&dir.join(crate::snapshot::FILES[1]))?,
+        ];
+        let (snapshots, ledger) = crate::snapshot::Snapshots::open(slots, sealer());
+        let ledger = ledger.unwrap_or_default();
+        let audit = AuditLog::open_file_from(
+            LocalFile::open(&dir.join(names::AUDIT_LOG))?,
+            ledger.audit.clone(),
+        )?;
         let journal: Arc<dyn StorageFile> = LocalFile::open(&dir.join(names::SPEND_JOURNAL))?;
         let opened = Opened {
             head,
@@ -232,6 +261,8 @@ impl Platform {
             store_durable_tip,
             audit,
             journal,
+            snapshots,
+            ledger,
         };
         Self::assemble(opened, sealer(), nsm, clock, dir.display().to_string())
     }
@@ -275,7 +306,12 @@ impl Platform {
             durable.map_or(0, |f| f.store_seq),
         )?;
         let (store_seq, store_durable_tip) = (store.seq(), store.durable_tip());
-        let audit = AuditLog::open_file(storage.file(names::AUDIT_LOG)?)?;
+        let slots: [Arc<dyn StorageFile>; 2] =
+            [storage.file(crate::snapshot::FILES[0])?, storage.file(crate::snapshot::FILES[1])?];
+        let (snapshots, ledger) = crate::snapshot::Snapshots::open(slots, sealer());
+        let ledger = ledger.unwrap_or_default();
+        let audit =
+            AuditLog::open_file_from(storage.file(names::AUDIT_LOG)?, ledger.audit.clone())?;
         let journal: Arc<dyn StorageFile> = storage.file(names::SPEND_JOURNAL)?;
         let opened = Opened {
             head,
@@ -285,6 +321,8 @@ impl Platform {
             store_durable_tip,
             audit,
             journal,
+            snapshots,
+            ledger,
         };
         let location = format!("host storage at {}", storage.address());
         Self::assemble(opened, sealer(), nsm, clock, location)
@@ -328,13 +366,15 @@ impl Platform {
             audit_tip: o.audit.tip_handle(),
             store_tip: o.store_durable_tip,
         };
-        let mut spends = crate::service::ledger::Recovery::default();
+        let mut spends = o.ledger;
+        let start = spends.start;
         let journal = Journal::open_with(
             o.journal,
             journal_sealer,
             Some(o.audit.sync_handle()),
             Some(hook),
             o.durable.map_or(0, |f| f.journal_records),
+            start,
             &mut |at, record| spends.visit(at, record),
         )?;
         let handles = Handles {
@@ -348,6 +388,7 @@ impl Platform {
                 state: o.state,
                 spend_log: Box::new(journal),
                 spends,
+                snapshots: o.snapshots,
                 audit: Box::new(o.audit),
                 location,
             },
@@ -417,6 +458,17 @@ impl SpendLog for Journal {
     fn chain_at(&self, n: u64) -> Option<[u8; 32]> {
         Journal::chain_at(self, n)
     }
+    fn confirmed(&self) -> Option<crate::anchor::Local> {
+        Journal::confirmed(self)
+    }
+    fn scan(
+        &self,
+        from: crate::journal::JournalStart,
+        until: u64,
+        visit: &mut crate::journal::Visit<'_>,
+    ) -> Result<crate::journal::JournalStart, JournalError> {
+        Journal::scan(self, from, until, visit)
+    }
 }
 
 impl AuditSink for AuditLog {
@@ -434,6 +486,9 @@ impl AuditSink for AuditLog {
     }
     fn hash_at(&self, n: u64) -> Option<[u8; 32]> {
         AuditLog::hash_at(self, n)
+    }
+    fn start_at(&self, durable: u64) -> Option<crate::audit::Start> {
+        AuditLog::start_at(self, durable)
     }
     fn read(&self, from: u64, limit: u64) -> Result<(Vec<String>, u64), AuditError> {
         AuditLog::read(self, from, limit)

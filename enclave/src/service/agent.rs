@@ -39,8 +39,8 @@ use wallet_proto::{enclave::v1::ErrorCode, gateway::v1 as gw, Reason};
 
 use super::{
     idempotency::{IdemEntry, Stage},
-    ledger::Recovered,
     records::{ApprovalRecord, SessionRecord},
+    replay::Recent,
     state::{Inner, Registry, SessionEntry, WalletEntry},
     Enclave, Failure, Result,
 };
@@ -258,17 +258,11 @@ impl Activity {
         out
     }
 
-    /// Rebuilds the history at start-up from the spend journal (payments, and the withheld
-    /// ones) and the holds in the state, keeping only what the bounds allow. The journal is read
-    /// newest first: a record past its session's bound is skipped at the cost of a map lookup,
-    /// and reading stops once [`MAX_ACTIVITY_RECORDS`] are kept. `read` gives the entry of a
-    /// posted spend whose entry the recovery did not keep (read back from the journal; a record
-    /// that cannot be read is left out of the list).
-    pub fn rebuild(
-        journal: &[Recovered],
-        inner: &Inner,
-        read: &dyn Fn(crate::journal::RecordRef) -> Option<gw::PaymentRecord>,
-    ) -> Self {
+    /// Rebuilds the history at start-up from the newest journal records the ledger kept
+    /// (payments, and the withheld ones; see `replay::RECENT`) and the holds in the state,
+    /// keeping only what the bounds allow. The records are read newest first: a record past its
+    /// session's bound is skipped at the cost of a map lookup.
+    pub fn rebuild(journal: &VecDeque<Recent>, inner: &Inner) -> Self {
         let mut withheld: HashMap<(&str, &str), Reason> = HashMap::new();
         let mut kept: HashMap<&str, usize> = HashMap::new();
         let mut records: Vec<(&str, gw::PaymentRecord)> = Vec::new();
@@ -282,25 +276,21 @@ impl Activity {
                 break;
             }
             match r {
-                Recovered::Withheld { session_id, idempotency_key, reason, .. } => {
+                Recent::Withheld { session_id, idempotency_key, reason } => {
                     withheld.insert((session_id, idempotency_key), *reason);
                 }
-                Recovered::Posted { posted, shown, session_id, idempotency_key, .. } => {
+                Recent::Posted { shown, session_id, idempotency_key } => {
                     let n = kept.entry(session_id).or_default();
                     if *n >= MAX_LIST_PAYMENTS as usize {
                         continue;
                     }
-                    let Some(mut record) =
-                        shown.as_deref().cloned().or_else(|| read(posted.record))
-                    else {
-                        continue;
-                    };
                     *n += 1;
                     let key = (session_id.as_str(), idempotency_key.as_str());
                     let (outcome, reason) = match withheld.get(&key) {
                         Some(reason) => (WITHHELD, reason.as_str().to_owned()),
                         None => (PAID, String::new()),
                     };
+                    let mut record = (**shown).clone();
                     record.outcome = outcome.into();
                     record.reason = reason;
                     record.idempotency_key.clone_from(idempotency_key);
@@ -715,58 +705,6 @@ mod tests {
             pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
             ..Default::default()
         }
-    }
-
-    /// Start-up keeps the list entries of the newest spends only; an older spend the list
-    /// still shows (here: the only spend of a quiet session) is read back from the journal, and
-    /// one that cannot be read is left out rather than shown wrong.
-    #[test]
-    fn rebuild_reads_back_entries_the_recovery_did_not_keep() {
-        use crate::{journal::RecordRef, service::ledger::Posted};
-        let posted = |session: &str, key: &str, index: u64, keep: bool| Recovered::Posted {
-            posted: Posted {
-                record: RecordRef { index, offset: index * 100, len: 90 },
-                wallet_id: "w_1".into(),
-                decided: UnixMillis(1_000 + index),
-            },
-            seq: index + 1,
-            session_id: session.into(),
-            pay_to: alloy_primitives::Address::ZERO,
-            charge: alloy_primitives::U256::from(1u8),
-            idempotency_key: key.into(),
-            request_hash: [0; 32],
-            shown: keep.then(|| {
-                Box::new(gw::PaymentRecord {
-                    at_ms: 1_000 + index,
-                    amount: "1".into(),
-                    ..Default::default()
-                })
-            }),
-        };
-        let journal = vec![
-            posted("quiet", "old", 0, false),
-            posted("lost", "gone", 1, false),
-            posted("busy", "new", 2, true),
-        ];
-        let asked = std::cell::RefCell::new(Vec::new());
-        let read = |at: RecordRef| {
-            asked.borrow_mut().push(at.index);
-            (at.index == 0).then(|| gw::PaymentRecord {
-                at_ms: 1_000,
-                amount: "7".into(),
-                ..Default::default()
-            })
-        };
-        let a = Activity::rebuild(&journal, &Inner::default(), &read);
-        assert_eq!(*asked.borrow(), vec![1, 0], "only entries not kept are read, newest first");
-        let (quiet, _) = a.recent("quiet", 10);
-        assert_eq!(
-            (quiet.len(), quiet[0].amount.as_str(), quiet[0].outcome.as_str()),
-            (1, "7", PAID)
-        );
-        assert_eq!(quiet[0].idempotency_key, "old");
-        assert_eq!(a.recent("lost", 10).0.len(), 0);
-        assert_eq!(a.recent("busy", 10).0[0].amount, "1");
     }
 
     #[test]

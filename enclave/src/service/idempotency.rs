@@ -40,7 +40,7 @@ pub(crate) struct IdemEntry {
 
 impl IdemEntry {
     /// When a settled entry was decided (`None` while reserved or held).
-    fn settled_at(&self) -> Option<UnixMillis> {
+    pub(crate) fn settled_at(&self) -> Option<UnixMillis> {
         match &self.stage {
             Stage::Reserved { .. } | Stage::Held { .. } => None,
             Stage::Posted(posted) => Some(posted.decided),
@@ -80,6 +80,24 @@ impl Index {
         {
             self.entries.remove(key);
         }
+    }
+
+    /// The settled entries in the order they settled (a key settled twice is given at its
+    /// latest place).
+    pub fn settled(&self) -> impl Iterator<Item = (&IdemKey, &IdemEntry)> {
+        self.order.iter().filter_map(|(at, key)| {
+            self.entries.get_key_value(key).filter(|(_, e)| e.settled_at() == Some(*at))
+        })
+    }
+
+    /// The settled entries, taken, in the order they settled.
+    pub fn into_settled(mut self) -> impl Iterator<Item = (IdemKey, IdemEntry)> {
+        std::mem::take(&mut self.order).into_iter().filter_map(move |(at, key)| {
+            match self.entries.get(&key).and_then(IdemEntry::settled_at) {
+                Some(t) if t == at => self.entries.remove_entry(&key),
+                _ => None,
+            }
+        })
     }
 
     /// Forgets settled keys older than `ttl_ms` (O(1) per settled key).

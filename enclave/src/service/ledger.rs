@@ -166,6 +166,11 @@ pub(crate) struct Posted {
 }
 
 impl DurableSpend {
+    /// Where its record lies in the spend log.
+    pub(crate) fn record(&self) -> RecordRef {
+        self.1
+    }
+
     /// What the idempotency index keeps of it.
     pub(crate) fn posted(&self) -> Posted {
         Posted { record: self.1, wallet_id: self.0.wallet_id.clone(), decided: self.at() }
@@ -415,9 +420,8 @@ pub(crate) enum Recovered {
         charge: U256,
         idempotency_key: String,
         request_hash: [u8; 32],
-        /// The activity-list entry (outcome, reason and approval left to fill), kept for the
-        /// newest [`RECENT`] posted spends only: older ones are read back if the list needs them.
-        shown: Option<Box<gw::PaymentRecord>>,
+        /// The activity-list entry (outcome, reason and approval left to fill).
+        shown: Box<gw::PaymentRecord>,
     },
     /// A withheld one (it follows its posted record).
     Withheld {
@@ -429,58 +433,10 @@ pub(crate) enum Recovered {
     },
 }
 
-/// How many of the newest posted spends keep their activity-list entry through start-up: as
-/// many as the activity list holds (`agent::MAX_ACTIVITY_RECORDS`).
-const RECENT: usize = super::agent::MAX_ACTIVITY_RECORDS;
-
 /// A request hash as stored (hex) back to its 32 bytes (zeros if malformed: it then matches no
 /// request, so the key cannot be reused).
 pub(crate) fn hash_of(h: &str) -> [u8; 32] {
     hex::decode(h).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()).unwrap_or_default()
-}
-
-/// The spend log as read back at start-up, one record at a time ([`Self::visit`]): about 200
-/// bytes per record (the payloads are not kept), so start-up memory follows the number of
-/// spends, not the log's size.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    pub(crate) records: Vec<Recovered>,
-    /// Positions in `records` of the posted spends that keep their `shown` entry, oldest first.
-    recent: std::collections::VecDeque<usize>,
-}
-
-impl Recovery {
-    /// Takes the next record of the log (read at `at`).
-    ///
-    /// # Errors
-    /// A sentence, for a record that does not parse.
-    pub fn visit(&mut self, at: RecordRef, bytes: &[u8]) -> Result<(), String> {
-        let r = recovered(at, bytes).map_err(|e| e.to_string())?;
-        if matches!(r, Recovered::Posted { .. }) {
-            self.recent.push_back(self.records.len());
-            if self.recent.len() > RECENT {
-                if let Some(Recovered::Posted { shown, .. }) =
-                    self.recent.pop_front().and_then(|i| self.records.get_mut(i))
-                {
-                    *shown = None;
-                }
-            }
-        }
-        self.records.push(r);
-        Ok(())
-    }
-
-    /// Number of records.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    /// Whether there are none.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
 }
 
 /// A spend's activity-list entry as recorded (outcome, reason and approval left to fill).
@@ -502,7 +458,7 @@ fn shown(spend: &DurableSpend) -> gw::PaymentRecord {
 ///
 /// # Errors
 /// [`StoreError`] for a record that does not parse.
-fn recovered(at: RecordRef, bytes: &[u8]) -> Result<Recovered, StoreError> {
+pub(crate) fn recovered(at: RecordRef, bytes: &[u8]) -> Result<Recovered, StoreError> {
     Ok(match super::records::from_json::<Entry>("journal", bytes)? {
         Entry::Spend(s) => {
             let spend = DurableSpend(Arc::from(s), at);
@@ -515,7 +471,7 @@ fn recovered(at: RecordRef, bytes: &[u8]) -> Result<Recovered, StoreError> {
                 charge: r.charge,
                 idempotency_key: r.idempotency_key.clone(),
                 request_hash: hash_of(&r.request_hash),
-                shown: Some(Box::new(shown(&spend))),
+                shown: Box::new(shown(&spend)),
             }
         }
         Entry::Withheld { session_id, idempotency_key, request_hash, reason, at_ms } => {
@@ -528,16 +484,6 @@ fn recovered(at: RecordRef, bytes: &[u8]) -> Result<Recovered, StoreError> {
             }
         }
     })
-}
-
-/// The activity-list entry of the posted spend at `at`, read back from the log (for start-up,
-/// when the list reaches past the entries [`Recovery`] kept).
-pub(crate) fn shown_at(log: &dyn SpendLog, at: RecordRef) -> Option<gw::PaymentRecord> {
-    let bytes = log.read(at).ok()?;
-    match super::records::from_json::<Entry>("journal", &bytes).ok()? {
-        Entry::Spend(s) => Some(shown(&DurableSpend(Arc::from(s), at))),
-        Entry::Withheld { .. } => None,
-    }
 }
 
 /// The domain separator a reservation signs under (from the registry).
@@ -599,27 +545,6 @@ mod tests {
             }
             Entry::Withheld { .. } => panic!("a spend record"),
         }
-    }
-
-    /// Start-up keeps ~200 bytes per record and the list entries of the newest spends only.
-    #[test]
-    fn recovery_keeps_list_entries_of_the_newest_spends_only() {
-        let bytes = serde_json::to_vec(&legacy_record()).unwrap();
-        let mut recovery = Recovery::default();
-        let n = RECENT + 3;
-        for i in 0..n as u64 {
-            recovery.visit(RecordRef { index: i, offset: i * 2_000, len: 1_900 }, &bytes).unwrap();
-        }
-        assert_eq!(recovery.len(), n);
-        let kept: Vec<bool> = recovery
-            .records
-            .iter()
-            .map(|r| matches!(r, Recovered::Posted { shown: Some(_), .. }))
-            .collect();
-        assert!(kept[..3].iter().all(|k| !k) && kept[3..].iter().all(|k| *k));
-        let Recovered::Posted { posted, .. } = &recovery.records[5] else { panic!("a spend") };
-        assert_eq!(posted.record, RecordRef { index: 5, offset: 10_000, len: 1_900 });
-        assert!(recovery.visit(RecordRef { index: 0, offset: 0, len: 1 }, b"{}").is_err());
     }
 
     /// Records written before v1 support stay readable, and are v2 payments.

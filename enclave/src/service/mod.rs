@@ -33,8 +33,10 @@ mod kyt;
 pub mod ledger;
 mod payment;
 mod records;
+pub mod replay;
 mod sessions;
 mod sharing;
+mod snapshotting;
 mod state;
 mod wallets;
 mod wire;
@@ -63,6 +65,7 @@ pub use error::{Failure, Result};
 pub use idempotency::DEFAULT_IDEMPOTENCY_TTL_SECONDS;
 pub use kyt::MAX_KYT_ENTRIES;
 pub use sessions::MAX_SESSION_TTL_SECONDS;
+pub use snapshotting::DEFAULT_SNAPSHOT_EVERY;
 
 use crate::{
     platform::{AuditSink, Clock, Entropy, Nsm, Platform, SpendLog, StateStore},
@@ -72,8 +75,10 @@ use crate::{
 /// The enclave: its state, its stores and its platform.
 pub struct Enclave {
     state: Box<dyn StateStore>,
-    spend_log: Box<dyn SpendLog>,
-    audit: Box<dyn AuditSink>,
+    spend_log: Arc<dyn SpendLog>,
+    audit: Arc<dyn AuditSink>,
+    /// Ledger snapshots (see `snapshotting`).
+    snapshotting: Arc<snapshotting::Snapshotting>,
     /// The enclave's identity: signs audit heads; admins bind their requests to its public key.
     /// Generated at first start, sealed in the store; zeroized on drop.
     identity_key: ed25519_dalek::SigningKey,
@@ -309,7 +314,10 @@ impl Enclave {
     /// [`StoreError`] when a record is corrupt or fails authentication, or the state has been
     /// stripped of its admins: the enclave refuses to run on state it cannot trust.
     pub async fn open(platform: Platform) -> std::result::Result<Self, StoreError> {
-        let Platform { nsm, clock, state, spend_log, spends, audit, location } = platform;
+        let Platform { nsm, clock, state, spend_log, spends, snapshots, audit, location } =
+            platform;
+        let (spend_log, audit): (Arc<dyn SpendLog>, Arc<dyn AuditSink>) =
+            (Arc::from(spend_log), Arc::from(audit));
         let entropy = Entropy::new(Arc::clone(&nsm));
         let checkpoint = |e: crate::journal::JournalError| StoreError::Sync(e.to_string());
         // Verify before anything is written: the identity key (read only here) and, with it, the
@@ -338,21 +346,22 @@ impl Enclave {
         if let Some(key) = &stored_identity {
             audit.attach_key(mac_key(key)).map_err(|e| StoreError::Engine(e.to_string()))?;
         }
-        let recovered = spends.records;
         // The stores are verified: the commit head exists (and covers them as they are) before
         // anything is written.
         spend_log.arm_head();
         spend_log.checkpoint().await.map_err(checkpoint)?;
         let mut inner = state::Inner::load(&*state, clock.now()).await?;
-        let activity =
-            agent::Activity::rebuild(&recovered, &inner, &|at| ledger::shown_at(&*spend_log, at));
-        let summary = inner.replay_ledger(recovered)?;
+        let activity = agent::Activity::rebuild(&spends.recent, &inner);
+        let (snapshot, replayed) = (spends.start.index, spends.visited);
+        let summary = inner.load_ledger(spends);
         tracing::info!(
             wallets = inner.wallets.len(),
             sessions = inner.sessions.len(),
             spends = summary.released,
             assets = inner.registry.assets.len(),
             kyt = inner.kyt.len(),
+            snapshot,
+            replayed,
             "state loaded"
         );
         let identity_key = match stored_identity {
@@ -405,10 +414,13 @@ impl Enclave {
                 Vec::new()
             }
         };
-        Ok(Self {
+        let snapshotting = snapshotting::Snapshotting::new(&spend_log, &audit, snapshots);
+        let records = snapshot + replayed;
+        let enclave = Self {
             state,
             spend_log,
             audit,
+            snapshotting,
             identity_key,
             nsm,
             entropy,
@@ -433,7 +445,10 @@ impl Enclave {
             anchor_relays: std::sync::OnceLock::new(),
             awaiting_join: std::sync::atomic::AtomicBool::new(false),
             books: tokio::sync::Mutex::new(sharing::BookCache::default()),
-        })
+        };
+        // A long tail replayed: snapshot it now (in the background).
+        enclave.snapshot_if_due(records);
+        Ok(enclave)
     }
 
     /// Sets how long idempotency keys are remembered (default 24 h). A retry after that is a new

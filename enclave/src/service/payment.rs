@@ -76,6 +76,7 @@ impl Enclave {
         let signed = self.sign_reserved(&payment, &reservation)?;
         // 5. Make durable.
         let durable = ledger::post(&*self.spend_log, signed).await?;
+        self.snapshot_if_due(durable.record().index + 1);
         // 6. Release, or withhold if revoked or frozen meanwhile.
         self.release_or_withhold(&payment, reservation, durable).await
     }

@@ -13,10 +13,10 @@ use wallet_policy::{
 
 use super::{
     idempotency::{IdemEntry, Index, ReplayCache, Stage, DEFAULT_IDEMPOTENCY_TTL_SECONDS},
-    ledger::Recovered,
     records::{
         asset_key, from_json, json, AdminRecord, ApprovalRecord, SessionRecord, WalletRecord,
     },
+    replay::Ledger,
     session_key,
 };
 use crate::{
@@ -187,53 +187,21 @@ impl Inner {
         Ok(inner)
     }
 
-    /// Replays the spend log: session totals, window histories and the idempotency index.
-    pub fn replay_ledger(&mut self, log: Vec<Recovered>) -> Result<LedgerSummary, StoreError> {
-        let mut summary = LedgerSummary::default();
-        let mut max_seq = 0;
-        for r in log {
-            match r {
-                Recovered::Posted {
-                    posted,
-                    seq,
-                    session_id,
-                    pay_to,
-                    charge,
-                    idempotency_key,
-                    request_hash,
-                    ..
-                } => {
-                    max_seq = max_seq.max(seq);
-                    summary.released += 1;
-                    summary.last_at = summary.last_at.max(posted.decided);
-                    let at_s = posted.decided.as_secs();
-                    if let Some(sess) = self.sessions.get_mut(&session_id) {
-                        sess.spent = sess
-                            .spent
-                            .checked_add(charge)
-                            .ok_or_else(|| StoreError::Engine("spend total overflows".into()))?;
-                        sess.history.record(at_s, charge);
-                    }
-                    self.wallet_history
-                        .entry(posted.wallet_id.clone())
-                        .or_default()
-                        .record(pay_to, at_s, charge);
-                    self.idem.settle(
-                        (session_id, idempotency_key),
-                        IdemEntry { hash: request_hash, stage: Stage::Posted(posted) },
-                    );
-                }
-                Recovered::Withheld { session_id, idempotency_key, request_hash, reason, at } => {
-                    summary.released = summary.released.saturating_sub(1);
-                    summary.last_at = summary.last_at.max(at);
-                    self.idem.settle(
-                        (session_id, idempotency_key),
-                        IdemEntry { hash: request_hash, stage: Stage::Withheld { reason, at } },
-                    );
-                }
+    /// Takes the ledger the spend journal made (a snapshot and the records after it): session
+    /// totals and window histories of the sessions in the state, wallet histories and the
+    /// settled idempotency keys (over the holds loaded from the state).
+    pub fn load_ledger(&mut self, ledger: Ledger) -> LedgerSummary {
+        let Ledger { sessions, wallets, idem, released, last_at, max_seq, .. } = ledger;
+        for (id, (spent, history)) in sessions {
+            if let Some(sess) = self.sessions.get_mut(&id) {
+                sess.spent = spent;
+                sess.history = history;
             }
         }
-        summary.next_seq = max_seq + 1;
-        Ok(summary)
+        self.wallet_history = wallets;
+        for (key, entry) in idem.into_settled() {
+            self.idem.settle(key, entry);
+        }
+        LedgerSummary { next_seq: max_seq + 1, released, last_at }
     }
 }

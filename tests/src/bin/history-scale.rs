@@ -1,7 +1,10 @@
 //! `history-scale`: what a long history costs at start-up. Pays `HISTORY_PAYMENTS` payments
 //! (default 1,000,000; each with its own idempotency key, as the agent tools send) through the
 //! release stack, then restarts the enclave and measures its start-up time, its peak and
-//! resident memory, and the sizes of the spend journal and the audit log it reads whole.
+//! resident memory, and the sizes of the spend journal, the audit log and the ledger snapshots
+//! (start-up reads the newest snapshot and what follows it). `HISTORY_IDEMPOTENCY_TTL` (seconds)
+//! sets the enclave's `--idempotency-ttl`: shorter than the run, it stands for a history much
+//! longer than the TTL, whose keys a snapshot no longer holds.
 //!
 //! Run by `scripts/history-scale.sh`; figures in BENCHMARKS.md ("A long history at start-up").
 //! It measures; the only checks are that every payment is signed and the restarted enclave
@@ -37,7 +40,16 @@ async fn main() {
     let n: u64 =
         std::env::var("HISTORY_PAYMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let clients = 32u64;
-    let mut stack = Stack::start_logging("warn");
+    let ttl: Option<u64> =
+        std::env::var("HISTORY_IDEMPOTENCY_TTL").ok().and_then(|v| v.parse().ok());
+    let mut stack = Stack::start_with(wallet_e2e::StackOptions {
+        log_level: Some("warn".to_owned()),
+        enclave_args: ttl
+            .map(|t| vec!["--idempotency-ttl".to_owned(), t.to_string()])
+            .unwrap_or_default(),
+        ..wallet_e2e::StackOptions::default()
+    });
+    println!("idempotency ttl = {}", ttl.map_or("default (24 h)".to_owned(), |t| format!("{t} s")));
     let w = stack.wallet("1").await;
     let cred = Arc::new(
         stack
@@ -96,6 +108,8 @@ async fn main() {
         ("spend journal", data.join("spends.journal")),
         ("audit log", data.join("audit.log")),
         ("state store", data.join("state")),
+        ("ledger snapshot 0", data.join("ledger.snapshot.0")),
+        ("ledger snapshot 1", data.join("ledger.snapshot.1")),
     ] {
         println!("{what} = {} ({} bytes)", mib(size_of(&path)), size_of(&path));
     }
