@@ -231,15 +231,19 @@ impl<'a> Window<'a> {
 
     /// Whether the data from `at` on is all zeros (preallocated space), read a window at a time.
     fn zeros_from(&mut self, at: u64) -> std::io::Result<bool> {
+        Ok(self.data_end_if_not_zeros(at)?.is_none())
+    }
+
+    /// Where the data ends (as read, not as claimed), when any byte from `at` on is not zero.
+    fn data_end_if_not_zeros(&mut self, at: u64) -> std::io::Result<Option<u64>> {
         let mut pos = at;
+        let mut nonzero = false;
         loop {
             let chunk = self.get(pos, READ_WINDOW)?;
             if chunk.is_empty() {
-                return Ok(true);
+                return Ok(nonzero.then_some(pos));
             }
-            if chunk.iter().any(|b| *b != 0) {
-                return Ok(false);
-            }
+            nonzero = nonzero || chunk.iter().any(|b| *b != 0);
             pos += chunk.len() as u64;
         }
     }
@@ -395,10 +399,10 @@ pub(crate) fn clear_tail(file: &dyn StorageFile, bytes: &[u8], end: usize) -> st
     Ok(())
 }
 
-/// [`clear_tail`] for a file read a window at a time: zeros over `end..size` unless they are
-/// zeros already, then a sync.
-fn clear_tail_from(file: &dyn StorageFile, end: u64, size: u64) -> std::io::Result<()> {
-    if end < size && !Window::new(&file).zeros_from(end)? {
+/// [`clear_tail`] for a file read a window at a time: zeros over what follows `end` (up to
+/// where the data read ends) unless they are zeros already, then a sync.
+fn clear_tail_from(file: &dyn StorageFile, end: u64) -> std::io::Result<()> {
+    if let Some(size) = Window::new(&file).data_end_if_not_zeros(end)? {
         let zeros = vec![0u8; 1 << 20];
         let mut at = end;
         while at < size {
@@ -458,9 +462,9 @@ pub struct Journal {
     anchor: crate::anchor::AnchorCell,
     /// What the last round that wrote the commit head recorded.
     last_round: std::sync::Arc<Mutex<Option<crate::anchor::Local>>>,
-    /// What the last round that completed recorded: durable, in the commit head and (with an
-    /// anchor) anchored. A ledger snapshot covers at most this.
-    confirmed: std::sync::Arc<Mutex<Option<crate::anchor::Local>>>,
+    /// What the last round that completed recorded (durable, in the commit head), and whether
+    /// it was anchored. A ledger snapshot covers at most this.
+    confirmed: std::sync::Arc<Mutex<Option<(crate::anchor::Local, bool)>>>,
     /// The chain's hash after every record ([`crate::chain`]), and the count and hash a round
     /// records (set with each append, under the writer's lock).
     history: crate::chain::History,
@@ -547,7 +551,7 @@ impl Journal {
             return Err(JournalError::BehindHead { found: count, durable: min_records });
         }
         let size = file.size().map_err(io)?;
-        clear_tail_from(file.as_ref(), end, size).map_err(io)?;
+        clear_tail_from(file.as_ref(), end).map_err(io)?;
         let allocated = preallocate(file.as_ref(), size, end).map_err(io)?;
         let sync_file = Arc::clone(&file);
         #[cfg(feature = "fault-injection")]
@@ -641,7 +645,7 @@ impl Journal {
                 anchor.round(local).map_err(crate::commit::RoundError::Transient)?;
             }
             if let (Some(local), Ok(mut c)) = (anchored, round_confirmed.lock()) {
-                *c = Some(local);
+                *c = Some((local, round_anchor.get().is_some()));
             }
             Ok(())
         })
@@ -722,10 +726,10 @@ impl Journal {
         Ok(at)
     }
 
-    /// What the last completed round recorded (durable, in the commit head, anchored when
-    /// there is an anchor); `None` before the first.
+    /// What the last completed round recorded (durable, in the commit head), and whether it was
+    /// anchored; `None` before the first.
     #[must_use]
-    pub fn confirmed(&self) -> Option<crate::anchor::Local> {
+    pub fn confirmed(&self) -> Option<(crate::anchor::Local, bool)> {
         self.confirmed.lock().ok().and_then(|c| *c)
     }
 

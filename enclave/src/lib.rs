@@ -198,6 +198,7 @@ async fn run_nitro(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
         enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
         let enclave = Arc::new(enclave);
         enclave.start_anchor(config.anchor_relays, config.await_join).await;
+        enclave.snapshot_if_behind();
         transport::serve_vsock(port, enclave).await?;
         Ok(())
     }
@@ -236,6 +237,7 @@ async fn run_simulated(config: Config) -> Result<(), Box<dyn std::error::Error +
     enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
     let enclave = Arc::new(enclave);
     enclave.start_anchor(config.anchor_relays, config.await_join).await;
+    enclave.snapshot_if_behind();
     let socket = config.socket.unwrap_or_else(|| config.data_dir.join("enclave.sock"));
     let serve = transport::serve_unix(&socket, Arc::clone(&enclave));
     tokio::select! {

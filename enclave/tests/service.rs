@@ -2117,3 +2117,41 @@ async fn start_up_verifies_the_audit_log_from_the_snapshots_checkpoint() {
     assert!(e.contains("audit"), "{e}");
     assert_eq!(spent, "10.32");
 }
+
+/// A host that forks the journal (restores an older copy of everything and lets the agent pay
+/// again under the same key) holds two genuine records sealed at the same number. A retry is
+/// answered only with the one this enclave posted: the other, served in its place, is refused
+/// by its digest rather than released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_not_answered_with_a_forked_journals_record() {
+    let h = Harness::new().await;
+    let w = h.wallet("1").await;
+    let agent = h.session(&w, "1").await;
+    let before = tempfile::tempdir().unwrap();
+    let h = h.restart_with(|dir| copy_dir(dir, before.path())).await;
+    let first = h.pay(agent.request(&header("10000"), "a")).await.unwrap();
+    let mut forked_away = Vec::new();
+    let h = h
+        .restart_with(|dir| {
+            forked_away = std::fs::read(dir.join("spends.journal")).unwrap();
+            std::fs::remove_dir_all(dir.join("state")).unwrap();
+            copy_dir(before.path(), dir);
+        })
+        .await;
+    // The fork forgot the first payment: the same request is signed again, later.
+    h.now.fetch_add(5_000, Ordering::SeqCst);
+    let second = h.pay(agent.request(&header("10000"), "a")).await.unwrap();
+    assert!(!second.replayed);
+    assert_ne!(second.payment_signature, first.payment_signature, "signed at another time");
+    let current = std::fs::read(h.dir.path().join("spends.journal")).unwrap();
+    let (a, b) = (journal_frames(&forked_away)[0], journal_frames(&current)[0]);
+    assert_eq!(a, b, "both are record 0, of the same length");
+    let mut swapped = current.clone();
+    swapped[b.0..b.0 + b.1].copy_from_slice(&forked_away[a.0..a.0 + a.1]);
+    std::fs::write(h.dir.path().join("spends.journal"), &swapped).unwrap();
+    let e = h.pay(agent.request(&header("10000"), "a")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
+    std::fs::write(h.dir.path().join("spends.journal"), &current).unwrap();
+    let again = h.pay(agent.request(&header("10000"), "a")).await.unwrap();
+    assert_eq!(again.payment_signature, second.payment_signature);
+}

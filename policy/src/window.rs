@@ -89,7 +89,6 @@ impl History {
         self.prune();
     }
 
-    /// Drops slots older than the longest window, relative to the newest slot.
     /// The recorded payments, oldest first, grouped by second: `(unix second, amount in token
     /// units, number of payments)` — what a ledger snapshot keeps ([`Self::from_slots`]).
     pub fn slots(&self) -> impl Iterator<Item = (u64, U256, u64)> + '_ {
@@ -115,6 +114,7 @@ impl History {
         h
     }
 
+    /// Drops slots older than the longest window, relative to the newest slot.
     fn prune(&mut self) {
         let Some(newest) = self.slots.back().map(|s| s.sec) else { return };
         while let Some(front) = self.slots.front().copied() {

@@ -108,9 +108,9 @@ pub trait SpendLog: Send + Sync + Debug {
     fn last_round(&self) -> Option<crate::anchor::Local>;
     /// The chain's hash after `n` records ([`crate::chain`]).
     fn chain_at(&self, n: u64) -> Option<[u8; 32]>;
-    /// What the last completed round recorded (durable, in the commit head, anchored when
-    /// there is an anchor).
-    fn confirmed(&self) -> Option<crate::anchor::Local>;
+    /// What the last completed round recorded (durable, in the commit head), and whether it was
+    /// anchored.
+    fn confirmed(&self) -> Option<(crate::anchor::Local, bool)>;
     /// Reads records `from..until` (durable ones) into `visit`; where the log continues after.
     ///
     /// # Errors
@@ -458,7 +458,7 @@ impl SpendLog for Journal {
     fn chain_at(&self, n: u64) -> Option<[u8; 32]> {
         Journal::chain_at(self, n)
     }
-    fn confirmed(&self) -> Option<crate::anchor::Local> {
+    fn confirmed(&self) -> Option<(crate::anchor::Local, bool)> {
         Journal::confirmed(self)
     }
     fn scan(

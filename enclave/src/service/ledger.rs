@@ -147,7 +147,7 @@ impl std::fmt::Debug for SignedSpend {
 /// }
 /// ```
 #[derive(Clone)]
-pub struct DurableSpend(Arc<SpendRecord>, RecordRef);
+pub struct DurableSpend(Arc<SpendRecord>, RecordRef, [u8; 32]);
 
 impl std::fmt::Debug for DurableSpend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,8 +161,17 @@ impl std::fmt::Debug for DurableSpend {
 #[derive(Debug, Clone)]
 pub(crate) struct Posted {
     pub record: RecordRef,
+    /// SHA-256 of the record's plaintext: what is read back must be these bytes, not another
+    /// genuine record sealed at the same number (a host that forked the journal keeps those).
+    pub digest: [u8; 32],
     pub wallet_id: String,
     pub decided: UnixMillis,
+}
+
+/// SHA-256 of a spend-log record's plaintext ([`Posted::digest`]).
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
 }
 
 impl DurableSpend {
@@ -173,7 +182,12 @@ impl DurableSpend {
 
     /// What the idempotency index keeps of it.
     pub(crate) fn posted(&self) -> Posted {
-        Posted { record: self.1, wallet_id: self.0.wallet_id.clone(), decided: self.at() }
+        Posted {
+            record: self.1,
+            digest: self.2,
+            wallet_id: self.0.wallet_id.clone(),
+            decided: self.at(),
+        }
     }
     /// The wallet that paid.
     #[must_use]
@@ -347,15 +361,18 @@ pub(crate) async fn post(
     spend: SignedSpend,
 ) -> Result<DurableSpend, JournalError> {
     let entry = Entry::Spend(Box::new(spend.record));
-    let at = log.append(&json(&entry))?;
+    let bytes = json(&entry);
+    let at = log.append(&bytes)?;
     log.durable().await?;
     let Entry::Spend(record) = entry else { unreachable!("constructed as a spend above. qed") };
-    Ok(DurableSpend(Arc::new(*record), at))
+    Ok(DurableSpend(Arc::new(*record), at, digest(&bytes)))
 }
 
 /// Reads a posted spend back from the spend log for a retry under `(session_id,
 /// idempotency_key)` with request hash `request_hash`: the record must open as record number
-/// `posted.record.index` (its seal) and be that spend (the same session, key and request).
+/// `posted.record.index` (its seal), have the plaintext digest the index kept (so not another
+/// genuine record of that number from a forked journal), and be that spend (the same session,
+/// key and request).
 ///
 /// # Errors
 /// [`JournalError`] when it cannot be read or is not that spend (the retry gets an internal
@@ -373,13 +390,16 @@ pub(crate) fn read_back(
         offset: posted.record.offset,
         reason: reason.to_owned(),
     };
+    if digest(&bytes) != posted.digest {
+        return Err(not_it("the record read back is not the one this spend was posted as"));
+    }
     match super::records::from_json::<Entry>("journal", &bytes) {
         Ok(Entry::Spend(s))
             if s.session_id == session_id
                 && s.idempotency_key == idempotency_key
                 && hash_of(&s.request_hash) == *request_hash =>
         {
-            Ok(DurableSpend(Arc::from(s), posted.record))
+            Ok(DurableSpend(Arc::from(s), posted.record, posted.digest))
         }
         Ok(_) => Err(not_it("the record read back is not the spend the index points to")),
         Err(_) => Err(not_it("the record read back does not parse")),
@@ -461,7 +481,7 @@ fn shown(spend: &DurableSpend) -> gw::PaymentRecord {
 pub(crate) fn recovered(at: RecordRef, bytes: &[u8]) -> Result<Recovered, StoreError> {
     Ok(match super::records::from_json::<Entry>("journal", bytes)? {
         Entry::Spend(s) => {
-            let spend = DurableSpend(Arc::from(s), at);
+            let spend = DurableSpend(Arc::from(s), at, digest(bytes));
             let r = &spend.0;
             Recovered::Posted {
                 posted: spend.posted(),
@@ -541,7 +561,7 @@ mod tests {
         let bytes = Zeroizing::new(serde_json::to_vec(record).unwrap());
         match super::super::records::from_json::<Entry>("journal", &bytes).unwrap() {
             Entry::Spend(s) => {
-                DurableSpend(Arc::from(s), RecordRef { index: 0, offset: 0, len: 0 })
+                DurableSpend(Arc::from(s), RecordRef { index: 0, offset: 0, len: 0 }, [0; 32])
             }
             Entry::Withheld { .. } => panic!("a spend record"),
         }

@@ -414,9 +414,14 @@ impl Enclave {
                 Vec::new()
             }
         };
-        let snapshotting = snapshotting::Snapshotting::new(&spend_log, &audit, snapshots);
-        let records = snapshot + replayed;
-        let enclave = Self {
+        let snapshotting = snapshotting::Snapshotting::new(
+            &spend_log,
+            &audit,
+            snapshots,
+            anchor.clone(),
+            anchor_required,
+        );
+        Ok(Self {
             state,
             spend_log,
             audit,
@@ -445,10 +450,7 @@ impl Enclave {
             anchor_relays: std::sync::OnceLock::new(),
             awaiting_join: std::sync::atomic::AtomicBool::new(false),
             books: tokio::sync::Mutex::new(sharing::BookCache::default()),
-        };
-        // A long tail replayed: snapshot it now (in the background).
-        enclave.snapshot_if_due(records);
-        Ok(enclave)
+        })
     }
 
     /// Sets how long idempotency keys are remembered (default 24 h). A retry after that is a new

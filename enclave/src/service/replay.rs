@@ -326,6 +326,9 @@ struct SavedIdem {
     at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     record: Option<(u64, u64, u32)>,
+    /// Hex SHA-256 of the posted record's plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     wallet: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,6 +346,7 @@ impl SavedIdem {
                 hash,
                 at_ms: p.decided.as_millis(),
                 record: Some((p.record.index, p.record.offset, p.record.len)),
+                digest: Some(hex::encode(p.digest)),
                 wallet: Some(p.wallet_id.clone()),
                 reason: None,
             }),
@@ -352,6 +356,7 @@ impl SavedIdem {
                 hash,
                 at_ms: at.as_millis(),
                 record: None,
+                digest: None,
                 wallet: None,
                 reason: Some(reason.as_str().to_owned()),
             }),
@@ -362,13 +367,16 @@ impl SavedIdem {
 
     fn entry(self) -> Result<(IdemKey, IdemEntry), String> {
         let at = UnixMillis(self.at_ms);
-        let stage = match (self.record, self.wallet, self.reason) {
-            (Some((index, offset, len)), Some(wallet_id), None) => Stage::Posted(Posted {
-                record: RecordRef { index, offset, len },
-                wallet_id,
-                decided: at,
-            }),
-            (None, None, Some(reason)) => Stage::Withheld {
+        let stage = match (self.record, self.digest, self.wallet, self.reason) {
+            (Some((index, offset, len)), Some(digest), Some(wallet_id), None) => {
+                Stage::Posted(Posted {
+                    record: RecordRef { index, offset, len },
+                    digest: hash(&digest)?,
+                    wallet_id,
+                    decided: at,
+                })
+            }
+            (None, None, None, Some(reason)) => Stage::Withheld {
                 reason: Reason::from_code(&reason).unwrap_or(Reason::Internal),
                 at,
             },

@@ -7,7 +7,10 @@
 //! durable, in the commit head, anchored when there is an anchor) are replayed into it with the
 //! code start-up uses ([`super::replay::Ledger::visit`]). So it holds exactly what start-up would
 //! compute at that record, and no reservation in flight can leak into it. The chain hash it
-//! reaches must equal the one the round recorded, or nothing is written.
+//! reaches must equal the one the round recorded, or nothing is written. With an anchor
+//! configured, only a round the anchor confirmed counts (never one from before its start-up
+//! check passed): a snapshot then never covers records the anchor does not hold, whose chain
+//! hash the start-up check could not look up.
 
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,6 +36,10 @@ pub(super) struct Snapshotting {
     log: Weak<dyn SpendLog>,
     audit: Weak<dyn AuditSink>,
     snapshots: Snapshots,
+    /// The anchor the journal's rounds end with (empty: not attached).
+    anchor: crate::anchor::AnchorCell,
+    /// The state holds an anchor configuration.
+    anchor_required: bool,
     every: AtomicU64,
     /// Journal records at which the next snapshot starts.
     due: AtomicU64,
@@ -44,12 +51,16 @@ impl Snapshotting {
         log: &Arc<dyn SpendLog>,
         audit: &Arc<dyn AuditSink>,
         snapshots: Snapshots,
+        anchor: crate::anchor::AnchorCell,
+        anchor_required: bool,
     ) -> Arc<Self> {
         let covers = snapshots.covers();
         Arc::new(Self {
             log: Arc::downgrade(log),
             audit: Arc::downgrade(audit),
             snapshots,
+            anchor,
+            anchor_required,
             every: AtomicU64::new(DEFAULT_SNAPSHOT_EVERY),
             due: AtomicU64::new(covers + DEFAULT_SNAPSHOT_EVERY),
             running: AtomicBool::new(false),
@@ -66,7 +77,8 @@ impl Snapshotting {
             let (Some(log), Some(audit)) = (this.log.upgrade(), this.audit.upgrade()) else {
                 return Ok(None);
             };
-            take(&*log, &*audit, &this.snapshots, ttl_ms)
+            let anchored = this.anchor_required || this.anchor.get().is_some();
+            take(&*log, &*audit, &this.snapshots, anchored, ttl_ms)
         })
         .await
         .map_err(|e| format!("the snapshot task failed: {e}"))
@@ -79,15 +91,20 @@ impl Snapshotting {
     }
 }
 
-/// Builds and writes a snapshot covering the journal up to its last completed round. Returns
-/// the records it covers (`None`: nothing new to cover).
+/// Builds and writes a snapshot covering the journal up to its last completed round (an
+/// anchored one when `anchored`). Returns the records it covers (`None`: nothing new to cover,
+/// or no round to cover it with).
 fn take(
     log: &dyn SpendLog,
     audit: &dyn AuditSink,
     snapshots: &Snapshots,
+    anchored: bool,
     ttl_ms: u64,
 ) -> Result<Option<u64>, String> {
-    let Some(round) = log.confirmed() else { return Ok(None) };
+    let Some((round, was_anchored)) = log.confirmed() else { return Ok(None) };
+    if anchored && !was_anchored {
+        return Ok(None);
+    }
     let until = round.facts.journal_records;
     let mut ledger = snapshots.newest().unwrap_or_default();
     if until <= ledger.start.index {
@@ -127,6 +144,14 @@ impl Enclave {
         Arc::clone(&self.snapshotting).run(self.idem_ttl_ms.load(Ordering::Relaxed)).await
     }
 
+    /// At start-up, once configured (the idempotency TTL) and the anchor started: starts a
+    /// snapshot in the background when the records replayed since the newest one make it due.
+    pub fn snapshot_if_behind(&self) {
+        if let Some((round, _)) = self.spend_log.confirmed() {
+            self.snapshot_if_due(round.facts.journal_records);
+        }
+    }
+
     /// After the journal reached `records` records: starts a snapshot in the background when
     /// one is due (and none is running). A failure is logged; a later record tries again.
     pub(super) fn snapshot_if_due(&self, records: u64) {
@@ -143,5 +168,138 @@ impl Enclave {
                 Err(e) => tracing::warn!(error = %e, "ledger snapshot failed"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::{
+        anchor::Local,
+        head::Facts,
+        journal::{JournalError, JournalStart, RecordRef, Visit},
+        platform::BoxFuture,
+    };
+
+    /// A spend log whose last completed round is `round`, counting the scans asked of it.
+    #[derive(Debug)]
+    struct Log {
+        round: Option<(Local, bool)>,
+        scans: AtomicU64,
+    }
+
+    impl SpendLog for Log {
+        fn append(&self, _: &[u8]) -> Result<RecordRef, JournalError> {
+            unreachable!("a snapshot never writes the journal")
+        }
+        fn read(&self, _: RecordRef) -> Result<zeroize::Zeroizing<Vec<u8>>, JournalError> {
+            unreachable!("a snapshot scans")
+        }
+        fn durable(&self) -> BoxFuture<'_, Result<(), JournalError>> {
+            unreachable!()
+        }
+        fn checkpoint(&self) -> BoxFuture<'_, Result<(), JournalError>> {
+            unreachable!()
+        }
+        fn arm_head(&self) {}
+        fn anchor_cell(&self) -> crate::anchor::AnchorCell {
+            crate::anchor::AnchorCell::default()
+        }
+        fn last_round(&self) -> Option<Local> {
+            None
+        }
+        fn chain_at(&self, _: u64) -> Option<[u8; 32]> {
+            None
+        }
+        fn confirmed(&self) -> Option<(Local, bool)> {
+            self.round
+        }
+        fn scan(
+            &self,
+            from: JournalStart,
+            until: u64,
+            _: &mut Visit<'_>,
+        ) -> Result<JournalStart, JournalError> {
+            self.scans.fetch_add(1, Ordering::SeqCst);
+            // No records: the chain stays where it was, which is not what the round recorded.
+            Ok(JournalStart { index: until, ..from })
+        }
+    }
+
+    #[derive(Debug)]
+    struct Audit;
+
+    impl AuditSink for Audit {
+        fn attach_key(
+            &self,
+            _: zeroize::Zeroizing<[u8; 32]>,
+        ) -> Result<(), crate::audit::AuditError> {
+            unreachable!()
+        }
+        fn append(&self, _: wallet_policy::audit::Record) -> Result<(), crate::audit::AuditError> {
+            unreachable!()
+        }
+        fn sync(&self) -> Result<(), crate::audit::AuditError> {
+            unreachable!()
+        }
+        fn head(&self) -> (u64, [u8; 32]) {
+            (0, [0; 32])
+        }
+        fn hash_at(&self, _: u64) -> Option<[u8; 32]> {
+            None
+        }
+        fn read(&self, _: u64, _: u64) -> Result<(Vec<String>, u64), crate::audit::AuditError> {
+            unreachable!()
+        }
+        fn start_at(&self, _: u64) -> Option<crate::audit::Start> {
+            None
+        }
+    }
+
+    fn round(anchored: bool) -> Option<(Local, bool)> {
+        let local = Local {
+            facts: Facts { journal_records: 5, audit_records: 5, store_seq: 1 },
+            chain: [0; 32],
+            journal_chain: [7; 32],
+            state_chain: [0; 32],
+        };
+        Some((local, anchored))
+    }
+
+    /// With an anchor, a snapshot covers only rounds the anchor confirmed (never the rounds of
+    /// start-up, before its check passed); without one, any completed round. A chain that does
+    /// not reach the round's hash writes nothing.
+    #[test]
+    fn with_an_anchor_only_anchored_rounds_are_snapshotted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = || {
+            crate::seal::Sealer::new(
+                &zeroize::Zeroizing::new([5u8; 32]),
+                crate::platform::nsm::test_entropy(),
+            )
+        };
+        let files = crate::snapshot::FILES.map(|f| {
+            crate::hostfile::LocalFile::open(&dir.path().join(f)).unwrap()
+                as Arc<dyn crate::hostfile::StorageFile>
+        });
+        let (snapshots, none) = Snapshots::open(files, sealer());
+        assert!(none.is_none());
+        for (anchored, was_anchored, scans) in
+            [(true, false, 0), (true, true, 1), (false, false, 1), (false, true, 1)]
+        {
+            let log = Log { round: round(was_anchored), scans: AtomicU64::new(0) };
+            let r = take(&log, &Audit, &snapshots, anchored, u64::MAX);
+            assert_eq!(log.scans.load(Ordering::SeqCst), scans, "{anchored} {was_anchored}");
+            if scans == 0 {
+                assert_eq!(r, Ok(None));
+            } else {
+                assert!(r.unwrap_err().contains("does not hash"), "{anchored} {was_anchored}");
+            }
+        }
+        assert_eq!(snapshots.covers(), 0, "nothing was written");
+        let log = Log { round: None, scans: AtomicU64::new(0) };
+        assert_eq!(take(&log, &Audit, &snapshots, false, u64::MAX), Ok(None));
     }
 }
