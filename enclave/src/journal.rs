@@ -328,7 +328,9 @@ pub(crate) fn scan_frames_from(
                 if index < watermark || acknowledged_later(&rest, index, sealer, framing) {
                     return Err(JournalError::Corrupt { index, offset, reason });
                 }
-                tracing::warn!(index, offset, %reason, "clearing a torn journal tail (never acknowledged as durable)");
+                if until == u64::MAX {
+                    tracing::warn!(index, offset, %reason, "clearing a torn journal tail (never acknowledged as durable)");
+                }
                 return Ok((index, offset));
             }
             // A zero length header (preallocated space) or the end of the file: no more records.

@@ -69,6 +69,8 @@ pub struct Config {
     pub vsock_port: Option<u32>,
     /// How long idempotency keys are remembered, seconds.
     pub idempotency_ttl_seconds: u64,
+    /// Spend-journal records between ledger snapshots (`--snapshot-every`).
+    pub snapshot_every: u64,
     /// The host's relays to the rollback anchor's members, in order (`--anchor-relay`).
     pub anchor_relays: Vec<hoststorage::HostAddress>,
     /// Do not start the stored anchor: this process runs a copy of a group member's state to
@@ -196,6 +198,7 @@ async fn run_nitro(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
         let nsm: Arc<dyn platform::Nsm> = Arc::new(platform::nsm::NitroNsm::open()?);
         let enclave = open_with_kms(storage, kms, nsm).await?;
         enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
+        enclave.set_snapshot_every(config.snapshot_every);
         let enclave = Arc::new(enclave);
         enclave.start_anchor(config.anchor_relays, config.await_join).await;
         enclave.snapshot_if_behind();
@@ -235,6 +238,7 @@ async fn run_simulated(config: Config) -> Result<(), Box<dyn std::error::Error +
         }
     };
     enclave.set_idempotency_ttl(config.idempotency_ttl_seconds);
+    enclave.set_snapshot_every(config.snapshot_every);
     let enclave = Arc::new(enclave);
     enclave.start_anchor(config.anchor_relays, config.await_join).await;
     enclave.snapshot_if_behind();

@@ -56,6 +56,10 @@ OPTIONS:
     --idempotency-ttl SECONDS
                         How long a payment's idempotency key is remembered; a retry after
                         that is a new payment [default: 86400]
+    --snapshot-every RECORDS
+                        Spend-journal records between ledger snapshots: start-up reads the
+                        newest snapshot and at most about this many records after it
+                        [default: 50000]. Smaller: faster start-up, more snapshot work.
     -h, --help          Print this help
 
 Logging: RUST_LOG, directives `level` or `target=level` separated by commas (for example
@@ -69,6 +73,7 @@ fn parse(
 ) -> Result<wallet_enclave::Config, String> {
     let mut c = wallet_enclave::Config {
         idempotency_ttl_seconds: wallet_enclave::service::DEFAULT_IDEMPOTENCY_TTL_SECONDS,
+        snapshot_every: wallet_enclave::service::DEFAULT_SNAPSHOT_EVERY,
         simulated: false,
         data_dir: wallet_enclave::default_data_dir(),
         socket: None,
@@ -93,6 +98,12 @@ fn parse(
                 c.idempotency_ttl_seconds =
                     value("--idempotency-ttl")?.parse().ok().filter(|s| *s > 0).ok_or_else(
                         || "--idempotency-ttl takes a positive number of seconds".to_owned(),
+                    )?;
+            }
+            "--snapshot-every" => {
+                c.snapshot_every =
+                    value("--snapshot-every")?.parse().ok().filter(|s| *s > 0).ok_or_else(
+                        || "--snapshot-every takes a positive number of records".to_owned(),
                     )?;
             }
             "--vsock-port" => {

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use ed25519_dalek::Verifier as _;
 use rand_core::{OsRng, RngCore as _};
 use wallet_client::GatewayClient;
-use wallet_policy::audit::{head_message, verify_chain, Record};
+use wallet_policy::audit::{head_message, verify_chain, verify_chain_from, Record};
 use wallet_proto::gateway::v1 as gw;
 
 use crate::{
@@ -43,8 +43,91 @@ pub(crate) enum AuditCmd {
     },
     /// Check the whole chain, the enclave's signature on its head (key pinned at init), and that
     /// it still contains the head verified last time. Names the first bad record. Exit code 5 on
-    /// any failure.
-    Verify,
+    /// any failure. Each verified head is kept as a checkpoint (HOME/audit.head, and all of them
+    /// in HOME/audit.heads).
+    Verify {
+        /// Check only the records after the head verified last, chained from it, up to the
+        /// enclave's signed head: for a log whose older records were archived (the enclave
+        /// reports pages of an archived stretch as tampered). The records before were checked
+        /// by the verify that recorded that head.
+        #[arg(long)]
+        since_last: bool,
+        /// Check an archived copy of the log's beginning, offline (no enclave is asked): its
+        /// chain from the first record, and that it reaches a head verified before (a
+        /// checkpoint in HOME/audit.heads) and agrees with every checkpoint it covers.
+        #[arg(long, value_name = "FILE", conflicts_with = "since_last")]
+        archive: Option<std::path::PathBuf>,
+    },
+}
+
+/// The heads verified on this machine (`HOME/audit.heads`, one `count hash` per line, oldest
+/// first; `HOME/audit.head` alone, for a home older than the history).
+fn checkpoints(home: &Path) -> Vec<(u64, String)> {
+    let parse = |l: &str| {
+        let mut it = l.split_whitespace();
+        Some((it.next()?.parse::<u64>().ok()?, it.next()?.to_owned()))
+    };
+    match std::fs::read_to_string(home.join("audit.heads")) {
+        Ok(all) => all.lines().filter_map(parse).collect(),
+        Err(_) => std::fs::read_to_string(home.join("audit.head"))
+            .ok()
+            .and_then(|l| parse(&l))
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// Records a verified head: `HOME/audit.head` (the last) and a line of `HOME/audit.heads`.
+fn record_checkpoint(home: &Path, count: u64, hash: &[u8; 32]) -> Result<(), Fail> {
+    let line = format!("{count} {}\n", hex::encode(hash));
+    let head_file = home.join("audit.head");
+    std::fs::write(&head_file, &line)
+        .map_err(|e| Fail(1, format!("cannot write {}: {e}", head_file.display())))?;
+    let heads = home.join("audit.heads");
+    let mut all = std::fs::read_to_string(&heads).unwrap_or_default();
+    if !all.lines().any(|l| l.trim() == line.trim()) {
+        all.push_str(&line);
+        std::fs::write(&heads, all)
+            .map_err(|e| Fail(1, format!("cannot write {}: {e}", heads.display())))?;
+    }
+    Ok(())
+}
+
+/// `walletctl audit verify --archive FILE`: the archived records' chain from the first one, checked
+/// against every verified head it covers; at least one must be covered.
+fn verify_archive(home: &Path, file: &Path) -> Out {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Fail(1, format!("cannot read {}: {e}", file.display())))?;
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    verify_chain(lines.iter().copied())
+        .map_err(|e| Fail(5, format!("the archive is broken: {e}")))?;
+    let marks = checkpoints(home);
+    if marks.is_empty() {
+        return Err(Fail(5, "no verified head on this machine to check the archive against: run walletctl audit verify first (against the whole log)".into()));
+    }
+    let mut covered = None;
+    for (count, hash) in &marks {
+        let Some(line) =
+            usize::try_from(*count).ok().and_then(|n| n.checked_sub(1)).and_then(|i| lines.get(i))
+        else {
+            continue;
+        };
+        let r: Record = serde_json::from_str(line)
+            .map_err(|e| Fail(5, format!("the archive is broken: {e}")))?;
+        if &r.hash != hash {
+            return Err(Fail(5, format!("the archive disagrees with the head verified before at record {}: it is not this enclave's log as it was", count - 1)));
+        }
+        covered = Some(covered.map_or(*count, |c: u64| c.max(*count)));
+    }
+    let Some(upto) = covered else {
+        return Err(Fail(5, format!("the archive holds {} records and reaches no head verified on this machine (the first is at {}): it cannot be checked", lines.len(), marks.iter().map(|m| m.0).min().unwrap_or(0))));
+    };
+    println!(
+        "archive OK: {} records chained; the first {upto} match the head verified before{}",
+        lines.len(),
+        if (lines.len() as u64) > upto { " (the rest are chained to them)" } else { "" }
+    );
+    Ok(())
 }
 
 /// Every audit record, in order (paged).
@@ -151,6 +234,9 @@ pub(crate) fn pin_audit_key(home: &Path, key: &[u8]) -> Result<(), Fail> {
 
 /// Runs one `walletctl audit` subcommand.
 pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
+    if let AuditCmd::Verify { archive: Some(file), .. } = &c {
+        return verify_archive(home, file);
+    }
     let mut cl = client(url).await?;
     match c {
         AuditCmd::Show { session, wallet, kind, last, output } => {
@@ -216,7 +302,53 @@ pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
                 );
             }
         }
-        AuditCmd::Verify => {
+        AuditCmd::Verify { since_last: true, .. } => {
+            let (head, hash) = signed_head(&mut cl, |key| pin_audit_key(home, key)).await?;
+            let Some((from, from_hash)) = checkpoints(home).last().cloned() else {
+                return Err(Fail(5, "no head verified on this machine yet: run walletctl audit verify (the whole log) first".into()));
+            };
+            if head.count < from {
+                return Err(Fail(5, format!("ROLLED BACK: the enclave's signed head has {} records, fewer than the {from} verified last", head.count)));
+            }
+            let mut prev = [0u8; 32];
+            hex::decode_to_slice(&from_hash, &mut prev).map_err(|_| {
+                Fail(5, format!("{}: malformed", home.join("audit.head").display()))
+            })?;
+            let mut records = Vec::new();
+            while (from + records.len() as u64) < head.count {
+                let page = cl
+                    .list_audit(gw::ListAuditRequest {
+                        from_seq: from + records.len() as u64,
+                        limit: 1000,
+                    })
+                    .await
+                    .map_err(|e| Fail(5, Fail::from(e).1))?;
+                if page.records.is_empty() {
+                    break;
+                }
+                records.extend(page.records);
+            }
+            records.truncate(usize::try_from(head.count - from).unwrap_or(usize::MAX));
+            let (count, last) = verify_chain_from(records.iter().map(String::as_str), from, prev)
+                .map_err(|e| {
+                Fail(5, format!("audit log broken after the head verified last: {e}"))
+            })?;
+            if count != head.count || last != hash {
+                return Err(Fail(
+                    5,
+                    format!(
+                        "the records after the head verified last ({from}..{count}) do not end at the signed head ({} records)",
+                        head.count
+                    ),
+                ));
+            }
+            record_checkpoint(home, count, &last)?;
+            println!(
+                "audit log OK: records {from}..{count} chained from the head verified last to the head {} signed by the enclave",
+                hex::encode(last)
+            );
+        }
+        AuditCmd::Verify { .. } => {
             let (head, hash) = signed_head(&mut cl, |key| pin_audit_key(home, key)).await?;
             let mut records = audit_records(&mut cl).await.map_err(|Fail(_, m)| Fail(5, m))?;
             // Payments may have been audited since the head was read: check up to the head.
@@ -259,8 +391,7 @@ pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
                     return Err(Fail(5, format!("the log no longer contains record {} as verified before (hash {h}): records were deleted or rewritten", n.saturating_sub(1))));
                 }
             }
-            std::fs::write(&head_file, format!("{count} {}\n", hex::encode(last)))
-                .map_err(|e| Fail(1, format!("cannot write {}: {e}", head_file.display())))?;
+            record_checkpoint(home, count, &last)?;
             println!(
                 "audit log OK: {count} records, head {} signed by the enclave",
                 hex::encode(last)
