@@ -638,6 +638,7 @@ impl Journal {
             round_durable.fetch_max(covered, O::SeqCst);
             // Locally durable; with an anchor, confirmed only once etcd has the head (its
             // failure fails this round's writers, not the journal).
+            let mut sent_to_anchor = false;
             if let Some(anchor) = round_anchor.get() {
                 let Some(local) = anchored else {
                     return Err(crate::commit::RoundError::Transient(
@@ -645,9 +646,10 @@ impl Journal {
                     ));
                 };
                 anchor.round(local).map_err(crate::commit::RoundError::Transient)?;
+                sent_to_anchor = true;
             }
             if let (Some(local), Ok(mut c)) = (anchored, round_confirmed.lock()) {
-                *c = Some((local, round_anchor.get().is_some()));
+                *c = Some((local, sent_to_anchor));
             }
             Ok(())
         })

@@ -213,6 +213,8 @@ async fn an_archived_audit_log_is_verified_against_its_signed_checkpoints() {
 
     // The host archives the first 1,024 records (zeroed in place).
     stack.enclave.kill();
+    let longer = stack.dir.path().join("longer-audit.log");
+    std::fs::copy(&log, &longer).unwrap();
     let mut bytes = std::fs::read(&log).unwrap();
     let first: usize = bytes.split_inclusive(|b| *b == b'\n').take(1024).map(<[u8]>::len).sum();
     bytes[..first].fill(0);
@@ -220,6 +222,10 @@ async fn an_archived_audit_log_is_verified_against_its_signed_checkpoints() {
     stack.start_enclave_again();
     let err = failed(&stack.walletctl(&["audit", "verify"], ""));
     assert!(err.contains("AUDIT_TAMPERED") || err.contains("tampered"), "{err}");
+    // A copy going past the heads verified here: its last records are vouched for by nothing.
+    let err =
+        failed(&stack.walletctl(&["audit", "verify", "--archive", longer.to_str().unwrap()], ""));
+    assert!(err.contains("UNVERIFIED"), "{err}");
     let since = ok(&stack.walletctl(&["audit", "verify", "--since-last"], ""));
     assert!(since.contains("chained from the head verified last"), "{since}");
     let offline =

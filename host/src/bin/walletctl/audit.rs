@@ -60,41 +60,53 @@ pub(crate) enum AuditCmd {
     },
 }
 
-/// The heads verified on this machine (`HOME/audit.heads`, one `count hash` per line, oldest
-/// first; `HOME/audit.head` alone, for a home older than the history).
+/// The heads verified on this machine, oldest first: `HOME/audit.heads` (one `count hash` per
+/// line) and the last one, `HOME/audit.head` (alone in a home older than the history).
 fn checkpoints(home: &Path) -> Vec<(u64, String)> {
     let parse = |l: &str| {
         let mut it = l.split_whitespace();
         Some((it.next()?.parse::<u64>().ok()?, it.next()?.to_owned()))
     };
-    match std::fs::read_to_string(home.join("audit.heads")) {
-        Ok(all) => all.lines().filter_map(parse).collect(),
-        Err(_) => std::fs::read_to_string(home.join("audit.head"))
-            .ok()
-            .and_then(|l| parse(&l))
-            .into_iter()
-            .collect(),
+    let mut all: Vec<(u64, String)> = std::fs::read_to_string(home.join("audit.heads"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(parse)
+        .collect();
+    if let Some(last) =
+        std::fs::read_to_string(home.join("audit.head")).ok().and_then(|l| parse(&l))
+    {
+        if !all.contains(&last) {
+            all.push(last);
+        }
     }
+    all.sort();
+    all
 }
 
-/// Records a verified head: `HOME/audit.head` (the last) and a line of `HOME/audit.heads`.
+/// Writes `text` to `path` through a temporary file and a rename (never half-written).
+fn write_atomically(path: &Path, text: &str) -> Result<(), Fail> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Fail(1, format!("cannot write {}: {e}", path.display())))
+}
+
+/// Records a verified head: a line of `HOME/audit.heads`, then `HOME/audit.head` (the last).
 fn record_checkpoint(home: &Path, count: u64, hash: &[u8; 32]) -> Result<(), Fail> {
     let line = format!("{count} {}\n", hex::encode(hash));
-    let head_file = home.join("audit.head");
-    std::fs::write(&head_file, &line)
-        .map_err(|e| Fail(1, format!("cannot write {}: {e}", head_file.display())))?;
     let heads = home.join("audit.heads");
     let mut all = std::fs::read_to_string(&heads).unwrap_or_default();
     if !all.lines().any(|l| l.trim() == line.trim()) {
         all.push_str(&line);
-        std::fs::write(&heads, all)
-            .map_err(|e| Fail(1, format!("cannot write {}: {e}", heads.display())))?;
+        write_atomically(&heads, &all)?;
     }
-    Ok(())
+    write_atomically(&home.join("audit.head"), &line)
 }
 
-/// `walletctl audit verify --archive FILE`: the archived records' chain from the first one, checked
-/// against every verified head it covers; at least one must be covered.
+/// `walletctl audit verify --archive FILE`: the archived records' chain from the first one,
+/// checked against every verified head it covers. Every record must be covered: the archive must
+/// end at or before a verified head's count and reach one (records after the last head it
+/// reaches are vouched for by nothing this machine verified, since the chain alone is public).
 fn verify_archive(home: &Path, file: &Path) -> Out {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Fail(1, format!("cannot read {}: {e}", file.display())))?;
@@ -105,7 +117,7 @@ fn verify_archive(home: &Path, file: &Path) -> Out {
     if marks.is_empty() {
         return Err(Fail(5, "no verified head on this machine to check the archive against: run walletctl audit verify first (against the whole log)".into()));
     }
-    let mut covered = None;
+    let mut upto = 0u64;
     for (count, hash) in &marks {
         let Some(line) =
             usize::try_from(*count).ok().and_then(|n| n.checked_sub(1)).and_then(|i| lines.get(i))
@@ -117,16 +129,15 @@ fn verify_archive(home: &Path, file: &Path) -> Out {
         if &r.hash != hash {
             return Err(Fail(5, format!("the archive disagrees with the head verified before at record {}: it is not this enclave's log as it was", count - 1)));
         }
-        covered = Some(covered.map_or(*count, |c: u64| c.max(*count)));
+        upto = upto.max(*count);
     }
-    let Some(upto) = covered else {
-        return Err(Fail(5, format!("the archive holds {} records and reaches no head verified on this machine (the first is at {}): it cannot be checked", lines.len(), marks.iter().map(|m| m.0).min().unwrap_or(0))));
-    };
-    println!(
-        "archive OK: {} records chained; the first {upto} match the head verified before{}",
-        lines.len(),
-        if (lines.len() as u64) > upto { " (the rest are chained to them)" } else { "" }
-    );
+    if upto == 0 {
+        return Err(Fail(5, format!("the archive holds {} records and reaches no head verified on this machine (the first is at {} records): it cannot be checked", lines.len(), marks[0].0)));
+    }
+    if lines.len() as u64 > upto {
+        return Err(Fail(5, format!("UNVERIFIED: the archive's first {upto} records match a head verified before, but records {upto}..{} are covered by none (the chain alone proves nothing: anyone can recompute it). Archive exactly the records a verify covered: the first N lines after a verify of N records", lines.len())));
+    }
+    println!("archive OK: {upto} records, ending at a head verified on this machine");
     Ok(())
 }
 
@@ -304,7 +315,7 @@ pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
         }
         AuditCmd::Verify { since_last: true, .. } => {
             let (head, hash) = signed_head(&mut cl, |key| pin_audit_key(home, key)).await?;
-            let Some((from, from_hash)) = checkpoints(home).last().cloned() else {
+            let Some((from, from_hash)) = checkpoints(home).pop() else {
                 return Err(Fail(5, "no head verified on this machine yet: run walletctl audit verify (the whole log) first".into()));
             };
             if head.count < from {
@@ -312,7 +323,7 @@ pub(crate) async fn run(url: &str, home: &Path, c: AuditCmd) -> Out {
             }
             let mut prev = [0u8; 32];
             hex::decode_to_slice(&from_hash, &mut prev).map_err(|_| {
-                Fail(5, format!("{}: malformed", home.join("audit.head").display()))
+                Fail(5, format!("{}: a malformed head", home.join("audit.heads").display()))
             })?;
             let mut records = Vec::new();
             while (from + records.len() as u64) < head.count {

@@ -127,6 +127,7 @@ pub(crate) async fn init(url: &str, home: &Path, args: &InitArgs) -> Out {
         Pin::Replace(old) => {
             let old_pin = move_aside(home, "audit.pub")?;
             move_aside(home, "audit.head")?;
+            move_aside(home, "audit.heads")?;
             move_aside(home, crate::attest::ENCLAVE_FILE)?;
             println!(
                 "identity:       the enclave's identity changed from {old} to {identity}; re-pinning it as you asked (--reset-identity){}",
