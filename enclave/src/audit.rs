@@ -539,6 +539,18 @@ mod tests {
         assert_eq!(AuditLog::open(&dir.path().join("audit.log")).unwrap().head().0, 1);
     }
 
+    /// Appends `n` payment records.
+    fn append_payments(a: &AuditLog, n: u64) {
+        for i in 0..n {
+            a.append(Record {
+                kind: "payment".into(),
+                detail: format!("r{i}"),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+    }
+
     /// A file that counts the bytes read from it.
     #[derive(Debug)]
     struct Counting(Arc<LocalFile>, std::sync::atomic::AtomicU64);
@@ -586,14 +598,7 @@ mod tests {
         let n = 2 * MARK_EVERY + 5;
         let a = AuditLog::open(&p).unwrap();
         a.attach_key(key.clone()).unwrap();
-        for i in 0..n {
-            a.append(Record {
-                kind: "payment".into(),
-                detail: format!("r{i}"),
-                ..Default::default()
-            })
-            .unwrap();
-        }
+        append_payments(&a, n);
         let start = a.start_at(2 * MARK_EVERY + 3).unwrap();
         assert_eq!((start.count, start.marks.len()), (2 * MARK_EVERY, 3));
         assert_eq!(a.start_at(MARK_EVERY - 1).unwrap().count, 0);
@@ -650,14 +655,7 @@ mod tests {
         let file = Arc::new(Counting(LocalFile::open(&p).unwrap(), Default::default()));
         let a = AuditLog::open_file(Arc::clone(&file) as Arc<dyn StorageFile>).unwrap();
         a.attach_key(Zeroizing::new([3u8; 32])).unwrap();
-        for i in 0..n {
-            a.append(Record {
-                kind: "payment".into(),
-                detail: format!("r{i}"),
-                ..Default::default()
-            })
-            .unwrap();
-        }
+        append_payments(&a, n);
         let size = std::fs::metadata(&p).unwrap().len();
         let read = |from: u64, limit: u64| {
             let before = file.1.load(std::sync::atomic::Ordering::SeqCst);
