@@ -143,14 +143,34 @@ async fn open_with(
     now: &Arc<AtomicU64>,
     nsm: Arc<dyn Nsm>,
 ) -> (Enclave, Arc<Faults>) {
-    let (platform, handles) = Platform::open_dir(
-        dir,
-        &simulated::FileSealingKey(dir.join("sealing.key")),
-        nsm,
-        Arc::new(TestClock(Arc::clone(now))),
-    )
-    .unwrap();
+    let (platform, handles) = open_platform(dir, now, nsm);
     (Enclave::open(platform).await.unwrap(), handles.faults.unwrap())
+}
+
+/// `Platform::open_dir`, retried while the enclave dropped just before still holds sled's
+/// directory lock: a dropped `sled::Db` releases it from a background thread, a moment later.
+fn open_platform(
+    dir: &std::path::Path,
+    now: &Arc<AtomicU64>,
+    nsm: Arc<dyn Nsm>,
+) -> (Platform, wallet_enclave::platform::Handles) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Platform::open_dir(
+            dir,
+            &simulated::FileSealingKey(dir.join("sealing.key")),
+            Arc::clone(&nsm),
+            Arc::new(TestClock(Arc::clone(now))),
+        ) {
+            Err(e)
+                if format!("{e:?}").contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 impl Harness {
@@ -1626,13 +1646,7 @@ async fn a_per_address_kyt_store_is_moved_to_buckets() {
     let Harness { dir, now, enclave, admin, .. } = h;
     drop(Arc::try_unwrap(enclave).expect("no other users"));
     {
-        let (platform, _) = Platform::open_dir(
-            dir.path(),
-            &simulated::FileSealingKey(dir.path().join("sealing.key")),
-            Arc::new(simulated::SimulatedNsm),
-            Arc::new(TestClock(Arc::clone(&now))),
-        )
-        .unwrap();
+        let (platform, _) = open_platform(dir.path(), &now, Arc::new(simulated::SimulatedNsm));
         let legacy: Vec<Op> = [PAYEE, "0x00000000000000000000000000000000000000aa"]
             .iter()
             .map(|s| {
@@ -1660,13 +1674,7 @@ async fn a_per_address_kyt_store_is_moved_to_buckets() {
     );
     let Harness { dir, now, enclave, admin, .. } = h;
     drop(Arc::try_unwrap(enclave).expect("no other users"));
-    let (platform, _) = Platform::open_dir(
-        dir.path(),
-        &simulated::FileSealingKey(dir.path().join("sealing.key")),
-        Arc::new(simulated::SimulatedNsm),
-        Arc::new(TestClock(Arc::clone(&now))),
-    )
-    .unwrap();
+    let (platform, _) = open_platform(dir.path(), &now, Arc::new(simulated::SimulatedNsm));
     let keys: Vec<usize> =
         platform.state.scan(Table::Kyt).unwrap().iter().map(|(k, _)| k.len()).collect();
     assert_eq!(keys, vec![2, 2], "two buckets, no per-address record left");
